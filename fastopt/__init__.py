@@ -1,0 +1,22 @@
+"""fastopt: the optimizers of *Deep Learning from Scratch*, compiled, exact and in place.
+
+Replace ``from common.optimizer import *`` with ``from fastopt import *``: same constructors,
+same state, same numbers (bit for bit in float64), no temporary arrays.
+"""
+__version__ = "0.1.0"
+
+try:
+    from . import _kernels  # noqa: F401
+except ImportError as error:   # pragma: no cover - exercised only without a build
+    raise ImportError(
+        f"fastopt's compiled kernels (fastopt._kernels) could not be imported from "
+        f"{__path__[0]!r}: {error}. Install fastopt with `pip install .` and import it from "
+        f"outside the source tree (run `pytest`, not `python -m pytest`, at the repository "
+        f"root), or build in place with `python setup.py build_ext --inplace`."
+    ) from error
+
+from . import reference
+from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSProp, RMSprop
+
+# `from fastopt import *` brings exactly the book's class names, as `from common.optimizer import *`.
+__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "RMSProp", "Adam"]

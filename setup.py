@@ -1,0 +1,45 @@
+"""Build the compiled kernels; everything else about the package is in pyproject.toml.
+
+Flags: -O3 with -fno-math-errno (lets GCC vectorise sqrt) and -ffp-contract=off (no fused
+multiply-add, so results stay bit-identical to NumPy). Never -ffast-math, -Ofast or
+-march=native: the extension must give NumPy's bits on any x86-64.
+
+FASTOPT_DEBUG_BUILD=1 turns Cython's bounds, wraparound and initialisation checks back on.
+"""
+import os
+import sys
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+debug = os.environ.get("FASTOPT_DEBUG_BUILD", "") == "1"
+
+if sys.platform == "win32":
+    # MSVC: /fp:precise does not contract a*b+c into an FMA unless /fp:contract is given.
+    compile_args = ["/O2", "/fp:precise"]
+else:
+    compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
+    if debug:
+        compile_args += ["-O0", "-g"]
+
+extensions = [
+    Extension(
+        "fastopt._kernels",
+        ["fastopt/_kernels.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=compile_args,
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "boundscheck": debug,
+            "wraparound": debug,
+            "initializedcheck": debug,
+        },
+    )
+)
