@@ -2,7 +2,8 @@
 
 ``Optimizer.update`` works in two phases so that a rejected call changes nothing:
 
-1. *Check*: every key's param, grad and existing state is validated; nothing is written.
+1. *Check*: the hyperparameters and every key's param, grad and existing state are
+   validated; nothing is written.
 2. *Apply*: zero state is created for new keys, the step counter advances, and the keys are
    updated in the book's order. Runs of consecutive keys that the compiled loops take
    (``_kernels.ready``) go to the kernel in one call; any other key goes through the same
@@ -12,14 +13,14 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from . import _kernels, reference
 
-# The compiled entry for each of fastopt.reference's rules: same arguments after the arrays.
-_KERNEL_FOR_RULE = {
+# The compiled entry for each of fastopt.reference's rules: the same arguments after the arrays.
+_KERNEL_FOR_RULE: dict[Callable[..., None], Callable[..., None]] = {
     reference.sgd_rule: _kernels.sgd_step,
     reference.momentum_rule: _kernels.momentum_step,
     reference.nesterov_rule: _kernels.nesterov_step,
@@ -33,11 +34,9 @@ _KERNEL_FOR_RULE = {
 def _describe(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return f"{type(value).__name__} of dtype {value.dtype} and shape {value.shape}"
-    return f"{type(value).__name__} {value!r}" if np.ndim(value) == 0 else type(value).__name__
-
-
-def _is_float_scalar(value: Any) -> bool:
-    return isinstance(value, (float, np.floating))
+    if np.ndim(value) == 0:
+        return f"{type(value).__name__} {value!r}"
+    return type(value).__name__
 
 
 def _is_real_scalar(value: Any) -> bool:
@@ -45,8 +44,11 @@ def _is_real_scalar(value: Any) -> bool:
             and not isinstance(value, (bool, np.bool_, np.ndarray)))
 
 
-def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> None:
-    """Raise if ``param``/``grad`` is not a pair fastopt can update under ``key``."""
+def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> tuple[int, ...]:
+    """Raise if ``param`` and ``grad`` are not a pair fastopt can update under ``key``.
+
+    Returns the param's shape, ``()`` for a scalar param.
+    """
     if isinstance(param, np.ndarray):
         if param.dtype.kind != "f":
             raise TypeError(f"param {key!r} has dtype {param.dtype}; expected a floating-point "
@@ -55,7 +57,7 @@ def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> None:
             raise ValueError(f"param {key!r} is read-only; fastopt updates params in place, "
                              f"so they must be writeable arrays")
         if not isinstance(grad, np.ndarray):
-            raise TypeError(f"grad {key!r} is a {_describe(grad)}; expected an ndarray of the "
+            raise TypeError(f"grad {key!r} is a {_describe(grad)}; expected an ndarray of its "
                             f"param's shape {param.shape}")
         if grad.dtype.kind != "f":
             raise TypeError(f"grad {key!r} has dtype {grad.dtype}; expected a floating-point "
@@ -63,30 +65,31 @@ def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> None:
         if grad.shape != param.shape:
             raise ValueError(f"grad {key!r} has shape {grad.shape} but its param has shape "
                              f"{param.shape}; they must be equal (no broadcasting)")
-    elif _is_float_scalar(param):
+        return param.shape
+    if isinstance(param, (float, np.floating)):
         if not _is_real_scalar(grad):
             raise TypeError(f"grad {key!r} is a {_describe(grad)}; a scalar param "
                             f"({_describe(param)}) takes a real scalar grad")
         if not mutable:
-            raise TypeError(f"param {key!r} is a scalar ({_describe(param)}) inside a tuple; a "
-                            f"scalar's new value must be stored back, so pass a list or dict")
-    else:
-        raise TypeError(f"param {key!r} is a {_describe(param)}; expected a floating-point "
-                        f"ndarray, or a float scalar like the book's params['x'] = -7.0")
+            raise TypeError(f"param {key!r} is a scalar ({_describe(param)}) in a "
+                            f"tuple; its new value must be stored back, so "
+                            f"pass a list or dict")
+        return ()
+    raise TypeError(f"param {key!r} is a {_describe(param)}; expected a floating-point "
+                    f"ndarray, or a float scalar like the book's params['x'] = -7.0")
 
 
-def _check_state(name: str, key: Any, state: Any, param: Any) -> None:
-    if np.shape(state) != np.shape(param):
-        raise ValueError(f"state {name}[{key!r}] has shape {np.shape(state)} but param {key!r} "
-                         f"now has shape {np.shape(param)}; a param's state belongs to the "
-                         f"array first seen under its key (use a new optimizer for new shapes)")
+def _run_kernel(kernel, params, grads, states, keys, scalars) -> None:
+    """One compiled call for ``keys``, every one of which ``_kernels.ready`` accepted."""
+    kernel([params[key] for key in keys], [grads[key] for key in keys],
+           *[[state[key] for key in keys] for state in states], *scalars)
 
 
 class Optimizer(reference.ReferenceOptimizer):
     """Base of fastopt's optimizers: the reference's hyperparameters, compiled updates.
 
     Subclasses inherit their constructor, hyperparameter checks and per-step scalars from the
-    matching ``fastopt.reference`` class; this class replaces its ``update``.
+    ``fastopt.reference`` class of the same name; this class replaces its ``update``.
     """
 
     def update(self, params, grads) -> None:
@@ -108,14 +111,15 @@ class Optimizer(reference.ReferenceOptimizer):
             When a hyperparameter, param or grad cannot be used; the message names the key.
             A rejected call changes no param, no state and no step count.
         """
-        # --- check: nothing below this line and above "apply" writes anything -----------
+        # --- check: nothing is written until "apply" ---------------------------------------
         self.check_hyperparameters()
-        if isinstance(params, Mapping):
-            if not isinstance(grads, Mapping):
+        by_name = type(params) is dict or isinstance(params, Mapping)
+        if by_name:
+            if type(grads) is not dict and not isinstance(grads, Mapping):
                 raise TypeError(f"params is a {type(params).__name__}, so grads must be a "
                                 f"mapping with the same keys; got {type(grads).__name__}")
-            keys = list(params)
-            mutable = isinstance(params, MutableMapping)
+            keys: Any = list(params)
+            mutable = type(params) is dict or isinstance(params, MutableMapping)
         elif isinstance(params, (list, tuple)):
             if not isinstance(grads, (list, tuple)):
                 raise TypeError(f"params is a {type(params).__name__}, so grads must be a list "
@@ -129,17 +133,17 @@ class Optimizer(reference.ReferenceOptimizer):
             raise TypeError(f"params must be a dict of arrays (or a list or tuple of arrays); "
                             f"got {type(params).__name__}")
 
-        by_name = isinstance(params, Mapping)
         states = [getattr(self, name) for name in self._state_names]
         for name, state in zip(self._state_names, states):
             if state is not None and isinstance(state, dict) != by_name:
-                raise TypeError(
-                    f"state {name!r} is kept {'by key' if isinstance(state, dict) else 'by position'}"
-                    f" from earlier calls, but params is now a {type(params).__name__}; pass "
-                    f"the same kind of container every call")
+                kept = "by key (a dict)" if isinstance(state, dict) else "by position (a list)"
+                raise TypeError(f"state {name!r} is kept {kept} from earlier calls, but params "
+                                f"is now a {type(params).__name__}; pass the same kind of "
+                                f"container every call")
 
         grad_list = []
-        fast = []
+        compiled = []
+        complete = None not in states   # does every key already have its state?
         for key in keys:
             param = params[key]
             try:
@@ -147,46 +151,46 @@ class Optimizer(reference.ReferenceOptimizer):
             except (KeyError, IndexError):
                 raise KeyError(f"grads has no entry for param {key!r}; expected a grad for "
                                f"every param") from None
-            _check_param(key, param, grad, mutable)
-            own = [self._state_of(state, key) for state in states]
-            for name, entry in zip(self._state_names, own):
-                if entry is not None:
-                    _check_state(name, key, entry, param)
+            shape = _check_param(key, param, grad, mutable)
+            own = []
+            for name, state in zip(self._state_names, states):
+                if state is None:
+                    entry = None
+                elif by_name:
+                    entry = state.get(key)
+                else:
+                    entry = state[key] if key < len(state) else None
+                if entry is None:
+                    complete = False
+                elif getattr(entry, "shape", None) != shape:
+                    raise ValueError(
+                        f"state {name}[{key!r}] has shape {np.shape(entry)} but param {key!r} "
+                        f"has shape {shape}; a param's state belongs to the array first seen "
+                        f"under its key (use a new optimizer for a new shape)")
+                own.append(entry)
             grad_list.append(grad)
-            fast.append(_kernels.ready(param, grad, *own))
+            compiled.append(_kernels.ready(param, grad, *own))
 
-        # --- apply -----------------------------------------------------------------------
-        self._add_zero_state(params)
+        # --- apply ---------------------------------------------------------------------------
+        if not complete:
+            self._add_zero_state(params)
+            states = [getattr(self, name) for name in self._state_names]
         rule, scalars = self._begin_step()
         kernel = _KERNEL_FOR_RULE[rule]
-        states = [getattr(self, name) for name in self._state_names]
         run: list[Any] = []
-        for key, grad, compiled in zip(keys, grad_list, fast):
-            if compiled:
+        for key, grad, fast in zip(keys, grad_list, compiled):
+            if fast:
                 run.append(key)
                 continue
             if run:
-                self._run_kernel(kernel, params, grads, states, run, scalars)
+                _run_kernel(kernel, params, grads, states, run, scalars)
                 run = []
             rule(params, key, grad, *states, *scalars)
         if run:
-            self._run_kernel(kernel, params, grads, states, run, scalars)
-
-    @staticmethod
-    def _state_of(state: Any, key: Any) -> Any:
-        if state is None:
-            return None
-        if isinstance(state, dict):
-            return state.get(key)
-        return state[key] if key < len(state) else None
+            _run_kernel(kernel, params, grads, states, run, scalars)
 
     @staticmethod
     def _zeros(param: Any) -> Any:
         if isinstance(param, np.ndarray):
             return np.zeros(param.shape, param.dtype)   # C-contiguous whatever param's layout
-        return np.zeros_like(param)                      # a scalar param: as the book does
-
-    @staticmethod
-    def _run_kernel(kernel, params, grads, states, keys, scalars) -> None:
-        kernel([params[key] for key in keys], [grads[key] for key in keys],
-               *[[state[key] for key in keys] for state in states], *scalars)
+        return np.zeros_like(param)                      # a scalar param, as the book does

@@ -86,6 +86,8 @@ def adam_paper_rule(params, key, grad, m, v, lr, beta1, beta2, bias_correction1,
 # Hyperparameter checks, shared with fastopt's classes (which inherit these constructors).
 
 def _check_number(name: str, value: Any) -> None:
+    if type(value) is float:
+        return
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {value!r} "
                         f"({type(value).__name__})")

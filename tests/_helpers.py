@@ -1,0 +1,87 @@
+"""Shared helpers: the optimizer configurations and parameter shapes the tests sweep."""
+from __future__ import annotations
+
+import numpy as np
+import fastopt
+from fastopt import reference
+
+# (class name, keyword options): the book's six and every variant option.
+CONFIGS = [
+    ("SGD", {}),
+    ("Momentum", {}),
+    ("Nesterov", {}),
+    ("Nesterov", {"velocity_first": True}),
+    ("AdaGrad", {}),
+    ("AdaGrad", {"eps_inside_sqrt": True}),
+    ("AdaGrad", {"eps": 1e-3}),
+    ("RMSprop", {}),
+    ("RMSprop", {"eps_inside_sqrt": True}),
+    ("Adam", {}),
+    ("Adam", {"eps_inside_sqrt": True}),
+    ("Adam", {"paper_form": True}),
+    ("Adam", {"paper_form": True, "eps_inside_sqrt": True, "eps": 1e-6}),
+]
+
+# Larger steps than the defaults so that 50+ steps move every param a lot.
+LEARNING_RATES = {"SGD": 0.1, "Momentum": 0.05, "Nesterov": 0.05, "AdaGrad": 0.1,
+                  "RMSprop": 0.01, "Adam": 0.01}
+
+SHAPES = {
+    "0-d": [()],
+    "empty": [(0,), (3, 0)],
+    "one": [(1,)],
+    "odd": [(7,), (3, 5, 11), (1023,)],
+    # The book's TwoLayerNet (784-50-10) and optimizer-comparison net (784-100x4-10).
+    "two_layer_net": [(784, 50), (50,), (50, 10), (10,)],
+    "five_layer_net": [(784, 100), (100,), (100, 100), (100,), (100, 100), (100,),
+                       (100, 100), (100,), (100, 10), (10,)],
+}
+
+
+def config_id(config):
+    name, options = config
+    return name + "".join(f"-{k}={v}" for k, v in options.items())
+
+
+def make_pair(config, **extra):
+    """The same optimizer from fastopt and from fastopt.reference."""
+    name, options = config
+    options = {"lr": LEARNING_RATES[name], **options, **extra}
+    return getattr(fastopt, name)(**options), getattr(reference, name)(**options)
+
+
+def random_params(shapes, dtype, rng, keys=None):
+    keys = keys or [f"W{i}" for i in range(len(shapes))]
+    return {key: rng.standard_normal(shape).astype(dtype) for key, shape in zip(keys, shapes)}
+
+
+def copy_params(params):
+    return {key: value.copy() for key, value in params.items()}
+
+
+def assert_same_bits(actual, expected):
+    """Equal dtype, shape and bytes: stricter than array_equal (sees -0.0 and NaN payloads)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype
+    assert actual.shape == expected.shape
+    if actual.tobytes() != expected.tobytes():
+        width = actual.dtype.itemsize
+        rows_a = np.frombuffer(actual.tobytes(), np.uint8).reshape(actual.size, width)
+        rows_b = np.frombuffer(expected.tobytes(), np.uint8).reshape(expected.size, width)
+        diff = np.flatnonzero((rows_a != rows_b).any(axis=1))
+        raise AssertionError(f"{diff.size} of {actual.size} elements differ, first at flat "
+                             f"index {diff[0]}: {actual.ravel()[diff[0]]!r} != "
+                             f"{expected.ravel()[diff[0]]!r}")
+
+
+def assert_same_state(fast, ref):
+    for name in type(ref)._state_names:
+        a, b = getattr(fast, name), getattr(ref, name)
+        assert (a is None) == (b is None)
+        if a is None:
+            continue
+        keys = a.keys() if isinstance(a, dict) else range(len(a))
+        assert list(keys) == list(b.keys() if isinstance(b, dict) else range(len(b)))
+        for key in keys:
+            assert_same_bits(a[key], b[key])
+    assert getattr(fast, "iter", None) == getattr(ref, "iter", None)

@@ -1,0 +1,193 @@
+"""Acceptance 1, 2 and 8: fastopt's trajectories equal fastopt.reference's, bit for bit.
+
+float64 must be bit-identical by contract. float32 is bit-identical too: the kernels round
+every statement as NumPy >= 2 does (Python-float hyperparameters become float32; the book's
+Adam does its last statement in float64 because lr_t is a NumPy float64), so the float32 bound
+this suite enforces is 0 ulp.
+"""
+import numpy as np
+import pytest
+
+from _helpers import (SHAPES, assert_same_bits, assert_same_state, copy_params, make_pair,
+                      random_params)
+from fastopt import _base
+
+STEPS = 60
+
+
+def run_trajectories(config, shapes, dtype, steps=STEPS, seed=0, params_factory=None):
+    rng = np.random.default_rng(seed)
+    fast, ref = make_pair(config)
+    start = random_params(shapes, dtype, rng)
+    ours = params_factory(start) if params_factory else copy_params(start)
+    theirs = params_factory(start) if params_factory else copy_params(start)
+    for _ in range(steps):
+        grads = random_params(shapes, dtype, rng)
+        fast.update(ours, grads)
+        ref.update(theirs, grads)
+        for key in start:
+            assert_same_bits(ours[key], theirs[key])
+        assert_same_state(fast, ref)
+    return fast, ours
+
+
+@pytest.mark.parametrize("shapes", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_trajectory_matches_reference_bit_for_bit(config, shapes, dtype):
+    run_trajectories(config, shapes, dtype)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Count calls of each compiled entry, so a test can prove which path ran."""
+    calls = []
+    for rule, kernel in list(_base._KERNEL_FOR_RULE.items()):
+        def counted(*args, _kernel=kernel):
+            calls.append(len(args[0]))
+            return _kernel(*args)
+        monkeypatch.setitem(_base._KERNEL_FOR_RULE, rule, counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_contiguous_arrays_take_one_compiled_call(config, dtype, kernel_calls):
+    # Without this, every exactness test could pass through the NumPy fallback.
+    shapes = SHAPES["two_layer_net"]
+    run_trajectories(config, shapes, dtype, steps=3)
+    assert kernel_calls == [len(shapes)] * 3
+
+
+# --- the slower path: inputs the kernels do not take, same numbers as the reference ----------
+
+def transposed(params):
+    return {key: np.ascontiguousarray(value.T).T if value.ndim == 2 else value.copy()
+            for key, value in params.items()}
+
+
+def strided(params):
+    out = {}
+    for key, value in params.items():
+        base = np.zeros(value.shape + (2,), value.dtype)
+        base[..., 0] = value
+        out[key] = base[..., 0]
+    return out
+
+
+@pytest.mark.parametrize("factory", [transposed, strided], ids=["transposed", "strided"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_non_contiguous_views_match_reference(config, dtype, factory, kernel_calls):
+    shapes = [(13, 7), (7,), (7, 4)]
+    fast, params = run_trajectories(config, shapes, dtype, steps=20, params_factory=factory)
+    if factory is strided:
+        assert kernel_calls == []   # each param is a view with a stride of 2 elements
+    assert all(not value.flags.c_contiguous or value.ndim < 2 for value in params.values()
+               if factory is transposed)
+
+
+def test_float16_matches_reference(config, kernel_calls):
+    # In float16 Adam(paper_form=True)'s eps=1e-8 rounds to 0, so a zero grad gives 0/0 and
+    # NumPy warns: both sides run NumPy there and must agree on the resulting NaNs too.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        run_trajectories(config, [(9, 5), (5,)], np.float16, steps=20)
+    assert kernel_calls == []
+
+
+@pytest.mark.parametrize("param_dtype, grad_dtype",
+                         [(np.float32, np.float64), (np.float64, np.float32),
+                          (np.float16, np.float32)])
+def test_grad_of_another_float_dtype_matches_reference(config, param_dtype, grad_dtype,
+                                                       kernel_calls):
+    rng = np.random.default_rng(1)
+    fast, ref = make_pair(config)
+    start = random_params([(6, 4), (4,)], param_dtype, rng)
+    ours, theirs = copy_params(start), copy_params(start)
+    for _ in range(20):
+        grads = random_params([(6, 4), (4,)], grad_dtype, rng)
+        fast.update(ours, grads)
+        ref.update(theirs, grads)
+    for key in start:
+        assert_same_bits(ours[key], theirs[key])
+    assert_same_state(fast, ref)
+    assert kernel_calls == []
+
+
+def test_mixed_keys_keep_the_books_order(config, kernel_calls):
+    # One array seen under two keys, the first a transposed view (NumPy path), the second the
+    # contiguous array (kernel): the result depends on the order, which must be the book's.
+    rng = np.random.default_rng(2)
+    fast, ref = make_pair(config)
+    ours_w = rng.standard_normal((5, 3))
+    theirs_w = ours_w.copy()
+    ours = {"wT": ours_w.T, "w": ours_w, "b": rng.standard_normal(3)}
+    theirs = {"wT": theirs_w.T, "w": theirs_w, "b": ours["b"].copy()}
+    for _ in range(10):
+        g = rng.standard_normal((5, 3))
+        grads = {"wT": g.T.copy(), "w": g, "b": rng.standard_normal(3)}
+        fast.update(ours, grads)
+        ref.update(theirs, grads)
+        assert_same_bits(ours_w, theirs_w)
+        assert_same_bits(ours["b"], theirs["b"])
+    assert kernel_calls == [2] * 10   # "w" and "b" in one run after the NumPy path for "wT"
+
+
+def test_grad_that_is_the_param_itself(config):
+    # Nesterov reads the grad after writing the param: NumPy's statement-by-statement result.
+    rng = np.random.default_rng(3)
+    fast, ref = make_pair(config)
+    ours = {"w": rng.standard_normal(17)}
+    theirs = copy_params(ours)
+    for _ in range(10):
+        fast.update(ours, ours)
+        ref.update(theirs, theirs)
+        assert_same_bits(ours["w"], theirs["w"])
+    assert_same_state(fast, ref)
+
+
+def test_grad_overlapping_the_param(config):
+    rng = np.random.default_rng(4)
+    fast, ref = make_pair(config)
+    ours_buf = rng.standard_normal(20)
+    theirs_buf = ours_buf.copy()
+    for _ in range(10):
+        fast.update({"w": ours_buf[:16]}, {"w": ours_buf[4:]})
+        ref.update({"w": theirs_buf[:16]}, {"w": theirs_buf[4:]})
+        assert_same_bits(ours_buf, theirs_buf)
+
+
+def test_read_only_grads_work(config):
+    rng = np.random.default_rng(5)
+    fast, ref = make_pair(config)
+    ours = {"w": rng.standard_normal(33)}
+    theirs = copy_params(ours)
+    for _ in range(5):
+        g = rng.standard_normal(33)
+        g.flags.writeable = False
+        fast.update(ours, {"w": g})
+        ref.update(theirs, {"w": g})
+    assert_same_bits(ours["w"], theirs["w"])
+
+
+# --- acceptance 8: NaN and inf propagate as in NumPy -----------------------------------------
+
+def special_values(dtype):
+    info = np.finfo(dtype)
+    return np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, info.tiny, -info.max,
+                     info.smallest_subnormal, 1.0], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nan_and_inf_propagate_as_in_numpy(config, dtype):
+    values = special_values(dtype)
+    # every (param, grad) combination of the special values, over a few steps
+    param = np.repeat(values, values.size)
+    grads = [np.tile(values, values.size), np.tile(values[::-1], values.size),
+             np.ones(param.size, dtype)]
+    fast, ref = make_pair(config)
+    ours, theirs = {"w": param.copy()}, {"w": param.copy()}
+    with np.errstate(all="ignore"):
+        for g in grads:
+            fast.update(ours, {"w": g})
+            ref.update(theirs, {"w": g})
+            assert_same_bits(ours["w"], theirs["w"])
+            assert_same_state(fast, ref)
+    assert np.isnan(ours["w"]).any()
