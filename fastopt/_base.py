@@ -32,11 +32,14 @@ _KERNEL_FOR_RULE: dict[Callable[..., None], Callable[..., None]] = {
 
 
 def _describe(value: Any) -> str:
+    """What a value is, for error messages: 'an ndarray of dtype ...', 'a float -7.0'."""
+    name = type(value).__name__
+    article = "an" if name[0] in "aeiou" else "a"
     if isinstance(value, np.ndarray):
-        return f"{type(value).__name__} of dtype {value.dtype} and shape {value.shape}"
+        return f"{article} {name} of dtype {value.dtype} and shape {value.shape}"
     if np.ndim(value) == 0:
-        return f"{type(value).__name__} {value!r}"
-    return type(value).__name__
+        return f"{article} {name} {value!r}"
+    return f"{article} {name}"
 
 
 def _is_real_scalar(value: Any) -> bool:
@@ -57,7 +60,7 @@ def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> tuple[int, .
             raise ValueError(f"param {key!r} is read-only; fastopt updates params in place, "
                              f"so they must be writeable arrays")
         if not isinstance(grad, np.ndarray):
-            raise TypeError(f"grad {key!r} is a {_describe(grad)}; expected an ndarray of its "
+            raise TypeError(f"grad {key!r} is {_describe(grad)}; expected an ndarray of its "
                             f"param's shape {param.shape}")
         if grad.dtype.kind != "f":
             raise TypeError(f"grad {key!r} has dtype {grad.dtype}; expected a floating-point "
@@ -68,14 +71,14 @@ def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> tuple[int, .
         return param.shape
     if isinstance(param, (float, np.floating)):
         if not _is_real_scalar(grad):
-            raise TypeError(f"grad {key!r} is a {_describe(grad)}; a scalar param "
+            raise TypeError(f"grad {key!r} is {_describe(grad)}; a scalar param "
                             f"({_describe(param)}) takes a real scalar grad")
         if not mutable:
-            raise TypeError(f"param {key!r} is a scalar ({_describe(param)}) in a "
-                            f"tuple; its new value must be stored back, so "
+            raise TypeError(f"param {key!r} is {_describe(param)} in a tuple; a scalar "
+                            f"param's new value must be stored back, so "
                             f"pass a list or dict")
         return ()
-    raise TypeError(f"param {key!r} is a {_describe(param)}; expected a floating-point "
+    raise TypeError(f"param {key!r} is {_describe(param)}; expected a floating-point "
                     f"ndarray, or a float scalar like the book's params['x'] = -7.0")
 
 

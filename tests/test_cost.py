@@ -1,0 +1,144 @@
+"""Acceptance 6 and 7, and the kernels' own guards: no allocation, GIL released, memory safe."""
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastopt
+from _helpers import CONFIGS, assert_same_bits, config_id, make_pair
+from fastopt import _kernels
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])
+def test_update_allocates_no_arrays_after_the_first_call(config):
+    # 3M float32 elements: one NumPy temporary would be 12 MB, far over the 64 KiB bound.
+    rng = np.random.default_rng(0)
+    params = {"W1": rng.standard_normal((1000, 2000), dtype=np.float32),
+              "b1": rng.standard_normal(2000, dtype=np.float32),
+              "W2": rng.standard_normal((500, 1996), dtype=np.float32)}
+    grads = {key: rng.standard_normal(value.shape, dtype=np.float32)
+             for key, value in params.items()}
+    assert sum(value.size for value in params.values()) == 3_000_000
+    optimizer, _ = make_pair(config)
+    optimizer.update(params, grads)          # allocates the state
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            optimizer.update(params, grads)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak - baseline < 64 * 1024
+
+
+def test_the_allocation_check_would_see_a_numpy_temporary():
+    # The same measurement catches the reference's temporaries: the bound above is not vacuous.
+    params = {"w": np.ones(3_000_000, np.float32)}
+    grads = {"w": np.ones(3_000_000, np.float32)}
+    optimizer = fastopt.reference.Adam()
+    optimizer.update(params, grads)
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        optimizer.update(params, grads)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak - baseline > 12_000_000
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])
+def test_two_threads_give_the_same_bits_as_serial(config):
+    rng = np.random.default_rng(1)
+    starts = [{"w": rng.standard_normal(400_000), "b": rng.standard_normal(1000)}
+              for _ in range(2)]
+    grads = [[{key: rng.standard_normal(value.shape) for key, value in start.items()}
+              for _ in range(5)] for start in starts]
+
+    def train(params, optimizer, steps):
+        for g in steps:
+            optimizer.update(params, g)
+
+    serial = [{key: value.copy() for key, value in start.items()} for start in starts]
+    serial_optimizers = [make_pair(config)[0] for _ in starts]
+    for params, optimizer, steps in zip(serial, serial_optimizers, grads):
+        train(params, optimizer, steps)
+    threaded = [{key: value.copy() for key, value in start.items()} for start in starts]
+    threaded_optimizers = [make_pair(config)[0] for _ in starts]
+    threads = [threading.Thread(target=train, args=args)
+               for args in zip(threaded, threaded_optimizers, grads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for ours, theirs in zip(threaded, serial):
+        for key in ours:
+            assert_same_bits(ours[key], theirs[key])
+
+
+def test_kernels_release_the_gil():
+    # While another thread is inside one long kernel call, this thread keeps running Python.
+    # Holding the GIL would freeze it for the whole call.
+    size = 12_000_000
+    params = {"w": np.zeros(size)}
+    grads = {"w": np.ones(size)}
+    optimizer = fastopt.Adam()
+    optimizer.update(params, grads)
+    started = time.perf_counter()
+    optimizer.update(params, grads)
+    call = time.perf_counter() - started
+
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (optimizer.update(params, grads), done.set()))
+    gaps = []
+    last = time.perf_counter()
+    worker.start()
+    while not done.is_set():
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    worker.join()
+    assert len(gaps) > 100
+    assert max(gaps) < call / 2, (max(gaps), call)
+
+
+# --- the kernels guard memory on their own, whatever the Python layer passes -------------------
+
+def test_ready_accepts_only_what_the_loops_can_take():
+    a = np.ones(10)
+    assert _kernels.ready(a, np.ones(10), np.zeros(10), np.zeros(10))
+    assert _kernels.ready(np.ones(10, np.float32), np.ones(10, np.float32))
+    assert not _kernels.ready(a, np.ones(10, np.float32))                # mixed dtypes
+    assert not _kernels.ready(np.ones(10, np.float16), np.ones(10, np.float16))
+    assert not _kernels.ready(np.ones((4, 4)).T, np.ones((4, 4)))       # not C-contiguous
+    assert not _kernels.ready(np.ones(10, ">f8"), np.ones(10, ">f8"))   # byte-swapped
+    assert not _kernels.ready(a, a)                                      # overlap
+    assert not _kernels.ready(a, np.ones(10), a)                         # state is the param
+    assert not _kernels.ready(a, np.ones(10), np.zeros(9))               # wrong size
+    read_only = np.zeros(10)
+    read_only.flags.writeable = False
+    assert _kernels.ready(a, read_only)                                  # a grad may be
+    assert not _kernels.ready(a, np.ones(10), read_only)                 # a state may not
+    assert not _kernels.ready(np.ma.ones(10), np.ones(10))               # a subclass
+    unaligned = np.zeros(10 * 8 + 1, np.uint8)[1:].view(np.float64)
+    assert not _kernels.ready(unaligned, np.ones(10))
+
+
+def test_kernel_entries_refuse_arrays_that_would_overrun():
+    p = np.ones(10)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _kernels.sgd_step([p], [np.ones(9)], 0.1)
+    with pytest.raises(ValueError, match="state"):
+        _kernels.adam_step([p], [np.ones(10)], [np.zeros(10)], [np.zeros(5)],
+                           0.1, 0.9, 0.999, 1e-7, False)
+    with pytest.raises(TypeError):
+        _kernels.sgd_step([[1.0] * 10], [np.ones(10)], 0.1)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _kernels.sgd_step([np.ones(10, np.float16)], [np.ones(10, np.float16)], 0.1)
+    with pytest.raises(ValueError, match="same length"):
+        _kernels.momentum_step([p], [np.ones(10)], [], 0.1, 0.9)
+    assert np.all(p == 1.0)
+

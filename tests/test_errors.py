@@ -1,0 +1,256 @@
+"""Acceptance 5 and 9: every rejected input of SPEC section 4, and hyperparameter checks.
+
+Each case checks the exception type, that the message names the offending key, and that the
+rejected call changed nothing: no param, no state (no new keys either) and no step count.
+"""
+import copy
+
+import numpy as np
+import pytest
+
+import fastopt
+from _helpers import CONFIGS, config_id, make_pair
+
+
+def good(shape=(4, 3), dtype=np.float64):
+    return np.linspace(-1, 1, int(np.prod(shape))).reshape(shape).astype(dtype)
+
+
+def read_only(array):
+    array.flags.writeable = False
+    return array
+
+
+# (case id, bad param, its grad, exception, words the message must contain)
+BAD_PAIRS = [
+    ("grad-shape-broadcastable", good(), good((1, 3)), ValueError, ["shape (1, 3)", "(4, 3)"]),
+    ("grad-shape-scalar-like", good(), good((1,)), ValueError, ["shape (1,)"]),
+    ("grad-shape-other", good(), good((3, 4)), ValueError, ["shape (3, 4)"]),
+    ("param-int", np.arange(12).reshape(4, 3), good(), TypeError, ["int64"]),
+    ("param-bool", np.ones((4, 3), bool), good(), TypeError, ["bool"]),
+    ("param-complex", good().astype(complex), good(), TypeError, ["complex128"]),
+    ("param-object", good().astype(object), good(), TypeError, ["object"]),
+    ("grad-int", good(), np.ones((4, 3), np.int32), TypeError, ["int32"]),
+    ("grad-bool", good(), np.ones((4, 3), bool), TypeError, ["bool"]),
+    ("grad-complex", good(), good().astype(np.complex64), TypeError, ["complex64"]),
+    ("grad-object", good(), good().astype(object), TypeError, ["object"]),
+    ("param-read-only", read_only(good()), good(), ValueError, ["read-only"]),
+    ("param-list", [1.0, 2.0], good((2,)), TypeError, ["list"]),
+    ("param-none", None, good(), TypeError, ["NoneType"]),
+    ("param-string", "w", good(), TypeError, ["str"]),
+    ("param-python-int", 3, 1.0, TypeError, ["int"]),
+    ("param-complex-scalar", 1 + 2j, 1.0, TypeError, ["complex"]),
+    ("grad-list", good((2,)), [1.0, 2.0], TypeError, ["list"]),
+    ("grad-python-float-for-array", good(), 0.5, TypeError, ["float"]),
+    ("grad-none", good(), None, TypeError, ["NoneType"]),
+    ("scalar-param-array-grad", -7.0, good((2,)), TypeError, ["real scalar"]),
+    ("scalar-param-complex-grad", -7.0, 1j, TypeError, ["real scalar"]),
+    ("scalar-param-bool-grad", -7.0, True, TypeError, ["real scalar"]),
+    ("scalar-param-string-grad", -7.0, "0.5", TypeError, ["real scalar"]),
+]
+
+
+def entries(container):
+    """(key, value) pairs of a dict, or (position, value) pairs of a list or tuple."""
+    return list(container.items() if isinstance(container, dict) else enumerate(container))
+
+
+def snapshot(optimizer, params):
+    state = {name: copy.deepcopy(getattr(optimizer, name)) for name in optimizer._state_names}
+    return ([(key, np.array(value, copy=True) if isinstance(value, np.ndarray) else value)
+             for key, value in entries(params)], state, getattr(optimizer, "iter", None))
+
+
+def assert_unchanged(optimizer, params, before):
+    old_params, old_state, old_iter = before
+    now_params = entries(params)
+    assert [key for key, _ in now_params] == [key for key, _ in old_params]
+    for (key, value), (_, old) in zip(now_params, old_params):
+        if isinstance(value, np.ndarray) and value.dtype == object:
+            assert value.tolist() == old.tolist(), key
+        elif isinstance(value, np.ndarray):
+            assert value.tobytes() == old.tobytes(), key
+        else:
+            assert value is old or value == old, key
+    for name, state in old_state.items():
+        now = getattr(optimizer, name)
+        if state is None:
+            assert now is None
+            continue
+        # the same keys or positions (no zero state was added), with the same bytes
+        assert [key for key, _ in entries(now)] == [key for key, _ in entries(state)]
+        for (_, value), (_, old) in zip(entries(now), entries(state)):
+            assert value.tobytes() == old.tobytes()
+    assert getattr(optimizer, "iter", None) == old_iter
+
+
+def check_rejected(optimizer, params, grads, error, words):
+    before = snapshot(optimizer, params)
+    with pytest.raises(error) as info:
+        optimizer.update(params, grads)
+    message = str(info.value)
+    for word in words:
+        assert word in message, (word, message)
+    assert_unchanged(optimizer, params, before)
+    return message
+
+
+@pytest.fixture(params=[False, True], ids=["fresh", "after-a-step"])
+def stepped(request):
+    return request.param
+
+
+def prepared(config, stepped):
+    optimizer, _ = make_pair(config)
+    params = {"a": good(), "b": good((3,))}
+    if stepped:
+        optimizer.update(params, {"a": good() * 0.5, "b": good((3,)) * 0.5})
+    return optimizer, params
+
+
+@pytest.mark.parametrize("case", BAD_PAIRS, ids=[case[0] for case in BAD_PAIRS])
+def test_bad_param_or_grad_is_rejected_and_changes_nothing(config, stepped, case):
+    _, bad_param, bad_grad, error, words = case
+    optimizer, params = prepared(config, stepped)
+    # good keys, and a key never seen before, come first: they must not be touched either
+    params = {**params, "new": good((2,)), "bad key": bad_param}
+    grads = {"a": good(), "b": good((3,)), "new": good((2,)), "bad key": bad_grad}
+    message = check_rejected(optimizer, params, grads, error, words)
+    assert "'bad key'" in message
+
+
+def test_bad_entry_in_a_list_names_its_position(config, stepped):
+    optimizer, _ = make_pair(config)
+    params = [good(), good((3,))]
+    if stepped:
+        optimizer.update(params, [good(), good((3,))])
+    message = check_rejected(optimizer, params,
+                             [good(), good((3,)).astype(np.int8)], TypeError, ["int8"])
+    assert "grad 1 " in message
+
+
+def test_missing_grad_key(config, stepped):
+    optimizer, params = prepared(config, stepped)
+    params = {**params, "new": good((2,))}
+    message = check_rejected(optimizer, params, {"a": good(), "new": good((2,))}, KeyError,
+                             ["'b'"])
+    assert "grads has no entry" in message
+
+
+def test_extra_grad_keys_are_ignored_as_in_the_book():
+    params = {"w": good()}
+    fastopt.SGD().update(params, {"w": good(), "unused": None})
+
+
+def test_list_lengths_must_match(config, stepped):
+    optimizer, _ = make_pair(config)
+    params = [good(), good((3,))]
+    if stepped:
+        optimizer.update(params, [good(), good((3,))])
+    check_rejected(optimizer, params, [good()], ValueError,
+                   ["grads has 1 entries but params has 2"])
+
+
+@pytest.mark.parametrize("params, grads, words", [
+    ({"w": good()}, [good()], ["grads must be a mapping", "list"]),
+    ([good()], {0: good()}, ["grads must be a list", "dict"]),
+    (good(), good(), ["params must be a dict", "ndarray"]),
+    ("w", "g", ["params must be a dict", "str"]),
+], ids=["dict-list", "list-dict", "array", "string"])
+def test_containers_must_be_dicts_or_sequences(config, params, grads, words):
+    optimizer, _ = make_pair(config)
+    with pytest.raises(TypeError) as info:
+        optimizer.update(params, grads)
+    for word in words:
+        assert word in str(info.value)
+    assert all(getattr(optimizer, name) is None for name in optimizer._state_names)
+
+
+def test_scalar_param_in_a_tuple_cannot_be_stored_back(config, stepped):
+    optimizer, _ = make_pair(config)
+    params = (good(), 1.5)
+    if stepped:
+        optimizer.update(list(params), [good(), 0.5])
+    message = check_rejected(optimizer, params,
+                             (good(), 0.5), TypeError, ["tuple"])
+    assert "param 1 " in message
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c[0] != "SGD"],
+                         ids=[config_id(c) for c in CONFIGS if c[0] != "SGD"])
+def test_state_kind_cannot_switch_between_dict_and_list(config):
+    optimizer, _ = make_pair(config)
+    optimizer.update({"a": good()}, {"a": good()})
+    before = snapshot(optimizer, {})
+    with pytest.raises(TypeError, match="by key"):
+        optimizer.update([good()], [good()])
+    assert_unchanged(optimizer, {}, before)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c[0] != "SGD"],
+                         ids=[config_id(c) for c in CONFIGS if c[0] != "SGD"])
+def test_param_replaced_by_another_shape(config):
+    optimizer, _ = make_pair(config)
+    params = {"a": good(), "b": good((3,))}
+    optimizer.update(params, {"a": good(), "b": good((3,))})
+    params["b"] = good((5,))
+    message = check_rejected(optimizer, params, {"a": good(), "b": good((5,))}, ValueError,
+                             ["'b'", "(3,)", "(5,)"])
+    assert "state" in message
+
+
+HYPERPARAMETER_CASES = {
+    "lr": [(-0.1, ValueError, ">= 0"), (float("nan"), ValueError, ">= 0"),
+           ("0.1", TypeError, "real number"), (None, TypeError, "real number"),
+           (True, TypeError, "real number"), (1j, TypeError, "real number")],
+    "momentum": [(1.0, ValueError, "< 1"), (-0.1, ValueError, "0 <="),
+                 (float("nan"), ValueError, "< 1")],
+    "decay_rate": [(1.0, ValueError, "< 1"), (-1e-9, ValueError, "0 <=")],
+    "beta1": [(1.0, ValueError, "< 1"), (-0.5, ValueError, "0 <=")],
+    "beta2": [(1.5, ValueError, "< 1"), (float("inf"), ValueError, "< 1")],
+    "eps": [(0.0, ValueError, "> 0"), (-1e-8, ValueError, "> 0"),
+            (float("nan"), ValueError, "> 0"), ("tiny", TypeError, "real number")],
+}
+OWNERS = {"SGD": ["lr"], "Momentum": ["lr", "momentum"], "Nesterov": ["lr", "momentum"],
+          "AdaGrad": ["lr", "eps"], "RMSprop": ["lr", "decay_rate", "eps"],
+          "Adam": ["lr", "beta1", "beta2", "eps"]}
+HYPERPARAMETER_PARAMS = [(name, attribute, value, error, words)
+                         for name, attributes in OWNERS.items() for attribute in attributes
+                         for value, error, words in HYPERPARAMETER_CASES[attribute]]
+
+
+@pytest.mark.parametrize("name, attribute, value, error, words", HYPERPARAMETER_PARAMS,
+                         ids=[f"{n}-{a}={v!r}" for n, a, v, _, _ in HYPERPARAMETER_PARAMS])
+def test_hyperparameters_are_checked_at_construction(name, attribute, value, error, words):
+    for module in (fastopt, fastopt.reference):
+        with pytest.raises(error) as info:
+            getattr(module, name)(**{attribute: value})
+        assert attribute in str(info.value) and words in str(info.value)
+
+
+@pytest.mark.parametrize("name, attribute, value, error, words", HYPERPARAMETER_PARAMS,
+                         ids=[f"{n}-{a}={v!r}" for n, a, v, _, _ in HYPERPARAMETER_PARAMS])
+def test_bad_hyperparameter_set_later_rejects_the_next_update(name, attribute, value, error,
+                                                              words):
+    optimizer = getattr(fastopt, name)()
+    params = {"a": good()}
+    optimizer.update(params, {"a": good()})
+    setattr(optimizer, attribute, value)
+    check_rejected(optimizer, params, {"a": good()}, error, [attribute, words])
+
+
+@pytest.mark.parametrize("name, options", [
+    ("SGD", {"lr": 0}), ("Momentum", {"momentum": 0}), ("RMSprop", {"decay_rate": 0.0}),
+    ("Adam", {"beta1": 0, "beta2": 0.0, "lr": np.float32(0.5)}), ("AdaGrad", {"eps": 1e-300}),
+])
+def test_boundary_hyperparameters_are_accepted(name, options):
+    optimizer = getattr(fastopt, name)(**options)
+    params = {"a": good()}
+    optimizer.update(params, {"a": good()})
+
+
+def test_unknown_and_positional_options_are_rejected():
+    with pytest.raises(TypeError):
+        fastopt.Adam(0.001, 0.9, 0.999, 1e-8)    # eps is keyword-only
+    with pytest.raises(TypeError):
+        fastopt.Nesterov(nesterov_form="old")
