@@ -1,10 +1,12 @@
 """Shared machinery of fastopt's optimizers: input checks, state, and dispatch to the kernels.
 
-``Optimizer.update`` works in two phases so that a rejected call changes nothing:
+``Optimizer.update`` first tries the common case in one compiled call: every param an
+array the loops take, with its state already there. The kernel entry checks every param before
+it writes anything and declines (returning False, nothing changed) otherwise. Then the checked
+path runs in two phases, so that a rejected call changes nothing:
 
-1. *Check*: the hyperparameters and every key's param, grad and existing state are
-   validated; nothing is written.
-2. *Apply*: zero state is created for new keys, the step counter advances, and the keys are
+1. *Check*: every key's param, grad and existing state is validated; nothing is written.
+2. *Apply*: zero state is created for new keys, the step is counted, and the keys are
    updated in the book's order. Runs of consecutive keys that the compiled loops take
    (``_kernels.ready``) go to the kernel in one call; any other key goes through the same
    pure-NumPy rule as ``fastopt.reference``.
@@ -84,8 +86,9 @@ def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> tuple[int, .
 
 def _run_kernel(kernel, params, grads, states, keys, scalars) -> None:
     """One compiled call for ``keys``, every one of which ``_kernels.ready`` accepted."""
-    kernel([params[key] for key in keys], [grads[key] for key in keys],
-           *[[state[key] for key in keys] for state in states], *scalars)
+    done = kernel([params[key] for key in keys], [grads[key] for key in keys],
+                  *[[state[key] for key in keys] for state in states], *scalars)
+    assert done, "the kernel declined params that _kernels.ready accepted"
 
 
 class Optimizer(reference.ReferenceOptimizer):
@@ -114,8 +117,40 @@ class Optimizer(reference.ReferenceOptimizer):
             When a hyperparameter, param or grad cannot be used; the message names the key.
             A rejected call changes no param, no state and no step count.
         """
-        # --- check: nothing is written until "apply" ---------------------------------------
         self.check_hyperparameters()
+        if not self._update_compiled(params, grads):
+            self._update_checked(params, grads)
+
+    def _update_compiled(self, params, grads) -> bool:
+        """Update in one compiled call if every param can take it; else change nothing."""
+        states = [getattr(self, name) for name in self._state_names]
+        if type(params) is dict:
+            if type(grads) is not dict or any(type(state) is not dict for state in states):
+                return False
+            try:
+                grad_list = [grads[key] for key in params]
+                state_lists = [[state[key] for key in params] for state in states]
+            except KeyError:
+                return False      # a missing grad, or a param without state yet
+            param_list = list(params.values())
+        elif type(params) is list:
+            count = len(params)
+            if (type(grads) is not list or len(grads) != count
+                    or any(type(state) is not list or len(state) < count for state in states)):
+                return False
+            param_list, grad_list = params, grads
+            state_lists = [state if len(state) == count else state[:count] for state in states]
+        else:
+            return False
+        rule, scalars = self._next_step()
+        if not _KERNEL_FOR_RULE[rule](param_list, grad_list, *state_lists, *scalars):
+            return False
+        self._commit_step()
+        return True
+
+    def _update_checked(self, params, grads) -> None:
+        """Validate every key, then update each by the kernel or by NumPy's rule."""
+        # --- check: nothing is written until "apply" ---------------------------------------
         by_name = type(params) is dict or isinstance(params, Mapping)
         if by_name:
             if type(grads) is not dict and not isinstance(grads, Mapping):
@@ -178,7 +213,8 @@ class Optimizer(reference.ReferenceOptimizer):
         if not complete:
             self._add_zero_state(params)
             states = [getattr(self, name) for name in self._state_names]
-        rule, scalars = self._begin_step()
+        rule, scalars = self._next_step()
+        self._commit_step()
         kernel = _KERNEL_FOR_RULE[rule]
         run: list[Any] = []
         for key, grad, fast in zip(keys, grad_list, compiled):

@@ -4,22 +4,24 @@
 # setup.py so FASTOPT_DEBUG_BUILD=1 can turn them back on.
 """Compiled update loops of fastopt: every optimizer's arithmetic lives here.
 
-Each public ``<algo>_step`` takes lists holding, for every parameter to update, the parameter,
-its gradient and its state arrays, followed by the hyperparameters as the book uses them, and
-updates all of them in place. The Python layer (``fastopt._base``) has already validated the
-inputs and explains errors; the checks here only guard memory: every array must be a
-C-contiguous, aligned, native-order float32 or float64 ndarray of the parameter's dtype and
-size, and targets must be writeable. ``ready()`` tells whether a parameter qualifies.
+Each public ``<algo>_step`` takes lists holding, for every param to update, the param, its
+grad and its state arrays, followed by the hyperparameters in the order of the matching rule
+of ``fastopt.reference``. It either updates every param in place, in one stretch without the
+GIL, and returns True, or, when any param is not one the loops can take exactly as NumPy
+would (``ready``), touches nothing and returns False; the Python layer then checks the inputs,
+explains what is wrong, or takes NumPy's path for that param. These checks are what keep the
+loops inside memory, so they are never skipped.
 
 Order of operations follows ``fastopt.reference`` statement by statement, and each statement
 is rounded to the array's dtype as NumPy >= 2 rounds it (Python float scalars are converted to
-the array's dtype first), so float64 results are bit-identical to the reference. The only
-arithmetic done on scalars here is a single IEEE operation in double (``1 - beta1``,
-``momentum * momentum``, ``(1 + momentum) * lr``), which gives the same bits as Python does;
-powers (Adam's bias corrections) are computed in Python.
+the array's dtype first), so results are bit-identical to the reference in float64 and in
+float32. The only arithmetic done on scalars here is a single IEEE operation in double
+(``1 - beta1``, ``momentum * momentum``, ``(1 + momentum) * lr``), which gives the same bits as
+Python does; powers (Adam's bias corrections and lr_t) are computed in Python.
 """
 from cython cimport floating
 from libc.math cimport sqrt, sqrtf
+from libc.stdlib cimport free, malloc
 
 cimport numpy as cnp
 
@@ -174,10 +176,16 @@ cdef void _adam_paper(floating* p, const floating* g, floating* m, floating* v, 
 # ---------------------------------------------------------------------------------------------
 # Checks and the driver.
 
-cdef inline bint _fits(cnp.ndarray a, int typenum, intp size, bint target) noexcept:
-    """Whether ``a`` can be read (or, for a target, written) as ``size`` contiguous elements."""
-    if cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_SIZE(a) != size:
+cdef inline bint _fits(cnp.ndarray a, cnp.ndarray like, bint target) noexcept:
+    """Whether ``a`` has ``like``'s dtype and shape and can be read (or written) as one run."""
+    cdef int ndim = cnp.PyArray_NDIM(like)
+    cdef int d
+    if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(like) or cnp.PyArray_NDIM(a) != ndim
+            or not cnp.PyArray_ISNOTSWAPPED(a)):
         return False
+    for d in range(ndim):
+        if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(like)[d]:
+            return False
     if target:
         return cnp.PyArray_ISCARRAY(a)   # C-contiguous, aligned, writeable, native order
     return cnp.PyArray_ISCARRAY_RO(a)    # C-contiguous, aligned, native order
@@ -191,95 +199,116 @@ cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
     return na > 0 and nb > 0 and a0 < b0 + nb and b0 < a0 + na
 
 
-def ready(param, grad, state0=None, state1=None):
-    """Whether the compiled loops can update this parameter exactly as NumPy would.
+ctypedef struct Task:
+    # One param's update: its buffers (state pointers NULL when unused) and element count.
+    void* param
+    void* grad
+    void* state0
+    void* state1
+    intp size
+    bint single   # float32 rather than float64
 
-    True when ``param``, ``grad`` and the given state arrays are exact ndarrays of one dtype
-    (native float32 or float64) and size, C-contiguous and aligned, the targets writeable, and
-    no two of them share memory (a fused loop reads each element once, where NumPy's separate
-    statements would see one another's writes). Otherwise the caller takes NumPy's path.
+
+cdef bint _plan(object param, object grad, object state0, object state1, Task* task) noexcept:
+    """Fill ``task`` and return True if the loops can update this param as NumPy would.
+
+    That is: exact ndarrays of one native float32/float64 dtype and one shape, C-contiguous
+    and aligned, the targets writeable, and no two sharing memory (a fused loop reads each
+    element once, where NumPy's separate statements would see one another's writes).
     """
     if type(param) is not cnp.ndarray or type(grad) is not cnp.ndarray:
         return False
-    cdef cnp.ndarray p = param, g = grad, s
+    cdef cnp.ndarray p = <cnp.ndarray>param, g = <cnp.ndarray>grad, s0, s1
     cdef int typenum = cnp.PyArray_TYPE(p)
-    cdef intp size = cnp.PyArray_SIZE(p)
     if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
         return False
-    if not (_fits(p, typenum, size, True) and _fits(g, typenum, size, False)):
+    if not (_fits(p, p, True) and _fits(g, p, False)) or _overlap(p, g):
         return False
-    if _overlap(p, g):
-        return False
-    for state in (state0, state1):
-        if state is None:
-            continue
-        if type(state) is not cnp.ndarray:
+    task.param = cnp.PyArray_DATA(p)
+    task.grad = cnp.PyArray_DATA(g)
+    task.state0 = NULL
+    task.state1 = NULL
+    task.size = cnp.PyArray_SIZE(p)
+    task.single = typenum == cnp.NPY_FLOAT
+    if state0 is not None:
+        if type(state0) is not cnp.ndarray:
             return False
-        s = state
-        if not _fits(s, typenum, size, True) or _overlap(s, p) or _overlap(s, g):
+        s0 = <cnp.ndarray>state0
+        if not _fits(s0, p, True) or _overlap(s0, p) or _overlap(s0, g):
             return False
-    if state0 is not None and state1 is not None and _overlap(state0, state1):
-        return False
+        task.state0 = cnp.PyArray_DATA(s0)
+    if state1 is not None:
+        if type(state1) is not cnp.ndarray:
+            return False
+        s1 = <cnp.ndarray>state1
+        if not _fits(s1, p, True) or _overlap(s1, p) or _overlap(s1, g):
+            return False
+        if state0 is not None and _overlap(s1, <cnp.ndarray>state0):
+            return False
+        task.state1 = cnp.PyArray_DATA(s1)
     return True
 
 
-cdef int _run(list params, list grads, list states0, list states1,
-              loop_float run_float, loop_double run_double, const double* c) except -1:
-    """Check every parameter's arrays, then run its loop with the GIL released."""
+def ready(param, grad, state0=None, state1=None):
+    """Whether the compiled loops can update this param (with these state arrays) exactly as
+    NumPy would; otherwise the caller takes NumPy's path."""
+    cdef Task task
+    return _plan(param, grad, state0, state1, &task)
+
+
+cdef enum:
+    STACK_TASKS = 32   # params planned without a heap allocation
+
+
+cdef bint _run(list params, list grads, list states0, list states1,
+               loop_float run_float, loop_double run_double, const double* c) except -1:
+    """Update every param, or none.
+
+    First plans every param (``_plan``); if any one cannot be taken, returns False having
+    touched nothing. Otherwise runs all the loops in one stretch without the GIL and returns
+    True.
+    """
     cdef Py_ssize_t k, count = len(params)
-    cdef cnp.ndarray p, g, s
-    cdef int typenum
-    cdef intp size
-    cdef void* data[4]
+    cdef Task stack[STACK_TASKS]
+    cdef Task* tasks = stack
+    cdef Task* task
     if len(grads) != count or any(
             states is not None and len(states) != count for states in (states0, states1)):
         raise ValueError("params, grads and state lists must have the same length")
-    for k in range(count):
-        p = params[k]
-        g = grads[k]
-        typenum = cnp.PyArray_TYPE(p)
-        size = cnp.PyArray_SIZE(p)
-        if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
-            raise TypeError(f"param {k}: the kernels take float32 or float64 arrays")
-        if not (_fits(p, typenum, size, True) and _fits(g, typenum, size, False)):
-            raise ValueError(
-                f"param {k} and its grad must be C-contiguous, aligned, native-order arrays "
-                f"of one dtype and size, and the param writeable")
-        data[0] = cnp.PyArray_DATA(p)
-        data[1] = cnp.PyArray_DATA(g)
-        data[2] = NULL
-        data[3] = NULL
-        if states0 is not None:
-            s = states0[k]
-            if not _fits(s, typenum, size, True):
-                raise ValueError(f"state of param {k} must be a writeable C-contiguous "
-                                 f"array of the param's dtype and size")
-            data[2] = cnp.PyArray_DATA(s)
-        if states1 is not None:
-            s = states1[k]
-            if not _fits(s, typenum, size, True):
-                raise ValueError(f"state of param {k} must be a writeable C-contiguous "
-                                 f"array of the param's dtype and size")
-            data[3] = cnp.PyArray_DATA(s)
-        if typenum == cnp.NPY_FLOAT:
-            with nogil:
-                run_float(<float*>data[0], <const float*>data[1], <float*>data[2],
-                          <float*>data[3], size, c)
-        else:
-            with nogil:
-                run_double(<double*>data[0], <const double*>data[1], <double*>data[2],
-                           <double*>data[3], size, c)
-    return 0
+    if count > STACK_TASKS:
+        tasks = <Task*>malloc(count * sizeof(Task))
+        if tasks == NULL:
+            raise MemoryError()
+    try:
+        for k in range(count):
+            if not _plan(params[k], grads[k], None if states0 is None else states0[k],
+                         None if states1 is None else states1[k], &tasks[k]):
+                return False
+        with nogil:
+            for k in range(count):
+                task = &tasks[k]
+                if task.single:
+                    run_float(<float*>task.param, <const float*>task.grad,
+                              <float*>task.state0, <float*>task.state1, task.size, c)
+                else:
+                    run_double(<double*>task.param, <const double*>task.grad,
+                               <double*>task.state0, <double*>task.state1, task.size, c)
+        return True
+    finally:
+        if tasks != stack:
+            free(tasks)
 
 
 # ---------------------------------------------------------------------------------------------
 # Public entries: one per update rule, arguments in the order of fastopt.reference's rules.
+# Each updates every param in the lists and returns True, or, if any param is not one the
+# loops can take (see ``ready``), updates none and returns False.
 
 def sgd_step(list params, list grads, double lr):
     """``p -= lr*g`` for every param."""
     cdef double c[1]
     c[0] = lr
-    _run(params, grads, None, None, _sgd[float], _sgd[double], c)
+    return _run(params, grads, None, None, _sgd[float], _sgd[double], c)
 
 
 def momentum_step(list params, list grads, list v, double lr, double momentum):
@@ -287,7 +316,7 @@ def momentum_step(list params, list grads, list v, double lr, double momentum):
     cdef double c[2]
     c[0] = lr
     c[1] = momentum
-    _run(params, grads, v, None, _momentum[float], _momentum[double], c)
+    return _run(params, grads, v, None, _momentum[float], _momentum[double], c)
 
 
 def nesterov_step(list params, list grads, list v, double lr, double momentum,
@@ -297,10 +326,10 @@ def nesterov_step(list params, list grads, list v, double lr, double momentum,
     c[0] = lr
     c[1] = momentum
     if velocity_first:
-        _run(params, grads, v, None, _nesterov_velocity_first[float],
+        return _run(params, grads, v, None, _nesterov_velocity_first[float],
              _nesterov_velocity_first[double], c)
     else:
-        _run(params, grads, v, None, _nesterov[float], _nesterov[double], c)
+        return _run(params, grads, v, None, _nesterov[float], _nesterov[double], c)
 
 
 def adagrad_step(list params, list grads, list h, double lr, double eps, bint eps_inside_sqrt):
@@ -309,7 +338,7 @@ def adagrad_step(list params, list grads, list h, double lr, double eps, bint ep
     c[0] = lr
     c[1] = eps
     c[2] = eps_inside_sqrt
-    _run(params, grads, h, None, _adagrad[float], _adagrad[double], c)
+    return _run(params, grads, h, None, _adagrad[float], _adagrad[double], c)
 
 
 def rmsprop_step(list params, list grads, list h, double lr, double decay_rate, double eps,
@@ -320,7 +349,7 @@ def rmsprop_step(list params, list grads, list h, double lr, double decay_rate, 
     c[1] = decay_rate
     c[2] = eps
     c[3] = eps_inside_sqrt
-    _run(params, grads, h, None, _rmsprop[float], _rmsprop[double], c)
+    return _run(params, grads, h, None, _rmsprop[float], _rmsprop[double], c)
 
 
 def adam_step(list params, list grads, list m, list v, double lr_t, double beta1,
@@ -333,7 +362,7 @@ def adam_step(list params, list grads, list m, list v, double lr_t, double beta1
     c[2] = beta2
     c[3] = eps
     c[4] = eps_inside_sqrt
-    _run(params, grads, m, v, _adam[float], _adam[double], c)
+    return _run(params, grads, m, v, _adam[float], _adam[double], c)
 
 
 def adam_paper_step(list params, list grads, list m, list v, double lr, double beta1,
@@ -348,4 +377,77 @@ def adam_paper_step(list params, list grads, list m, list v, double lr, double b
     c[4] = bias_correction2
     c[5] = eps
     c[6] = eps_inside_sqrt
-    _run(params, grads, m, v, _adam_paper[float], _adam_paper[double], c)
+    return _run(params, grads, m, v, _adam_paper[float], _adam_paper[double], c)
+
+
+# ---------------------------------------------------------------------------------------------
+# For the benchmark: what the loops were compiled for, and the memory limit they run against.
+
+cdef extern from *:
+    """
+    #if defined(__AVX512F__)
+    #define FASTOPT_COMPILED_SIMD "AVX-512F"
+    #elif defined(__AVX2__)
+    #define FASTOPT_COMPILED_SIMD "AVX2"
+    #elif defined(__AVX__)
+    #define FASTOPT_COMPILED_SIMD "AVX"
+    #elif defined(__SSE2__) || defined(_M_X64)
+    #define FASTOPT_COMPILED_SIMD "SSE2 (x86-64 baseline)"
+    #elif defined(__ARM_NEON)
+    #define FASTOPT_COMPILED_SIMD "NEON"
+    #else
+    #define FASTOPT_COMPILED_SIMD "none"
+    #endif
+    """
+    const char* FASTOPT_COMPILED_SIMD
+
+
+def compiled_simd():
+    """The widest SIMD instruction set these loops were compiled to use."""
+    return FASTOPT_COMPILED_SIMD.decode()
+
+
+cdef void _stream(floating* t0, floating* t1, floating* t2, const floating* s, intp n,
+                  int targets) noexcept nogil:
+    cdef intp i
+    if targets == 1:
+        for i in range(n):
+            t0[i] = t0[i] + s[i]
+    elif targets == 2:
+        for i in range(n):
+            t0[i] = t0[i] + s[i]
+            t1[i] = t1[i] + s[i]
+    else:
+        for i in range(n):
+            t0[i] = t0[i] + s[i]
+            t1[i] = t1[i] + s[i]
+            t2[i] = t2[i] + s[i]
+
+
+def bandwidth_probe(list targets, source):
+    """One pass that reads ``source`` and reads and writes 1 to 3 ``targets``.
+
+    The memory traffic of an update that reads a grad and reads and writes the param and its
+    state, with trivial arithmetic: the benchmark's yardstick for the memory limit.
+    """
+    cdef cnp.ndarray s = source, t
+    cdef int typenum = cnp.PyArray_TYPE(s)
+    cdef intp size = cnp.PyArray_SIZE(s)
+    cdef void* data[3]
+    cdef int k, count = len(targets)
+    if not 1 <= count <= 3:
+        raise ValueError("bandwidth_probe takes 1 to 3 targets")
+    if (typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE) or not _fits(s, s, False):
+        raise ValueError("source must be a C-contiguous float32 or float64 array")
+    for k in range(3):
+        t = targets[min(k, count - 1)]
+        if not _fits(t, s, True):
+            raise ValueError("targets must be writeable C-contiguous arrays like source")
+        data[k] = cnp.PyArray_DATA(t)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT:
+            _stream(<float*>data[0], <float*>data[1], <float*>data[2],
+                    <const float*>cnp.PyArray_DATA(s), size, count)
+        else:
+            _stream(<double*>data[0], <double*>data[1], <double*>data[2],
+                    <const double*>cnp.PyArray_DATA(s), size, count)

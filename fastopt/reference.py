@@ -124,9 +124,10 @@ def _keys(params):
 class ReferenceOptimizer:
     """The book's ``update`` loop, shared by the six reference classes.
 
-    Subclasses name their state attributes in ``_state_names`` and implement
-    ``_begin_step()``, which advances any step counter and returns the rule to apply to each
-    key with the scalars that follow the state in its signature.
+    Subclasses name their state attributes in ``_state_names`` and implement ``_next_step()``,
+    which returns the rule to apply to each key in the coming step, with the scalars that follow
+    the state in its signature, without changing anything; ``_commit_step()`` then counts the
+    step (Adam's ``iter``).
     """
 
     _state_names: tuple[str, ...] = ()
@@ -134,8 +135,11 @@ class ReferenceOptimizer:
     def check_hyperparameters(self) -> None:
         """Raise TypeError or ValueError if a hyperparameter attribute is out of range."""
 
-    def _begin_step(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
+    def _next_step(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
         raise NotImplementedError
+
+    def _commit_step(self) -> None:
+        """Count one update; only Adam counts."""
 
     @staticmethod
     def _zeros(param):
@@ -159,7 +163,8 @@ class ReferenceOptimizer:
 
     def update(self, params, grads) -> None:
         self._add_zero_state(params)
-        rule, scalars = self._begin_step()
+        rule, scalars = self._next_step()
+        self._commit_step()
         states = [getattr(self, name) for name in self._state_names]
         for key in _keys(params):
             rule(params, key, grads[key], *states, *scalars)
@@ -180,7 +185,7 @@ class SGD(ReferenceOptimizer):
     def check_hyperparameters(self) -> None:
         check_learning_rate("lr", self.lr)
 
-    def _begin_step(self):
+    def _next_step(self):
         return sgd_rule, (self.lr,)
 
 
@@ -199,7 +204,7 @@ class Momentum(ReferenceOptimizer):
         check_learning_rate("lr", self.lr)
         check_coefficient("momentum", self.momentum)
 
-    def _begin_step(self):
+    def _next_step(self):
         return momentum_rule, (self.lr, self.momentum)
 
 
@@ -219,7 +224,7 @@ class Nesterov(ReferenceOptimizer):
         check_learning_rate("lr", self.lr)
         check_coefficient("momentum", self.momentum)
 
-    def _begin_step(self):
+    def _next_step(self):
         return nesterov_rule, (self.lr, self.momentum, self.velocity_first)
 
 
@@ -239,7 +244,7 @@ class AdaGrad(ReferenceOptimizer):
         check_learning_rate("lr", self.lr)
         check_epsilon("eps", self.eps)
 
-    def _begin_step(self):
+    def _next_step(self):
         return adagrad_rule, (self.lr, self.eps, self.eps_inside_sqrt)
 
 
@@ -261,7 +266,7 @@ class RMSprop(ReferenceOptimizer):
         check_coefficient("decay_rate", self.decay_rate)
         check_epsilon("eps", self.eps)
 
-    def _begin_step(self):
+    def _next_step(self):
         return rmsprop_rule, (self.lr, self.decay_rate, self.eps, self.eps_inside_sqrt)
 
 
@@ -292,12 +297,15 @@ class Adam(ReferenceOptimizer):
         check_coefficient("beta2", self.beta2)
         check_epsilon("eps", self.eps)
 
-    def _begin_step(self):
+    def _commit_step(self) -> None:
         self.iter += 1
+
+    def _next_step(self):
+        t = self.iter + 1
         if self.paper_form:
-            bias_correction1 = 1 - self.beta1**self.iter
-            bias_correction2 = 1 - self.beta2**self.iter
+            bias_correction1 = 1 - self.beta1**t
+            bias_correction2 = 1 - self.beta2**t
             return adam_paper_rule, (self.lr, self.beta1, self.beta2, bias_correction1,
                                      bias_correction2, self.eps, self.eps_inside_sqrt)
-        lr_t = self.lr * np.sqrt(1.0 - self.beta2**self.iter) / (1.0 - self.beta1**self.iter)
+        lr_t = self.lr * np.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t)
         return adam_rule, (lr_t, self.beta1, self.beta2, self.eps, self.eps_inside_sqrt)

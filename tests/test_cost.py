@@ -127,18 +127,42 @@ def test_ready_accepts_only_what_the_loops_can_take():
     assert not _kernels.ready(unaligned, np.ones(10))
 
 
-def test_kernel_entries_refuse_arrays_that_would_overrun():
-    p = np.ones(10)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        _kernels.sgd_step([p], [np.ones(9)], 0.1)
-    with pytest.raises(ValueError, match="state"):
-        _kernels.adam_step([p], [np.ones(10)], [np.zeros(10)], [np.zeros(5)],
-                           0.1, 0.9, 0.999, 1e-7, False)
-    with pytest.raises(TypeError):
-        _kernels.sgd_step([[1.0] * 10], [np.ones(10)], 0.1)
-    with pytest.raises(TypeError, match="float32 or float64"):
-        _kernels.sgd_step([np.ones(10, np.float16)], [np.ones(10, np.float16)], 0.1)
+def test_kernel_entries_decline_arrays_they_cannot_take_and_touch_nothing():
+    p, q = np.ones(10), np.ones(10)
+    m, v = np.zeros(10), np.zeros(10)
+    declined = [
+        ([p, q], [np.ones(10), np.ones(9)]),               # the last param's grad is short
+        ([p, q], [np.ones(10), np.ones((2, 5))]),          # same size, other shape
+        ([p, q], [np.ones(10), np.ones(10, np.float32)]),  # mixed dtypes
+        ([p, [1.0] * 10], [np.ones(10), np.ones(10)]),     # not an array
+        ([p, np.ones(10, np.float16)], [np.ones(10), np.ones(10, np.float16)]),
+        ([p, q], [np.ones(10), q]),                        # grad is the param
+    ]
+    for params, grads in declined:
+        assert _kernels.sgd_step(params, grads, 0.1) is False
+        assert np.all(p == 1.0) and np.all(q == 1.0)
+    assert _kernels.adam_step([p], [np.ones(10)], [m], [np.zeros(5)], 0.1, 0.9, 0.999, 1e-7,
+                              False) is False
+    assert _kernels.adam_step([p], [np.ones(10)], [m], [m], 0.1, 0.9, 0.999, 1e-7,
+                              False) is False                  # two states share memory
+    assert np.all(p == 1.0) and np.all(m == 0.0)
     with pytest.raises(ValueError, match="same length"):
         _kernels.momentum_step([p], [np.ones(10)], [], 0.1, 0.9)
-    assert np.all(p == 1.0)
+    with pytest.raises(TypeError):
+        _kernels.sgd_step((p,), [np.ones(10)], 0.1)
+    assert _kernels.sgd_step([p, q], [np.ones(10), np.ones(10)], 0.5) is True
+    assert np.all(p == 0.5) and np.all(q == 0.5)
 
+
+def test_many_params_beyond_the_stack_buffer():
+    # More params than the kernel plans on its stack: the heap path must give the same bits.
+    rng = np.random.default_rng(5)
+    params = {f"p{i}": rng.standard_normal(7) for i in range(100)}
+    expected = {key: value.copy() for key, value in params.items()}
+    grads = {key: rng.standard_normal(7) for key in params}
+    fast, ref = fastopt.Adam(), fastopt.reference.Adam()
+    for _ in range(3):
+        fast.update(params, grads)
+        ref.update(expected, grads)
+    for key in params:
+        assert_same_bits(params[key], expected[key])

@@ -1,0 +1,486 @@
+"""Benchmark fastopt against the book's pure-NumPy optimizers and torch.optim.
+
+    python bench/run.py --quick                 # the README's main command, under a minute
+    python bench/run.py --json results.json --plot speedup.png
+    python bench/run.py --optimizer Adam --dtype float32 --workload 1e7
+
+Method. For each cell (optimizer x dtype x workload) every contender gets its own copy of the
+same params and grads, is called twice to allocate its state and warm up, and is then timed in
+rounds: in each round every contender runs one sample (a batch of ``update()`` calls sized so a
+sample lasts at least ~0.2 ms), in an order that rotates from round to round, until the cell's
+time budget is spent. Interleaving makes drift on a shared machine hit all contenders alike.
+Only the update calls are inside the timed region. Reported: the median time per update with
+min and max, ns per element, effective GB/s (the bytes one fused pass must read and write, over
+the time), speedups computed from those medians, and the bytes allocated by one update as
+tracemalloc sees them (NumPy's temporaries; torch allocates outside Python's view, so n/a).
+
+The bandwidth probe is a compiled streaming pass with the same reads and writes as the
+optimizer (``fastopt._kernels.bandwidth_probe``), timed in the same rounds; on large arrays the
+"of probe" column is how close each contender comes to that memory limit.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import sysconfig
+import time
+import tracemalloc
+from dataclasses import dataclass
+
+import numpy as np
+
+import fastopt
+from fastopt import _kernels, reference
+
+OPTIMIZERS = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
+DTYPES = ["float32", "float64"]
+
+# Arrays each optimizer reads and writes per element: (read, written), and how many targets
+# the bandwidth probe must read and write to move the same bytes (with the grad as source).
+TRAFFIC = {"SGD": (2, 1), "Momentum": (3, 2), "Nesterov": (3, 2), "AdaGrad": (3, 2),
+           "RMSprop": (3, 2), "Adam": (4, 3)}
+
+# torch.optim with the book's hyperparameters. torch's Adam is the paper's form, whose cost is
+# the same as the book's.
+TORCH_EQUIVALENTS = {
+    "SGD": ("SGD", {"lr": 0.01}),
+    "Momentum": ("SGD", {"lr": 0.01, "momentum": 0.9}),
+    "Nesterov": ("SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
+    "AdaGrad": ("Adagrad", {"lr": 0.01, "eps": 1e-7}),
+    "RMSprop": ("RMSprop", {"lr": 0.01, "alpha": 0.99, "eps": 1e-7}),
+    "Adam": ("Adam", {"lr": 0.001, "betas": (0.9, 0.999), "eps": 1e-7}),
+}
+
+TWO_LAYER_NET = [(784, 50), (50,), (50, 10), (10,)]
+FIVE_LAYER_NET = [(784, 100), (100,), (100, 100), (100,), (100, 100), (100,), (100, 100),
+                  (100,), (100, 10), (10,)]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    shapes: tuple
+    description: str
+
+    @property
+    def elements(self) -> int:
+        return sum(math.prod(shape) for shape in self.shapes)
+
+    @property
+    def single_array(self) -> bool:
+        return len(self.shapes) == 1
+
+
+def all_workloads() -> list[Workload]:
+    workloads = [Workload(f"1e{exponent}", ((10**exponent,),), f"one array of 1e{exponent}")
+                 for exponent in (2, 4, 6, 7)]
+    workloads += [
+        Workload("two_layer_net", tuple(TWO_LAYER_NET), "the book's TwoLayerNet 784-50-10"),
+        Workload("five_layer_net", tuple(FIVE_LAYER_NET),
+                 "the book's comparison net 784-100x4-10"),
+        Workload("many_small", ((1000,),) * 200, "200 arrays of 1000"),
+    ]
+    return workloads
+
+
+QUICK_WORKLOADS = ["1e2", "1e4", "1e6", "two_layer_net", "five_layer_net", "many_small"]
+
+
+# --------------------------------------------------------------------------------------------
+# Contenders: each returns a zero-argument callable that performs one update().
+
+def make_numpy_like(module, optimizer, params, grads):
+    instance = getattr(module, optimizer)()
+    own = {key: value.copy() for key, value in params.items()}
+
+    def step():
+        instance.update(own, grads)
+    return step
+
+
+def torch_implementation(torch, optimizer, dtype):
+    """Construct torch's equivalent fused where torch has a fused CPU kernel; say which."""
+    name, options = TORCH_EQUIVALENTS[optimizer]
+    probe = torch.zeros(4, dtype=getattr(torch, dtype))
+    probe.grad = torch.ones(4, dtype=getattr(torch, dtype))
+    try:
+        getattr(torch.optim, name)([probe], fused=True, **options).step()
+        return "fused"
+    except (RuntimeError, TypeError, ValueError):
+        return "default"
+
+
+def make_torch(torch, optimizer, params, grads, implementation):
+    name, options = TORCH_EQUIVALENTS[optimizer]
+    tensors = [torch.from_numpy(value.copy()) for value in params.values()]
+    for tensor, grad in zip(tensors, grads.values()):
+        tensor.grad = torch.from_numpy(grad.copy())
+    extra = {"fused": True} if implementation == "fused" else {}
+    instance = getattr(torch.optim, name)(tensors, **options, **extra)
+    return instance.step
+
+
+def make_probe(optimizer, params, grads):
+    (array,) = params.values()
+    targets = [array.copy() * 0 for _ in range(TRAFFIC[optimizer][1])]
+    source = next(iter(grads.values()))
+
+    def step():
+        _kernels.bandwidth_probe(targets, source)
+    return step
+
+
+# --------------------------------------------------------------------------------------------
+# Timing.
+
+def warm_allocator() -> None:
+    """Put glibc's malloc in the state a training process is in, before anything is timed.
+
+    glibc serves blocks over its mmap threshold (128 KiB at start) with fresh mmapped pages,
+    each page faulted in on first touch, until the first such block is freed: then the
+    threshold rises to that block's size and later temporaries reuse heap pages. A training
+    loop frees batches and activations far larger than an optimizer's temporaries long before
+    its first update, and importing torch frees large blocks too. Without this, the book's
+    NumPy code runs up to 1.7x slower in a fresh process than in one that imported torch
+    (measured: TwoLayerNet float64 Adam, 311 vs 189 us), so the NumPy column would depend on
+    whether torch is installed. This makes the NumPy baseline its fastest, never slower.
+    """
+    block = np.empty(4_000_000)   # 32 MB, just under glibc's 32 MiB cap for the threshold
+    del block
+
+def calls_per_sample(step, target_seconds=2e-4) -> int:
+    start = time.perf_counter()
+    step()
+    single = time.perf_counter() - start
+    return max(1, min(10_000, int(target_seconds / max(single, 1e-9))))
+
+
+def measure(steps: dict, budget: float, min_rounds: int) -> dict:
+    """Interleaved round-robin timing; returns per-contender lists of seconds per update."""
+    for step in steps.values():          # the first call allocates state; then warm up
+        step()
+        step()
+    batch = {name: calls_per_sample(step) for name, step in steps.items()}
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    deadline = time.perf_counter() + budget
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for round_index in itertools.count():
+            order = names[round_index % len(names):] + names[:round_index % len(names)]
+            for name in order:
+                step, calls = steps[name], batch[name]
+                start = time.perf_counter()
+                for _ in itertools.repeat(None, calls):
+                    step()
+                samples[name].append((time.perf_counter() - start) / calls)
+            if round_index + 1 >= min_rounds and time.perf_counter() >= deadline:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {"samples": samples, "calls_per_sample": batch}
+
+
+def allocated_bytes(step) -> int:
+    """Peak bytes that one call allocates, as tracemalloc sees them."""
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        step()
+        return max(0, tracemalloc.get_traced_memory()[1] - baseline)
+    finally:
+        tracemalloc.stop()
+
+
+def run_cell(optimizer, dtype, workload, contenders, budget, min_rounds, torch, torch_impl):
+    rng = np.random.default_rng(0)
+    params = {f"p{i}": rng.standard_normal(shape).astype(dtype)
+              for i, shape in enumerate(workload.shapes)}
+    grads = {key: (rng.standard_normal(value.shape) * 1e-3).astype(dtype)
+             for key, value in params.items()}
+    steps = {}
+    if "fastopt" in contenders:
+        steps["fastopt"] = make_numpy_like(fastopt, optimizer, params, grads)
+    if "numpy" in contenders:
+        steps["numpy"] = make_numpy_like(reference, optimizer, params, grads)
+    if torch is not None:
+        steps["torch"] = make_torch(torch, optimizer, params, grads, torch_impl)
+    if workload.single_array:
+        steps["probe"] = make_probe(optimizer, params, grads)
+    timing = measure(steps, budget, min_rounds)
+
+    read, written = TRAFFIC[optimizer]
+    traffic = (read + written) * np.dtype(dtype).itemsize * workload.elements
+    results = {}
+    for name, seconds in timing["samples"].items():
+        median = float(np.median(seconds))
+        results[name] = {
+            "median_us": median * 1e6,
+            "min_us": float(np.min(seconds)) * 1e6,
+            "max_us": float(np.max(seconds)) * 1e6,
+            "samples": len(seconds),
+            "calls_per_sample": timing["calls_per_sample"][name],
+            "ns_per_element": median * 1e9 / workload.elements,
+            "gb_per_s": traffic / median / 1e9,
+            "alloc_bytes": None if name == "torch" else allocated_bytes(steps[name]),
+        }
+    if "torch" in results:
+        results["torch"]["implementation"] = torch_impl
+
+    def ratio(slow, fast):
+        if slow in results and fast in results:
+            return results[slow]["median_us"] / results[fast]["median_us"]
+        return None
+
+    cell = {
+        "optimizer": optimizer, "dtype": dtype, "workload": workload.name,
+        "description": workload.description, "arrays": len(workload.shapes),
+        "elements": workload.elements, "bytes_per_update": traffic, "results": results,
+        "speedup_vs_numpy": {name: ratio("numpy", name) for name in ("fastopt", "torch")
+                             if ratio("numpy", name) is not None},
+        "speedup_vs_torch": {name: ratio("torch", name) for name in ("fastopt",)
+                             if ratio("torch", name) is not None},
+        # probe time over the contender's: 1.0 means at the probe's bandwidth
+        "fraction_of_probe": {name: ratio("probe", name) for name in ("fastopt", "numpy", "torch")
+                              if ratio("probe", name) is not None},
+    }
+    return cell
+
+
+# --------------------------------------------------------------------------------------------
+# The machine.
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_simd() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo
+                          if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    for flag, label in (("avx512f", "AVX-512F"), ("avx2", "AVX2"), ("avx", "AVX"),
+                        ("sse2", "SSE2")):
+        if flag in flags:
+            return label
+    return "unknown"
+
+
+def compiler_version() -> str:
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    try:
+        output = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                                timeout=10).stdout
+        return output.splitlines()[0] if output else compiler
+    except (OSError, subprocess.SubprocessError):
+        return f"{compiler} (version unknown)"
+
+
+def machine_info(torch) -> dict:
+    try:
+        import Cython
+        cython_version = Cython.__version__
+    except ImportError:
+        cython_version = "not installed here (needed only to build)"
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu_model(),
+        "cpu_simd": cpu_simd(),
+        "logical_cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "fastopt_threads": 1,
+        "fastopt_simd": _kernels.compiled_simd(),
+        "fastopt": f"{fastopt.__version__} at {os.path.dirname(fastopt.__file__)}",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cython": cython_version,
+        "compiler": compiler_version(),
+        "torch": torch.__version__ if torch is not None else None,
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "platform": platform.platform(),
+    }
+
+
+def print_header(info: dict, settings: dict) -> None:
+    print("fastopt benchmark:", info["date_utc"], "UTC")
+    print(f"  CPU      {info['cpu']} ({info['cpu_simd']}), {info['logical_cpus']} logical CPUs,"
+          f" {info['cpus_usable']} usable")
+    print(f"  fastopt  {info['fastopt']}; {info['fastopt_threads']} thread, loops compiled for "
+          f"{info['fastopt_simd']}")
+    print(f"  versions Python {info['python']}, NumPy {info['numpy']}, Cython {info['cython']}, "
+          f"{info['compiler']}")
+    torch_line = (f"torch {info['torch']} ({info['torch_threads']} threads)" if info["torch"]
+                  else "torch not installed: no torch column (pip install torch==2.13.0)")
+    print(f"  peers    fastopt.reference (pure NumPy, the book's code); {torch_line}")
+    print(f"  method   interleaved rounds, {settings['budget']:g} s per cell, at least "
+          f"{settings['min_rounds']} rounds; medians (min-max in the JSON); malloc warmed as in "
+          f"a training process")
+    print()
+
+
+def format_bytes(value) -> str:
+    if value is None:
+        return "n/a"
+    for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
+        if value >= size:
+            return f"{value / size:.0f}{unit}"
+    return str(value)
+
+
+def print_row(cell: dict, first: bool) -> None:
+    results = cell["results"]
+    if first:
+        print(f"{'optimizer':9} {'dtype':7} {'workload':14} {'fastopt us':>11} {'numpy us':>10} "
+              f"{'torch us':>9} {'x numpy':>8} {'x torch':>8} {'ns/elem':>8} {'GB/s':>6} "
+              f"{'of probe':>8}  {'alloc fastopt/numpy':>19}")
+    torch = results.get("torch")
+    fast = results["fastopt"]
+    probe = cell["fraction_of_probe"].get("fastopt")
+    print(f"{cell['optimizer']:9} {cell['dtype']:7} {cell['workload']:14} "
+          f"{fast['median_us']:11.2f} {results['numpy']['median_us']:10.2f} "
+          f"{torch['median_us'] if torch else float('nan'):9.2f} "
+          f"{cell['speedup_vs_numpy']['fastopt']:8.2f} "
+          f"{cell['speedup_vs_torch'].get('fastopt', float('nan')):8.2f} "
+          f"{fast['ns_per_element']:8.3f} {fast['gb_per_s']:6.1f} "
+          f"{'' if probe is None else f'{probe:.0%}':>8}  "
+          f"{format_bytes(fast['alloc_bytes']) + '/' + format_bytes(results['numpy']['alloc_bytes']):>19}",
+          flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The plot.
+
+def plot(cells: list, path: str, info: dict) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+    singles = [cell for cell in cells if cell["arrays"] == 1]
+    dtypes = sorted({cell["dtype"] for cell in singles})
+    if not singles:
+        raise SystemExit("--plot needs single-array workloads (1e2 ... 1e7) in the run")
+    figure, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 4.8), sharey=True,
+                                squeeze=False)
+    colors = dict(zip(OPTIMIZERS, plt.get_cmap("tab10").colors))
+    for axis, dtype in zip(axes[0], dtypes):
+        for optimizer in OPTIMIZERS:
+            rows = sorted((cell for cell in singles
+                           if cell["dtype"] == dtype and cell["optimizer"] == optimizer),
+                          key=lambda cell: cell["elements"])
+            if not rows:
+                continue
+            sizes = [cell["elements"] for cell in rows]
+            axis.plot(sizes, [cell["speedup_vs_numpy"]["fastopt"] for cell in rows], "o-",
+                      color=colors[optimizer], label=f"fastopt {optimizer}")
+            if all("torch" in cell["speedup_vs_numpy"] for cell in rows):
+                axis.plot(sizes, [cell["speedup_vs_numpy"]["torch"] for cell in rows], "x--",
+                          color=colors[optimizer], alpha=0.6, label=f"torch {optimizer}")
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("elements in the parameter array")
+        axis.set_title(dtype)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("speedup over the book's NumPy code (x)")
+    axes[0][-1].legend(fontsize=7, ncol=2, loc="upper left")
+    figure.suptitle(f"fastopt vs pure NumPy (solid) and torch.optim (dashed), higher is "
+                    f"better\n{info['cpu']}, {info['date_utc']} UTC", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
+# --------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    names = [workload.name for workload in all_workloads()]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small budget, no 1e7 arrays: the whole run in under a minute")
+    parser.add_argument("--json", metavar="FILE", help="write all results as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="plot speedup vs size (matplotlib)")
+    parser.add_argument("--optimizer", nargs="+", choices=OPTIMIZERS, default=OPTIMIZERS)
+    parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=DTYPES)
+    parser.add_argument("--workload", "--size", nargs="+", choices=names, dest="workload",
+                        help="which sizes and networks (default: all; --quick: all but 1e7)")
+    parser.add_argument("--budget", type=float,
+                        help="seconds of timing per cell (default 0.25 with --quick, else 1.5)")
+    parser.add_argument("--min-rounds", type=int, default=5,
+                        help="rounds per cell even past the budget (default 5)")
+    parser.add_argument("--no-torch", action="store_true", help="leave torch out")
+    args = parser.parse_args(argv)
+    if args.budget is None:
+        args.budget = 0.25 if args.quick else 1.5
+    if args.workload is None:
+        args.workload = QUICK_WORKLOADS if args.quick else names
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    info = machine_info(torch)
+    settings = {"quick": args.quick, "budget": args.budget, "min_rounds": args.min_rounds,
+                "optimizers": args.optimizer, "dtypes": args.dtype,
+                "workloads": args.workload, "command": " ".join(sys.argv)}
+    warm_allocator()
+    print_header(info, settings)
+    workloads = [workload for workload in all_workloads() if workload.name in args.workload]
+    cells = []
+    started = time.perf_counter()
+    for optimizer in args.optimizer:
+        for dtype in args.dtype:
+            torch_impl = torch_implementation(torch, optimizer, dtype) if torch else None
+            for workload in workloads:
+                cell = run_cell(optimizer, dtype, workload, ("fastopt", "numpy"), args.budget,
+                                args.min_rounds, torch, torch_impl)
+                print_row(cell, first=not cells)
+                cells.append(cell)
+    elapsed = time.perf_counter() - started
+    if torch is not None:
+        impls = sorted({f"{c['optimizer']}: {c['results']['torch']['implementation']}"
+                        for c in cells})
+        print("\ntorch.optim implementation used:", ", ".join(impls))
+    print(f"\n{len(cells)} cells in {elapsed:.0f} s. 'x numpy' and 'x torch' are speedups of "
+          f"fastopt (median over median); 'of probe' is the bandwidth probe's time over "
+          f"fastopt's on single arrays (100% = at the memory limit the probe reaches).")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"schema": 1, "machine": info, "settings": settings, "cells": cells},
+                      out, indent=1)
+        print(f"results written to {args.json}")
+    if args.plot:
+        plot(cells, args.plot, info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
