@@ -5,10 +5,10 @@
     python bench/run.py --optimizer Adam --dtype float32 --workload 1e7
 
 Method. For each cell (optimizer x dtype x workload) every contender gets its own copy of the
-same params and grads, is called twice to allocate its state and warm up, and is then timed in
-rounds: in each round every contender runs one sample (a batch of ``update()`` calls sized so a
-sample lasts at least ~0.2 ms), in an order that rotates from round to round, until the cell's
-time budget is spent. Interleaving makes drift on a shared machine hit all contenders alike.
+same params and grads, is called a few times to allocate its state and warm up, and is then
+timed in rounds: in each round every contender runs one sample (the same number of
+``update()`` calls for all, one call unless the fastest contender needs more to span 20 us), in
+an order that rotates from round to round, until the cell's time budget is spent. Interleaving makes drift on a shared machine hit all contenders alike.
 Only the update calls are inside the timed region. Reported: the median time per update with
 min and max, ns per element, effective GB/s (the bytes one fused pass must read and write, over
 the time), speedups computed from those medians, and the bytes allocated by one update as
@@ -156,11 +156,18 @@ def warm_allocator() -> None:
     block = np.empty(4_000_000)   # 32 MB, just under glibc's 32 MiB cap for the threshold
     del block
 
-def calls_per_sample(step, target_seconds=2e-4) -> int:
-    start = time.perf_counter()
-    step()
-    single = time.perf_counter() - start
-    return max(1, min(10_000, int(target_seconds / max(single, 1e-9))))
+def calls_per_sample(steps, target_seconds=2e-5) -> int:
+    """One batch size for every contender of a cell, so that all samples are alike: the
+    fewest calls with which the fastest contender's sample spans ``target_seconds`` (where
+    the timer's ~0.05 us is under 0.4%). Above that every sample is a single call, its caches
+    as cold as the other contenders left them, as in training."""
+    fastest = math.inf
+    for step in steps:
+        for _ in range(3):
+            start = time.perf_counter()
+            step()
+            fastest = min(fastest, time.perf_counter() - start)
+    return max(1, min(10_000, math.ceil(target_seconds / max(fastest, 1e-9))))
 
 
 def measure(steps: dict, budget: float, min_rounds: int) -> dict:
@@ -168,7 +175,7 @@ def measure(steps: dict, budget: float, min_rounds: int) -> dict:
     for step in steps.values():          # the first call allocates state; then warm up
         step()
         step()
-    batch = {name: calls_per_sample(step) for name, step in steps.items()}
+    calls = calls_per_sample(steps.values())
     samples: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
     deadline = time.perf_counter() + budget
@@ -178,7 +185,7 @@ def measure(steps: dict, budget: float, min_rounds: int) -> dict:
         for round_index in itertools.count():
             order = names[round_index % len(names):] + names[:round_index % len(names)]
             for name in order:
-                step, calls = steps[name], batch[name]
+                step = steps[name]
                 start = time.perf_counter()
                 for _ in itertools.repeat(None, calls):
                     step()
@@ -188,7 +195,7 @@ def measure(steps: dict, budget: float, min_rounds: int) -> dict:
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {"samples": samples, "calls_per_sample": batch}
+    return {"samples": samples, "calls_per_sample": calls}
 
 
 def allocated_bytes(step) -> int:
@@ -229,7 +236,7 @@ def run_cell(optimizer, dtype, workload, contenders, budget, min_rounds, torch, 
             "min_us": float(np.min(seconds)) * 1e6,
             "max_us": float(np.max(seconds)) * 1e6,
             "samples": len(seconds),
-            "calls_per_sample": timing["calls_per_sample"][name],
+            "calls_per_sample": timing["calls_per_sample"],
             "ns_per_element": median * 1e9 / workload.elements,
             "gb_per_s": traffic / median / 1e9,
             "alloc_bytes": None if name == "torch" else allocated_bytes(steps[name]),
@@ -404,12 +411,60 @@ def plot(cells: list, path: str, info: dict) -> None:
         axis.set_title(dtype)
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("speedup over the book's NumPy code (x)")
-    axes[0][-1].legend(fontsize=7, ncol=2, loc="upper left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=8, ncol=6, loc="lower center")
     figure.suptitle(f"fastopt vs pure NumPy (solid) and torch.optim (dashed), higher is "
                     f"better\n{info['cpu']}, {info['date_utc']} UTC", fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     figure.savefig(path, dpi=110)
     print(f"plot written to {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# The README's table.
+
+def markdown(cells: list, info: dict, command: str) -> str:
+    """Per workload and dtype, fastopt's median per update and its speedups, per optimizer."""
+    optimizers = [name for name in OPTIMIZERS if any(c["optimizer"] == name for c in cells)]
+    with_torch = any("fastopt" in cell["speedup_vs_torch"] for cell in cells)
+    lines = [
+        f"Measured {info['date_utc']} UTC on {info['cpu']} ({info['logical_cpus']} CPUs; fastopt "
+        f"{info['fastopt_threads']} thread, loops compiled for {info['fastopt_simd']}), "
+        f"Python {info['python']}, NumPy {info['numpy']}"
+        + (f", torch {info['torch']} ({info['torch_threads']} threads)" if info["torch"] else "")
+        + f", with `{command}`.",
+        "",
+        "Each cell: fastopt's median time per `update()`, then its speedup over the book's NumPy "
+        "code" + (" and over torch.optim" if with_torch else "") + " (ratios of medians, "
+        "measured in the same interleaved rounds).",
+        "",
+        "| workload | dtype | " + " | ".join(optimizers) + " |",
+        "|---|---|" + "---|" * len(optimizers),
+    ]
+    workloads = [w for w in all_workloads() if any(c["workload"] == w.name for c in cells)]
+    for workload in workloads:
+        for dtype in DTYPES:
+            row = []
+            for optimizer in optimizers:
+                cell = next((c for c in cells if c["workload"] == workload.name
+                             and c["dtype"] == dtype and c["optimizer"] == optimizer), None)
+                if cell is None:
+                    row.append("")
+                    continue
+                text = (f"{format_time(cell['results']['fastopt']['median_us'])} · "
+                        f"{cell['speedup_vs_numpy']['fastopt']:.1f}× np")
+                if "fastopt" in cell["speedup_vs_torch"]:
+                    text += f" · {cell['speedup_vs_torch']['fastopt']:.2f}× torch"
+                row.append(text)
+            if any(row):
+                lines.append(f"| {workload.description} | {dtype} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_time(microseconds: float) -> str:
+    if microseconds >= 1000:
+        return f"{microseconds / 1000:.1f} ms"
+    return f"{microseconds:.1f} µs" if microseconds >= 10 else f"{microseconds:.2f} µs"
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,6 +477,9 @@ def parse_args(argv=None):
                         help="small budget, no 1e7 arrays: the whole run in under a minute")
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="plot speedup vs size (matplotlib)")
+    parser.add_argument("--markdown", metavar="FILE.md", help="write the README's table")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="measure nothing: redraw --plot/--markdown from an earlier --json")
     parser.add_argument("--optimizer", nargs="+", choices=OPTIMIZERS, default=OPTIMIZERS)
     parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=DTYPES)
     parser.add_argument("--workload", "--size", nargs="+", choices=names, dest="workload",
@@ -441,6 +499,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as saved:
+            results = json.load(saved)
+        write_reports(args, results["cells"], results["machine"], results["settings"])
+        return 0
     torch = None
     if not args.no_torch:
         try:
@@ -450,7 +513,9 @@ def main(argv=None) -> int:
     info = machine_info(torch)
     settings = {"quick": args.quick, "budget": args.budget, "min_rounds": args.min_rounds,
                 "optimizers": args.optimizer, "dtypes": args.dtype,
-                "workloads": args.workload, "command": " ".join(sys.argv)}
+                "workloads": args.workload,
+                "command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None
+                                                              else argv)}
     warm_allocator()
     print_header(info, settings)
     workloads = [workload for workload in all_workloads() if workload.name in args.workload]
@@ -477,9 +542,17 @@ def main(argv=None) -> int:
             json.dump({"schema": 1, "machine": info, "settings": settings, "cells": cells},
                       out, indent=1)
         print(f"results written to {args.json}")
+    write_reports(args, cells, info, settings)
+    return 0
+
+
+def write_reports(args, cells: list, info: dict, settings: dict) -> None:
+    if args.markdown:
+        with open(args.markdown, "w") as out:
+            out.write(markdown(cells, info, settings["command"]))
+        print(f"table written to {args.markdown}")
     if args.plot:
         plot(cells, args.plot, info)
-    return 0
 
 
 if __name__ == "__main__":
