@@ -8,11 +8,12 @@ Method. For each cell (optimizer x dtype x workload) every contender gets its ow
 same params and grads, is called a few times to allocate its state and warm up, and is then
 timed in rounds: in each round every contender runs one sample (the same number of
 ``update()`` calls for all, one call unless the fastest contender needs more to span 20 us), in
-an order that rotates from round to round, until the cell's time budget is spent. Interleaving makes drift on a shared machine hit all contenders alike.
-Only the update calls are inside the timed region. Reported: the median time per update with
-min and max, ns per element, effective GB/s (the bytes one fused pass must read and write, over
-the time), speedups computed from those medians, and the bytes allocated by one update as
-tracemalloc sees them (NumPy's temporaries; torch allocates outside Python's view, so n/a).
+an order that rotates from round to round, until the cell's time budget is spent.
+Interleaving makes drift on a shared machine hit all contenders alike. Only the update calls
+are inside the timed region. Reported: the median time per update with min and max, ns per
+element, effective GB/s (the bytes one fused pass must read and write, over the time),
+speedups computed from those medians, and the bytes allocated by one update as tracemalloc
+sees them (NumPy's temporaries; torch allocates outside Python's view, so n/a).
 
 The bandwidth probe is a compiled streaming pass with the same reads and writes as the
 optimizer (``fastopt._kernels.bandwidth_probe``), timed in the same rounds; on large arrays the
@@ -121,7 +122,7 @@ def torch_implementation(torch, optimizer, dtype):
 def make_torch(torch, optimizer, params, grads, implementation):
     name, options = TORCH_EQUIVALENTS[optimizer]
     tensors = [torch.from_numpy(value.copy()) for value in params.values()]
-    for tensor, grad in zip(tensors, grads.values()):
+    for tensor, grad in zip(tensors, grads.values(), strict=True):
         tensor.grad = torch.from_numpy(grad.copy())
     extra = {"fused": True} if implementation == "fused" else {}
     instance = getattr(torch.optim, name)(tensors, **options, **extra)
@@ -363,6 +364,8 @@ def print_row(cell: dict, first: bool) -> None:
     torch = results.get("torch")
     fast = results["fastopt"]
     probe = cell["fraction_of_probe"].get("fastopt")
+    allocations = (f"{format_bytes(fast['alloc_bytes'])}/"
+                   f"{format_bytes(results['numpy']['alloc_bytes'])}")
     print(f"{cell['optimizer']:9} {cell['dtype']:7} {cell['workload']:14} "
           f"{fast['median_us']:11.2f} {results['numpy']['median_us']:10.2f} "
           f"{torch['median_us'] if torch else float('nan'):9.2f} "
@@ -370,7 +373,7 @@ def print_row(cell: dict, first: bool) -> None:
           f"{cell['speedup_vs_torch'].get('fastopt', float('nan')):8.2f} "
           f"{fast['ns_per_element']:8.3f} {fast['gb_per_s']:6.1f} "
           f"{'' if probe is None else f'{probe:.0%}':>8}  "
-          f"{format_bytes(fast['alloc_bytes']) + '/' + format_bytes(results['numpy']['alloc_bytes']):>19}",
+          f"{allocations:>19}",
           flush=True)
 
 
@@ -390,8 +393,8 @@ def plot(cells: list, path: str, info: dict) -> None:
         raise SystemExit("--plot needs single-array workloads (1e2 ... 1e7) in the run")
     figure, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 4.8), sharey=True,
                                 squeeze=False)
-    colors = dict(zip(OPTIMIZERS, plt.get_cmap("tab10").colors))
-    for axis, dtype in zip(axes[0], dtypes):
+    colors = dict(zip(OPTIMIZERS, plt.get_cmap("tab10").colors, strict=False))  # 10 colours
+    for axis, dtype in zip(axes[0], dtypes, strict=True):
         for optimizer in OPTIMIZERS:
             rows = sorted((cell for cell in singles
                            if cell["dtype"] == dtype and cell["optimizer"] == optimizer),

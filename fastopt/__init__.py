@@ -15,8 +15,9 @@ except ImportError as error:   # pragma: no cover - exercised only without a bui
         f"root), or build in place with `python setup.py build_ext --inplace`."
     ) from error
 
-from . import reference
+from . import reference as reference  # fastopt.reference, not in __all__
 from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSProp, RMSprop
 
-# `from fastopt import *` brings exactly the book's class names, as `from common.optimizer import *`.
-__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "RMSProp", "Adam"]
+# `from fastopt import *` brings exactly the book's class names, like
+# `from common.optimizer import *`.
+__all__ = ["SGD", "AdaGrad", "Adam", "Momentum", "Nesterov", "RMSProp", "RMSprop"]

@@ -14,8 +14,8 @@ path runs in two phases, so that a rejected call changes nothing:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping, MutableMapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 
 import numpy as np
 
@@ -172,7 +172,7 @@ class Optimizer(reference.ReferenceOptimizer):
                             f"got {type(params).__name__}")
 
         states = [getattr(self, name) for name in self._state_names]
-        for name, state in zip(self._state_names, states):
+        for name, state in zip(self._state_names, states, strict=True):
             if state is not None and isinstance(state, dict) != by_name:
                 kept = "by key (a dict)" if isinstance(state, dict) else "by position (a list)"
                 raise TypeError(f"state {name!r} is kept {kept} from earlier calls, but params "
@@ -191,7 +191,7 @@ class Optimizer(reference.ReferenceOptimizer):
                                f"every param") from None
             shape = _check_param(key, param, grad, mutable)
             own = []
-            for name, state in zip(self._state_names, states):
+            for name, state in zip(self._state_names, states, strict=True):
                 if state is None:
                     entry = None
                 elif by_name:
@@ -217,7 +217,7 @@ class Optimizer(reference.ReferenceOptimizer):
         self._commit_step()
         kernel = _KERNEL_FOR_RULE[rule]
         run: list[Any] = []
-        for key, grad, fast in zip(keys, grad_list, compiled):
+        for key, grad, fast in zip(keys, grad_list, compiled, strict=True):
             if fast:
                 run.append(key)
                 continue

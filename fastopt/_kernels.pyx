@@ -326,8 +326,8 @@ def nesterov_step(list params, list grads, list v, double lr, double momentum,
     c[0] = lr
     c[1] = momentum
     if velocity_first:
-        return _run(params, grads, v, None, _nesterov_velocity_first[float],
-             _nesterov_velocity_first[double], c)
+        return _run(params, grads, v, None,
+                    _nesterov_velocity_first[float], _nesterov_velocity_first[double], c)
     else:
         return _run(params, grads, v, None, _nesterov[float], _nesterov[double], c)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import reference
 from ._base import Optimizer
 
-__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "RMSProp", "Adam"]
+__all__ = ["SGD", "AdaGrad", "Adam", "Momentum", "Nesterov", "RMSProp", "RMSprop"]
 
 _SHARED = """
     Every hyperparameter is a plain attribute; a change takes effect on the next ``update``.

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "RMSProp", "Adam"]
+__all__ = ["SGD", "AdaGrad", "Adam", "Momentum", "Nesterov", "RMSProp", "RMSprop"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 import fastopt
 from fastopt import reference
 
@@ -52,7 +53,8 @@ def make_pair(config, **extra):
 
 def random_params(shapes, dtype, rng, keys=None):
     keys = keys or [f"W{i}" for i in range(len(shapes))]
-    return {key: rng.standard_normal(shape).astype(dtype) for key, shape in zip(keys, shapes)}
+    return {key: rng.standard_normal(shape).astype(dtype)
+            for key, shape in zip(keys, shapes, strict=True)}
 
 
 def copy_params(params):

@@ -5,9 +5,18 @@ import numpy as np
 import pytest
 
 import fastopt
-from _helpers import (CONFIGS, LEARNING_RATES, assert_same_bits, assert_same_state, config_id,
-                      copy_params, make_pair, random_params)
 from fastopt import reference
+
+from _helpers import (
+    CONFIGS,
+    LEARNING_RATES,
+    assert_same_bits,
+    assert_same_state,
+    config_id,
+    copy_params,
+    make_pair,
+    random_params,
+)
 
 BOOK_SIGNATURES = {
     "SGD": [("lr", 0.01)],
@@ -76,7 +85,7 @@ def test_list_and_tuple_params_keep_state_by_position(config, container):
         fast.update(ours, grads)
         ref.update(theirs, list(grads))
     assert [id(value) for value in ours] == identity
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert_same_bits(a, b)
     assert_same_state(fast, ref)
     for name in STATE_NAMES[config[0]]:
@@ -155,7 +164,7 @@ def test_a_list_that_grows_gets_zero_state_for_new_positions(config):
         grads = [rng.standard_normal(value.shape) for value in ours]
         fast.update(ours, grads)
         ref.update(theirs, grads)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert_same_bits(a, b)
     assert_same_state(fast, ref)
 
@@ -219,6 +228,6 @@ def test_scalar_params_in_a_list_and_numpy_scalars():
         grads = [np.float32(0.25 * step), 3]
         fast.update(ours, grads)
         ref.update(theirs, grads)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert type(a) is type(b)
         assert_same_bits(a, b)

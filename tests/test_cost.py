@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import fastopt
-from _helpers import CONFIGS, assert_same_bits, config_id, make_pair
 from fastopt import _kernels
+
+from _helpers import CONFIGS, assert_same_bits, config_id, make_pair
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])
@@ -64,17 +65,17 @@ def test_two_threads_give_the_same_bits_as_serial(config):
 
     serial = [{key: value.copy() for key, value in start.items()} for start in starts]
     serial_optimizers = [make_pair(config)[0] for _ in starts]
-    for params, optimizer, steps in zip(serial, serial_optimizers, grads):
+    for params, optimizer, steps in zip(serial, serial_optimizers, grads, strict=True):
         train(params, optimizer, steps)
     threaded = [{key: value.copy() for key, value in start.items()} for start in starts]
     threaded_optimizers = [make_pair(config)[0] for _ in starts]
     threads = [threading.Thread(target=train, args=args)
-               for args in zip(threaded, threaded_optimizers, grads)]
+               for args in zip(threaded, threaded_optimizers, grads, strict=True)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    for ours, theirs in zip(threaded, serial):
+    for ours, theirs in zip(threaded, serial, strict=True):
         for key in ours:
             assert_same_bits(ours[key], theirs[key])
 
@@ -129,7 +130,7 @@ def test_ready_accepts_only_what_the_loops_can_take():
 
 def test_kernel_entries_decline_arrays_they_cannot_take_and_touch_nothing():
     p, q = np.ones(10), np.ones(10)
-    m, v = np.zeros(10), np.zeros(10)
+    m = np.zeros(10)
     declined = [
         ([p, q], [np.ones(10), np.ones(9)]),               # the last param's grad is short
         ([p, q], [np.ones(10), np.ones((2, 5))]),          # same size, other shape

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastopt
+
 from _helpers import CONFIGS, config_id, make_pair
 
 
@@ -65,7 +66,7 @@ def assert_unchanged(optimizer, params, before):
     old_params, old_state, old_iter = before
     now_params = entries(params)
     assert [key for key, _ in now_params] == [key for key, _ in old_params]
-    for (key, value), (_, old) in zip(now_params, old_params):
+    for (key, value), (_, old) in zip(now_params, old_params, strict=True):
         if isinstance(value, np.ndarray) and value.dtype == object:
             assert value.tolist() == old.tolist(), key
         elif isinstance(value, np.ndarray):
@@ -79,7 +80,7 @@ def assert_unchanged(optimizer, params, before):
             continue
         # the same keys or positions (no zero state was added), with the same bytes
         assert [key for key, _ in entries(now)] == [key for key, _ in entries(state)]
-        for (_, value), (_, old) in zip(entries(now), entries(state)):
+        for (_, value), (_, old) in zip(entries(now), entries(state), strict=True):
             assert value.tobytes() == old.tobytes()
     assert getattr(optimizer, "iter", None) == old_iter
 

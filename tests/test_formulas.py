@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import fastopt
-from _helpers import CONFIGS, LEARNING_RATES, config_id
 from fastopt import reference
+
+from _helpers import CONFIGS, LEARNING_RATES, config_id
 
 START = [0.5, -1.25, 3.0, 1e-3, 0.0]
 GRADS = [[0.3, -0.2, 1.5, -1e-4, 0.0], [-0.1, 0.4, 1.5, 2e-4, 0.0],
@@ -77,7 +78,7 @@ def test_first_steps_equal_the_formulas(module, config):
     lr = LEARNING_RATES[name]
     optimizer = getattr(module, name)(lr=lr, **options)
     params = {"w": np.array(START)}
-    for grads, expected in zip(GRADS, expected_trajectory(name, options, lr)):
+    for grads, expected in zip(GRADS, expected_trajectory(name, options, lr), strict=True):
         optimizer.update(params, {"w": np.array(grads)})
         assert params["w"].tolist() == expected
 
