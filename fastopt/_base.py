@@ -22,7 +22,7 @@ import numpy as np
 from . import _kernels, reference
 
 # The compiled entry for each of fastopt.reference's rules: the same arguments after the arrays.
-_KERNEL_FOR_RULE: dict[Callable[..., None], Callable[..., None]] = {
+_KERNEL_FOR_RULE: dict[Callable[..., None], Callable[..., bool]] = {
     reference.sgd_rule: _kernels.sgd_step,
     reference.momentum_rule: _kernels.momentum_step,
     reference.nesterov_rule: _kernels.nesterov_step,
@@ -84,7 +84,8 @@ def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> tuple[int, .
                     f"ndarray, or a float scalar like the book's params['x'] = -7.0")
 
 
-def _run_kernel(kernel, params, grads, states, keys, scalars) -> None:
+def _run_kernel(kernel: Callable[..., bool], params: Any, grads: Any, states: list[Any],
+                keys: list[Any], scalars: tuple[Any, ...]) -> None:
     """One compiled call for ``keys``, every one of which ``_kernels.ready`` accepted."""
     done = kernel([params[key] for key in keys], [grads[key] for key in keys],
                   *[[state[key] for key in keys] for state in states], *scalars)
@@ -98,7 +99,7 @@ class Optimizer(reference.ReferenceOptimizer):
     ``fastopt.reference`` class of the same name; this class replaces its ``update``.
     """
 
-    def update(self, params, grads) -> None:
+    def update(self, params: reference.Params, grads: reference.Grads) -> None:
         """Update ``params`` in place from ``grads``; return None.
 
         Parameters
@@ -121,7 +122,7 @@ class Optimizer(reference.ReferenceOptimizer):
         if not self._update_compiled(params, grads):
             self._update_checked(params, grads)
 
-    def _update_compiled(self, params, grads) -> bool:
+    def _update_compiled(self, params: reference.Params, grads: reference.Grads) -> bool:
         """Update in one compiled call if every param can take it; else change nothing."""
         states = [getattr(self, name) for name in self._state_names]
         if type(params) is dict:
@@ -148,7 +149,7 @@ class Optimizer(reference.ReferenceOptimizer):
         self._commit_step()
         return True
 
-    def _update_checked(self, params, grads) -> None:
+    def _update_checked(self, params: reference.Params, grads: reference.Grads) -> None:
         """Validate every key, then update each by the kernel or by NumPy's rule."""
         # --- check: nothing is written until "apply" ---------------------------------------
         by_name = type(params) is dict or isinstance(params, Mapping)

@@ -1,4 +1,4 @@
-# cython: language_level=3, cdivision=True
+# cython: language_level=3, cdivision=True, autotestdict=False
 # cdivision=True is part of the meaning here: x/0 must give inf or nan as in NumPy, never
 # ZeroDivisionError. Safety directives (boundscheck, wraparound, initializedcheck) come from
 # setup.py so FASTOPT_DEBUG_BUILD=1 can turn them back on.
@@ -304,14 +304,15 @@ cdef bint _run(list params, list grads, list states0, list states1,
 # Each updates every param in the lists and returns True, or, if any param is not one the
 # loops can take (see ``ready``), updates none and returns False.
 
-def sgd_step(list params, list grads, double lr):
+def sgd_step(list params not None, list grads not None, double lr):
     """``p -= lr*g`` for every param."""
     cdef double c[1]
     c[0] = lr
     return _run(params, grads, None, None, _sgd[float], _sgd[double], c)
 
 
-def momentum_step(list params, list grads, list v, double lr, double momentum):
+def momentum_step(list params not None, list grads not None, list v not None,
+                  double lr, double momentum):
     """``v = momentum*v - lr*g; p += v`` for every param."""
     cdef double c[2]
     c[0] = lr
@@ -319,8 +320,8 @@ def momentum_step(list params, list grads, list v, double lr, double momentum):
     return _run(params, grads, v, None, _momentum[float], _momentum[double], c)
 
 
-def nesterov_step(list params, list grads, list v, double lr, double momentum,
-                  bint velocity_first):
+def nesterov_step(list params not None, list grads not None, list v not None,
+                  double lr, double momentum, bint velocity_first):
     """Nesterov momentum; the book's 2016 order when ``velocity_first``."""
     cdef double c[2]
     c[0] = lr
@@ -332,7 +333,8 @@ def nesterov_step(list params, list grads, list v, double lr, double momentum,
         return _run(params, grads, v, None, _nesterov[float], _nesterov[double], c)
 
 
-def adagrad_step(list params, list grads, list h, double lr, double eps, bint eps_inside_sqrt):
+def adagrad_step(list params not None, list grads not None, list h not None,
+                 double lr, double eps, bint eps_inside_sqrt):
     """``h += g*g; p -= lr*g / (sqrt(h) + eps)`` for every param."""
     cdef double c[3]
     c[0] = lr
@@ -341,8 +343,8 @@ def adagrad_step(list params, list grads, list h, double lr, double eps, bint ep
     return _run(params, grads, h, None, _adagrad[float], _adagrad[double], c)
 
 
-def rmsprop_step(list params, list grads, list h, double lr, double decay_rate, double eps,
-                 bint eps_inside_sqrt):
+def rmsprop_step(list params not None, list grads not None, list h not None,
+                 double lr, double decay_rate, double eps, bint eps_inside_sqrt):
     """``h *= decay_rate; h += (1-decay_rate)*g*g; p -= lr*g / (sqrt(h) + eps)``."""
     cdef double c[4]
     c[0] = lr
@@ -352,8 +354,8 @@ def rmsprop_step(list params, list grads, list h, double lr, double decay_rate, 
     return _run(params, grads, h, None, _rmsprop[float], _rmsprop[double], c)
 
 
-def adam_step(list params, list grads, list m, list v, double lr_t, double beta1,
-              double beta2, double eps, bint eps_inside_sqrt):
+def adam_step(list params not None, list grads not None, list m not None, list v not None,
+              double lr_t, double beta1, double beta2, double eps, bint eps_inside_sqrt):
     """The book's Adam: ``m += (1-beta1)*(g-m); v += (1-beta2)*(g**2-v);
     p -= lr_t*m / (sqrt(v) + eps)``."""
     cdef double c[5]
@@ -365,9 +367,10 @@ def adam_step(list params, list grads, list m, list v, double lr_t, double beta1
     return _run(params, grads, m, v, _adam[float], _adam[double], c)
 
 
-def adam_paper_step(list params, list grads, list m, list v, double lr, double beta1,
-                    double beta2, double bias_correction1, double bias_correction2,
-                    double eps, bint eps_inside_sqrt):
+def adam_paper_step(list params not None, list grads not None, list m not None,
+                    list v not None, double lr, double beta1, double beta2,
+                    double bias_correction1, double bias_correction2, double eps,
+                    bint eps_inside_sqrt):
     """Adam as in the paper's Algorithm 1 (bias-corrected moments)."""
     cdef double c[7]
     c[0] = lr

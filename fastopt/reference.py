@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 
 __all__ = ["SGD", "AdaGrad", "Adam", "Momentum", "Nesterov", "RMSProp", "RMSprop"]
+
+#: ``update``'s params: a dict of arrays (or float scalars), or a list or tuple of them.
+Params: TypeAlias = Mapping[Any, Any] | list[Any] | tuple[Any, ...]
+#: ``update``'s grads: the same keys, or the same length.
+Grads: TypeAlias = Mapping[Any, Any] | Sequence[Any]
+#: A state attribute: None before the first update, then a dict (or list) of arrays.
+State: TypeAlias = dict[Any, Any] | list[Any] | None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +124,7 @@ def check_epsilon(name: str, value: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 # The classes.
 
-def _keys(params):
+def _keys(params: Params) -> Any:
     return params.keys() if isinstance(params, Mapping) else range(len(params))
 
 
@@ -142,26 +149,30 @@ class ReferenceOptimizer:
         """Count one update; only Adam counts."""
 
     @staticmethod
-    def _zeros(param):
+    def _zeros(param: Any) -> Any:
         """A param's initial state: the book's ``np.zeros_like``."""
         return np.zeros_like(param)
 
-    def _add_zero_state(self, params) -> None:
+    def _add_zero_state(self, params: Params) -> None:
         """Zero state for every param that has none: all of them on the first call."""
         for name in self._state_names:
             state = getattr(self, name)
             if state is None:
                 state = {} if isinstance(params, Mapping) else []
                 setattr(self, name, state)
-            if isinstance(state, dict):
+            if isinstance(params, Mapping) and isinstance(state, dict):
                 for key, val in params.items():
                     if key not in state:
                         state[key] = self._zeros(val)
-            else:
+            elif not isinstance(params, Mapping) and isinstance(state, list):
                 for val in params[len(state):]:
                     state.append(self._zeros(val))
+            else:
+                raise TypeError(f"state {name!r} is a {type(state).__name__}, but params is a "
+                                f"{type(params).__name__}; pass the same kind every call")
 
-    def update(self, params, grads) -> None:
+    def update(self, params: Params, grads: Grads) -> None:
+        """Update ``params`` in place from ``grads``, as the book's code does."""
         self._add_zero_state(params)
         rule, scalars = self._next_step()
         self._commit_step()
@@ -178,14 +189,16 @@ class ReferenceOptimizer:
 class SGD(ReferenceOptimizer):
     """``p -= lr*g``."""
 
-    def __init__(self, lr=0.01):
+    lr: float
+
+    def __init__(self, lr: float = 0.01) -> None:
         self.lr = lr
         self.check_hyperparameters()
 
     def check_hyperparameters(self) -> None:
         check_learning_rate("lr", self.lr)
 
-    def _next_step(self):
+    def _next_step(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
         return sgd_rule, (self.lr,)
 
 
@@ -193,8 +206,11 @@ class Momentum(ReferenceOptimizer):
     """``v = momentum*v - lr*g; p += v``."""
 
     _state_names = ("v",)
+    lr: float
+    momentum: float
+    v: State
 
-    def __init__(self, lr=0.01, momentum=0.9):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
         self.lr = lr
         self.momentum = momentum
         self.v = None
@@ -204,7 +220,7 @@ class Momentum(ReferenceOptimizer):
         check_learning_rate("lr", self.lr)
         check_coefficient("momentum", self.momentum)
 
-    def _next_step(self):
+    def _next_step(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
         return momentum_rule, (self.lr, self.momentum)
 
 
@@ -212,8 +228,13 @@ class Nesterov(ReferenceOptimizer):
     """Nesterov momentum; ``velocity_first=True`` is the book's 2016 order."""
 
     _state_names = ("v",)
+    lr: float
+    momentum: float
+    velocity_first: bool
+    v: State
 
-    def __init__(self, lr=0.01, momentum=0.9, *, velocity_first=False):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9, *,
+                 velocity_first: bool = False) -> None:
         self.lr = lr
         self.momentum = momentum
         self.velocity_first = bool(velocity_first)
@@ -224,7 +245,7 @@ class Nesterov(ReferenceOptimizer):
         check_learning_rate("lr", self.lr)
         check_coefficient("momentum", self.momentum)
 
-    def _next_step(self):
+    def _next_step(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
         return nesterov_rule, (self.lr, self.momentum, self.velocity_first)
 
 
@@ -232,8 +253,13 @@ class AdaGrad(ReferenceOptimizer):
     """``h += g*g; p -= lr*g / (sqrt(h) + eps)``."""
 
     _state_names = ("h",)
+    lr: float
+    eps: float
+    eps_inside_sqrt: bool
+    h: State
 
-    def __init__(self, lr=0.01, *, eps=1e-7, eps_inside_sqrt=False):
+    def __init__(self, lr: float = 0.01, *, eps: float = 1e-7,
+                 eps_inside_sqrt: bool = False) -> None:
         self.lr = lr
         self.eps = eps
         self.eps_inside_sqrt = bool(eps_inside_sqrt)
@@ -244,7 +270,7 @@ class AdaGrad(ReferenceOptimizer):
         check_learning_rate("lr", self.lr)
         check_epsilon("eps", self.eps)
 
-    def _next_step(self):
+    def _next_step(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
         return adagrad_rule, (self.lr, self.eps, self.eps_inside_sqrt)
 
 
@@ -252,8 +278,14 @@ class RMSprop(ReferenceOptimizer):
     """``h *= decay_rate; h += (1-decay_rate)*g*g; p -= lr*g / (sqrt(h) + eps)``."""
 
     _state_names = ("h",)
+    lr: float
+    decay_rate: float
+    eps: float
+    eps_inside_sqrt: bool
+    h: State
 
-    def __init__(self, lr=0.01, decay_rate=0.99, *, eps=1e-7, eps_inside_sqrt=False):
+    def __init__(self, lr: float = 0.01, decay_rate: float = 0.99, *, eps: float = 1e-7,
+                 eps_inside_sqrt: bool = False) -> None:
         self.lr = lr
         self.decay_rate = decay_rate
         self.eps = eps
@@ -266,7 +298,7 @@ class RMSprop(ReferenceOptimizer):
         check_coefficient("decay_rate", self.decay_rate)
         check_epsilon("eps", self.eps)
 
-    def _next_step(self):
+    def _next_step(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
         return rmsprop_rule, (self.lr, self.decay_rate, self.eps, self.eps_inside_sqrt)
 
 
@@ -277,9 +309,19 @@ class Adam(ReferenceOptimizer):
     """The book's Adam, or the paper's Algorithm 1 with ``paper_form=True``."""
 
     _state_names = ("m", "v")
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    eps_inside_sqrt: bool
+    paper_form: bool
+    iter: int
+    m: State
+    v: State
 
-    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, *, eps=None, eps_inside_sqrt=False,
-                 paper_form=False):
+    def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, *,
+                 eps: float | None = None, eps_inside_sqrt: bool = False,
+                 paper_form: bool = False) -> None:
         self.lr = lr
         self.beta1 = beta1
         self.beta2 = beta2
@@ -300,7 +342,7 @@ class Adam(ReferenceOptimizer):
     def _commit_step(self) -> None:
         self.iter += 1
 
-    def _next_step(self):
+    def _next_step(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
         t = self.iter + 1
         if self.paper_form:
             bias_correction1 = 1 - self.beta1**t

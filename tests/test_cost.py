@@ -167,3 +167,16 @@ def test_many_params_beyond_the_stack_buffer():
         ref.update(expected, grads)
     for key in params:
         assert_same_bits(params[key], expected[key])
+
+
+@pytest.mark.parametrize("entry, arguments", [
+    (_kernels.momentum_step, (0.1, 0.9)),
+    (_kernels.adagrad_step, (0.1, 1e-7, False)),
+])
+def test_kernel_entries_refuse_none_for_a_state_list(entry, arguments):
+    # A None state list would leave the loop without a state buffer: refused before planning.
+    with pytest.raises(TypeError):
+        entry([np.ones(3)], [np.ones(3)], None, *arguments)
+    with pytest.raises(TypeError):
+        _kernels.adam_step([np.ones(3)], [np.ones(3)], [np.zeros(3)], None, 0.1, 0.9, 0.999,
+                           1e-7, False)
