@@ -70,7 +70,8 @@ def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> tuple[int, .
         if grad.shape != param.shape:
             raise ValueError(f"grad {key!r} has shape {grad.shape} but its param has shape "
                              f"{param.shape}; they must be equal (no broadcasting)")
-        return param.shape
+        shape: tuple[int, ...] = param.shape
+        return shape
     if isinstance(param, (float, np.floating)):
         if not _is_real_scalar(grad):
             raise TypeError(f"grad {key!r} is {_describe(grad)}; a scalar param "

@@ -41,16 +41,18 @@ def _denominator(h: Any, eps: float, eps_inside_sqrt: bool) -> Any:
     return np.sqrt(h) + eps
 
 
-def sgd_rule(params, key, grad, lr):
+def sgd_rule(params: Any, key: Any, grad: Any, lr: float) -> None:
     params[key] -= lr * grad
 
 
-def momentum_rule(params, key, grad, v, lr, momentum):
+def momentum_rule(params: Any, key: Any, grad: Any, v: Any, lr: float,
+                  momentum: float) -> None:
     v[key] = momentum * v[key] - lr * grad
     params[key] += v[key]
 
 
-def nesterov_rule(params, key, grad, v, lr, momentum, velocity_first):
+def nesterov_rule(params: Any, key: Any, grad: Any, v: Any, lr: float, momentum: float,
+                  velocity_first: bool) -> None:
     if velocity_first:
         v[key] *= momentum
         v[key] -= lr * grad
@@ -63,25 +65,29 @@ def nesterov_rule(params, key, grad, v, lr, momentum, velocity_first):
         v[key] -= lr * grad
 
 
-def adagrad_rule(params, key, grad, h, lr, eps, eps_inside_sqrt):
+def adagrad_rule(params: Any, key: Any, grad: Any, h: Any, lr: float, eps: float,
+                 eps_inside_sqrt: bool) -> None:
     h[key] += grad * grad
     params[key] -= lr * grad / _denominator(h[key], eps, eps_inside_sqrt)
 
 
-def rmsprop_rule(params, key, grad, h, lr, decay_rate, eps, eps_inside_sqrt):
+def rmsprop_rule(params: Any, key: Any, grad: Any, h: Any, lr: float, decay_rate: float,
+                 eps: float, eps_inside_sqrt: bool) -> None:
     h[key] *= decay_rate
     h[key] += (1 - decay_rate) * grad * grad
     params[key] -= lr * grad / _denominator(h[key], eps, eps_inside_sqrt)
 
 
-def adam_rule(params, key, grad, m, v, lr_t, beta1, beta2, eps, eps_inside_sqrt):
+def adam_rule(params: Any, key: Any, grad: Any, m: Any, v: Any, lr_t: Any, beta1: float,
+              beta2: float, eps: float, eps_inside_sqrt: bool) -> None:
     m[key] += (1 - beta1) * (grad - m[key])
     v[key] += (1 - beta2) * (grad**2 - v[key])
     params[key] -= lr_t * m[key] / _denominator(v[key], eps, eps_inside_sqrt)
 
 
-def adam_paper_rule(params, key, grad, m, v, lr, beta1, beta2, bias_correction1,
-                    bias_correction2, eps, eps_inside_sqrt):
+def adam_paper_rule(params: Any, key: Any, grad: Any, m: Any, v: Any, lr: float, beta1: float,
+                    beta2: float, bias_correction1: float, bias_correction2: float,
+                    eps: float, eps_inside_sqrt: bool) -> None:
     m[key] = beta1 * m[key] + (1 - beta1) * grad
     v[key] = beta2 * v[key] + (1 - beta2) * grad * grad
     m_hat = m[key] / bias_correction1
