@@ -38,10 +38,10 @@ step "install the repaired wheel into a new environment"
 python3 -m venv "$work/test"
 "$work/test/bin/pip" install --quiet "$repaired" pytest
 
-# The tests run from a copy of tests/, bench/ and the pytest configuration: no fastopt/
-# source folder anywhere on the path, so only the installed wheel can be imported.
+# The tests run from a copy of tests/, bench/, examples/ and the pytest configuration: no
+# fastopt/ source folder anywhere on the path, so only the installed wheel can be imported.
 mkdir "$work/tree"
-cp -r "$root/tests" "$root/bench" "$root/pyproject.toml" "$work/tree/"
+cp -r "$root/tests" "$root/bench" "$root/examples" "$root/pyproject.toml" "$work/tree/"
 cd "$work/tree"
 "$work/test/bin/python" - <<'PY'
 import fastopt, sys

@@ -1,0 +1,55 @@
+"""The examples in --quick mode: their own assertions hold and they write what they promise."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run(script, *args, timeout=600):
+    completed = subprocess.run([sys.executable, str(EXAMPLES / script), *args],
+                               capture_output=True, text=True, timeout=timeout)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
+@pytest.mark.parametrize("script", ["paths.py", "train_digits.py"])
+def test_help(script):
+    assert "--quick" in run(script, "--help") and "--out" in run(script, "--help")
+
+
+def test_paths(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "paths.png"
+    stdout = run("paths.py", "--quick", "--out", str(out))
+    assert "identical paths, bit for bit" in stdout
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    paths = json.loads(out.with_suffix(".json").read_text())
+    assert list(paths) == ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
+    for points in paths.values():
+        assert len(points) == 31 and points[0] == [-7.0, 2.0]
+        assert abs(points[-1][0]) < 1 and abs(points[-1][1]) < 1   # all head for the minimum
+    # The committed picture was drawn from exactly these paths.
+    assert paths == json.loads((EXAMPLES / "paths.json").read_text())
+
+
+def test_train_digits(tmp_path):
+    for extra in ("matplotlib", "sklearn", "tqdm"):
+        pytest.importorskip(extra)
+    out = tmp_path / "digits.png"
+    stdout = run("train_digits.py", "--quick", "--no-progress", "--out", str(out))
+    assert stdout.count("(identical losses)") == 6
+    assert "3 epochs of 11 mini-batches of 128" in stdout
+    rows = [line.split() for line in stdout.splitlines()
+            if line.split()[:1] and line.split()[0] in ("SGD", "Momentum", "Nesterov",
+                                                        "AdaGrad", "RMSprop", "Adam")
+            and line.rstrip().endswith(" s")]
+    assert len(rows) == 6
+    for row in rows:
+        speedup = float(row[5].rstrip("x"))
+        assert speedup > 0 and float(row[1]) > 0 and float(row[3]) > 0
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
