@@ -316,7 +316,7 @@ def machine_info(torch) -> dict:
         "logical_cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
-        "fastopt_threads": 1,
+        "fastopt_threads": fastopt.get_num_threads(),
         "fastopt_simd": _kernels.compiled_simd(),
         "fastopt": f"{fastopt.__version__} at {os.path.dirname(fastopt.__file__)}",
         "python": platform.python_version(),
@@ -333,8 +333,8 @@ def print_header(info: dict, settings: dict) -> None:
     print("fastopt benchmark:", info["date_utc"], "UTC")
     print(f"  CPU      {info['cpu']} ({info['cpu_simd']}), {info['logical_cpus']} logical CPUs,"
           f" {info['cpus_usable']} usable")
-    print(f"  fastopt  {info['fastopt']}; {info['fastopt_threads']} thread, loops compiled for "
-          f"{info['fastopt_simd']}")
+    print(f"  fastopt  {info['fastopt']}; up to {info['fastopt_threads']} threads per large "
+          f"param, loops compiled for {info['fastopt_simd']}")
     print(f"  versions Python {info['python']}, NumPy {info['numpy']}, Cython {info['cython']}, "
           f"{info['compiler']}")
     torch_line = (f"torch {info['torch']} ({info['torch_threads']} threads)" if info["torch"]
@@ -432,7 +432,7 @@ def markdown(cells: list, info: dict, command: str) -> str:
     with_torch = any("fastopt" in cell["speedup_vs_torch"] for cell in cells)
     lines = [
         f"Measured {info['date_utc']} UTC on {info['cpu']} ({info['logical_cpus']} CPUs; fastopt "
-        f"{info['fastopt_threads']} thread, loops compiled for {info['fastopt_simd']}), "
+        f"up to {info['fastopt_threads']} threads, loops compiled for {info['fastopt_simd']}), "
         f"Python {info['python']}, NumPy {info['numpy']}"
         + (f", torch {info['torch']} ({info['torch_threads']} threads)" if info["torch"] else "")
         + f", with `{command}`.",

@@ -20,6 +20,7 @@ float32. The only arithmetic done on scalars here is a single IEEE operation in 
 Python does; powers (Adam's bias corrections and lr_t) are computed in Python.
 """
 from cython cimport floating
+from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
 from libc.stdlib cimport free, malloc
 
@@ -260,18 +261,111 @@ cdef enum:
     STACK_TASKS = 32   # params planned without a heap allocation
 
 
+# ---------------------------------------------------------------------------------------------
+# Threads. A large param is split into one contiguous chunk per thread; every loop is
+# elementwise, so the bits do not depend on the number of threads.
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define FASTOPT_OPENMP 1
+    #else
+    #define FASTOPT_OPENMP 0
+    #endif
+    """
+    const int FASTOPT_OPENMP
+
+cdef enum:
+    # From how many elements a param is split across threads, measured with bench/threads.py
+    # on 2 cores: loops that only stream memory (SGD, Momentum, Nesterov) gain from about
+    # 2**17 elements (float32 SGD: 0.86x at 2**16, 1.5x at 2**18); loops bound by sqrt and
+    # division (AdaGrad, RMSprop, Adam) already at 2**12 (Adam: 1.1x at 2**12, 1.4-1.6x at
+    # 2**14).
+    STREAMING_MIN = 1 << 17
+    DIVIDING_MIN = 1 << 13
+    CHUNK_ALIGN = 16   # elements: chunks start on whole 64-byte lines for float32 and float64
+
+cdef int _threads = 1
+cdef bint _threads_used = False    # has a parallel region run in this process?
+cdef bint _forked_child = False    # forked after the parent ran threads: GNU OpenMP would hang
+
+
+def openmp() -> bool:
+    """Whether this build can run the loops on several threads (compiled with OpenMP)."""
+    return bool(FASTOPT_OPENMP)
+
+
+def set_threads(int count):
+    """Use up to ``count`` threads per large param; 1 without OpenMP or in a forked child."""
+    global _threads
+    if count < 1:
+        raise ValueError(f"the number of threads must be >= 1; got {count}")
+    _threads = count if FASTOPT_OPENMP and not _forked_child else 1
+
+
+def get_threads() -> int:
+    """The number of threads a large param's update is split into."""
+    return _threads
+
+
+def after_fork_in_child():
+    """Called in a child process after os.fork(): GNU OpenMP's threads do not survive a fork,
+    and a child that enters a parallel region after its parent did can hang; such a child
+    runs every loop on one thread."""
+    global _threads, _forked_child
+    if _threads_used:
+        _forked_child = True
+        _threads = 1
+
+
+cdef inline void* _at(void* buffer, intp offset, intp itemsize) noexcept nogil:
+    return NULL if buffer == NULL else <void*>(<char*>buffer + offset * itemsize)
+
+
+cdef void _run_part(Task* task, loop_float run_float, loop_double run_double, const double* c,
+                    intp start, intp stop) noexcept nogil:
+    """Run ``task``'s loop on elements [start, stop)."""
+    cdef intp itemsize = 4 if task.single else 8
+    if task.single:
+        run_float(<float*>_at(task.param, start, itemsize),
+                  <const float*>_at(task.grad, start, itemsize),
+                  <float*>_at(task.state0, start, itemsize),
+                  <float*>_at(task.state1, start, itemsize), stop - start, c)
+    else:
+        run_double(<double*>_at(task.param, start, itemsize),
+                   <const double*>_at(task.grad, start, itemsize),
+                   <double*>_at(task.state0, start, itemsize),
+                   <double*>_at(task.state1, start, itemsize), stop - start, c)
+
+
+cdef void _run_task(Task* task, loop_float run_float, loop_double run_double, const double* c,
+                    int threads, intp parallel_min) noexcept nogil:
+    cdef intp chunk, start, part
+    if threads < 2 or task.size < parallel_min:
+        _run_part(task, run_float, run_double, c, 0, task.size)
+        return
+    chunk = (task.size + threads - 1) // threads
+    chunk = (chunk + CHUNK_ALIGN - 1) // CHUNK_ALIGN * CHUNK_ALIGN
+    for part in prange(threads, num_threads=threads, schedule="static"):
+        start = part * chunk
+        if start < task.size:
+            _run_part(task, run_float, run_double, c, start, min(start + chunk, task.size))
+
+
 cdef bint _run(list params, list grads, list states0, list states1,
-               loop_float run_float, loop_double run_double, const double* c) except -1:
+               loop_float run_float, loop_double run_double, const double* c,
+               intp parallel_min) except -1:
     """Update every param, or none.
 
     First plans every param (``_plan``); if any one cannot be taken, returns False having
-    touched nothing. Otherwise runs all the loops in one stretch without the GIL and returns
-    True.
+    touched nothing. Otherwise runs all the loops in one stretch without the GIL (large params
+    split across threads) and returns True.
     """
+    global _threads_used
     cdef Py_ssize_t k, count = len(params)
     cdef Task stack[STACK_TASKS]
     cdef Task* tasks = stack
-    cdef Task* task
+    cdef int threads = _threads
     if len(grads) != count or any(
             states is not None and len(states) != count for states in (states0, states1)):
         raise ValueError("params, grads and state lists must have the same length")
@@ -284,15 +378,11 @@ cdef bint _run(list params, list grads, list states0, list states1,
             if not _plan(params[k], grads[k], None if states0 is None else states0[k],
                          None if states1 is None else states1[k], &tasks[k]):
                 return False
+            if threads > 1 and tasks[k].size >= parallel_min:
+                _threads_used = True
         with nogil:
             for k in range(count):
-                task = &tasks[k]
-                if task.single:
-                    run_float(<float*>task.param, <const float*>task.grad,
-                              <float*>task.state0, <float*>task.state1, task.size, c)
-                else:
-                    run_double(<double*>task.param, <const double*>task.grad,
-                               <double*>task.state0, <double*>task.state1, task.size, c)
+                _run_task(&tasks[k], run_float, run_double, c, threads, parallel_min)
         return True
     finally:
         if tasks != stack:
@@ -308,7 +398,7 @@ def sgd_step(list params not None, list grads not None, double lr):
     """``p -= lr*g`` for every param."""
     cdef double c[1]
     c[0] = lr
-    return _run(params, grads, None, None, _sgd[float], _sgd[double], c)
+    return _run(params, grads, None, None, _sgd[float], _sgd[double], c, STREAMING_MIN)
 
 
 def momentum_step(list params not None, list grads not None, list v not None,
@@ -317,7 +407,7 @@ def momentum_step(list params not None, list grads not None, list v not None,
     cdef double c[2]
     c[0] = lr
     c[1] = momentum
-    return _run(params, grads, v, None, _momentum[float], _momentum[double], c)
+    return _run(params, grads, v, None, _momentum[float], _momentum[double], c, STREAMING_MIN)
 
 
 def nesterov_step(list params not None, list grads not None, list v not None,
@@ -327,10 +417,10 @@ def nesterov_step(list params not None, list grads not None, list v not None,
     c[0] = lr
     c[1] = momentum
     if velocity_first:
-        return _run(params, grads, v, None,
-                    _nesterov_velocity_first[float], _nesterov_velocity_first[double], c)
+        return _run(params, grads, v, None, _nesterov_velocity_first[float],
+                    _nesterov_velocity_first[double], c, STREAMING_MIN)
     else:
-        return _run(params, grads, v, None, _nesterov[float], _nesterov[double], c)
+        return _run(params, grads, v, None, _nesterov[float], _nesterov[double], c, STREAMING_MIN)
 
 
 def adagrad_step(list params not None, list grads not None, list h not None,
@@ -340,7 +430,7 @@ def adagrad_step(list params not None, list grads not None, list h not None,
     c[0] = lr
     c[1] = eps
     c[2] = eps_inside_sqrt
-    return _run(params, grads, h, None, _adagrad[float], _adagrad[double], c)
+    return _run(params, grads, h, None, _adagrad[float], _adagrad[double], c, DIVIDING_MIN)
 
 
 def rmsprop_step(list params not None, list grads not None, list h not None,
@@ -351,7 +441,7 @@ def rmsprop_step(list params not None, list grads not None, list h not None,
     c[1] = decay_rate
     c[2] = eps
     c[3] = eps_inside_sqrt
-    return _run(params, grads, h, None, _rmsprop[float], _rmsprop[double], c)
+    return _run(params, grads, h, None, _rmsprop[float], _rmsprop[double], c, DIVIDING_MIN)
 
 
 def adam_step(list params not None, list grads not None, list m not None, list v not None,
@@ -364,7 +454,7 @@ def adam_step(list params not None, list grads not None, list m not None, list v
     c[2] = beta2
     c[3] = eps
     c[4] = eps_inside_sqrt
-    return _run(params, grads, m, v, _adam[float], _adam[double], c)
+    return _run(params, grads, m, v, _adam[float], _adam[double], c, DIVIDING_MIN)
 
 
 def adam_paper_step(list params not None, list grads not None, list m not None,
@@ -380,7 +470,7 @@ def adam_paper_step(list params not None, list grads not None, list m not None,
     c[4] = bias_correction2
     c[5] = eps
     c[6] = eps_inside_sqrt
-    return _run(params, grads, m, v, _adam_paper[float], _adam_paper[double], c)
+    return _run(params, grads, m, v, _adam_paper[float], _adam_paper[double], c, DIVIDING_MIN)
 
 
 # ---------------------------------------------------------------------------------------------
