@@ -500,8 +500,10 @@ def compiled_simd():
     return FASTOPT_COMPILED_SIMD.decode()
 
 
-cdef void _stream(floating* t0, floating* t1, floating* t2, const floating* s, intp n,
-                  int targets) noexcept nogil:
+cdef void _stream(floating* t0, const floating* s, floating* t1, floating* t2, intp n,
+                  const double* c) noexcept nogil:
+    # c: the number of targets, 1 to 3 (t1 and t2 are NULL when unused)
+    cdef int targets = <int>c[0]
     cdef intp i
     if targets == 1:
         for i in range(n):
@@ -517,30 +519,21 @@ cdef void _stream(floating* t0, floating* t1, floating* t2, const floating* s, i
             t2[i] = t2[i] + s[i]
 
 
-def bandwidth_probe(list targets, source):
+def bandwidth_probe(list targets not None, source):
     """One pass that reads ``source`` and reads and writes 1 to 3 ``targets``.
 
     The memory traffic of an update that reads a grad and reads and writes the param and its
-    state, with trivial arithmetic: the benchmark's yardstick for the memory limit.
+    state, with trivial arithmetic, run by the same planner and on the same threads as the
+    updates: the benchmark's yardstick for the memory limit.
     """
-    cdef cnp.ndarray s = source, t
-    cdef int typenum = cnp.PyArray_TYPE(s)
-    cdef intp size = cnp.PyArray_SIZE(s)
-    cdef void* data[3]
-    cdef int k, count = len(targets)
+    cdef double c[1]
+    cdef int count = len(targets)
     if not 1 <= count <= 3:
         raise ValueError("bandwidth_probe takes 1 to 3 targets")
-    if (typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE) or not _fits(s, s, False):
-        raise ValueError("source must be a C-contiguous float32 or float64 array")
-    for k in range(3):
-        t = targets[min(k, count - 1)]
-        if not _fits(t, s, True):
-            raise ValueError("targets must be writeable C-contiguous arrays like source")
-        data[k] = cnp.PyArray_DATA(t)
-    with nogil:
-        if typenum == cnp.NPY_FLOAT:
-            _stream(<float*>data[0], <float*>data[1], <float*>data[2],
-                    <const float*>cnp.PyArray_DATA(s), size, count)
-        else:
-            _stream(<double*>data[0], <double*>data[1], <double*>data[2],
-                    <const double*>cnp.PyArray_DATA(s), size, count)
+    c[0] = count
+    if not _run([targets[0]], [source], [targets[1]] if count > 1 else None,
+                [targets[2]] if count > 2 else None, _stream[float], _stream[double], c,
+                STREAMING_MIN):
+        raise ValueError("targets and source must be C-contiguous, aligned float32 or float64 "
+                         "arrays of one dtype and shape, the targets writeable, none sharing "
+                         "memory")

@@ -180,3 +180,17 @@ def test_kernel_entries_refuse_none_for_a_state_list(entry, arguments):
     with pytest.raises(TypeError):
         _kernels.adam_step([np.ones(3)], [np.ones(3)], [np.zeros(3)], None, 0.1, 0.9, 0.999,
                            1e-7, False)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bandwidth_probe_adds_the_source_to_each_target(count, dtype):
+    size = 300_001   # split across threads when there are several
+    targets = [np.full(size, float(i), dtype) for i in range(count)]
+    _kernels.bandwidth_probe(targets, np.full(size, 0.5, dtype))
+    for i, target in enumerate(targets):
+        assert np.all(target == i + 0.5)
+    with pytest.raises(ValueError, match="1 to 3"):
+        _kernels.bandwidth_probe([], np.ones(3, dtype))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _kernels.bandwidth_probe([np.ones(3, dtype)], np.ones(4, dtype))
