@@ -492,6 +492,9 @@ def parse_args(argv=None):
     parser.add_argument("--min-rounds", type=int, default=5,
                         help="rounds per cell even past the budget (default 5)")
     parser.add_argument("--no-torch", action="store_true", help="leave torch out")
+    parser.add_argument("--threads", type=int,
+                        help="fastopt threads per large param (default: fastopt's own, from "
+                             "FASTOPT_NUM_THREADS or OMP_NUM_THREADS, else 1)")
     args = parser.parse_args(argv)
     if args.budget is None:
         args.budget = 0.25 if args.quick else 1.5
@@ -502,6 +505,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        fastopt.set_num_threads(args.threads)
     if args.from_json:
         with open(args.from_json) as saved:
             results = json.load(saved)

@@ -219,7 +219,7 @@ cdef bint _plan(object param, object grad, object state0, object state1, Task* t
     """
     if type(param) is not cnp.ndarray or type(grad) is not cnp.ndarray:
         return False
-    cdef cnp.ndarray p = <cnp.ndarray>param, g = <cnp.ndarray>grad, s0, s1
+    cdef cnp.ndarray p = <cnp.ndarray>param, g = <cnp.ndarray>grad
     cdef int typenum = cnp.PyArray_TYPE(p)
     if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
         return False
@@ -227,26 +227,27 @@ cdef bint _plan(object param, object grad, object state0, object state1, Task* t
         return False
     task.param = cnp.PyArray_DATA(p)
     task.grad = cnp.PyArray_DATA(g)
-    task.state0 = NULL
-    task.state1 = NULL
     task.size = cnp.PyArray_SIZE(p)
     task.single = typenum == cnp.NPY_FLOAT
-    if state0 is not None:
-        if type(state0) is not cnp.ndarray:
-            return False
-        s0 = <cnp.ndarray>state0
-        if not _fits(s0, p, True) or _overlap(s0, p) or _overlap(s0, g):
-            return False
-        task.state0 = cnp.PyArray_DATA(s0)
-    if state1 is not None:
-        if type(state1) is not cnp.ndarray:
-            return False
-        s1 = <cnp.ndarray>state1
-        if not _fits(s1, p, True) or _overlap(s1, p) or _overlap(s1, g):
-            return False
-        if state0 is not None and _overlap(s1, <cnp.ndarray>state0):
-            return False
-        task.state1 = cnp.PyArray_DATA(s1)
+    return (_plan_state(state0, p, g, None, &task.state0)
+            and _plan_state(state1, p, g, state0, &task.state1))
+
+
+cdef bint _plan_state(object state, cnp.ndarray p, cnp.ndarray g, object other,
+                      void** data) noexcept:
+    """Set ``data`` to the buffer of ``state`` (NULL for None) if the loop can write it
+    beside ``p``, ``g`` and ``other`` (the other state array, already planned)."""
+    data[0] = NULL
+    if state is None:
+        return True
+    if type(state) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray s = <cnp.ndarray>state
+    if not _fits(s, p, True) or _overlap(s, p) or _overlap(s, g):
+        return False
+    if other is not None and _overlap(s, <cnp.ndarray>other):
+        return False
+    data[0] = cnp.PyArray_DATA(s)
     return True
 
 
