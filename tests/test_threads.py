@@ -3,6 +3,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -79,8 +80,10 @@ def threads_in_fresh_process(**environment):
            if key not in ("FASTOPT_NUM_THREADS", "OMP_NUM_THREADS")}
     env.update(environment)
     code = "import fastopt; print(fastopt.get_num_threads())"
+    # From a neutral directory: `python -c` puts the working directory on sys.path, and at the
+    # repository root that is the uncompiled source folder.
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=60)
+                          cwd=tempfile.gettempdir(), timeout=60)
 
 
 @needs_openmp
