@@ -127,25 +127,25 @@ class Optimizer(reference.ReferenceOptimizer):
         """Update in one compiled call if every param can take it; else change nothing."""
         states = [getattr(self, name) for name in self._state_names]
         if type(params) is dict:
-            if type(grads) is not dict or any(type(state) is not dict for state in states):
+            if type(grads) is not dict:
                 return False
-            try:
-                grad_list = [grads[key] for key in params]
-                state_lists = [[state[key] for key in params] for state in states]
-            except KeyError:
-                return False      # a missing grad, or a param without state yet
-            param_list = list(params.values())
+            for state in states:
+                if type(state) is not dict:
+                    return False
+            arguments: tuple[Any, ...] = (params, grads, *states)   # the kernel reads the dicts
         elif type(params) is list:
             count = len(params)
-            if (type(grads) is not list or len(grads) != count
-                    or any(type(state) is not list or len(state) < count for state in states)):
+            if type(grads) is not list or len(grads) != count:
                 return False
-            param_list, grad_list = params, grads
-            state_lists = [state if len(state) == count else state[:count] for state in states]
+            for state in states:
+                if type(state) is not list or len(state) < count:
+                    return False
+            arguments = (params, grads,
+                         *[state if len(state) == count else state[:count] for state in states])
         else:
             return False
         rule, scalars = self._next_step()
-        if not _KERNEL_FOR_RULE[rule](param_list, grad_list, *state_lists, *scalars):
+        if not _KERNEL_FOR_RULE[rule](*arguments, *scalars):
             return False
         self._commit_step()
         return True

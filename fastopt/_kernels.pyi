@@ -1,21 +1,24 @@
 # Hand-written stub of fastopt/_kernels.pyx, checked by `python -m mypy.stubtest fastopt._kernels`.
-# Each *_step updates every param in the lists in place and returns True, or touches nothing and
-# returns False when any param is not one the compiled loops can take (see `ready`).
-from typing import Any
+# Each *_step takes lists of the same length, or dicts keyed by str, updates every param in place
+# and returns True, or touches nothing and returns False when any param is not one the compiled
+# loops can take (see `ready`) or a dict lacks a key.
+from typing import Any, TypeAlias
+
+_Arrays: TypeAlias = list[Any] | dict[str, Any]
 
 def ready(param: Any, grad: Any, state0: Any = None, state1: Any = None) -> bool: ...
-def sgd_step(params: list[Any], grads: list[Any], lr: float) -> bool: ...
-def momentum_step(params: list[Any], grads: list[Any], v: list[Any], lr: float,
+def sgd_step(params: _Arrays, grads: _Arrays, lr: float) -> bool: ...
+def momentum_step(params: _Arrays, grads: _Arrays, v: _Arrays, lr: float,
                   momentum: float) -> bool: ...
-def nesterov_step(params: list[Any], grads: list[Any], v: list[Any], lr: float,
+def nesterov_step(params: _Arrays, grads: _Arrays, v: _Arrays, lr: float,
                   momentum: float, velocity_first: bool) -> bool: ...
-def adagrad_step(params: list[Any], grads: list[Any], h: list[Any], lr: float, eps: float,
+def adagrad_step(params: _Arrays, grads: _Arrays, h: _Arrays, lr: float, eps: float,
                  eps_inside_sqrt: bool) -> bool: ...
-def rmsprop_step(params: list[Any], grads: list[Any], h: list[Any], lr: float,
+def rmsprop_step(params: _Arrays, grads: _Arrays, h: _Arrays, lr: float,
                  decay_rate: float, eps: float, eps_inside_sqrt: bool) -> bool: ...
-def adam_step(params: list[Any], grads: list[Any], m: list[Any], v: list[Any], lr_t: float,
+def adam_step(params: _Arrays, grads: _Arrays, m: _Arrays, v: _Arrays, lr_t: float,
               beta1: float, beta2: float, eps: float, eps_inside_sqrt: bool) -> bool: ...
-def adam_paper_step(params: list[Any], grads: list[Any], m: list[Any], v: list[Any], lr: float,
+def adam_paper_step(params: _Arrays, grads: _Arrays, m: _Arrays, v: _Arrays, lr: float,
                     beta1: float, beta2: float, bias_correction1: float,
                     bias_correction2: float, eps: float, eps_inside_sqrt: bool) -> bool: ...
 def compiled_simd() -> str: ...

@@ -353,32 +353,60 @@ cdef void _run_task(Task* task, loop_float run_float, loop_double run_double, co
             _run_part(task, run_float, run_double, c, start, min(start + chunk, task.size))
 
 
-cdef bint _run(list params, list grads, list states0, list states1,
+cdef bint _run(object params, object grads, object states0, object states1, int required,
                loop_float run_float, loop_double run_double, const double* c,
                intp parallel_min) except -1:
     """Update every param, or none.
 
-    First plans every param (``_plan``); if any one cannot be taken, returns False having
+    ``params``, ``grads`` and the ``required`` state containers (0 to 2) are all lists of the
+    same length, or all dicts, the book's style, keyed by str. First plans every param
+    (``_plan``); if any one cannot be taken (or a dict lacks its key), returns False having
     touched nothing. Otherwise runs all the loops in one stretch without the GIL (large params
     split across threads) and returns True.
     """
     global _threads_used
-    cdef Py_ssize_t k, count = len(params)
+    cdef Py_ssize_t k, count
     cdef Task stack[STACK_TASKS]
     cdef Task* tasks = stack
     cdef int threads = _threads
-    if len(grads) != count or any(
-            states is not None and len(states) != count for states in (states0, states1)):
-        raise ValueError("params, grads and state lists must have the same length")
+    cdef bint by_key = type(params) is dict
+    cdef list keep = []   # dict path: every planned object, held until its loop has run
+    if by_key:
+        if (type(grads) is not dict or (required > 0 and type(states0) is not dict)
+                or (required > 1 and type(states1) is not dict)):
+            raise TypeError("params is a dict, so grads and the state must be dicts")
+    elif type(params) is list:
+        if (type(grads) is not list or (required > 0 and type(states0) is not list)
+                or (required > 1 and type(states1) is not list)):
+            raise TypeError("params is a list, so grads and the state must be lists")
+        count = len(params)
+        if (len(grads) != count or (required > 0 and len(states0) != count)
+                or (required > 1 and len(states1) != count)):
+            raise ValueError("params, grads and state lists must have the same length")
+    else:
+        raise TypeError(f"params must be a list or a dict; got {type(params).__name__}")
+    count = len(params)
     if count > STACK_TASKS:
         tasks = <Task*>malloc(count * sizeof(Task))
         if tasks == NULL:
             raise MemoryError()
     try:
+        if by_key:
+            k = 0
+            for key, param in (<dict>params).items():
+                # str keys only, so that looking them up in grads and the state runs no Python
+                # code of the keys' own; and ``keep`` holds every planned array, so that even
+                # code of a foreign key in grads cannot free one before its loop runs.
+                if type(key) is not str or not _plan_by_key(
+                        key, param, <dict>grads, states0, states1, required, &tasks[k], keep):
+                    return False
+                k += 1
+        else:
+            for k in range(count):
+                if not _plan(params[k], grads[k], states0[k] if required > 0 else None,
+                             states1[k] if required > 1 else None, &tasks[k]):
+                    return False
         for k in range(count):
-            if not _plan(params[k], grads[k], None if states0 is None else states0[k],
-                         None if states1 is None else states1[k], &tasks[k]):
-                return False
             if threads > 1 and tasks[k].size >= parallel_min:
                 _threads_used = True
         with nogil:
@@ -390,51 +418,73 @@ cdef bint _run(list params, list grads, list states0, list states1,
             free(tasks)
 
 
+cdef bint _plan_by_key(str key, object param, dict grads, object states0, object states1,
+                       int required, Task* task, list keep) except -1:
+    """``_plan`` for one key of dict params; False if grads or a state lacks the key."""
+    cdef object grad = grads.get(key)
+    cdef object state0 = None, state1 = None
+    if grad is None:
+        return False
+    if required > 0:
+        state0 = (<dict>states0).get(key)
+        if state0 is None:
+            return False
+    if required > 1:
+        state1 = (<dict>states1).get(key)
+        if state1 is None:
+            return False
+    keep.append((param, grad, state0, state1))
+    return _plan(param, grad, state0, state1, task)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public entries: one per update rule, arguments in the order of fastopt.reference's rules.
-# Each updates every param in the lists and returns True, or, if any param is not one the
-# loops can take (see ``ready``), updates none and returns False.
+# params, grads and the state come as lists of the same length or as dicts keyed by str (the
+# book's style). Each entry updates every param and returns True, or, if any param is not one
+# the loops can take (see ``ready``) or a dict lacks a key, updates none and returns False.
 
-def sgd_step(list params not None, list grads not None, double lr):
+def sgd_step(params, grads, double lr):
     """``p -= lr*g`` for every param."""
     cdef double c[1]
     c[0] = lr
-    return _run(params, grads, None, None, _sgd[float], _sgd[double], c, STREAMING_MIN)
+    return _run(params, grads, None, None, 0, _sgd[float], _sgd[double], c, STREAMING_MIN)
 
 
-def momentum_step(list params not None, list grads not None, list v not None,
+def momentum_step(params, grads, v,
                   double lr, double momentum):
     """``v = momentum*v - lr*g; p += v`` for every param."""
     cdef double c[2]
     c[0] = lr
     c[1] = momentum
-    return _run(params, grads, v, None, _momentum[float], _momentum[double], c, STREAMING_MIN)
+    return _run(params, grads, v, None, 1, _momentum[float], _momentum[double], c,
+                STREAMING_MIN)
 
 
-def nesterov_step(list params not None, list grads not None, list v not None,
+def nesterov_step(params, grads, v,
                   double lr, double momentum, bint velocity_first):
     """Nesterov momentum; the book's 2016 order when ``velocity_first``."""
     cdef double c[2]
     c[0] = lr
     c[1] = momentum
     if velocity_first:
-        return _run(params, grads, v, None, _nesterov_velocity_first[float],
+        return _run(params, grads, v, None, 1, _nesterov_velocity_first[float],
                     _nesterov_velocity_first[double], c, STREAMING_MIN)
     else:
-        return _run(params, grads, v, None, _nesterov[float], _nesterov[double], c, STREAMING_MIN)
+        return _run(params, grads, v, None, 1, _nesterov[float], _nesterov[double], c,
+                    STREAMING_MIN)
 
 
-def adagrad_step(list params not None, list grads not None, list h not None,
+def adagrad_step(params, grads, h,
                  double lr, double eps, bint eps_inside_sqrt):
     """``h += g*g; p -= lr*g / (sqrt(h) + eps)`` for every param."""
     cdef double c[3]
     c[0] = lr
     c[1] = eps
     c[2] = eps_inside_sqrt
-    return _run(params, grads, h, None, _adagrad[float], _adagrad[double], c, DIVIDING_MIN)
+    return _run(params, grads, h, None, 1, _adagrad[float], _adagrad[double], c, DIVIDING_MIN)
 
 
-def rmsprop_step(list params not None, list grads not None, list h not None,
+def rmsprop_step(params, grads, h,
                  double lr, double decay_rate, double eps, bint eps_inside_sqrt):
     """``h *= decay_rate; h += (1-decay_rate)*g*g; p -= lr*g / (sqrt(h) + eps)``."""
     cdef double c[4]
@@ -442,10 +492,10 @@ def rmsprop_step(list params not None, list grads not None, list h not None,
     c[1] = decay_rate
     c[2] = eps
     c[3] = eps_inside_sqrt
-    return _run(params, grads, h, None, _rmsprop[float], _rmsprop[double], c, DIVIDING_MIN)
+    return _run(params, grads, h, None, 1, _rmsprop[float], _rmsprop[double], c, DIVIDING_MIN)
 
 
-def adam_step(list params not None, list grads not None, list m not None, list v not None,
+def adam_step(params, grads, m, v,
               double lr_t, double beta1, double beta2, double eps, bint eps_inside_sqrt):
     """The book's Adam: ``m += (1-beta1)*(g-m); v += (1-beta2)*(g**2-v);
     p -= lr_t*m / (sqrt(v) + eps)``."""
@@ -455,11 +505,11 @@ def adam_step(list params not None, list grads not None, list m not None, list v
     c[2] = beta2
     c[3] = eps
     c[4] = eps_inside_sqrt
-    return _run(params, grads, m, v, _adam[float], _adam[double], c, DIVIDING_MIN)
+    return _run(params, grads, m, v, 2, _adam[float], _adam[double], c, DIVIDING_MIN)
 
 
-def adam_paper_step(list params not None, list grads not None, list m not None,
-                    list v not None, double lr, double beta1, double beta2,
+def adam_paper_step(params, grads, m,
+                    v, double lr, double beta1, double beta2,
                     double bias_correction1, double bias_correction2, double eps,
                     bint eps_inside_sqrt):
     """Adam as in the paper's Algorithm 1 (bias-corrected moments)."""
@@ -471,7 +521,7 @@ def adam_paper_step(list params not None, list grads not None, list m not None,
     c[4] = bias_correction2
     c[5] = eps
     c[6] = eps_inside_sqrt
-    return _run(params, grads, m, v, _adam_paper[float], _adam_paper[double], c, DIVIDING_MIN)
+    return _run(params, grads, m, v, 2, _adam_paper[float], _adam_paper[double], c, DIVIDING_MIN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,8 +583,8 @@ def bandwidth_probe(list targets not None, source):
         raise ValueError("bandwidth_probe takes 1 to 3 targets")
     c[0] = count
     if not _run([targets[0]], [source], [targets[1]] if count > 1 else None,
-                [targets[2]] if count > 2 else None, _stream[float], _stream[double], c,
-                STREAMING_MIN):
+                [targets[2]] if count > 2 else None, count - 1, _stream[float],
+                _stream[double], c, STREAMING_MIN):
         raise ValueError("targets and source must be C-contiguous, aligned float32 or float64 "
                          "arrays of one dtype and shape, the targets writeable, none sharing "
                          "memory")

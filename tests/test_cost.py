@@ -194,3 +194,26 @@ def test_bandwidth_probe_adds_the_source_to_each_target(count, dtype):
         _kernels.bandwidth_probe([], np.ones(3, dtype))
     with pytest.raises(ValueError, match="C-contiguous"):
         _kernels.bandwidth_probe([np.ones(3, dtype)], np.ones(4, dtype))
+
+
+def test_kernel_entries_take_the_books_dicts():
+    params = {"W": np.ones(10), "b": np.ones(3)}
+    grads = {"W": np.ones(10), "b": np.ones(3), "unused": None}
+    m = {"W": np.zeros(10), "b": np.zeros(3)}
+    v = {"W": np.zeros(10), "b": np.zeros(3)}
+    declined = [
+        ({"W": np.ones(10), "b": np.ones(3)}, {"W": np.ones(10)}, m, v),    # a grad missing
+        (params, grads, m, {"W": np.zeros(10)}),                            # a state missing
+        ({1: np.ones(10)}, {1: np.ones(10)}, {1: np.zeros(10)}, {1: np.zeros(10)}),  # not str
+    ]
+    for p, g, m_, v_ in declined:
+        before = [value.copy() for value in p.values()]
+        assert _kernels.adam_step(p, g, m_, v_, 0.1, 0.9, 0.999, 1e-7, False) is False
+        assert all(np.array_equal(a, b) for a, b in zip(p.values(), before, strict=True))
+    assert np.all(m["W"] == 0)
+    assert _kernels.adam_step(params, grads, m, v, 0.1, 0.9, 0.999, 1e-7, False) is True
+    assert np.all(params["W"] < 1) and np.all(m["b"] != 0)
+    with pytest.raises(TypeError, match="must be dicts"):
+        _kernels.adam_step(params, list(grads.values()), m, v, 0.1, 0.9, 0.999, 1e-7, False)
+    with pytest.raises(TypeError, match="must be a list or a dict"):
+        _kernels.sgd_step(tuple(params.values()), [np.ones(10), np.ones(3)], 0.1)
