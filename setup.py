@@ -1,8 +1,8 @@
 """Build the compiled kernels; everything else about the package is in pyproject.toml.
 
 Flags: -O3 with -fno-math-errno (lets GCC vectorise sqrt) and -ffp-contract=off (no fused
-multiply-add, so results stay bit-identical to NumPy). Never -ffast-math, -Ofast or
--march=native: the extension must give NumPy's bits on any x86-64.
+multiply-add, so results stay bit-identical to NumPy). No fast-math flags of any kind and no
+tuning for the build machine's CPU: the extension must give NumPy's bits on any x86-64.
 
 FASTOPT_DEBUG_BUILD=1 turns Cython's bounds, wraparound and initialisation checks back on.
 OpenMP (threads for large params) is used with GCC on Linux and MSVC on Windows; Apple's clang
