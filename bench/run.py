@@ -150,9 +150,9 @@ def warm_allocator() -> None:
     threshold rises to that block's size and later temporaries reuse heap pages. A training
     loop frees batches and activations far larger than an optimizer's temporaries long before
     its first update, and importing torch frees large blocks too. Without this, the book's
-    NumPy code runs up to 1.7x slower in a fresh process than in one that imported torch
-    (measured: TwoLayerNet float64 Adam, 311 vs 189 us), so the NumPy column would depend on
-    whether torch is installed. This makes the NumPy baseline its fastest, never slower.
+    NumPy code runs about 1.8x slower in a fresh process than in a warmed one or one that
+    imported torch (bench/malloc.py: TwoLayerNet float64 Adam), so the NumPy column would
+    depend on whether torch is installed. This makes the NumPy baseline its fastest.
     """
     block = np.empty(4_000_000)   # 32 MB, just under glibc's 32 MiB cap for the threshold
     del block
