@@ -4,8 +4,8 @@
 
 With a zero gradient, Adam's m and v shrink geometrically every step (by beta1 and beta2)
 until they are subnormal, then reach zero. This script steps an Adam state there, timing
-fastopt's update and the book's NumPy code at checkpoints, and prints the fraction of
-subnormal state values beside each time.
+fastopt's update (as it is, and with fastopt.set_flush_denormals(True)) and the book's NumPy
+code at checkpoints, and prints the fraction of subnormal state values beside each time.
 """
 from __future__ import annotations
 
@@ -41,8 +41,10 @@ def main() -> None:
     for dtype in (np.float32, np.float64):
         limit = 2000 if dtype == np.float32 else 16000
         checkpoints = sorted({0, 200, 600, 900, 1000, limit // 4, limit // 2, limit})
-        rows = []
-        for module in (fastopt, reference):
+        columns = []
+        for module, flush in ((fastopt, False), (fastopt, True), (reference, False)):
+            rows = []
+            fastopt.set_flush_denormals(flush)
             optimizer = module.Adam(beta2=0.9)   # v shrinks like m: subnormal within reach
             params = {"w": np.ones(args.elements, dtype)}
             optimizer.update(params, {"w": np.ones(args.elements, dtype)})
@@ -52,14 +54,15 @@ def main() -> None:
                 for _ in range(checkpoint - done):
                     optimizer.update(params, zero)
                 done = checkpoint
-                rows.append((module.__name__, checkpoint, median_update(optimizer, params, zero),
+                rows.append((checkpoint, median_update(optimizer, params, zero),
                              subnormal_fraction(optimizer.v["w"])))
                 done += 15
-        print(f"\n{np.dtype(dtype).name}: {'step':>6} {'fastopt us':>11} {'NumPy us':>9} "
-              f"{'subnormal v':>11}")
-        half = len(rows) // 2
-        for (_, step, fast, share), (_, _, slow, _) in zip(rows[:half], rows[half:], strict=True):
-            print(f"{'':8} {step:6} {fast:11.1f} {slow:9.1f} {share:11.0%}")
+            columns.append(rows)
+        fastopt.set_flush_denormals(False)
+        print(f"\n{np.dtype(dtype).name}: {'step':>6} {'fastopt us':>11} {'subnormal v':>11} "
+              f"{'flushing us':>12} {'NumPy us':>9}")
+        for (step, fast, share), (_, flushed, _), (_, slow, _) in zip(*columns, strict=True):
+            print(f"{'':8} {step:6} {fast:11.1f} {share:11.0%} {flushed:12.1f} {slow:9.1f}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ except ImportError as error:   # pragma: no cover - exercised only without a bui
     ) from error
 
 from . import reference as reference  # fastopt.reference, not in __all__
-from ._threads import get_num_threads as get_num_threads
-from ._threads import set_num_threads as set_num_threads
+from ._settings import get_flush_denormals as get_flush_denormals
+from ._settings import get_num_threads as get_num_threads
+from ._settings import set_flush_denormals as set_flush_denormals
+from ._settings import set_num_threads as set_num_threads
 from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSProp, RMSprop
 
 # `from fastopt import *` brings exactly the book's class names, like

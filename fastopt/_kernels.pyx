@@ -319,14 +319,65 @@ def after_fork_in_child():
         _threads = 1
 
 
+# ---------------------------------------------------------------------------------------------
+# Opt-in flush-to-zero. Subnormal operands make x86 arithmetic take slow microcode assists
+# (bench/denormals.py: Adam 20-60x slower once its state is subnormal). When enabled, each
+# run of a loop sets MXCSR's flush-to-zero and denormals-are-zero bits in the thread that runs
+# it and restores the thread's previous MXCSR afterwards: nothing outside fastopt's loops is
+# affected. Results then differ from NumPy's wherever a value is subnormal.
+
+cdef extern from *:
+    """
+    #if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64)
+    #include <xmmintrin.h>
+    #define FASTOPT_CAN_FLUSH 1
+    static unsigned int fastopt_flush_begin(void) {
+        unsigned int saved = _mm_getcsr();
+        _mm_setcsr(saved | 0x8040u);   /* FTZ (bit 15) | DAZ (bit 6) */
+        return saved;
+    }
+    static void fastopt_flush_end(unsigned int saved) { _mm_setcsr(saved); }
+    #else
+    #define FASTOPT_CAN_FLUSH 0
+    static unsigned int fastopt_flush_begin(void) { return 0; }
+    static void fastopt_flush_end(unsigned int saved) { (void)saved; }
+    #endif
+    """
+    const int FASTOPT_CAN_FLUSH
+    unsigned int fastopt_flush_begin() noexcept nogil
+    void fastopt_flush_end(unsigned int saved) noexcept nogil
+
+cdef bint _flush = False
+
+
+def can_flush_denormals() -> bool:
+    """Whether this build can flush subnormals to zero inside its loops (x86-64)."""
+    return bool(FASTOPT_CAN_FLUSH)
+
+
+def set_flush_denormals(bint enabled):
+    """Flush subnormal inputs and results to zero inside the compiled loops, or stop."""
+    global _flush
+    if enabled and not FASTOPT_CAN_FLUSH:
+        raise ValueError("flushing subnormals is only available on x86-64 builds")
+    _flush = enabled
+
+
+def get_flush_denormals() -> bool:
+    return _flush
+
+
 cdef inline void* _at(void* buffer, intp offset, intp itemsize) noexcept nogil:
     return NULL if buffer == NULL else <void*>(<char*>buffer + offset * itemsize)
 
 
 cdef void _run_part(Task* task, loop_float run_float, loop_double run_double, const double* c,
-                    intp start, intp stop) noexcept nogil:
-    """Run ``task``'s loop on elements [start, stop)."""
+                    intp start, intp stop, bint flush) noexcept nogil:
+    """Run ``task``'s loop on elements [start, stop), flushing subnormals if asked."""
     cdef intp itemsize = 4 if task.single else 8
+    cdef unsigned int saved = 0
+    if flush:
+        saved = fastopt_flush_begin()
     if task.single:
         run_float(<float*>_at(task.param, start, itemsize),
                   <const float*>_at(task.grad, start, itemsize),
@@ -337,20 +388,23 @@ cdef void _run_part(Task* task, loop_float run_float, loop_double run_double, co
                    <const double*>_at(task.grad, start, itemsize),
                    <double*>_at(task.state0, start, itemsize),
                    <double*>_at(task.state1, start, itemsize), stop - start, c)
+    if flush:
+        fastopt_flush_end(saved)
 
 
 cdef void _run_task(Task* task, loop_float run_float, loop_double run_double, const double* c,
-                    int threads, intp parallel_min) noexcept nogil:
+                    int threads, intp parallel_min, bint flush) noexcept nogil:
     cdef intp chunk, start, part
     if threads < 2 or task.size < parallel_min:
-        _run_part(task, run_float, run_double, c, 0, task.size)
+        _run_part(task, run_float, run_double, c, 0, task.size, flush)
         return
     chunk = (task.size + threads - 1) // threads
     chunk = (chunk + CHUNK_ALIGN - 1) // CHUNK_ALIGN * CHUNK_ALIGN
     for part in prange(threads, num_threads=threads, schedule="static"):
         start = part * chunk
         if start < task.size:
-            _run_part(task, run_float, run_double, c, start, min(start + chunk, task.size))
+            _run_part(task, run_float, run_double, c, start, min(start + chunk, task.size),
+                      flush)
 
 
 cdef bint _run(object params, object grads, object states0, object states1, int required,
@@ -369,6 +423,7 @@ cdef bint _run(object params, object grads, object states0, object states1, int 
     cdef Task stack[STACK_TASKS]
     cdef Task* tasks = stack
     cdef int threads = _threads
+    cdef bint flush = _flush
     cdef bint by_key = type(params) is dict
     cdef list keep = []   # dict path: every planned object, held until its loop has run
     if by_key:
@@ -411,7 +466,7 @@ cdef bint _run(object params, object grads, object states0, object states1, int 
                 _threads_used = True
         with nogil:
             for k in range(count):
-                _run_task(&tasks[k], run_float, run_double, c, threads, parallel_min)
+                _run_task(&tasks[k], run_float, run_double, c, threads, parallel_min, flush)
         return True
     finally:
         if tasks != stack:

@@ -1,8 +1,12 @@
-"""How many threads the compiled loops use for large params.
+"""Run-time settings of the compiled loops: threads for large params, flushing subnormals.
 
-A param of at least 65536 elements is split into one contiguous chunk per thread; smaller
-params, and every param in builds without OpenMP (macOS), run on one thread. The loops are
-elementwise, so results are bit-identical for any number of threads.
+Threads
+-------
+
+With threads, a param is split into one contiguous chunk per thread from 2**17 elements for
+SGD, Momentum and Nesterov and from 2**13 for AdaGrad, RMSprop and Adam (bench/threads.py);
+smaller params, and every param in builds without OpenMP (macOS), run on one thread. The loops
+are elementwise, so results are bit-identical for any number of threads.
 
 The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it is 1: threads
 are opt-in. In a training loop NumPy's BLAS (OpenBLAS) keeps its own threads spinning on the
@@ -13,14 +17,22 @@ with OPENBLAS_NUM_THREADS=1. Use threads when the rest of the process leaves cor
 
 A process forked after its parent ran threads runs on one thread: GNU OpenMP's threads do not
 survive ``fork``, and using them again in the child hangs it.
+
+Subnormals
+----------
+
+Off by default; ``set_flush_denormals(True)`` makes the compiled loops flush subnormal
+numbers to zero, scoped to each loop's run (see its docstring).
 """
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from . import _kernels
 
-__all__ = ["get_num_threads", "set_num_threads"]
+__all__ = ["get_flush_denormals", "get_num_threads", "set_flush_denormals", "set_num_threads"]
 
 
 def _from_environment() -> int:
@@ -49,6 +61,27 @@ def set_num_threads(count: int) -> None:
 def get_num_threads() -> int:
     """The number of threads a large param's update is split into."""
     return _kernels.get_threads()
+
+
+def set_flush_denormals(enabled: bool) -> None:
+    """Flush subnormal numbers to zero inside fastopt's compiled loops (opt-in; x86-64).
+
+    Arithmetic on subnormal values is very slow on x86: once an optimizer's state decays into
+    the subnormal range (zero gradients for many steps) every update can be 20-60x slower
+    (``python bench/denormals.py``). With this enabled, each compiled loop sets the CPU's
+    flush-to-zero and denormals-are-zero modes for its own run and restores the thread's
+    previous mode afterwards, so nothing else in the process is affected. Results then differ
+    from NumPy's wherever a value is subnormal: off by default, and the NumPy path (views,
+    float16, scalars) is never affected.
+    """
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"enabled must be a bool; got {enabled!r}")
+    _kernels.set_flush_denormals(bool(enabled))
+
+
+def get_flush_denormals() -> bool:
+    """Whether the compiled loops flush subnormals to zero (see set_flush_denormals)."""
+    return _kernels.get_flush_denormals()
 
 
 set_num_threads(_from_environment())
