@@ -333,8 +333,11 @@ def print_header(info: dict, settings: dict) -> None:
     print("fastopt benchmark:", info["date_utc"], "UTC")
     print(f"  CPU      {info['cpu']} ({info['cpu_simd']}), {info['logical_cpus']} logical CPUs,"
           f" {info['cpus_usable']} usable")
-    print(f"  fastopt  {info['fastopt']}; up to {info['fastopt_threads']} threads per large "
-          f"param, loops compiled for {info['fastopt_simd']}")
+    threads = info["fastopt_threads"]
+    threading = ("1 thread (FASTOPT_NUM_THREADS or --threads for more)" if threads == 1
+                 else f"up to {threads} threads per large param")
+    print(f"  fastopt  {info['fastopt']}; {threading}, loops compiled for "
+          f"{info['fastopt_simd']}")
     print(f"  versions Python {info['python']}, NumPy {info['numpy']}, Cython {info['cython']}, "
           f"{info['compiler']}")
     torch_line = (f"torch {info['torch']} ({info['torch_threads']} threads)" if info["torch"]
@@ -364,13 +367,14 @@ def print_row(cell: dict, first: bool) -> None:
     torch = results.get("torch")
     fast = results["fastopt"]
     probe = cell["fraction_of_probe"].get("fastopt")
+    torch_us = f"{torch['median_us']:9.2f}" if torch else f"{'-':>9}"
+    versus_torch = cell["speedup_vs_torch"].get("fastopt")
+    versus_torch_text = f"{versus_torch:8.2f}" if versus_torch else f"{'-':>8}"
     allocations = (f"{format_bytes(fast['alloc_bytes'])}/"
                    f"{format_bytes(results['numpy']['alloc_bytes'])}")
     print(f"{cell['optimizer']:9} {cell['dtype']:7} {cell['workload']:14} "
           f"{fast['median_us']:11.2f} {results['numpy']['median_us']:10.2f} "
-          f"{torch['median_us'] if torch else float('nan'):9.2f} "
-          f"{cell['speedup_vs_numpy']['fastopt']:8.2f} "
-          f"{cell['speedup_vs_torch'].get('fastopt', float('nan')):8.2f} "
+          f"{torch_us} {cell['speedup_vs_numpy']['fastopt']:8.2f} {versus_torch_text} "
           f"{fast['ns_per_element']:8.3f} {fast['gb_per_s']:6.1f} "
           f"{'' if probe is None else f'{probe:.0%}':>8}  "
           f"{allocations:>19}",
