@@ -83,12 +83,15 @@ cdef void _nesterov(floating* p, const floating* g, floating* v, floating* unuse
     cdef floating momentum = <floating>c[1]
     cdef floating momentum2 = <floating>(c[1] * c[1])
     cdef floating step = <floating>((1.0 + c[1]) * c[0])
+    cdef floating param, velocity
     cdef intp i
+    # Statement by statement, each rounded to the dtype; kept in registers (the planner
+    # guarantees that p, g and v never share memory).
     for i in range(n):
-        p[i] = p[i] + momentum2 * v[i]
-        p[i] = p[i] - step * g[i]
-        v[i] = v[i] * momentum
-        v[i] = v[i] - lr * g[i]
+        param = p[i] + momentum2 * v[i]
+        p[i] = param - step * g[i]
+        velocity = v[i] * momentum
+        v[i] = velocity - lr * g[i]
 
 
 cdef void _nesterov_velocity_first(floating* p, const floating* g, floating* v,
@@ -98,12 +101,14 @@ cdef void _nesterov_velocity_first(floating* p, const floating* g, floating* v,
     cdef floating momentum = <floating>c[1]
     cdef floating momentum2 = <floating>(c[1] * c[1])
     cdef floating step = <floating>((1.0 + c[1]) * c[0])
+    cdef floating param, velocity
     cdef intp i
     for i in range(n):
-        v[i] = v[i] * momentum
-        v[i] = v[i] - lr * g[i]
-        p[i] = p[i] + momentum2 * v[i]
-        p[i] = p[i] - step * g[i]
+        velocity = v[i] * momentum
+        velocity = velocity - lr * g[i]
+        v[i] = velocity
+        param = p[i] + momentum2 * velocity
+        p[i] = param - step * g[i]
 
 
 cdef void _adagrad(floating* p, const floating* g, floating* h, floating* unused, intp n,
