@@ -131,7 +131,7 @@ def make_torch(torch, optimizer, params, grads, implementation):
 
 def make_probe(optimizer, params, grads):
     (array,) = params.values()
-    targets = [array.copy() * 0 for _ in range(TRAFFIC[optimizer][1])]
+    targets = [np.zeros_like(array) for _ in range(TRAFFIC[optimizer][1])]
     source = next(iter(grads.values()))
 
     def step():

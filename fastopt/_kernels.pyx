@@ -228,7 +228,8 @@ cdef bint _plan(object param, object grad, object state0, object state1, Task* t
     cdef int typenum = cnp.PyArray_TYPE(p)
     if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
         return False
-    if not (_fits(p, p, True) and _fits(g, p, False)) or _overlap(p, g):
+    # PyArray_ISCARRAY: C-contiguous, aligned, writeable and native byte order
+    if not (cnp.PyArray_ISCARRAY(p) and _fits(g, p, False)) or _overlap(p, g):
         return False
     task.param = cnp.PyArray_DATA(p)
     task.grad = cnp.PyArray_DATA(g)
@@ -439,9 +440,8 @@ cdef bint _run(object params, object grads, object states0, object states1, int 
         if (type(grads) is not list or (required > 0 and type(states0) is not list)
                 or (required > 1 and type(states1) is not list)):
             raise TypeError("params is a list, so grads and the state must be lists")
-        count = len(params)
-        if (len(grads) != count or (required > 0 and len(states0) != count)
-                or (required > 1 and len(states1) != count)):
+        if (len(grads) != len(params) or (required > 0 and len(states0) != len(params))
+                or (required > 1 and len(states1) != len(params))):
             raise ValueError("params, grads and state lists must have the same length")
     else:
         raise TypeError(f"params must be a list or a dict; got {type(params).__name__}")
@@ -456,8 +456,10 @@ cdef bint _run(object params, object grads, object states0, object states1, int 
             for key, param in (<dict>params).items():
                 # str keys only, so that looking them up in grads and the state runs no Python
                 # code of the keys' own; and ``keep`` holds every planned array, so that even
-                # code of a foreign key in grads cannot free one before its loop runs.
-                if type(key) is not str or not _plan_by_key(
+                # code of a foreign key in grads cannot free one before its loop runs. Such
+                # code could also swap keys without changing the dict's size, which the dict
+                # iteration would not notice: never plan more than ``count`` params.
+                if k == count or type(key) is not str or not _plan_by_key(
                         key, param, <dict>grads, states0, states1, required, &tasks[k], keep):
                     return False
                 k += 1

@@ -217,3 +217,31 @@ def test_kernel_entries_take_the_books_dicts():
         _kernels.adam_step(params, list(grads.values()), m, v, 0.1, 0.9, 0.999, 1e-7, False)
     with pytest.raises(TypeError, match="must be a list or a dict"):
         _kernels.sgd_step(tuple(params.values()), [np.ones(10), np.ones(3)], 0.1)
+
+
+def test_dict_params_swapped_during_planning_are_declined():
+    # A foreign key in grads whose __eq__ deletes a planned key and adds a new one keeps the
+    # dict's size, so dict iteration does not notice; the planner must still never plan more
+    # params than it made room for, and must touch nothing.
+    params = {"a": np.ones(4), "b": np.ones(4)}
+    planned_a = params["a"]
+
+    class Foreign:
+        armed = False
+
+        def __hash__(self):
+            return hash("b")   # looking up "b" in grads compares against this key
+
+        def __eq__(self, other):
+            if Foreign.armed:
+                Foreign.armed = False
+                del params["a"]
+                params["c"] = np.ones(4)
+            return False
+
+    grads = {Foreign(): None, "a": np.ones(4), "b": np.ones(4), "c": np.ones(4)}
+    Foreign.armed = True
+    assert _kernels.sgd_step(params, grads, 0.5) is False
+    assert not Foreign.armed                       # the swap did happen during planning
+    assert list(params) == ["b", "c"]
+    assert np.all(planned_a == 1) and all(np.all(v == 1) for v in params.values())

@@ -8,6 +8,7 @@ this suite enforces is 0 ulp.
 import numpy as np
 import pytest
 
+import fastopt
 from fastopt import _base
 
 from _helpers import (
@@ -100,6 +101,19 @@ def test_float16_matches_reference(config, kernel_calls):
     with np.errstate(divide="ignore", invalid="ignore"):
         run_trajectories(config, [(9, 5), (5,)], np.float16, steps=20)
     assert kernel_calls == []
+
+
+def test_float16_paper_adam_turns_a_zero_grad_into_nan_as_numpy_does():
+    # The README's warning: eps=1e-8 rounds to 0 in float16, so m_hat/(sqrt(v_hat) + eps) is
+    # 0/0 for a zero grad, on the NumPy path fastopt takes for float16, as in the reference.
+    assert np.float16(1e-8) == 0
+    ours, theirs = {"w": np.ones(3, np.float16)}, {"w": np.ones(3, np.float16)}
+    grads = {"w": np.array([0.0, 1.0, 0.0], np.float16)}
+    with np.errstate(invalid="ignore"):
+        fastopt.Adam(paper_form=True).update(ours, grads)
+        fastopt.reference.Adam(paper_form=True).update(theirs, grads)
+    assert np.isnan(ours["w"]).tolist() == [True, False, True]
+    assert_same_bits(ours["w"], theirs["w"])
 
 
 @pytest.mark.parametrize("param_dtype, grad_dtype",
