@@ -1,8 +1,21 @@
 """Build the compiled kernels; everything else about the package is in pyproject.toml.
 
-Flags: -O3 with -fno-math-errno (lets GCC vectorise sqrt) and -ffp-contract=off (no fused
-multiply-add, so results stay bit-identical to NumPy). No fast-math flags of any kind and no
-tuning for the build machine's CPU: the extension must give NumPy's bits on any x86-64.
+Flags: -O3 with -fno-math-errno (lets the compiler vectorise sqrt) and -ffp-contract=off (no
+fused multiply-add, so results stay bit-identical to NumPy). No fast-math flags of any kind and
+no tuning for the build machine's CPU: a wheel must give NumPy's bits on any x86-64.
+
+Run-time SIMD dispatch. The same fastopt/_kernels.pyx is built up to three times:
+
+- ``fastopt._kernels``: the x86-64 baseline (SSE2), no instruction-set flag at all. Every
+  machine can run it, and it is the only build on other CPUs (arm64) and with MSVC.
+- ``fastopt._kernels_avx2``: AVX2 and FMA (FMA stays unused: nothing is contracted).
+- ``fastopt._kernels_avx512``: AVX-512 F, CD, BW, DQ and VL, 512-bit vectors preferred.
+
+The two wider modules are built only where a probe shows the compiler targets x86-64, takes
+their flags and has ``__builtin_cpu_supports`` (GCC and clang). ``import fastopt`` asks the
+baseline module what the CPU supports and imports the widest of them that it can run
+(fastopt/_simd.py); FASTOPT_SIMD=baseline|avx2|avx512 forces one. Every level computes each
+statement with the same IEEE operations in the same order, so all give the same bits.
 
 FASTOPT_DEBUG_BUILD=1 turns Cython's bounds, wraparound and initialisation checks back on.
 OpenMP (threads for large params) is used with GCC on Linux and MSVC on Windows; Apple's clang
@@ -10,12 +23,16 @@ has no OpenMP, so macOS builds run single-threaded. FASTOPT_NO_OPENMP=1 leaves i
 """
 import os
 import sys
+import tempfile
 
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
 
 debug = os.environ.get("FASTOPT_DEBUG_BUILD", "") == "1"
+directives = {"boundscheck": debug, "wraparound": debug, "initializedcheck": debug}
 openmp = os.environ.get("FASTOPT_NO_OPENMP", "") != "1"
 
 link_args = []
@@ -30,24 +47,87 @@ else:
         compile_args.append("-fopenmp")
         link_args.append("-fopenmp")
 
-extensions = [
-    Extension(
-        "fastopt._kernels",
-        ["fastopt/_kernels.pyx"],
+# Module name suffix -> the flags of that instruction-set level (GCC and clang spelling).
+SIMD_LEVELS = {
+    "avx2": ["-mavx2", "-mfma"],
+    "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512cd", "-mavx512bw", "-mavx512dq",
+               "-mavx512vl", "-mprefer-vector-width=512"],
+}
+
+# What a dispatched build needs: an x86-64 target, the level's flags, and the builtins the
+# baseline module uses to ask the CPU (and the OS, for the wider registers) what it can run.
+PROBE = r"""
+#if !defined(__x86_64__) || !(defined(__GNUC__) || defined(__clang__))
+#error "run-time dispatch is built for x86-64 with GCC or clang only"
+#endif
+#include <immintrin.h>
+int fastopt_probe(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") + __builtin_cpu_supports("fma")
+        + __builtin_cpu_supports("avx512f") + __builtin_cpu_supports("avx512cd")
+        + __builtin_cpu_supports("avx512bw") + __builtin_cpu_supports("avx512dq")
+        + __builtin_cpu_supports("avx512vl");
+}
+"""
+
+
+def kernels_extension(suffix="", flags=(), build_dir=None):
+    """Cython's C for the module ``fastopt._kernels<suffix>``, as an extension built with
+    ``flags`` on top of the shared ones."""
+    name = "fastopt._kernels" + suffix
+    # Cython only writes the C here. The flags go on a fresh Extension afterwards, because
+    # cythonize merges the options of extensions made from one .pyx file into each other.
+    (generated,) = cythonize([Extension(name, ["fastopt/_kernels.pyx"])], build_dir=build_dir,
+                             compiler_directives=directives)
+    return Extension(
+        name,
+        generated.sources,
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=compile_args,
+        extra_compile_args=compile_args + list(flags),
         extra_link_args=link_args,
     )
-]
 
-setup(
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives={
-            "boundscheck": debug,
-            "wraparound": debug,
-            "initializedcheck": debug,
-        },
-    )
-)
+
+class BuildKernels(build_ext):
+    """Build the baseline module, and each wider level the probe says the compiler can build."""
+
+    def _compiles(self, flags):
+        if self.compiler.compiler_type == "msvc":
+            return False
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "fastopt_probe.c")
+            with open(source, "w") as file:
+                file.write(PROBE)
+            try:
+                self.compiler.compile([source], output_dir=tmp, extra_postargs=flags)
+            except CompileError:
+                return False
+        return True
+
+    def build_extensions(self):
+        kept = []
+        for ext in self.extensions:
+            level = ext.name.removeprefix("fastopt._kernels_")
+            if level in SIMD_LEVELS and not self._compiles(SIMD_LEVELS[level]):
+                print(f"fastopt: not building {ext.name}: this compiler or target cannot "
+                      f"(the baseline module runs everywhere)", file=sys.stderr)
+                continue
+            kept.append(ext)
+        if len(kept) > 1:
+            # The baseline module asks the CPU which level to import only where one was built.
+            baseline = next(ext for ext in kept if ext.name == "fastopt._kernels")
+            baseline.define_macros.append(("FASTOPT_DISPATCH", "1"))
+        self.extensions = kept
+        super().build_extensions()
+
+
+# The baseline's C goes next to the source; each level's copy of the same source gets its own
+# build directory, because Cython names the C file after the .pyx (and the module's init
+# function after the extension).
+extensions = [kernels_extension()]
+if sys.platform != "win32":
+    extensions += [kernels_extension("_" + level, flags, os.path.join("build", "cython", level))
+                   for level, flags in SIMD_LEVELS.items()]
+
+setup(ext_modules=extensions, cmdclass={"build_ext": BuildKernels})

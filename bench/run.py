@@ -16,8 +16,8 @@ speedups computed from those medians, and the bytes allocated by one update as t
 sees them (NumPy's temporaries; torch allocates outside Python's view, so n/a).
 
 The bandwidth probe is a compiled streaming pass with the same reads and writes as the
-optimizer (``fastopt._kernels.bandwidth_probe``), timed in the same rounds; on large arrays the
-"of probe" column is how close each contender comes to that memory limit.
+optimizer (``bandwidth_probe`` at the SIMD level fastopt runs), timed in the same rounds; on
+large arrays the "of probe" column is how close each contender comes to that memory limit.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import fastopt
-from fastopt import _kernels, reference
+from fastopt import reference
+from fastopt._simd import kernels
 
 OPTIMIZERS = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
 DTYPES = ["float32", "float64"]
@@ -135,7 +136,7 @@ def make_probe(optimizer, params, grads):
     source = next(iter(grads.values()))
 
     def step():
-        _kernels.bandwidth_probe(targets, source)
+        kernels.bandwidth_probe(targets, source)
     return step
 
 
@@ -317,7 +318,7 @@ def machine_info(torch) -> dict:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "fastopt_threads": fastopt.get_num_threads(),
-        "fastopt_simd": _kernels.compiled_simd(),
+        "fastopt_simd": f"{fastopt.simd_level()} ({kernels.compiled_simd()})",
         "fastopt": f"{fastopt.__version__} at {os.path.dirname(fastopt.__file__)}",
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -337,7 +338,7 @@ def print_header(info: dict, settings: dict) -> None:
     threading = ("1 thread (FASTOPT_NUM_THREADS or --threads for more)" if threads == 1
                  else f"up to {threads} threads per large param")
     print(f"  fastopt  {info['fastopt']}; {threading}, loops compiled for "
-          f"{info['fastopt_simd']}")
+          f"{info['fastopt_simd']} (FASTOPT_SIMD to force a level)")
     print(f"  versions Python {info['python']}, NumPy {info['numpy']}, Cython {info['cython']}, "
           f"{info['compiler']}")
     torch_line = (f"torch {info['torch']} ({info['torch_threads']} threads)" if info["torch"]

@@ -20,6 +20,8 @@ from ._settings import get_flush_denormals as get_flush_denormals
 from ._settings import get_num_threads as get_num_threads
 from ._settings import set_flush_denormals as set_flush_denormals
 from ._settings import set_num_threads as set_num_threads
+from ._simd import simd_level as simd_level
+from ._simd import simd_levels as simd_levels
 from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSProp, RMSprop
 
 # `from fastopt import *` brings exactly the book's class names, like

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels, reference
+from . import reference
+from ._simd import kernels as _kernels
 
 # The compiled entry for each of fastopt.reference's rules: the same arguments after the arrays.
 _KERNEL_FOR_RULE: dict[Callable[..., None], Callable[..., bool]] = {

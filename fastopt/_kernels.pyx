@@ -613,6 +613,37 @@ def compiled_simd():
     return FASTOPT_COMPILED_SIMD.decode()
 
 
+# Run-time dispatch (setup.py, fastopt/_simd.py): the baseline module, which any x86-64 runs,
+# tells which of the wider builds this CPU can run. The compiler's builtins also check that the
+# OS saves the wider registers (XGETBV), not only that the CPU has the instructions.
+
+cdef extern from *:
+    """
+    #if defined(FASTOPT_DISPATCH)
+    static int fastopt_cpu_level(void) {
+        __builtin_cpu_init();
+        if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+            return 0;
+        if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd")
+              && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
+              && __builtin_cpu_supports("avx512vl")))
+            return 1;
+        return 2;
+    }
+    #else
+    static int fastopt_cpu_level(void) { return 0; }
+    #endif
+    """
+    int fastopt_cpu_level() noexcept nogil
+
+
+def cpu_simd_level():
+    """The widest of fastopt's SIMD levels this CPU and OS can run: 'baseline', 'avx2' (AVX2
+    and FMA) or 'avx512' (AVX-512 F, CD, BW, DQ, VL). Always 'baseline' in builds without
+    dispatch (other CPUs, MSVC), and in every module but the baseline one."""
+    return ("baseline", "avx2", "avx512")[fastopt_cpu_level()]
+
+
 cdef void _stream(floating* t0, const floating* s, floating* t1, floating* t2, intp n,
                   const double* c) noexcept nogil:
     # c: the number of targets, 1 to 3 (t1 and t2 are NULL when unused)

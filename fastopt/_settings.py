@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from . import _kernels
+from ._simd import kernels as _kernels
 
 __all__ = ["get_flush_denormals", "get_num_threads", "set_flush_denormals", "set_num_threads"]
 

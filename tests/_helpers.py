@@ -87,3 +87,41 @@ def assert_same_state(fast, ref):
         for key in keys:
             assert_same_bits(a[key], b[key])
     assert getattr(fast, "iter", None) == getattr(ref, "iter", None)
+
+
+# Odd lengths leave remainders after every vector width; 2**13 + 5 and 2**17 + 9 elements are
+# split across threads (fastopt/_kernels.pyx); "special" and "tiny" are filled below.
+LEVEL_SHAPES = {"special": (1023,), "tiny": (257,), "odd": (31, 33), "one": (1,),
+                "net": (784, 50), "split_dividing": (2**13 + 5,),
+                "split_streaming": (2**17 + 9,)}
+
+
+def _grads_with_edge_cases(params, dtype, rng):
+    grads = {key: rng.standard_normal(value.shape).astype(dtype)
+             for key, value in params.items()}
+    info = np.finfo(dtype)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, info.smallest_subnormal,
+                        -info.smallest_subnormal, info.smallest_normal, info.max, -info.max,
+                        info.eps, 1.0], dtype)
+    grads["special"].ravel()[5:5 + special.size * 40:40] = special
+    # Gradients whose squares underflow: AdaGrad's, RMSprop's and Adam's state goes subnormal.
+    grads["tiny"] *= np.sqrt(info.smallest_normal) * dtype(0.25)
+    return grads
+
+
+def level_trajectory(module, config, dtype, steps=6):
+    """``steps`` updates of ``module``'s optimizer (fastopt or fastopt.reference) over
+    LEVEL_SHAPES with NaN, infinities, zeros, subnormals and extremes in the grads; returns
+    every final param and state array by name, and Adam's step count."""
+    rng = np.random.default_rng(7)
+    name, options = config
+    optimizer = getattr(module, name)(lr=LEARNING_RATES[name], **options)
+    params = random_params(list(LEVEL_SHAPES.values()), dtype, rng, keys=list(LEVEL_SHAPES))
+    with np.errstate(all="ignore"):
+        for _ in range(steps):
+            optimizer.update(params, _grads_with_edge_cases(params, dtype, rng))
+    arrays = {f"param {key}": value for key, value in params.items()}
+    for state in type(optimizer)._state_names:
+        arrays.update({f"{state} {key}": value
+                       for key, value in getattr(optimizer, state).items()})
+    return arrays, getattr(optimizer, "iter", None)

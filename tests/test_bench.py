@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import fastopt
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 RESULT_KEYS = {"median_us", "min_us", "max_us", "samples", "calls_per_sample",
                "ns_per_element", "gb_per_s", "alloc_bytes"}
@@ -117,3 +119,20 @@ def test_reports_redraw_from_the_json(smallest_run, tmp_path):
     if plotting:
         assert (tmp_path / "plot.png").stat().st_size > 10_000
     assert math.isfinite(speedup)
+
+
+def test_the_simd_comparison_runs_every_level(tmp_path):
+    out = tmp_path / "simd.json"
+    command = [sys.executable, str(BENCH.parent / "simd.py"), "--workload", "1e2",
+               "--optimizer", "SGD", "Adam", "--dtype", "float64", "--budget", "0.01",
+               "--json", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                               cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    data = json.loads(out.read_text())
+    assert data["levels"] == list(fastopt.simd_levels())
+    assert [(row["optimizer"], row["workload"]) for row in data["rows"]] == [
+        ("SGD", "1e2"), ("Adam", "1e2")]
+    for row in data["rows"]:
+        assert set(row["median_us"]) == set(data["levels"])
+        assert all(0 < value < 1e6 for value in row["median_us"].values())

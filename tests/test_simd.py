@@ -1,0 +1,164 @@
+"""Run-time SIMD dispatch (fastopt/_simd.py): every level the machine runs gives the book's
+bits at any thread count, the widest one is chosen, and the baseline module is x86-64 baseline
+code, which is what a CPU without AVX2 imports."""
+import importlib.util
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _kernels, _simd, reference
+
+from _helpers import CONFIGS, assert_same_bits, config_id, level_trajectory
+
+LEVELS = ("baseline", "avx2", "avx512")
+DTYPES = ("float64", "float32")
+ON_X86_64_LINUX = sys.platform.startswith("linux") and platform.machine() == "x86_64"
+
+# One process per forced level: it imports fastopt with FASTOPT_SIMD set, runs every optimizer
+# configuration, and saves each final param and state array.
+WORKER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import fastopt
+from fastopt import _simd
+from _helpers import CONFIGS, level_trajectory
+arrays = {}
+for index, config in enumerate(CONFIGS):
+    for dtype in sys.argv[3:]:
+        final, steps = level_trajectory(fastopt, config, np.dtype(dtype).type)
+        arrays.update({f"{index} {dtype} {name}": value for name, value in final.items()})
+        arrays[f"{index} {dtype} iter"] = np.array(-1 if steps is None else steps)
+np.savez(sys.argv[2], **arrays)
+print(fastopt.simd_level(), _simd.kernels.compiled_simd(), fastopt.get_num_threads(), sep="|")
+"""
+
+
+def in_fresh_process(code, *args, **environment):
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("FASTOPT_SIMD", "FASTOPT_NUM_THREADS", "OMP_NUM_THREADS")}
+    env.update(environment)
+    # From a neutral directory: at the repository root `python -c` would import the source
+    # folder instead of the installed package.
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, cwd=tempfile.gettempdir(), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def reference_results():
+    results = {}
+    for index, config in enumerate(CONFIGS):
+        for dtype in DTYPES:
+            results[index, dtype] = level_trajectory(reference, config, np.dtype(dtype).type)
+    return results
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("level", LEVELS)
+def test_every_level_gives_the_references_bits(level, threads, reference_results, tmp_path):
+    if level not in fastopt.simd_levels():
+        pytest.skip(f"this machine or build does not run {level}")
+    output = tmp_path / "arrays.npz"
+    completed = in_fresh_process(WORKER, str(Path(__file__).parent), str(output), *DTYPES,
+                                 FASTOPT_SIMD=level, FASTOPT_NUM_THREADS=threads)
+    assert completed.returncode == 0, completed.stderr
+    chosen, compiled, thread_count = completed.stdout.strip().split("|")
+    assert chosen == level
+    assert compiled == {"baseline": "SSE2 (x86-64 baseline)", "avx2": "AVX2",
+                        "avx512": "AVX-512F"}[level]
+    assert thread_count == (threads if _kernels.openmp() else "1")
+    with np.load(output) as arrays:
+        for (index, dtype), (expected, steps) in reference_results.items():
+            where = f"{config_id(CONFIGS[index])} {dtype}"
+            assert int(arrays[f"{index} {dtype} iter"]) == (-1 if steps is None else steps)
+            for name, value in expected.items():
+                try:
+                    assert_same_bits(arrays[f"{index} {dtype} {name}"], value)
+                except AssertionError as error:
+                    raise AssertionError(f"{level}, {threads} threads, {where}, {name}: "
+                                         f"{error}") from None
+
+
+def test_the_widest_level_the_cpu_runs_is_chosen():
+    forced = os.environ.get("FASTOPT_SIMD")
+    expected = forced.strip().lower() if forced else fastopt.simd_levels()[-1]
+    assert fastopt.simd_level() == expected
+    name = "fastopt._kernels" + ("" if expected == "baseline" else f"_{expected}")
+    assert _simd.kernels.__name__ == name
+    # Every update goes through the chosen module.
+    assert fastopt._base._KERNEL_FOR_RULE[reference.adam_rule] is _simd.kernels.adam_step
+
+
+@pytest.mark.skipif(not ON_X86_64_LINUX, reason="the wide levels are checked on x86-64 Linux")
+def test_an_x86_64_build_has_every_level_and_asks_the_cpu():
+    # A compiler that silently failed the probe in setup.py would leave only the baseline.
+    assert _simd._built_levels == LEVELS
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = set(next(line for line in cpuinfo if line.startswith("flags")).split())
+    widest = "baseline"
+    if {"avx2", "fma"} <= flags:
+        widest = "avx2"
+        if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+            widest = "avx512"
+    assert _kernels.cpu_simd_level() == widest
+    assert fastopt.simd_levels() == LEVELS[:LEVELS.index(widest) + 1]
+
+
+def test_choose_on_machines_other_than_this_one():
+    choose = _simd.choose
+    # A CPU without AVX2 runs the baseline module whatever was built.
+    assert choose(LEVELS, "baseline", None) == "baseline"
+    assert choose(LEVELS, "avx2", None) == "avx2"
+    assert choose(LEVELS, "avx512", None) == "avx512"
+    # Builds without dispatch (arm64, MSVC) have only the baseline.
+    assert choose(("baseline",), "baseline", None) == "baseline"
+    assert choose(("baseline", "avx2"), "avx512", None) == "avx2"
+    assert choose(LEVELS, "avx512", " AVX2 ") == "avx2"
+    with pytest.raises(ValueError, match="needs instructions this CPU lacks"):
+        choose(LEVELS, "baseline", "avx2")
+    with pytest.raises(ValueError, match="was not built"):
+        choose(("baseline",), "avx512", "avx512")
+    with pytest.raises(ValueError, match="expected one of baseline, avx2, avx512"):
+        choose(LEVELS, "avx512", "sse4")
+
+
+def test_a_bad_simd_variable_fails_loudly():
+    completed = in_fresh_process("import fastopt", FASTOPT_SIMD="avx1024")
+    assert completed.returncode != 0
+    assert "FASTOPT_SIMD='avx1024': expected one of baseline, avx2, avx512" in completed.stderr
+
+
+def vector_registers(path):
+    """The SIMD register names and the VEX/EVEX-only mnemonics in a module's machine code."""
+    listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(path)],
+                             capture_output=True, text=True, check=True, timeout=120).stdout
+    registers = set(re.findall(r"%([xyz]mm)\d+", listing))
+    vex = {line.split("\t")[1].split()[0] for line in listing.splitlines()
+           if line.count("\t") >= 1 and re.match(r"\s*[0-9a-f]+:\t+v", line)}
+    return registers, vex
+
+
+@pytest.mark.skipif(not ON_X86_64_LINUX or shutil.which("objdump") is None,
+                    reason="reads x86-64 ELF machine code with objdump")
+def test_the_baseline_module_is_baseline_code():
+    # A CPU without AVX2 imports fastopt._kernels and nothing else; it must not hold a single
+    # AVX instruction (each is VEX-encoded, mnemonic v...). The wider modules must really be
+    # wider, or dispatch would buy nothing.
+    registers, vex = vector_registers(_kernels.__file__)
+    assert registers == {"xmm"}
+    assert not vex, f"AVX instructions in the baseline module: {sorted(vex)[:10]}"
+    avx2, avx512 = (importlib.util.find_spec(_simd._module_name(level)).origin
+                    for level in ("avx2", "avx512"))
+    registers, vex = vector_registers(avx2)
+    assert "ymm" in registers and "zmm" not in registers and vex
+    registers, _ = vector_registers(avx512)
+    assert "zmm" in registers
