@@ -12,6 +12,10 @@ would (``ready``), touches nothing and returns False; the Python layer then chec
 explains what is wrong, or takes NumPy's path for that param. These checks are what keep the
 loops inside memory, so they are never skipped.
 
+setup.py compiles this one source at up to three instruction-set levels (``fastopt._kernels``,
+the x86-64 baseline; ``_kernels_avx2``; ``_kernels_avx512``) and fastopt/_simd.py imports the
+widest the CPU runs. The levels differ only in how wide the compiler vectorises the loops.
+
 Order of operations follows ``fastopt.reference`` statement by statement, and each statement
 is rounded to the array's dtype as NumPy >= 2 rounds it (Python float scalars are converted to
 the array's dtype first), so results are bit-identical to the reference in float64 and in

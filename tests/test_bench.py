@@ -136,3 +136,17 @@ def test_the_simd_comparison_runs_every_level(tmp_path):
     for row in data["rows"]:
         assert set(row["median_us"]) == set(data["levels"])
         assert all(0 < value < 1e6 for value in row["median_us"].values())
+
+
+def test_the_overhead_comparison_runs(tmp_path):
+    command = [sys.executable, str(BENCH.parent / "overhead.py"), "--elements", "10",
+               "--budget", "0.005"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                               cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    rows = [line.split() for line in completed.stdout.splitlines()[2:]]
+    assert [(row[0], row[1]) for row in rows] == [
+        (name, dtype) for name in ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam")
+        for dtype in ("float32", "float64")]
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[3]) > 0

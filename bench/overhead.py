@@ -1,0 +1,58 @@
+"""What does one more param cost? The same elements as 200 params or as one, timed interleaved.
+
+    python bench/overhead.py [--budget 0.5]
+
+For each optimizer and dtype, fastopt updates 200 params of ``--elements`` each (200 x 1000,
+the issue's case, by default) and one param holding the same number of elements, in
+interleaved rounds in one process as in bench/run.py. Overhead per extra param is the
+difference of the two medians over 199: what the dict walk, the per-param checks and the
+per-param loop start cost, with the arithmetic the same on both sides.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+
+import numpy as np
+from run import OPTIMIZERS, cpu_model, measure, warm_allocator
+
+import fastopt
+
+COUNT = 200
+
+
+def make_step(optimizer, shapes, dtype):
+    rng = np.random.default_rng(0)
+    params = {f"p{i}": rng.standard_normal(shape).astype(dtype) for i, shape in enumerate(shapes)}
+    grads = {key: (rng.standard_normal(value.shape) * 1e-3).astype(dtype)
+             for key, value in params.items()}
+    instance = getattr(fastopt, optimizer)()
+
+    def step():
+        instance.update(params, grads)
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--elements", type=int, default=1000, help="elements per param")
+    parser.add_argument("--budget", type=float, default=0.5, help="seconds per cell")
+    args = parser.parse_args()
+    warm_allocator()
+    print(f"fastopt {fastopt.__version__} ({fastopt.simd_level()}, "
+          f"{fastopt.get_num_threads()} thread(s)), {cpu_model()}, Python "
+          f"{platform.python_version()}, NumPy {np.__version__}")
+    print(f"{'optimizer':9} {'dtype':7} {f'{COUNT} params us':>14} {'1 param us':>11} "
+          f"{'per extra param us':>19}")
+    for optimizer in OPTIMIZERS:
+        for dtype in ("float32", "float64"):
+            steps = {"many": make_step(optimizer, [(args.elements,)] * COUNT, dtype),
+                     "one": make_step(optimizer, [(args.elements * COUNT,)], dtype)}
+            samples = measure(steps, args.budget, min_rounds=15)["samples"]
+            many, one = (float(np.median(samples[name])) * 1e6 for name in ("many", "one"))
+            print(f"{optimizer:9} {dtype:7} {many:14.2f} {one:11.2f} "
+                  f"{(many - one) / (COUNT - 1):19.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
