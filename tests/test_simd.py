@@ -1,6 +1,7 @@
 """Run-time SIMD dispatch (fastopt/_simd.py): every level the machine runs gives the book's
 bits at any thread count, the widest one is chosen, and the baseline module is x86-64 baseline
 code, which is what a CPU without AVX2 imports."""
+import importlib
 import importlib.util
 import os
 import platform
@@ -162,3 +163,16 @@ def test_the_baseline_module_is_baseline_code():
     assert "ymm" in registers and "zmm" not in registers and vex
     registers, _ = vector_registers(avx512)
     assert "zmm" in registers
+
+
+def test_every_level_has_the_baseline_interface():
+    # stubtest checks fastopt._kernels against _kernels.pyi; the other levels are the same
+    # source, and must stay so.
+    def interface(module):
+        return {name: getattr(module, name).__doc__ for name in dir(module)
+                if not name.startswith("_") and callable(getattr(module, name))}
+    for level in fastopt.simd_levels():
+        module = importlib.import_module(_simd._module_name(level))
+        assert interface(module) == interface(_kernels), level
+        assert module.cpu_simd_level() == ("baseline" if level != "baseline"
+                                           else _kernels.cpu_simd_level())
