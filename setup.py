@@ -56,6 +56,7 @@ SIMD_LEVELS = {
 
 # What a dispatched build needs: an x86-64 target, the level's flags, and the builtins the
 # baseline module uses to ask the CPU (and the OS, for the wider registers) what it can run.
+# MSVC, clang-cl and non-x86 targets stop at the #error: they build the baseline only.
 PROBE = r"""
 #if !defined(__x86_64__) || !(defined(__GNUC__) || defined(__clang__))
 #error "run-time dispatch is built for x86-64 with GCC or clang only"
@@ -93,8 +94,6 @@ class BuildKernels(build_ext):
     """Build the baseline module, and each wider level the probe says the compiler can build."""
 
     def _compiles(self, flags):
-        if self.compiler.compiler_type == "msvc":
-            return False
         with tempfile.TemporaryDirectory() as tmp:
             source = os.path.join(tmp, "fastopt_probe.c")
             with open(source, "w") as file:
@@ -125,9 +124,8 @@ class BuildKernels(build_ext):
 # The baseline's C goes next to the source; each level's copy of the same source gets its own
 # build directory, because Cython names the C file after the .pyx (and the module's init
 # function after the extension).
-extensions = [kernels_extension()]
-if sys.platform != "win32":
-    extensions += [kernels_extension("_" + level, flags, os.path.join("build", "cython", level))
-                   for level, flags in SIMD_LEVELS.items()]
+extensions = [kernels_extension()] + [
+    kernels_extension("_" + level, flags, os.path.join("build", "cython", level))
+    for level, flags in SIMD_LEVELS.items()]
 
 setup(ext_modules=extensions, cmdclass={"build_ext": BuildKernels})

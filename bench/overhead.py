@@ -14,23 +14,11 @@ import argparse
 import platform
 
 import numpy as np
-from run import OPTIMIZERS, cpu_model, measure, warm_allocator
+from run import OPTIMIZERS, cpu_model, make_arrays, make_numpy_like, measure, warm_allocator
 
 import fastopt
 
 COUNT = 200
-
-
-def make_step(optimizer, shapes, dtype):
-    rng = np.random.default_rng(0)
-    params = {f"p{i}": rng.standard_normal(shape).astype(dtype) for i, shape in enumerate(shapes)}
-    grads = {key: (rng.standard_normal(value.shape) * 1e-3).astype(dtype)
-             for key, value in params.items()}
-    instance = getattr(fastopt, optimizer)()
-
-    def step():
-        instance.update(params, grads)
-    return step
 
 
 def main() -> None:
@@ -46,8 +34,9 @@ def main() -> None:
           f"{'per extra param us':>19}")
     for optimizer in OPTIMIZERS:
         for dtype in ("float32", "float64"):
-            steps = {"many": make_step(optimizer, [(args.elements,)] * COUNT, dtype),
-                     "one": make_step(optimizer, [(args.elements * COUNT,)], dtype)}
+            steps = {name: make_numpy_like(fastopt, optimizer, *make_arrays(shapes, dtype))
+                     for name, shapes in (("many", [(args.elements,)] * COUNT),
+                                          ("one", [(args.elements * COUNT,)]))}
             samples = measure(steps, args.budget, min_rounds=15)["samples"]
             many, one = (float(np.median(samples[name])) * 1e6 for name in ("many", "one"))
             print(f"{optimizer:9} {dtype:7} {many:14.2f} {one:11.2f} "

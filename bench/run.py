@@ -211,12 +211,17 @@ def allocated_bytes(step) -> int:
         tracemalloc.stop()
 
 
-def run_cell(optimizer, dtype, workload, contenders, budget, min_rounds, torch, torch_impl):
+def make_arrays(shapes, dtype):
+    """The benchmark's params and grads: dicts keyed p0, p1, ..., the same for every run."""
     rng = np.random.default_rng(0)
-    params = {f"p{i}": rng.standard_normal(shape).astype(dtype)
-              for i, shape in enumerate(workload.shapes)}
+    params = {f"p{i}": rng.standard_normal(shape).astype(dtype) for i, shape in enumerate(shapes)}
     grads = {key: (rng.standard_normal(value.shape) * 1e-3).astype(dtype)
              for key, value in params.items()}
+    return params, grads
+
+
+def run_cell(optimizer, dtype, workload, contenders, budget, min_rounds, torch, torch_impl):
+    params, grads = make_arrays(workload.shapes, dtype)
     steps = {}
     if "fastopt" in contenders:
         steps["fastopt"] = make_numpy_like(fastopt, optimizer, params, grads)

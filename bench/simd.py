@@ -16,32 +16,28 @@ import json
 import platform
 
 import numpy as np
-from run import all_workloads, cpu_model, measure, warm_allocator
+from run import OPTIMIZERS, all_workloads, cpu_model, make_arrays, measure, warm_allocator
 
 import fastopt
+from fastopt._base import _KERNEL_FOR_RULE
+from fastopt._simd import _module_name
 
-# The compiled entry and the arguments after (params, grads) of one optimizer step with the
-# book's defaults: how many state lists, then the scalars (Adam's lr_t at its first step).
-STEPS = {
-    "SGD": ("sgd_step", 0, (0.01,)),
-    "Momentum": ("momentum_step", 1, (0.01, 0.9)),
-    "Nesterov": ("nesterov_step", 1, (0.01, 0.9, False)),
-    "AdaGrad": ("adagrad_step", 1, (0.01, 1e-7, False)),
-    "RMSprop": ("rmsprop_step", 1, (0.01, 0.99, 1e-7, False)),
-    "Adam": ("adam_step", 2, (0.001 * (1 - 0.999) ** 0.5 / (1 - 0.9), 0.9, 0.999, 1e-7, False)),
-}
 DEFAULT_WORKLOADS = ["1e4", "two_layer_net", "five_layer_net", "1e6", "1e7"]
 
 
 def make_step(module, optimizer, params, grads):
-    entry, states, scalars = STEPS[optimizer]
-    kernel = getattr(module, entry)
-    own = [value.copy() for value in params]
-    state = [[np.zeros_like(value) for value in params] for _ in range(states)]
+    """One step of ``optimizer`` with the book's defaults, run by ``module``'s compiled entry:
+    the entry, scalars and state the fastopt class hands its own level's kernel."""
+    instance = getattr(fastopt, optimizer)()
+    rule, scalars = instance._next_step()
+    kernel = getattr(module, _KERNEL_FOR_RULE[rule].__name__)
+    own = [value.copy() for value in params.values()]
+    grad_list = list(grads.values())
+    states = [[np.zeros_like(value) for value in own] for _ in instance._state_names]
 
     def step():
-        if not kernel(own, grads, *state, *scalars):
-            raise RuntimeError(f"{module.__name__}.{entry} declined the arrays")
+        if not kernel(own, grad_list, *states, *scalars):
+            raise RuntimeError(f"{module.__name__}.{kernel.__name__} declined the arrays")
     return step
 
 
@@ -49,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", nargs="+", default=DEFAULT_WORKLOADS,
                         choices=[w.name for w in all_workloads()])
-    parser.add_argument("--optimizer", nargs="+", default=list(STEPS), choices=list(STEPS))
+    parser.add_argument("--optimizer", nargs="+", default=OPTIMIZERS, choices=OPTIMIZERS)
     parser.add_argument("--dtype", nargs="+", default=["float32", "float64"],
                         choices=["float32", "float64"])
     parser.add_argument("--budget", type=float, default=0.4, help="seconds per cell")
@@ -57,9 +53,7 @@ def main() -> None:
     args = parser.parse_args()
 
     levels = fastopt.simd_levels()
-    modules = {level: importlib.import_module(
-        "fastopt._kernels" if level == "baseline" else f"fastopt._kernels_{level}")
-        for level in levels}
+    modules = {level: importlib.import_module(_module_name(level)) for level in levels}
     warm_allocator()
     print(f"fastopt {fastopt.__version__}, one thread ({fastopt.get_num_threads()} set), "
           f"{cpu_model()}, Python {platform.python_version()}, NumPy {np.__version__}")
@@ -73,10 +67,7 @@ def main() -> None:
         workload = workloads[name]
         for optimizer in args.optimizer:
             for dtype in args.dtype:
-                rng = np.random.default_rng(0)
-                params = [rng.standard_normal(shape).astype(dtype) for shape in workload.shapes]
-                grads = [(rng.standard_normal(value.shape) * 1e-3).astype(dtype)
-                         for value in params]
+                params, grads = make_arrays(workload.shapes, dtype)
                 steps = {level: make_step(module, optimizer, params, grads)
                          for level, module in modules.items()}
                 samples = measure(steps, args.budget, min_rounds=15)["samples"]

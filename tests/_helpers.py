@@ -1,6 +1,11 @@
 """Shared helpers: the optimizer configurations and parameter shapes the tests sweep."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+
 import numpy as np
 
 import fastopt
@@ -125,3 +130,15 @@ def level_trajectory(module, config, dtype, steps=6):
         arrays.update({f"{state} {key}": value
                        for key, value in getattr(optimizer, state).items()})
     return arrays, getattr(optimizer, "iter", None)
+
+
+def run_python(code, *args, timeout=600, **environment):
+    """Run ``python -c code *args`` in a fresh process whose fastopt settings come only from
+    ``environment`` (FASTOPT_SIMD, FASTOPT_NUM_THREADS, OMP_NUM_THREADS are cleared first)."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("FASTOPT_SIMD", "FASTOPT_NUM_THREADS", "OMP_NUM_THREADS")}
+    env.update(environment)
+    # From a neutral directory: `python -c` puts the working directory on sys.path, and at the
+    # repository root that is the uncompiled source folder.
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, cwd=tempfile.gettempdir(), timeout=timeout)

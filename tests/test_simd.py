@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 import fastopt
 from fastopt import _kernels, _simd, reference
 
-from _helpers import CONFIGS, assert_same_bits, config_id, level_trajectory
+from _helpers import CONFIGS, assert_same_bits, config_id, level_trajectory, run_python
 
 LEVELS = ("baseline", "avx2", "avx512")
 DTYPES = ("float64", "float32")
@@ -44,16 +43,6 @@ print(fastopt.simd_level(), _simd.kernels.compiled_simd(), fastopt.get_num_threa
 """
 
 
-def in_fresh_process(code, *args, **environment):
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("FASTOPT_SIMD", "FASTOPT_NUM_THREADS", "OMP_NUM_THREADS")}
-    env.update(environment)
-    # From a neutral directory: at the repository root `python -c` would import the source
-    # folder instead of the installed package.
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env=env, cwd=tempfile.gettempdir(), timeout=600)
-
-
 @pytest.fixture(scope="module")
 def reference_results():
     results = {}
@@ -69,7 +58,7 @@ def test_every_level_gives_the_references_bits(level, threads, reference_results
     if level not in fastopt.simd_levels():
         pytest.skip(f"this machine or build does not run {level}")
     output = tmp_path / "arrays.npz"
-    completed = in_fresh_process(WORKER, str(Path(__file__).parent), str(output), *DTYPES,
+    completed = run_python(WORKER, str(Path(__file__).parent), str(output), *DTYPES,
                                  FASTOPT_SIMD=level, FASTOPT_NUM_THREADS=threads)
     assert completed.returncode == 0, completed.stderr
     chosen, compiled, thread_count = completed.stdout.strip().split("|")
@@ -93,8 +82,7 @@ def test_the_widest_level_the_cpu_runs_is_chosen():
     forced = os.environ.get("FASTOPT_SIMD")
     expected = forced.strip().lower() if forced else fastopt.simd_levels()[-1]
     assert fastopt.simd_level() == expected
-    name = "fastopt._kernels" + ("" if expected == "baseline" else f"_{expected}")
-    assert _simd.kernels.__name__ == name
+    assert _simd.kernels.__name__ == _simd._module_name(expected)
     # Every update goes through the chosen module.
     assert fastopt._base._KERNEL_FOR_RULE[reference.adam_rule] is _simd.kernels.adam_step
 
@@ -133,7 +121,7 @@ def test_choose_on_machines_other_than_this_one():
 
 
 def test_a_bad_simd_variable_fails_loudly():
-    completed = in_fresh_process("import fastopt", FASTOPT_SIMD="avx1024")
+    completed = run_python("import fastopt", FASTOPT_SIMD="avx1024")
     assert completed.returncode != 0
     assert "FASTOPT_SIMD='avx1024': expected one of baseline, avx2, avx512" in completed.stderr
 

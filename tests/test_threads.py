@@ -1,9 +1,6 @@
 """Threads for large params: bit-identical for any count, configurable, safe after fork."""
 import multiprocessing
 import os
-import subprocess
-import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -12,7 +9,7 @@ import pytest
 import fastopt
 from fastopt import _kernels
 
-from _helpers import assert_same_bits, assert_same_state, copy_params, make_pair
+from _helpers import assert_same_bits, assert_same_state, copy_params, make_pair, run_python
 
 needs_openmp = pytest.mark.skipif(not _kernels.openmp(), reason="built without OpenMP")
 # Large enough to be split for every rule, odd so the chunks are uneven; plus small keys.
@@ -76,14 +73,8 @@ def test_set_num_threads(restore_threads):
 
 
 def threads_in_fresh_process(**environment):
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("FASTOPT_NUM_THREADS", "OMP_NUM_THREADS")}
-    env.update(environment)
-    code = "import fastopt; print(fastopt.get_num_threads())"
-    # From a neutral directory: `python -c` puts the working directory on sys.path, and at the
-    # repository root that is the uncompiled source folder.
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=tempfile.gettempdir(), timeout=60)
+    return run_python("import fastopt; print(fastopt.get_num_threads())", timeout=60,
+                      **environment)
 
 
 @needs_openmp
