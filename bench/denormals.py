@@ -10,9 +10,11 @@ code at checkpoints, and prints the fraction of subnormal state values beside ea
 from __future__ import annotations
 
 import argparse
+import platform
 import time
 
 import numpy as np
+from run import cpu_model
 
 import fastopt
 from fastopt import reference
@@ -36,6 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--elements", type=int, default=100_000)
     args = parser.parse_args()
+    print(f"fastopt {fastopt.__version__} ({fastopt.simd_level()}, "
+          f"{fastopt.get_num_threads()} thread(s)), {cpu_model()}, Python "
+          f"{platform.python_version()}, NumPy {np.__version__}")
     print(f"Adam on {args.elements} elements, zero gradients after one step of ones; median us "
           f"per update at each checkpoint (subnormal share of v)")
     for dtype in (np.float32, np.float64):

@@ -331,7 +331,7 @@ def after_fork_in_child():
 
 # ---------------------------------------------------------------------------------------------
 # Opt-in flush-to-zero. Subnormal operands make x86 arithmetic take slow microcode assists
-# (bench/denormals.py: Adam 20-60x slower once its state is subnormal). When enabled, each
+# (bench/denormals.py: Adam 10-60x slower once its state is subnormal). When enabled, each
 # run of a loop sets MXCSR's flush-to-zero and denormals-are-zero bits in the thread that runs
 # it and restores the thread's previous MXCSR afterwards: nothing outside fastopt's loops is
 # affected. Results then differ from NumPy's wherever a value is subnormal.

@@ -12,8 +12,9 @@ The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it
 are opt-in. In a training loop NumPy's BLAS (OpenBLAS) keeps its own threads spinning on the
 cores between matrix products, and OpenMP threads that wait for those cores instead of working
 make an update many times slower. Measured on 2 cores, the digits example's Adam update took
-3.25 ms with 2 fastopt threads next to OpenBLAS's, 83 us on one thread, and 63 us on 2 threads
-with OPENBLAS_NUM_THREADS=1. Use threads when the rest of the process leaves cores free.
+3.3-6.5 ms with 2 fastopt threads next to OpenBLAS's, 83-98 us on one thread, and 58-63 us on
+2 threads with OPENBLAS_NUM_THREADS=1 (README, Cost). Use threads when the rest of the
+process leaves cores free.
 
 A process forked after its parent ran threads runs on one thread: GNU OpenMP's threads do not
 survive ``fork``, and using them again in the child hangs it.
@@ -67,7 +68,7 @@ def set_flush_denormals(enabled: bool) -> None:
     """Flush subnormal numbers to zero inside fastopt's compiled loops (opt-in; x86-64).
 
     Arithmetic on subnormal values is very slow on x86: once an optimizer's state decays into
-    the subnormal range (zero gradients for many steps) every update can be 20-60x slower
+    the subnormal range (zero gradients for many steps) every update can be 10-60x slower
     (``python bench/denormals.py``). With this enabled, each compiled loop sets the CPU's
     flush-to-zero and denormals-are-zero modes for its own run and restores the thread's
     previous mode afterwards, so nothing else in the process is affected. Results then differ
