@@ -29,14 +29,15 @@ def make_step(module, optimizer, params, grads):
     """One step of ``optimizer`` with the book's defaults, run by ``module``'s compiled entry:
     the entry, scalars and state the fastopt class hands its own level's kernel."""
     instance = getattr(fastopt, optimizer)()
-    rule, scalars = instance._next_step()
+    rule, scalars, _ = instance._next_step(instance.hyperparameter_values())
     kernel = getattr(module, _KERNEL_FOR_RULE[rule].__name__)
     own = [value.copy() for value in params.values()]
     grad_list = list(grads.values())
-    states = [[np.zeros_like(value) for value in own] for _ in instance._state_names]
+    states = [[np.zeros_like(value) for value in own] for _ in instance.state_names]
+    states += [None] * (3 - len(states))
 
     def step():
-        if not kernel(own, grad_list, *states, *scalars):
+        if not kernel(own, grad_list, *states, None, None, 0.0, *scalars):
             raise RuntimeError(f"{module.__name__}.{kernel.__name__} declined the arrays")
     return step
 

@@ -1,29 +1,36 @@
 """Shared machinery of fastopt's optimizers: input checks, state, and dispatch to the kernels.
 
-``Optimizer.update`` first tries the common case in one compiled call: every param an
-array the loops take, with its state already there. The kernel entry checks every param before
-it writes anything and declines (returning False, nothing changed) otherwise. Then the checked
-path runs in two phases, so that a rejected call changes nothing:
+``Optimizer.update`` holds the optimizer's lock (concurrent calls on one optimizer run one
+after the other), evaluates and checks the hyperparameters (``fastopt.reference``'s machinery:
+schedules, Python floats), computes the step's scalars, and then first tries the common case
+in one compiled call: every param an array the loops take, with its state already there. The
+kernel entry checks every param before it writes anything and declines (returning False,
+nothing changed) otherwise. Then the checked path runs in two phases, so that a rejected call
+changes nothing:
 
-1. *Check*: every key's param, grad and existing state is validated; nothing is written.
+1. *Check*: every key's param, grad and existing state is validated, each grad read exactly
+   once; nothing is written.
 2. *Apply*: zero state is created for new keys, the step is counted, and the keys are
    updated in the book's order. Runs of consecutive keys that the compiled loops take
    (``_kernels.ready``) go to the kernel in one call; any other key goes through the same
-   pure-NumPy rule as ``fastopt.reference``.
+   pure-NumPy rule as ``fastopt.reference``. An array param is only ever updated in place;
+   only a scalar param's new value is stored back.
 """
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
 
-from . import reference
+from . import _settings, reference
 from ._simd import kernels as _kernels
+from .clipping import clip_coefficient, global_norm
 
-# The compiled entry for each of fastopt.reference's rules: the same arguments after the arrays.
-_KERNEL_FOR_RULE: dict[Callable[..., None], Callable[..., bool]] = {
+# The compiled entry for each of fastopt.reference's rules: the same scalars after the arrays.
+_KERNEL_FOR_RULE: dict[Callable[..., Any], Callable[..., bool]] = {
     reference.sgd_rule: _kernels.sgd_step,
     reference.momentum_rule: _kernels.momentum_step,
     reference.nesterov_rule: _kernels.nesterov_step,
@@ -31,7 +38,20 @@ _KERNEL_FOR_RULE: dict[Callable[..., None], Callable[..., bool]] = {
     reference.rmsprop_rule: _kernels.rmsprop_step,
     reference.adam_rule: _kernels.adam_step,
     reference.adam_paper_rule: _kernels.adam_paper_step,
+    reference.adamw_rule: _kernels.adamw_step,
+    reference.nadam_rule: _kernels.nadam_step,
+    reference.radam_rule: _kernels.radam_step,
+    reference.adamax_rule: _kernels.adamax_step,
+    reference.adadelta_rule: _kernels.adadelta_step,
+    reference.lion_rule: _kernels.lion_step,
 }
+
+SLOTS = 3   # state slots of every compiled loop
+
+
+class SlowPathWarning(UserWarning):
+    """A param was updated by NumPy's path rather than the compiled loops (opt-in, see
+    ``fastopt.set_slow_path_warning``)."""
 
 
 def _describe(value: Any) -> str:
@@ -50,8 +70,9 @@ def _is_real_scalar(value: Any) -> bool:
             and not isinstance(value, (bool, np.bool_, np.ndarray)))
 
 
-def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> tuple[int, ...]:
-    """Raise if ``param`` and ``grad`` are not a pair fastopt can update under ``key``.
+def _check_param(key: Any, param: Any, grad: Any, fixed: str | None) -> tuple[int, ...]:
+    """Raise if ``param`` and ``grad`` are not a pair fastopt can update under ``key``;
+    ``fixed`` names the container if it cannot be written (a tuple, a read-only mapping).
 
     Returns the param's shape, ``()`` for a scalar param.
     """
@@ -77,21 +98,36 @@ def _check_param(key: Any, param: Any, grad: Any, mutable: bool) -> tuple[int, .
         if not _is_real_scalar(grad):
             raise TypeError(f"grad {key!r} is {_describe(grad)}; a scalar param "
                             f"({_describe(param)}) takes a real scalar grad")
-        if not mutable:
-            raise TypeError(f"param {key!r} is {_describe(param)} in a tuple; a scalar "
-                            f"param's new value must be stored back, so "
+        if fixed is not None:
+            raise TypeError(f"param {key!r} is {_describe(param)} in a {fixed}, which cannot "
+                            f"be written; a scalar param's new value must be stored back, so "
                             f"pass a list or dict")
         return ()
     raise TypeError(f"param {key!r} is {_describe(param)}; expected a floating-point "
                     f"ndarray, or a float scalar like the book's params['x'] = -7.0")
 
 
-def _run_kernel(kernel: Callable[..., bool], params: Any, grads: Any, states: list[Any],
-                keys: list[Any], scalars: tuple[Any, ...]) -> None:
-    """One compiled call for ``keys``, every one of which ``_kernels.ready`` accepted."""
-    done = kernel([params[key] for key in keys], [grads[key] for key in keys],
-                  *[[state[key] for key in keys] for state in states], *scalars)
-    assert done, "the kernel declined params that _kernels.ready accepted"
+def _slow_reason(param: Any, grad: Any) -> str:
+    """Why the compiled loops do not take this param, for SlowPathWarning."""
+    if not isinstance(param, np.ndarray):
+        return "it is a scalar"
+    if param.dtype not in (np.float32, np.float64):
+        return f"its dtype is {param.dtype} (the loops take float32 and float64)"
+    if not param.dtype.isnative:
+        return "it is not in native byte order"
+    if not param.flags.c_contiguous:
+        return "it is not C-contiguous (a transposed view or a slice)"
+    if not param.flags.aligned:
+        return "it is not aligned"
+    if grad.dtype != param.dtype:
+        return f"its grad has dtype {grad.dtype}, not the param's {param.dtype}"
+    if not (grad.flags.c_contiguous and grad.flags.aligned and grad.dtype.isnative):
+        return "its grad is not a C-contiguous, aligned, native-order array"
+    return "it shares memory with its grad or its state"
+
+
+def _pad(states: list[Any]) -> list[Any]:
+    return states + [None] * (SLOTS - len(states))
 
 
 class Optimizer(reference.ReferenceOptimizer):
@@ -112,7 +148,7 @@ class Optimizer(reference.ReferenceOptimizer):
             or tuple by position.
         grads : dict or list of ndarray
             A grad for every param: same keys (extra keys are ignored) or same length; each
-            grad has its param's shape.
+            grad has its param's shape. Grads are never written.
 
         Raises
         ------
@@ -120,47 +156,81 @@ class Optimizer(reference.ReferenceOptimizer):
             When a hyperparameter, param or grad cannot be used; the message names the key.
             A rejected call changes no param, no state and no step count.
         """
-        self.check_hyperparameters()
-        if not self._update_compiled(params, grads):
-            self._update_checked(params, grads)
+        with self._lock:
+            values = self._checked_values()
+            step = self._next_step(values)
+            if not self._update_compiled(params, grads, values, *step):
+                self._update_checked(params, grads, values, *step)
 
-    def _update_compiled(self, params: reference.Params, grads: reference.Grads) -> bool:
+    def _clip_scale(self, params: reference.Params, grads: reference.Grads) -> float | None:
+        """The clip factor from the compiled global norm (same bits as the reference's)."""
+        if self.max_grad_norm is None:
+            return None
+        keys = params.keys() if isinstance(params, Mapping) else range(len(params))
+        return clip_coefficient(global_norm([grads[key] for key in keys]),
+                                float(self.max_grad_norm))
+
+    def _update_compiled(self, params: reference.Params, grads: reference.Grads,
+                         values: dict[str, float], rule: Callable[..., Any],
+                         scalars: tuple[Any, ...], after: dict[str, Any]) -> bool:
         """Update in one compiled call if every param can take it; else change nothing."""
-        states = [getattr(self, name) for name in self._state_names]
+        states = _pad(self._rule_states())
+        decays = self._decays if self.weight_decay_filter is not None else None
+        if self.weight_decay_filter is not None and decays is None:
+            return False
         if type(params) is dict:
-            if type(grads) is not dict:
+            if type(grads) is not dict or type(decays) not in (dict, type(None)):
                 return False
             for state in states:
-                if type(state) is not dict:
+                if state is not None and type(state) is not dict:
                     return False
-            arguments: tuple[Any, ...] = (params, grads, *states)   # the kernel reads the dicts
+            if None in self._used_states():
+                return False
         elif type(params) is list:
             count = len(params)
             if type(grads) is not list or len(grads) != count:
                 return False
-            for state in states:
+            if decays is not None and (type(decays) is not list or len(decays) < count):
+                return False
+            for state in self._used_states():
                 if type(state) is not list or len(state) < count:
                     return False
-            arguments = (params, grads,
-                         *[state if len(state) == count else state[:count] for state in states])
+            states = [state if state is None or len(state) == count else state[:count]
+                      for state in states]
+            if decays is not None and len(decays) != count:
+                decays = decays[:count]
         else:
             return False
-        rule, scalars = self._next_step()
-        if not _KERNEL_FOR_RULE[rule](*arguments, *scalars):
+        grad_scale = None
+        if self.max_grad_norm is not None:
+            try:
+                grad_scale = self._clip_scale(params, grads)
+            except (KeyError, IndexError, TypeError, ValueError):
+                return False   # the checked path explains what is wrong
+        if not _KERNEL_FOR_RULE[rule](params, grads, *states, decays, grad_scale,
+                                      self._coupled_decay(values), *scalars):
             return False
-        self._commit_step()
+        for name, value in after.items():
+            setattr(self, name, value)
         return True
 
-    def _update_checked(self, params: reference.Params, grads: reference.Grads) -> None:
+    def _used_states(self) -> list[Any]:
+        """The state containers this optimizer keeps (``state_names``), None for one not
+        created yet (the first update)."""
+        return [getattr(self, name) for name in self.state_names]
+
+    def _update_checked(self, params: reference.Params, grads: reference.Grads,
+                        values: dict[str, float], rule: Callable[..., Any],
+                        scalars: tuple[Any, ...], after: dict[str, Any]) -> None:
         """Validate every key, then update each by the kernel or by NumPy's rule."""
         # --- check: nothing is written until "apply" ---------------------------------------
-        by_name = type(params) is dict or isinstance(params, Mapping)
+        by_name = isinstance(params, Mapping)
         if by_name:
-            if type(grads) is not dict and not isinstance(grads, Mapping):
+            if not isinstance(grads, Mapping):
                 raise TypeError(f"params is a {type(params).__name__}, so grads must be a "
                                 f"mapping with the same keys; got {type(grads).__name__}")
             keys: Any = list(params)
-            mutable = type(params) is dict or isinstance(params, MutableMapping)
+            fixed = None if isinstance(params, MutableMapping) else type(params).__name__
         elif isinstance(params, (list, tuple)):
             if not isinstance(grads, (list, tuple)):
                 raise TypeError(f"params is a {type(params).__name__}, so grads must be a list "
@@ -169,22 +239,22 @@ class Optimizer(reference.ReferenceOptimizer):
                 raise ValueError(f"grads has {len(grads)} entries but params has "
                                  f"{len(params)}; expected one grad per param")
             keys = range(len(params))
-            mutable = isinstance(params, list)
+            fixed = None if isinstance(params, list) else type(params).__name__
         else:
             raise TypeError(f"params must be a dict of arrays (or a list or tuple of arrays); "
                             f"got {type(params).__name__}")
 
-        states = [getattr(self, name) for name in self._state_names]
-        for name, state in zip(self._state_names, states, strict=True):
+        for name in self.state_names:
+            state = getattr(self, name)
             if state is not None and isinstance(state, dict) != by_name:
                 kept = "by key (a dict)" if isinstance(state, dict) else "by position (a list)"
                 raise TypeError(f"state {name!r} is kept {kept} from earlier calls, but params "
                                 f"is now a {type(params).__name__}; pass the same kind of "
                                 f"container every call")
 
+        param_list = []
         grad_list = []
         compiled = []
-        complete = None not in states   # does every key already have its state?
         for key in keys:
             param = params[key]
             try:
@@ -192,47 +262,82 @@ class Optimizer(reference.ReferenceOptimizer):
             except (KeyError, IndexError):
                 raise KeyError(f"grads has no entry for param {key!r}; expected a grad for "
                                f"every param") from None
-            shape = _check_param(key, param, grad, mutable)
+            shape = _check_param(key, param, grad, fixed)
             own = []
-            for name, state in zip(self._state_names, states, strict=True):
-                if state is None:
-                    entry = None
-                elif by_name:
-                    entry = state.get(key)
-                else:
-                    entry = state[key] if key < len(state) else None
-                if entry is None:
-                    complete = False
-                elif getattr(entry, "shape", None) != shape:
+            for name, state in zip(self.state_names, self._used_states(), strict=True):
+                entry = None
+                if state is not None:
+                    entry = state.get(key) if by_name else (
+                        state[key] if key < len(state) else None)
+                if entry is not None and getattr(entry, "shape", None) != shape:
                     raise ValueError(
                         f"state {name}[{key!r}] has shape {np.shape(entry)} but param {key!r} "
                         f"has shape {shape}; a param's state belongs to the array first seen "
                         f"under its key (use a new optimizer for a new shape)")
                 own.append(entry)
+            param_list.append(param)
             grad_list.append(grad)
             compiled.append(_kernels.ready(param, grad, *own))
+        decays = self._key_decays_copy(params)
+        grad_scale = self._clip_scale_of(grad_list)
+        if _settings.slow_path_warning():
+            for key, param, grad, fast in zip(keys, param_list, grad_list, compiled,
+                                              strict=True):
+                if not fast:
+                    warnings.warn(f"param {key!r} is updated by NumPy's path, several times "
+                                  f"slower than the compiled loops, because "
+                                  f"{_slow_reason(param, grad)}", SlowPathWarning,
+                                  stacklevel=4)
 
         # --- apply ---------------------------------------------------------------------------
-        if not complete:
-            self._add_zero_state(params)
-            states = [getattr(self, name) for name in self._state_names]
-        rule, scalars = self._next_step()
-        self._commit_step()
+        self._add_zero_state(params)
+        self._decays = decays
+        for name, value in after.items():
+            setattr(self, name, value)
+        states = self._rule_states()
         kernel = _KERNEL_FOR_RULE[rule]
-        run: list[Any] = []
-        for key, grad, fast in zip(keys, grad_list, compiled, strict=True):
-            if fast:
-                run.append(key)
-                continue
-            if run:
-                _run_kernel(kernel, params, grads, states, run, scalars)
-                run = []
-            rule(params, key, grad, *states, *scalars)
-        if run:
-            _run_kernel(kernel, params, grads, states, run, scalars)
+        coupled = self._coupled_decay(values)
+        for fast, group in _runs(compiled):
+            run = [keys[index] for index in group]
+            read = [grad_list[index] for index in group]
+            done = fast and kernel(
+                [param_list[index] for index in group], read,
+                *[None if state is None else [state[key] for key in run]
+                  for state in _pad(states)],
+                None if decays is None else [decays[key] for key in run],
+                grad_scale, coupled, *scalars)
+            if not done:   # NumPy's path (also if another thread changed an array meanwhile)
+                self._apply(rule, scalars, values, grad_scale, decays, params, grads, states,
+                            run, read)
+
+    def _key_decays_copy(self, params: reference.Params) -> reference.State:
+        """``_key_decays`` on a copy, so that a filter that raises changes nothing."""
+        saved = self._decays
+        if saved is not None:
+            self._decays = saved.copy()
+        try:
+            return self._key_decays(params)
+        finally:
+            self._decays = saved
+
+    def _clip_scale_of(self, grad_list: list[Any]) -> float | None:
+        if self.max_grad_norm is None:
+            return None
+        return clip_coefficient(global_norm(grad_list), float(self.max_grad_norm))
 
     @staticmethod
     def _zeros(param: Any) -> Any:
         if isinstance(param, np.ndarray):
             return np.zeros(param.shape, param.dtype)   # C-contiguous whatever param's layout
         return np.zeros_like(param)                      # a scalar param, as the book does
+
+
+def _runs(flags: list[bool]) -> list[tuple[bool, list[int]]]:
+    """Consecutive positions with the same flag: [(flag, [positions]), ...]."""
+    runs: list[tuple[bool, list[int]]] = []
+    for index, flag in enumerate(flags):
+        if runs and runs[-1][0] == flag and flag:
+            runs[-1][1].append(index)
+        else:
+            runs.append((flag, [index]))
+    return runs

@@ -16,8 +16,15 @@ make an update many times slower. Measured on 2 cores, the digits example's Adam
 2 threads with OPENBLAS_NUM_THREADS=1 (README, Cost). Use threads when the rest of the
 process leaves cores free.
 
-A process forked after its parent ran threads runs on one thread: GNU OpenMP's threads do not
-survive ``fork``, and using them again in the child hangs it.
+At most 256 threads: ``set_num_threads`` and ``FASTOPT_NUM_THREADS`` refuse more with a
+ValueError (GNU OpenMP aborts or crashes the process when it cannot create the threads it is
+asked for); ``OMP_NUM_THREADS``, which other libraries read too, is capped at 256.
+
+A forked process (``os.fork``, multiprocessing's "fork" start method) runs every loop on one
+thread, and ``set_num_threads`` leaves it at one there: GNU OpenMP's threads do not survive
+``fork``, and a child that enters a parallel region after its parent, or any library in it,
+ran one can hang. Which library ran OpenMP first cannot be known, so the rule holds for every
+forked child. Processes started with "spawn" or "forkserver" are not affected.
 
 Subnormals
 ----------
@@ -33,7 +40,10 @@ import numpy as np
 
 from ._simd import kernels as _kernels
 
-__all__ = ["get_flush_denormals", "get_num_threads", "set_flush_denormals", "set_num_threads"]
+__all__ = ["get_flush_denormals", "get_num_threads", "get_slow_path_warning",
+           "set_flush_denormals", "set_num_threads", "set_slow_path_warning"]
+
+MAX_THREADS: int = _kernels.max_threads()
 
 
 def _from_environment() -> int:
@@ -44,19 +54,33 @@ def _from_environment() -> int:
         first = value.split(",")[0].strip()   # OMP_NUM_THREADS may list nested levels
         if not first.isdigit() or int(first) < 1:
             raise ValueError(f"{name}={value!r}: expected a whole number of threads >= 1")
+        if int(first) > MAX_THREADS:
+            if name == "FASTOPT_NUM_THREADS":
+                raise ValueError(f"{name}={value!r}: fastopt uses at most {MAX_THREADS} threads")
+            return MAX_THREADS   # OMP_NUM_THREADS is shared with other libraries: capped
         return int(first)
     return 1
 
 
 def set_num_threads(count: int) -> None:
-    """Use up to ``count`` threads for each large param (>= 65536 elements).
+    """Use up to ``count`` threads (1 to 256) for each large param.
 
-    Results do not depend on it, bit for bit. Without OpenMP (macOS builds), or in a child
-    forked after its parent ran threads, fastopt stays on one thread whatever ``count`` is.
+    Results do not depend on it, bit for bit. Without OpenMP (macOS builds), or in a forked
+    process, fastopt stays on one thread whatever ``count`` is.
+
+    Raises
+    ------
+    TypeError
+        If ``count`` is not an int.
+    ValueError
+        If ``count`` is below 1 or above 256; nothing changes.
     """
-    if isinstance(count, bool) or not isinstance(count, int):
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
         raise TypeError(f"count must be an int; got {count!r}")
-    _kernels.set_threads(count)
+    if not 1 <= count <= MAX_THREADS:
+        raise ValueError(f"count must be >= 1 and <= {MAX_THREADS} (the most threads fastopt "
+                         f"uses); got {count}")
+    _kernels.set_threads(int(count))
 
 
 def get_num_threads() -> int:
@@ -83,6 +107,33 @@ def set_flush_denormals(enabled: bool) -> None:
 def get_flush_denormals() -> bool:
     """Whether the compiled loops flush subnormals to zero (see set_flush_denormals)."""
     return _kernels.get_flush_denormals()
+
+
+_warn_slow_path = os.environ.get("FASTOPT_WARN_SLOW_PATH", "").strip() not in ("", "0")
+
+
+def set_slow_path_warning(enabled: bool) -> None:
+    """Warn (``fastopt.SlowPathWarning``) whenever a param is updated by NumPy's path.
+
+    fastopt updates any float array correctly, but only C-contiguous, aligned float32 and
+    float64 arrays (with a grad of the same dtype) take the compiled loops; a transposed view,
+    a slice, float16 or a scalar takes NumPy's statements, several times slower. Off by
+    default; ``FASTOPT_WARN_SLOW_PATH=1`` turns it on at import. The warning names the param
+    and the reason.
+    """
+    global _warn_slow_path
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"enabled must be a bool; got {enabled!r}")
+    _warn_slow_path = bool(enabled)
+
+
+def get_slow_path_warning() -> bool:
+    """Whether a param updated by NumPy's path raises a SlowPathWarning."""
+    return _warn_slow_path
+
+
+def slow_path_warning() -> bool:
+    return _warn_slow_path
 
 
 set_num_threads(_from_environment())

@@ -82,7 +82,7 @@ def assert_same_bits(actual, expected):
 
 
 def assert_same_state(fast, ref):
-    for name in type(ref)._state_names:
+    for name in ref.state_names:
         a, b = getattr(fast, name), getattr(ref, name)
         assert (a is None) == (b is None)
         if a is None:
@@ -126,7 +126,7 @@ def level_trajectory(module, config, dtype, steps=6):
         for _ in range(steps):
             optimizer.update(params, _grads_with_edge_cases(params, dtype, rng))
     arrays = {f"param {key}": value for key, value in params.items()}
-    for state in type(optimizer)._state_names:
+    for state in optimizer.state_names:
         arrays.update({f"{state} {key}": value
                        for key, value in getattr(optimizer, state).items()})
     return arrays, getattr(optimizer, "iter", None)

@@ -128,6 +128,24 @@ def test_ready_accepts_only_what_the_loops_can_take():
     assert not _kernels.ready(unaligned, np.ones(10))
 
 
+# The kernel entries take three state slots, which params decay, and the grad transform before
+# the rule's scalars; these wrappers pass "no decay filter, no clipping, no coupled decay".
+def sgd(params, grads, lr):
+    return _kernels.sgd_step(params, grads, None, None, None, None, None, 0.0, lr)
+
+
+def momentum(params, grads, v, *scalars):
+    return _kernels.momentum_step(params, grads, v, None, None, None, None, 0.0, *scalars)
+
+
+def adagrad(params, grads, h, *scalars):
+    return _kernels.adagrad_step(params, grads, h, None, None, None, None, 0.0, *scalars)
+
+
+def adam(params, grads, m, v, *scalars):
+    return _kernels.adam_step(params, grads, m, v, None, None, None, 0.0, *scalars)
+
+
 def test_kernel_entries_decline_arrays_they_cannot_take_and_touch_nothing():
     p, q = np.ones(10), np.ones(10)
     m = np.zeros(10)
@@ -140,18 +158,20 @@ def test_kernel_entries_decline_arrays_they_cannot_take_and_touch_nothing():
         ([p, q], [np.ones(10), q]),                        # grad is the param
     ]
     for params, grads in declined:
-        assert _kernels.sgd_step(params, grads, 0.1) is False
+        assert sgd(params, grads, 0.1) is False
         assert np.all(p == 1.0) and np.all(q == 1.0)
-    assert _kernels.adam_step([p], [np.ones(10)], [m], [np.zeros(5)], 0.1, 0.9, 0.999, 1e-7,
-                              False) is False
-    assert _kernels.adam_step([p], [np.ones(10)], [m], [m], 0.1, 0.9, 0.999, 1e-7,
-                              False) is False                  # two states share memory
+    assert adam([p], [np.ones(10)], [m], [np.zeros(5)], 0.1, 0.9, 0.999, 1e-7,
+                False) is False
+    assert adam([p], [np.ones(10)], [m], [m], 0.1, 0.9, 0.999, 1e-7,
+                False) is False                  # two states share memory
+    assert _kernels.adam_step([p], [np.ones(10)], [m], [np.zeros(10)], [m], None, None, 0.0,
+                              0.1, 0.9, 0.999, 1e-7, False) is False   # v_max is m
     assert np.all(p == 1.0) and np.all(m == 0.0)
     with pytest.raises(ValueError, match="same length"):
-        _kernels.momentum_step([p], [np.ones(10)], [], 0.1, 0.9)
+        momentum([p], [np.ones(10)], [], 0.1, 0.9)
     with pytest.raises(TypeError):
-        _kernels.sgd_step((p,), [np.ones(10)], 0.1)
-    assert _kernels.sgd_step([p, q], [np.ones(10), np.ones(10)], 0.5) is True
+        sgd((p,), [np.ones(10)], 0.1)
+    assert sgd([p, q], [np.ones(10), np.ones(10)], 0.5) is True
     assert np.all(p == 0.5) and np.all(q == 0.5)
 
 
@@ -170,16 +190,20 @@ def test_many_params_beyond_the_stack_buffer():
 
 
 @pytest.mark.parametrize("entry, arguments", [
-    (_kernels.momentum_step, (0.1, 0.9)),
-    (_kernels.adagrad_step, (0.1, 1e-7, False)),
+    (momentum, (0.1, 0.9)),
+    (adagrad, (0.1, 1e-7, False)),
 ])
 def test_kernel_entries_refuse_none_for_a_state_list(entry, arguments):
     # A None state list would leave the loop without a state buffer: refused before planning.
-    with pytest.raises(TypeError):
-        entry([np.ones(3)], [np.ones(3)], None, *arguments)
-    with pytest.raises(TypeError):
-        _kernels.adam_step([np.ones(3)], [np.ones(3)], [np.zeros(3)], None, 0.1, 0.9, 0.999,
-                           1e-7, False)
+    p = np.ones(3)
+    with pytest.raises(TypeError, match="needs"):
+        entry([p], [np.ones(3)], None, *arguments)
+    with pytest.raises(TypeError, match="needs 2"):
+        adam([p], [np.ones(3)], [np.zeros(3)], None, 0.1, 0.9, 0.999, 1e-7, False)
+    with pytest.raises(TypeError, match="needs 2"):
+        _kernels.adadelta_step([p], [np.ones(3)], [np.zeros(3)], None, None, None, None, 0.0,
+                               1.0, 0.9, 1e-6)
+    assert np.all(p == 1.0)
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
@@ -208,15 +232,15 @@ def test_kernel_entries_take_the_books_dicts():
     ]
     for p, g, m_, v_ in declined:
         before = [value.copy() for value in p.values()]
-        assert _kernels.adam_step(p, g, m_, v_, 0.1, 0.9, 0.999, 1e-7, False) is False
+        assert adam(p, g, m_, v_, 0.1, 0.9, 0.999, 1e-7, False) is False
         assert all(np.array_equal(a, b) for a, b in zip(p.values(), before, strict=True))
     assert np.all(m["W"] == 0)
-    assert _kernels.adam_step(params, grads, m, v, 0.1, 0.9, 0.999, 1e-7, False) is True
+    assert adam(params, grads, m, v, 0.1, 0.9, 0.999, 1e-7, False) is True
     assert np.all(params["W"] < 1) and np.all(m["b"] != 0)
-    with pytest.raises(TypeError, match="must be dicts"):
-        _kernels.adam_step(params, list(grads.values()), m, v, 0.1, 0.9, 0.999, 1e-7, False)
+    with pytest.raises(TypeError, match="must be too"):
+        adam(params, list(grads.values()), m, v, 0.1, 0.9, 0.999, 1e-7, False)
     with pytest.raises(TypeError, match="must be a list or a dict"):
-        _kernels.sgd_step(tuple(params.values()), [np.ones(10), np.ones(3)], 0.1)
+        sgd(tuple(params.values()), [np.ones(10), np.ones(3)], 0.1)
 
 
 def test_dict_params_swapped_during_planning_are_declined():
@@ -241,7 +265,7 @@ def test_dict_params_swapped_during_planning_are_declined():
 
     grads = {Foreign(): None, "a": np.ones(4), "b": np.ones(4), "c": np.ones(4)}
     Foreign.armed = True
-    assert _kernels.sgd_step(params, grads, 0.5) is False
+    assert sgd(params, grads, 0.5) is False
     assert not Foreign.armed                       # the swap did happen during planning
     assert list(params) == ["b", "c"]
     assert np.all(planned_a == 1) and all(np.all(v == 1) for v in params.values())

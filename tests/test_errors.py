@@ -57,7 +57,7 @@ def entries(container):
 
 
 def snapshot(optimizer, params):
-    state = {name: copy.deepcopy(getattr(optimizer, name)) for name in optimizer._state_names}
+    state = {name: copy.deepcopy(getattr(optimizer, name)) for name in optimizer.state_names}
     return ([(key, np.array(value, copy=True) if isinstance(value, np.ndarray) else value)
              for key, value in entries(params)], state, getattr(optimizer, "iter", None))
 
@@ -164,7 +164,7 @@ def test_containers_must_be_dicts_or_sequences(config, params, grads, words):
         optimizer.update(params, grads)
     for word in words:
         assert word in str(info.value)
-    assert all(getattr(optimizer, name) is None for name in optimizer._state_names)
+    assert all(getattr(optimizer, name) is None for name in optimizer.state_names)
 
 
 def test_scalar_param_in_a_tuple_cannot_be_stored_back(config, stepped):
@@ -173,7 +173,7 @@ def test_scalar_param_in_a_tuple_cannot_be_stored_back(config, stepped):
     if stepped:
         optimizer.update(list(params), [good(), 0.5])
     message = check_rejected(optimizer, params,
-                             (good(), 0.5), TypeError, ["tuple"])
+                             (good(), 0.5), TypeError, ["in a tuple", "list or dict"])
     assert "param 1 " in message
 
 
