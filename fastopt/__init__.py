@@ -16,14 +16,33 @@ except ImportError as error:   # pragma: no cover - exercised only without a bui
     ) from error
 
 from . import reference as reference  # fastopt.reference, not in __all__
+from ._base import SlowPathWarning as SlowPathWarning
 from ._settings import get_flush_denormals as get_flush_denormals
 from ._settings import get_num_threads as get_num_threads
+from ._settings import get_slow_path_warning as get_slow_path_warning
 from ._settings import set_flush_denormals as set_flush_denormals
 from ._settings import set_num_threads as set_num_threads
+from ._settings import set_slow_path_warning as set_slow_path_warning
 from ._simd import simd_level as simd_level
 from ._simd import simd_levels as simd_levels
-from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSProp, RMSprop
+from .clipping import clip_grad_norm as clip_grad_norm
+from .optimizers import (
+    SGD,
+    AdaGrad,
+    Adadelta,
+    Adam,
+    AdamW,
+    Adamax,
+    Lion,
+    Momentum,
+    NAdam,
+    Nesterov,
+    RAdam,
+    RMSProp,
+    RMSprop,
+)
 
-# `from fastopt import *` brings exactly the book's class names, like
-# `from common.optimizer import *`.
-__all__ = ["SGD", "AdaGrad", "Adam", "Momentum", "Nesterov", "RMSProp", "RMSprop"]
+# `from fastopt import *` brings the book's class names, like `from common.optimizer import *`,
+# and the optimizers beyond the book.
+__all__ = ["SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum", "NAdam",
+           "Nesterov", "RAdam", "RMSProp", "RMSprop"]

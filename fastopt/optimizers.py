@@ -1,7 +1,7 @@
-"""fastopt's optimizers: the book's classes, updated by compiled loops.
+"""fastopt's optimizers: the book's classes and the rules current papers use, compiled.
 
 Each class takes its constructor, hyperparameter checks and per-step scalars from the
-``fastopt.reference`` class of the same name (the book's code) and its ``update`` from
+``fastopt.reference`` class of the same name and its ``update`` from
 ``fastopt._base.Optimizer``; the arithmetic is in ``fastopt/_kernels.pyx``.
 """
 from __future__ import annotations
@@ -9,12 +9,29 @@ from __future__ import annotations
 from . import reference
 from ._base import Optimizer
 
-__all__ = ["SGD", "AdaGrad", "Adam", "Momentum", "Nesterov", "RMSProp", "RMSprop"]
+__all__ = ["SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum", "NAdam",
+           "Nesterov", "RAdam", "RMSProp", "RMSprop"]
 
 _SHARED = """
-    Every hyperparameter is a plain attribute; a change takes effect on the next ``update``.
-    Hyperparameters are checked when constructing and at every ``update`` (ValueError or
-    TypeError naming the parameter).
+    Options every optimizer takes (keyword-only)
+    ---------------------------------------------
+    weight_decay : float or schedule, default 0 (AdamW: 0.01)
+        Coupled (L2) weight decay: the loops use ``g + weight_decay*p`` in place of ``g``,
+        without writing the caller's grads (AdamW and Lion: decoupled, see their formulas).
+        0 gives exactly the bits of the optimizer without decay.
+    weight_decay_filter : callable (key, param) -> bool, optional
+        Which params decay (default: all). Asked once per key, when the key is first seen;
+        for example ``lambda key, p: p.ndim > 1`` leaves the biases out.
+    max_grad_norm : float, optional
+        Clip the grads by their global L2 norm, as ``fastopt.clip_grad_norm`` would, on the
+        fly inside the update; the caller's grads are left as they were.
+
+    Every float hyperparameter is a plain attribute and may be a number or a schedule: a
+    callable of the step count (``iter``, 0 at the first update) returning a float, evaluated
+    once per ``update`` (``fastopt.schedules``). Values are checked when constructing and at
+    every ``update`` (TypeError or ValueError naming the hyperparameter, and the step for a
+    schedule; nothing changes) and converted to Python floats. ``iter`` counts updates. One
+    optimizer may be stepped from several threads: its updates run one after another.
 """
 
 
@@ -23,7 +40,7 @@ class SGD(Optimizer, reference.SGD):
 
     Parameters
     ----------
-    lr : float, default 0.01
+    lr : float or schedule, default 0.01
         Learning rate, >= 0.
     """
 
@@ -33,9 +50,9 @@ class Momentum(Optimizer, reference.Momentum):
 
     Parameters
     ----------
-    lr : float, default 0.01
+    lr : float or schedule, default 0.01
         Learning rate, >= 0.
-    momentum : float, default 0.9
+    momentum : float or schedule, default 0.9
         Momentum coefficient, 0 <= momentum < 1.
 
     Attributes
@@ -57,9 +74,9 @@ class Nesterov(Optimizer, reference.Nesterov):
 
     Parameters
     ----------
-    lr : float, default 0.01
+    lr : float or schedule, default 0.01
         Learning rate, >= 0.
-    momentum : float, default 0.9
+    momentum : float or schedule, default 0.9
         Momentum coefficient, 0 <= momentum < 1.
     velocity_first : bool, default False, keyword-only
         Update the velocity first, then the param with the new velocity (the book's 2016 code,
@@ -82,10 +99,10 @@ class AdaGrad(Optimizer, reference.AdaGrad):
 
     Parameters
     ----------
-    lr : float, default 0.01
+    lr : float or schedule, default 0.01
         Learning rate, >= 0.
-    eps : float, default 1e-7, keyword-only
-        Added to the denominator, > 0 (the book hard-codes 1e-7).
+    eps : float or schedule, default 1e-7, keyword-only
+        Added to the denominator, > 0 (the book hard-codes 1e-7; torch's default is 1e-10).
     eps_inside_sqrt : bool, default False, keyword-only
         Use ``p -= lr*g / sqrt(h + eps)`` (Keras, TensorFlow) instead.
 
@@ -97,27 +114,45 @@ class AdaGrad(Optimizer, reference.AdaGrad):
 
 
 class RMSprop(Optimizer, reference.RMSprop):
-    """RMSprop::
+    """RMSprop, as the book::
 
         h *= decay_rate
         h += (1 - decay_rate)*g*g
         p -= lr*g / (sqrt(h) + eps)
 
+    With torch's options, ``centered`` and ``momentum``::
+
+        h *= decay_rate
+        h += (1 - decay_rate)*g*g
+        grad_avg += (1 - decay_rate)*(g - grad_avg)           (centered)
+        d = sqrt(h - grad_avg*grad_avg) + eps                 (centered; else sqrt(h) + eps)
+        momentum_buffer = momentum*momentum_buffer + g/d      (momentum != 0)
+        p -= lr*momentum_buffer                               (momentum != 0; else lr*g/d)
+
     Parameters
     ----------
-    lr : float, default 0.01
+    lr : float or schedule, default 0.01
         Learning rate, >= 0.
-    decay_rate : float, default 0.99
-        Decay of the squared-gradient average, 0 <= decay_rate < 1.
-    eps : float, default 1e-7, keyword-only
-        Added to the denominator, > 0.
+    decay_rate : float or schedule, default 0.99
+        Decay of the squared-gradient average, 0 <= decay_rate < 1 (torch's ``alpha``).
+    eps : float or schedule, default 1e-7, keyword-only
+        Added to the denominator, > 0 (torch's default is 1e-8).
     eps_inside_sqrt : bool, default False, keyword-only
-        Use ``p -= lr*g / sqrt(h + eps)`` (the seed notes' RMSProp, Keras, TensorFlow).
+        Use ``sqrt(h + eps)`` (``sqrt(h - grad_avg**2 + eps)`` centered) as the denominator
+        (the lecture notes' RMSProp, Keras, TensorFlow).
+    centered : bool, default False, keyword-only
+        Divide by the estimated standard deviation rather than the root mean square.
+    momentum : float or schedule, default 0, keyword-only
+        0 <= momentum < 1; nonzero (or a schedule) keeps a momentum buffer.
 
     Attributes
     ----------
     h : dict or list of ndarray, or None
         Running average of squared gradients per param; None before the first update.
+    grad_avg : dict or list of ndarray, or None
+        Running average of gradients (``centered`` only).
+    momentum_buffer : dict or list of ndarray, or None
+        The accumulated step (``momentum`` only).
     """
 
 
@@ -139,33 +174,211 @@ class Adam(Optimizer, reference.Adam):
 
     Parameters
     ----------
-    lr : float, default 0.001
+    lr : float or schedule, default 0.001
         Learning rate, >= 0.
-    beta1, beta2 : float, default 0.9 and 0.999
+    beta1, beta2 : float or schedule, default 0.9 and 0.999
         Decay rates of the first and second moment estimates, each in [0, 1).
-    eps : float, optional, keyword-only
+    eps : float or schedule, optional, keyword-only
         Added to the denominator, > 0. Default 1e-7 (the book), or 1e-8 with ``paper_form``.
     eps_inside_sqrt : bool, default False, keyword-only
         Use ``sqrt(v + eps)`` (``sqrt(v_hat + eps)`` with ``paper_form``) as the denominator.
     paper_form : bool, default False, keyword-only
-        Adam as in Kingma & Ba's Algorithm 1 and the seed notes (what PyTorch and optax do),
-        with bias-corrected moments, all in the array's dtype::
+        Adam as in Kingma & Ba's Algorithm 1 and the lecture notes (what PyTorch and optax
+        do), with bias-corrected moments, all in the array's dtype::
 
             m = beta1*m + (1 - beta1)*g
             v = beta2*v + (1 - beta2)*g*g
             m_hat = m / (1 - beta1**t)
             v_hat = v / (1 - beta2**t)
             p -= lr*m_hat / (sqrt(v_hat) + eps)
+    amsgrad : bool, default False, keyword-only
+        AMSGrad (Reddi et al. 2018): keep ``v_max = maximum(v_max, v)`` and use it in place of
+        ``v`` in the denominator (torch: the maximum of the raw ``v``).
 
     Attributes
     ----------
     m, v : dict or list of ndarray, or None
         First and second moment estimates per param; None before the first update.
+    v_max : dict or list of ndarray, or None
+        Running maximum of ``v`` (``amsgrad`` only).
     iter : int
         Number of ``update`` calls so far.
     """
 
 
-for _cls in (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam):
+class AdamW(Optimizer, reference.AdamW):
+    """AdamW (Loshchilov & Hutter 2019), as torch.optim.AdamW::
+
+        t += 1
+        p -= lr*weight_decay*p                                (decoupled decay, first)
+        m = beta1*m + (1 - beta1)*g
+        v = beta2*v + (1 - beta2)*g*g
+        p -= (lr/(1 - beta1**t)) * m / (sqrt(v)/sqrt(1 - beta2**t) + eps)
+
+    ``lr*weight_decay``, ``lr/(1 - beta1**t)`` and ``sqrt(1 - beta2**t)`` are computed in
+    Python (float64); the rest in the array's dtype.
+
+    Parameters
+    ----------
+    lr : float or schedule, default 0.001
+    beta1, beta2 : float or schedule, default 0.9 and 0.999
+    eps : float or schedule, default 1e-8, keyword-only
+    weight_decay : float or schedule, default 0.01, keyword-only
+        Decoupled: applied to the param, not added to the grad. Params left out by
+        ``weight_decay_filter`` do not decay.
+    amsgrad : bool, default False, keyword-only
+        Use ``v_max = maximum(v_max, v)`` in place of ``v`` in the denominator.
+
+    Attributes
+    ----------
+    m, v, v_max : dict or list of ndarray, or None
+        As in Adam.
+    iter : int
+        Number of ``update`` calls so far.
+    """
+
+
+class NAdam(Optimizer, reference.NAdam):
+    """NAdam (Dozat 2016), as torch.optim.NAdam::
+
+        t += 1
+        mu_t = beta1*(1 - 0.5*0.96**(t*momentum_decay))
+        mu_next = beta1*(1 - 0.5*0.96**((t + 1)*momentum_decay))
+        mu_product *= mu_t                                    (the attribute ``mu_product``)
+        m = beta1*m + (1 - beta1)*g
+        v = beta2*v + (1 - beta2)*g*g
+        d = sqrt(v/(1 - beta2**t)) + eps
+        p -= (lr*(1 - mu_t)/(1 - mu_product)) * g / d
+        p -= (lr*mu_next/(1 - mu_product*mu_next)) * m / d
+
+    The momentum schedule and both step sizes are computed in Python (float64).
+
+    Parameters
+    ----------
+    lr : float or schedule, default 0.002
+    beta1, beta2 : float or schedule, default 0.9 and 0.999
+    eps : float or schedule, default 1e-8, keyword-only
+    momentum_decay : float or schedule, default 0.004, keyword-only
+        >= 0.
+
+    Attributes
+    ----------
+    m, v : dict or list of ndarray, or None
+        First and second moment estimates.
+    mu_product : float
+        Product of the momentum coefficients so far.
+    iter : int
+        Number of ``update`` calls so far.
+    """
+
+
+class RAdam(Optimizer, reference.RAdam):
+    """RAdam (Liu et al. 2020), as torch.optim.RAdam::
+
+        t += 1
+        m = beta1*m + (1 - beta1)*g
+        v = beta2*v + (1 - beta2)*g*g
+        m_hat = m/(1 - beta1**t)
+        rho_inf = 2/(1 - beta2) - 1
+        rho_t = rho_inf - 2*t*beta2**t/(1 - beta2**t)
+        if rho_t > 5:
+            r = sqrt((rho_t - 4)*(rho_t - 2)*rho_inf / ((rho_inf - 4)*(rho_inf - 2)*rho_t))
+            p -= m_hat*lr*(sqrt(1 - beta2**t)/(sqrt(v) + eps))*r
+        else:
+            p -= m_hat*lr
+
+    ``rho_t``, ``r`` and the bias corrections are computed in Python (float64); with the
+    default beta2 the first five steps are unrectified.
+
+    Parameters
+    ----------
+    lr : float or schedule, default 0.001
+    beta1, beta2 : float or schedule, default 0.9 and 0.999
+    eps : float or schedule, default 1e-8, keyword-only
+
+    Attributes
+    ----------
+    m, v : dict or list of ndarray, or None
+        First and second moment estimates.
+    iter : int
+        Number of ``update`` calls so far.
+    """
+
+
+class Adamax(Optimizer, reference.Adamax):
+    """Adamax (Kingma & Ba 2015, section 7), as torch.optim.Adamax::
+
+        t += 1
+        m = beta1*m + (1 - beta1)*g
+        u = maximum(beta2*u, abs(g) + eps)
+        p -= (lr/(1 - beta1**t)) * m / u
+
+    ``maximum`` is NumPy's: a nan in either argument gives nan.
+
+    Parameters
+    ----------
+    lr : float or schedule, default 0.002
+    beta1, beta2 : float or schedule, default 0.9 and 0.999
+    eps : float or schedule, default 1e-8, keyword-only
+
+    Attributes
+    ----------
+    m : dict or list of ndarray, or None
+        First moment estimate.
+    u : dict or list of ndarray, or None
+        Exponentially weighted infinity norm of the gradients.
+    iter : int
+        Number of ``update`` calls so far.
+    """
+
+
+class Adadelta(Optimizer, reference.Adadelta):
+    """Adadelta (Zeiler 2012), as torch.optim.Adadelta::
+
+        v = rho*v + (1 - rho)*g*g
+        d = sqrt(u + eps)/sqrt(v + eps)*g
+        u = rho*u + (1 - rho)*d*d
+        p -= lr*d
+
+    Parameters
+    ----------
+    lr : float or schedule, default 1.0
+    rho : float or schedule, default 0.9
+        0 <= rho < 1.
+    eps : float or schedule, default 1e-6, keyword-only
+
+    Attributes
+    ----------
+    v : dict or list of ndarray, or None
+        Running average of squared gradients.
+    u : dict or list of ndarray, or None
+        Running average of squared updates.
+    """
+
+
+class Lion(Optimizer, reference.Lion):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms")::
+
+        c = beta1*m + (1 - beta1)*g
+        p -= lr*(sign(c) + weight_decay*p)      (p -= lr*sign(c) when weight_decay is 0)
+        m = beta2*m + (1 - beta2)*g
+
+    ``sign`` is NumPy's: sign(0) = 0 and sign(nan) = nan. The decay is decoupled.
+
+    Parameters
+    ----------
+    lr : float or schedule, default 1e-4
+    beta1, beta2 : float or schedule, default 0.9 and 0.99
+    weight_decay : float or schedule, default 0, keyword-only
+
+    Attributes
+    ----------
+    m : dict or list of ndarray, or None
+        Momentum (the running average of gradients).
+    """
+
+
+for _cls in (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW, NAdam, RAdam, Adamax,
+             Adadelta, Lion):
     _cls.__doc__ = (_cls.__doc__ or "").rstrip() + "\n" + _SHARED
 del _cls
