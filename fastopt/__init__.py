@@ -15,6 +15,8 @@ except ImportError as error:   # pragma: no cover - exercised only without a bui
         f"root), or build in place with `python setup.py build_ext --inplace`."
     ) from error
 
+import numpy as np
+
 from . import reference as reference  # fastopt.reference, not in __all__
 from ._settings import get_flush_denormals as get_flush_denormals
 from ._settings import get_num_threads as get_num_threads
@@ -24,6 +26,7 @@ from ._simd import simd_level as simd_level
 from ._simd import simd_levels as simd_levels
 from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSProp, RMSprop
 
-# `from fastopt import *` brings exactly the book's class names, like
-# `from common.optimizer import *`.
-__all__ = ["SGD", "AdaGrad", "Adam", "Momentum", "Nesterov", "RMSProp", "RMSprop"]
+# `from fastopt import *` gives every name `from common.optimizer import *` gives a script of
+# the first book, `np` included (that file has no __all__ and its scripts use its `np`), plus
+# fastopt's own public names. `from fastopt.book import *` gives the book's names and no more.
+__all__ = ["SGD", "AdaGrad", "Adam", "Momentum", "Nesterov", "RMSProp", "RMSprop", "np"]
