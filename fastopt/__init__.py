@@ -8,12 +8,25 @@ __version__ = "0.1.0"
 try:
     from . import _kernels  # noqa: F401
 except ImportError as error:   # pragma: no cover - exercised only without a build
+    import importlib.machinery as _machinery
+    import os as _os
+
+    _folder = __path__[0]
+    _how = ("Install fastopt with `pip install .` and import it from outside the source tree "
+            "(run `pytest`, not `python -m pytest`, at the repository root), or build in place "
+            "with `python setup.py build_ext --inplace`.")
+    _built = [name for name in sorted(_os.listdir(_folder)) if name.startswith("_kernels")
+              and name.endswith(tuple(_machinery.EXTENSION_SUFFIXES))]
+    if not _built:
+        # Not chained: Python's own message blames "a circular import", which is not the cause.
+        raise ImportError(
+            f"fastopt is not built: {_folder!r} holds fastopt's Python files but no compiled "
+            f"module fastopt._kernels (a file such as "
+            f"_kernels{_machinery.EXTENSION_SUFFIXES[0]}); it is an uncompiled source folder, "
+            f"not an installed fastopt. {_how}") from None
     raise ImportError(
         f"fastopt's compiled kernels (fastopt._kernels) could not be imported from "
-        f"{__path__[0]!r}: {error}. Install fastopt with `pip install .` and import it from "
-        f"outside the source tree (run `pytest`, not `python -m pytest`, at the repository "
-        f"root), or build in place with `python setup.py build_ext --inplace`."
-    ) from error
+        f"{_folder!r}, which holds {', '.join(_built)}: {error}. {_how}") from error
 
 import numpy as np
 
