@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import fastopt
 from fastopt import _kernels
 
@@ -54,3 +56,22 @@ def test_import_of_a_broken_build_names_the_file_and_the_error(tmp_path):
 
 def test_one_version_number():
     assert fastopt.__version__ == importlib.metadata.version("fastopt")
+
+
+# The books' MIT notices, which must travel with every copy of the code restating theirs.
+BOOK_NOTICES = {"deep-learning-from-scratch.txt": "Copyright (c) 2016 Koki Saitoh",
+                "deep-learning-from-scratch-2.txt": "Copyright (c) 2018 Koki Saitoh"}
+
+
+def test_the_installed_package_carries_the_books_licence_notices():
+    try:
+        distribution = importlib.metadata.distribution("fastopt")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("fastopt is imported from an in-place build, not installed: no metadata")
+    files = {str(path): path for path in distribution.files or []}
+    for name, copyright_line in BOOK_NOTICES.items():
+        matches = [path for key, path in files.items()
+                   if key.endswith(f".dist-info/licenses/LICENSES/{name}")]
+        assert len(matches) == 1, f"{name} is not in the installed metadata"
+        text = matches[0].read_text(encoding="utf-8")
+        assert copyright_line in text and "Permission is hereby granted" in text
