@@ -242,6 +242,8 @@ def run_cell(optimizer, dtype, workload, contenders, budget, min_rounds, torch, 
             "median_us": median * 1e6,
             "min_us": float(np.min(seconds)) * 1e6,
             "max_us": float(np.max(seconds)) * 1e6,
+            "p10_us": float(np.percentile(seconds, 10)) * 1e6,
+            "p90_us": float(np.percentile(seconds, 90)) * 1e6,
             "samples": len(seconds),
             "calls_per_sample": timing["calls_per_sample"],
             "ns_per_element": median * 1e9 / workload.elements,
@@ -350,8 +352,8 @@ def print_header(info: dict, settings: dict) -> None:
                   else "torch not installed: no torch column (pip install torch==2.13.0)")
     print(f"  peers    fastopt.reference (pure NumPy, the book's code); {torch_line}")
     print(f"  method   interleaved rounds, {settings['budget']:g} s per cell, at least "
-          f"{settings['min_rounds']} rounds; medians (min-max in the JSON); malloc warmed as in "
-          f"a training process")
+          f"{settings['min_rounds']} rounds; medians, spread of the samples (min, max, 10th "
+          f"and 90th percentiles in the JSON); malloc warmed as in a training process")
     print()
 
 
@@ -364,12 +366,29 @@ def format_bytes(value) -> str:
     return str(value)
 
 
+# A contender whose samples spread wider than this around their median is flagged as noisy.
+NOISY_SPREAD = 0.25
+
+
+def spread(result: dict) -> float:
+    """How far one contender's samples spread: (90th - 10th percentile) / median."""
+    return (result["p90_us"] - result["p10_us"]) / result["median_us"]
+
+
+def spread_text(results: dict) -> str:
+    """The widest spread among a cell's contenders, and which ones are noisy."""
+    spreads = {name: spread(result) for name, result in results.items() if name != "probe"}
+    noisy = [name for name, value in spreads.items() if value > NOISY_SPREAD]
+    text = f"{max(spreads.values()):.0%}"
+    return text + (f" noisy: {', '.join(noisy)}" if noisy else "")
+
+
 def print_row(cell: dict, first: bool) -> None:
     results = cell["results"]
     if first:
         print(f"{'optimizer':9} {'dtype':7} {'workload':14} {'fastopt us':>11} {'numpy us':>10} "
               f"{'torch us':>9} {'x numpy':>8} {'x torch':>8} {'ns/elem':>8} {'GB/s':>6} "
-              f"{'of probe':>8}  {'alloc fastopt/numpy':>19}")
+              f"{'of probe':>8}  {'alloc fastopt/numpy':>19}  spread")
     torch = results.get("torch")
     fast = results["fastopt"]
     probe = cell["fraction_of_probe"].get("fastopt")
@@ -383,7 +402,7 @@ def print_row(cell: dict, first: bool) -> None:
           f"{torch_us} {cell['speedup_vs_numpy']['fastopt']:8.2f} {versus_torch_text} "
           f"{fast['ns_per_element']:8.3f} {fast['gb_per_s']:6.1f} "
           f"{'' if probe is None else f'{probe:.0%}':>8}  "
-          f"{allocations:>19}",
+          f"{allocations:>19}  {spread_text(results)}",
           flush=True)
 
 
@@ -554,7 +573,10 @@ def main(argv=None) -> int:
         print("\ntorch.optim implementation used:", ", ".join(impls))
     print(f"\n{len(cells)} cells in {elapsed:.0f} s. 'x numpy' and 'x torch' are speedups of "
           f"fastopt (median over median); 'of probe' is the bandwidth probe's time over "
-          f"fastopt's on single arrays (100% = at the memory limit the probe reaches).")
+          f"fastopt's on single arrays (100% = at the memory limit the probe reaches). "
+          f"'spread' is the widest (90th - 10th percentile) / median among the contenders' "
+          f"samples; above {NOISY_SPREAD:.0%} the contender is named as noisy: rerun that "
+          f"cell before quoting it.")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"schema": 1, "machine": info, "settings": settings, "cells": cells},

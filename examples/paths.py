@@ -10,12 +10,13 @@ with 0-d float64 arrays (fastopt's compiled loops). The script asserts all four 
 path, bit for bit.
 
     python examples/paths.py                  # writes examples/paths.png and examples/paths.json
-    python examples/paths.py --quick --out /tmp/paths.png
+    python examples/paths.py --quick          # coarser, into $TMPDIR/fastopt-examples/
 """
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -107,12 +108,16 @@ def draw(paths, out: Path, resolution: int) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     here = Path(__file__).resolve().parent
-    parser.add_argument("--out", type=Path, default=here / "paths.png",
-                        help="the PNG to write; the paths go beside it as .json "
-                             "(default: examples/paths.png)")
+    parser.add_argument("--out", type=Path,
+                        help="the PNG to write; the paths go beside it as .json (default: "
+                             "examples/paths.png, or with --quick the temporary directory's "
+                             "fastopt-examples/paths.png, so the committed picture stays)")
     parser.add_argument("--quick", action="store_true",
                         help="a coarser contour grid: the same paths, drawn faster")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = (Path(tempfile.gettempdir()) / "fastopt-examples" if args.quick
+                    else here) / "paths.png"
 
     paths = all_paths()
     print(f"{len(paths)} optimizers x 4 ways (fastopt/reference x floats/arrays): "

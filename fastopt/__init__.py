@@ -8,12 +8,27 @@ __version__ = "0.1.0"
 try:
     from . import _kernels  # noqa: F401
 except ImportError as error:   # pragma: no cover - exercised only without a build
+    import importlib.machinery as _machinery
+    import os as _os
+
+    _folder = __path__[0]
+    _how = ("Install fastopt with `pip install .` and import it from outside the source tree "
+            "(run `pytest`, not `python -m pytest`, at the repository root), or build in place "
+            "with `python setup.py build_ext --inplace`.")
+    _built = [name for name in sorted(_os.listdir(_folder)) if name.startswith("_kernels")
+              and name.endswith(tuple(_machinery.EXTENSION_SUFFIXES))]
+    if not _built:
+        # Not chained: Python's own message blames "a circular import", which is not the cause.
+        raise ImportError(
+            f"fastopt is not built: {_folder!r} holds fastopt's Python files but no compiled "
+            f"module fastopt._kernels (a file such as "
+            f"_kernels{_machinery.EXTENSION_SUFFIXES[0]}); it is an uncompiled source folder, "
+            f"not an installed fastopt. {_how}") from None
     raise ImportError(
         f"fastopt's compiled kernels (fastopt._kernels) could not be imported from "
-        f"{__path__[0]!r}: {error}. Install fastopt with `pip install .` and import it from "
-        f"outside the source tree (run `pytest`, not `python -m pytest`, at the repository "
-        f"root), or build in place with `python setup.py build_ext --inplace`."
-    ) from error
+        f"{_folder!r}, which holds {', '.join(_built)}: {error}. {_how}") from error
+
+import numpy as np
 
 from . import reference as reference  # fastopt.reference, not in __all__
 from ._base import SlowPathWarning as SlowPathWarning
@@ -42,7 +57,8 @@ from .optimizers import (
     RMSprop,
 )
 
-# `from fastopt import *` brings the book's class names, like `from common.optimizer import *`,
-# and the optimizers beyond the book.
+# `from fastopt import *` gives every name `from common.optimizer import *` gives a script of
+# the first book, `np` included (that file has no __all__ and its scripts use its `np`), plus
+# the optimizers beyond the book. `from fastopt.book import *` gives the book's names and no more.
 __all__ = ["SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum", "NAdam",
-           "Nesterov", "RAdam", "RMSProp", "RMSprop"]
+           "Nesterov", "RAdam", "RMSProp", "RMSprop", "np"]

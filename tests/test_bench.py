@@ -11,8 +11,8 @@ import pytest
 import fastopt
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
-RESULT_KEYS = {"median_us", "min_us", "max_us", "samples", "calls_per_sample",
-               "ns_per_element", "gb_per_s", "alloc_bytes"}
+RESULT_KEYS = {"median_us", "min_us", "max_us", "p10_us", "p90_us", "samples",
+               "calls_per_sample", "ns_per_element", "gb_per_s", "alloc_bytes"}
 TRAFFIC_ARRAYS = {"SGD": 3, "Adam": 7}   # arrays read plus arrays written per element
 
 
@@ -32,6 +32,18 @@ def test_prints_the_header_and_table(smallest_run):
     assert "CPU" in stdout and "NumPy" in stdout and "loops compiled for" in stdout
     assert "optimizer dtype   workload" in stdout
     assert sum(line.startswith(("SGD ", "Adam ")) for line in stdout.splitlines()) == 4
+
+
+def test_each_row_prints_the_spread_of_its_samples(smallest_run):
+    stdout, data = smallest_run
+    rows = [line for line in stdout.splitlines() if line.startswith(("SGD ", "Adam "))]
+    for row, cell in zip(rows, data["cells"], strict=True):
+        spreads = {name: (r["p90_us"] - r["p10_us"]) / r["median_us"]
+                   for name, r in cell["results"].items() if name != "probe"}
+        noisy = [name for name, value in spreads.items() if value > 0.25]
+        expected = f"  {max(spreads.values()):.0%}" + (
+            f" noisy: {', '.join(noisy)}" if noisy else "")
+        assert row.endswith(expected), (row, expected)
 
 
 def test_json_schema(smallest_run):
@@ -66,7 +78,8 @@ def test_every_timing_is_positive_and_ordered(smallest_run):
         assert len({result["calls_per_sample"] for result in cell["results"].values()}) == 1
         assert len({result["samples"] for result in cell["results"].values()}) == 1
         for result in cell["results"].values():
-            assert 0 < result["min_us"] <= result["median_us"] <= result["max_us"]
+            assert 0 < result["min_us"] <= result["p10_us"] <= result["median_us"]
+            assert result["median_us"] <= result["p90_us"] <= result["max_us"]
             assert result["samples"] >= 3 and result["calls_per_sample"] >= 1
             assert result["ns_per_element"] > 0 and result["gb_per_s"] > 0
 

@@ -1,5 +1,6 @@
 """The examples in --quick mode: their own assertions hold and they write what they promise."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def run(script, *args, timeout=600):
+def run(script, *args, timeout=600, env=None):
     completed = subprocess.run([sys.executable, str(EXAMPLES / script), *args],
-                               capture_output=True, text=True, timeout=timeout)
+                               capture_output=True, text=True, timeout=timeout, env=env)
     assert completed.returncode == 0, completed.stderr
     return completed.stdout
 
@@ -53,3 +54,15 @@ def test_train_digits(tmp_path):
         speedup = float(row[5].rstrip("x"))
         assert speedup > 0 and float(row[1]) > 0 and float(row[3]) > 0
     assert out.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_quick_mode_leaves_the_committed_pictures_alone(tmp_path):
+    pytest.importorskip("matplotlib")
+    committed = {path: path.read_bytes() for path in (EXAMPLES / "paths.png",
+                                                       EXAMPLES / "paths.json")}
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    stdout = run("paths.py", "--quick", env=env)
+    written = tmp_path / "fastopt-examples" / "paths.png"
+    assert f"wrote {written}" in stdout
+    assert written.read_bytes()[:8] == PNG_SIGNATURE
+    assert {path: path.read_bytes() for path in committed} == committed

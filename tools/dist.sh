@@ -27,6 +27,15 @@ grep -q '/fastopt/_kernels\.pyx$' "$work/sdist.txt" || { echo "sdist lacks _kern
 if grep -E '\.(c|cpp|so)$' "$work/sdist.txt"; then echo "sdist carries generated files"; exit 1; fi
 echo "ok: $(wc -l < "$work/sdist.txt") entries, _kernels.pyx present, no .c/.cpp/.so"
 
+step "the books' licence notices travel in the sdist and in the wheel"
+python3 -m zipfile -l "$wheel" > "$work/wheel.txt"
+for notice in "$root"/LICENSES/*.txt; do
+    name="LICENSES/$(basename "$notice")"
+    grep -q "/$name\$" "$work/sdist.txt" || { echo "sdist lacks $name"; exit 1; }
+    grep -q "\.dist-info/licenses/$name " "$work/wheel.txt" || { echo "wheel lacks $name"; exit 1; }
+    echo "ok: $name in both"
+done
+
 step "repair the wheel to a manylinux tag"
 mkdir -p "$out"
 PATH="$work/tools/bin:$PATH" auditwheel repair --wheel-dir "$out" "$wheel"
