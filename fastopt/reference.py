@@ -514,9 +514,15 @@ class ReferenceOptimizer:
                                 float(self.max_grad_norm))
 
     def __repr__(self) -> str:
-        names = inspect.signature(type(self)).parameters
-        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
-        return f"{type(self).__name__}({args})"
+        """The positional hyperparameters, then the keyword-only options that differ from
+        their defaults."""
+        shown = []
+        for name, parameter in inspect.signature(type(self)).parameters.items():
+            value = getattr(self, name)
+            if parameter.kind is parameter.KEYWORD_ONLY and _same(value, parameter.default):
+                continue
+            shown.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -526,6 +532,13 @@ class ReferenceOptimizer:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+def _same(value: Any, default: Any) -> bool:
+    try:
+        return bool(value is default or (type(value) is type(default) and value == default))
+    except (TypeError, ValueError):
+        return False
 
 
 def _decision(chooser: DecayFilter, key: Any, param: Any) -> bool:
