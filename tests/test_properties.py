@@ -16,6 +16,11 @@ import inspect
 import os
 
 import numpy as np
+import pytest
+
+# In the test extra; tools/dist.sh installs pytest alone, and there this module skips.
+pytest.importorskip("hypothesis")
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
