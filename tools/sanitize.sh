@@ -41,8 +41,9 @@ package="$(cd "$work" && "$py" -c \
 modules="$(ls "$package"/_kernels*.so)"
 for module in $modules; do
     # The job is only worth running if every kernel module really carries the sanitizers.
-    ldd "$module" | grep -q libasan || { echo "$module is not built with ASan"; exit 1; }
-    ldd "$module" | grep -q libubsan || { echo "$module is not built with UBSan"; exit 1; }
+    libraries="$(ldd "$module")"   # (not piped into grep -q: pipefail and SIGPIPE)
+    grep -q libasan <<<"$libraries" || { echo "$module is not built with ASan"; exit 1; }
+    grep -q libubsan <<<"$libraries" || { echo "$module is not built with UBSan"; exit 1; }
 done
 echo "instrumented: $(echo "$modules" | wc -w) kernel modules"
 
@@ -52,6 +53,8 @@ mkdir "$work/tree"
 cp -r "$root/tests" "$root/pyproject.toml" "$work/tree/"
 cd "$work/tree"
 
+# --capture=sys below: pytest's default capture of file descriptor 2 would swallow the
+# sanitizer's report when it aborts the process.
 export LD_PRELOAD="$libasan"
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
@@ -66,7 +69,7 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 # - test_simd.py::test_the_baseline_module_is_baseline_code: reads the modules' machine code
 #   for AVX registers; ASan's checks keep the compiler from vectorising the instrumented loops.
 step "the test suite under ASan and UBSan"
-"$py" -m pytest -q -p no:cacheprovider \
+"$py" -m pytest -q -p no:cacheprovider --capture=sys \
     --ignore=tests/test_bench.py --ignore=tests/test_formulas.py \
     --ignore=tests/test_examples.py \
     --deselect tests/test_cost.py::test_kernels_release_the_gil \
@@ -74,6 +77,6 @@ step "the test suite under ASan and UBSan"
 
 step "the concurrency stress tests, longer"
 FASTOPT_STRESS_SECONDS="${FASTOPT_STRESS_SECONDS:-10}" \
-    "$py" -m pytest -q -p no:cacheprovider -m stress tests/test_stress.py
+    "$py" -m pytest -q -p no:cacheprovider --capture=sys -m stress tests/test_stress.py
 
 echo "sanitize: passed in $((SECONDS - started)) s"
