@@ -18,6 +18,9 @@ baseline module what the CPU supports and imports the widest of them that it can
 statement with the same IEEE operations in the same order, so all give the same bits.
 
 FASTOPT_DEBUG_BUILD=1 turns Cython's bounds, wraparound and initialisation checks back on.
+FASTOPT_SANITIZE=1 (GCC or clang, not for shipping) builds with AddressSanitizer and
+UndefinedBehaviorSanitizer; tools/sanitize.sh builds it in its own environment and runs the
+tests under it.
 OpenMP (threads for large params) is used with GCC on Linux and MSVC on Windows; Apple's clang
 has no OpenMP, so macOS builds run single-threaded. FASTOPT_NO_OPENMP=1 leaves it out.
 """
@@ -43,6 +46,10 @@ else:
     compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
     if debug:
         compile_args += ["-O0", "-g"]
+    if os.environ.get("FASTOPT_SANITIZE", "") == "1":
+        sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+        compile_args += sanitize
+        link_args += sanitize
     if openmp and sys.platform.startswith("linux"):
         compile_args.append("-fopenmp")
         link_args.append("-fopenmp")

@@ -1,0 +1,845 @@
+"""Issue 11: memory safety, hangs, crashes and atomicity of ``update`` (one test group per
+finding, numbered as in the issue).
+
+Whatever can crash or hang the interpreter runs in a subprocess, so that a segfault or a hang
+fails one test instead of killing pytest.
+"""
+import collections.abc
+import decimal
+import fractions
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import types
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _kernels, reference
+
+from _helpers import CONFIGS, LEARNING_RATES, assert_same_bits, config_id, make_pair, run_python
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+needs_openmp = pytest.mark.skipif(not _kernels.openmp(), reason="built without OpenMP")
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+
+STATEFUL = [config for config in CONFIGS if getattr(fastopt, config[0])._state_names]
+
+# Every float hyperparameter name that fastopt's classes use (or will: SPEC 7-8); those a
+# class's constructor takes are the ones tested for it.
+FLOAT_HYPERPARAMETERS = ("lr", "momentum", "decay_rate", "beta1", "beta2", "eps", "rho",
+                         "weight_decay", "momentum_decay")
+
+
+def float_hyperparameters(name):
+    signature = inspect.signature(getattr(fastopt, name))
+    return [key for key in signature.parameters if key in FLOAT_HYPERPARAMETERS]
+
+
+def bool_options(name):
+    signature = inspect.signature(getattr(fastopt, name))
+    return [key for key, parameter in signature.parameters.items()
+            if isinstance(parameter.default, bool)]
+
+
+CLASS_NAMES = sorted({name for name, _ in CONFIGS})
+FLOAT_CASES = [(name, key) for name in CLASS_NAMES for key in float_hyperparameters(name)]
+BOOL_CASES = [(name, key) for name in CLASS_NAMES for key in bool_options(name)]
+
+
+def entries(container):
+    return list(container.items() if isinstance(container, dict) else enumerate(container))
+
+
+def snapshot(optimizer, params):
+    """Copies of every param, state array and the step count, to show nothing changed."""
+    state = {}
+    for name in type(optimizer)._state_names:
+        value = getattr(optimizer, name)
+        state[name] = None if value is None else {k: a.copy() for k, a in entries(value)}
+    return ({k: np.copy(a) for k, a in entries(params)}, state,
+            getattr(optimizer, "iter", None))
+
+
+def assert_unchanged(optimizer, params, before):
+    old_params, old_state, old_iter = before
+    new_params, new_state, new_iter = snapshot(optimizer, params)
+    assert new_params.keys() == old_params.keys()
+    for key, value in old_params.items():
+        assert_same_bits(new_params[key], value)
+    for name, value in old_state.items():
+        if value is None:
+            assert new_state[name] is None, f"state {name} was created by a rejected call"
+            continue
+        assert new_state[name].keys() == value.keys()
+        for key, array in value.items():
+            assert_same_bits(new_state[name][key], array)
+    assert new_iter == old_iter
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. List params mutated by other threads while the kernel runs without the GIL.
+
+LIST_MUTATION = r"""
+import json, sys, threading, time
+import numpy as np
+import fastopt
+
+n, count, seconds = 2_000_000, 3, float(sys.argv[1])
+rng = np.random.default_rng(0)
+params = [rng.standard_normal(n) for _ in range(count)]
+grads = [rng.standard_normal(n) for _ in range(count)]
+optimizer = fastopt.Adam()
+optimizer.update(params, grads)   # the state exists: every later call takes the list kernel
+
+stop = threading.Event()
+in_update = threading.Event()
+calls = 0
+replaced = 0
+outcomes = {"raised": 0, "resized": 0, "inconclusive": 0}
+
+def replace():
+    # Fresh arrays in, the old ones dropped: the list held their last reference.
+    global replaced
+    while not stop.is_set():
+        k = replaced % count
+        params[k] = np.zeros(n)
+        grads[k] = np.zeros(n)
+        replaced += 1
+        time.sleep(0.001)
+
+def resize():
+    # Take a param out of the list while an update runs and try to resize it (refcheck on):
+    # the running update must still hold it, so numpy must refuse.
+    while not stop.is_set():
+        if not in_update.wait(0.05):
+            continue
+        started = calls
+        time.sleep(0.01)   # well past the update's planning, inside its loops
+        if calls != started or not in_update.is_set():
+            continue
+        array = params[count - 1]
+        params[count - 1] = np.zeros(n)
+        try:
+            array.resize(n // 2)
+            outcome = "resized"
+        except ValueError:
+            outcome = "raised"
+        del array
+        # Conclusive only if one update call spans the whole attempt.
+        outcomes[outcome if calls == started and in_update.is_set() else "inconclusive"] += 1
+
+workers = [threading.Thread(target=replace), threading.Thread(target=resize)]
+for worker in workers:
+    worker.start()
+deadline = time.monotonic() + seconds
+try:
+    while time.monotonic() < deadline:
+        in_update.set()
+        optimizer.update(params, grads)
+        in_update.clear()
+        calls += 1
+finally:
+    stop.set()
+    in_update.set()
+    for worker in workers:
+        worker.join()
+print(json.dumps({"calls": calls, "replaced": replaced, **outcomes}))
+"""
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_list_params_replaced_or_resized_during_update(threads):
+    # Today: the list path plans raw pointers without holding the arrays, so the replaced
+    # arrays are freed (munmap) under the nogil loop: SIGSEGV, or the resize goes through.
+    completed = run_python(LIST_MUTATION, "3", timeout=120, FASTOPT_NUM_THREADS=threads)
+    assert completed.returncode == 0, (
+        f"the process died (return code {completed.returncode}):\n{completed.stderr[-3000:]}")
+    result = json.loads(completed.stdout.splitlines()[-1])
+    assert result["calls"] > 5 and result["replaced"] > 5, result
+    assert result["resized"] == 0, f"an array was resized under a running update: {result}"
+    assert result["raised"] >= 1, f"no resize attempt landed inside an update: {result}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. A child forked after another library ran GNU OpenMP.
+
+OTHER_OPENMP_LIBRARY = r"""
+#include <omp.h>
+int team_size(void) {
+    int size = 0;
+    #pragma omp parallel
+    {
+        #pragma omp single
+        size = omp_get_num_threads();
+    }
+    return size;
+}
+"""
+
+FORK_AFTER_OTHER_OPENMP = r"""
+import ctypes, json, os, select, sys
+import numpy as np
+import fastopt
+from fastopt import reference
+
+library_path = sys.argv[1]
+if library_path:
+    size = ctypes.CDLL(library_path).team_size()
+    assert size == 2, f"the other library's OpenMP team had {size} threads"
+assert fastopt.get_num_threads() == 2, fastopt.get_num_threads()
+
+n = 2**20   # split across threads by every rule
+start = np.linspace(-1.0, 1.0, n)
+grad = np.cos(3.0 * start)
+expected = [start.copy()]
+oracle = reference.Adam()
+for _ in range(3):
+    oracle.update(expected, [grad])
+
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(read)
+    try:
+        threads_at_start = fastopt.get_num_threads()
+        params = [start.copy()]
+        optimizer = fastopt.Adam()
+        for _ in range(3):
+            optimizer.update(params, [grad])
+        fastopt.set_num_threads(2)   # documented: stays at 1 in a forked child
+        report = {"threads_at_start": threads_at_start,
+                  "threads_after_set": fastopt.get_num_threads(),
+                  "same_bits": params[0].tobytes() == expected[0].tobytes()}
+        os.write(write, json.dumps(report).encode())
+        os._exit(0)
+    except BaseException as error:
+        os.write(write, json.dumps({"error": repr(error)}).encode())
+        os._exit(1)
+os.close(write)
+ready, _, _ = select.select([read], [], [], float(sys.argv[2]))
+if not ready:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("HANG: the forked child did not finish its updates")
+    sys.exit(3)
+message = os.read(read, 10000).decode()
+_, status = os.waitpid(pid, 0)
+print(message)
+print(os.waitstatus_to_exitcode(status))
+assert fastopt.get_num_threads() == 2   # the parent keeps its threads
+"""
+
+
+@pytest.fixture(scope="module")
+def other_openmp_library(tmp_path_factory):
+    compiler = shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("gcc is needed to build another library that uses OpenMP")
+    directory = tmp_path_factory.mktemp("other_openmp")
+    source = directory / "other.c"
+    source.write_text(OTHER_OPENMP_LIBRARY)
+    library = directory / "libother.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-fopenmp", "-O1", str(source), "-o",
+                    str(library)], check=True, capture_output=True, timeout=120)
+    return str(library)
+
+
+def check_forked_child(completed):
+    assert "HANG" not in completed.stdout, completed.stdout + completed.stderr
+    assert completed.returncode == 0, completed.stdout + completed.stderr[-3000:]
+    report_line, exit_code = completed.stdout.strip().splitlines()[-2:]
+    report = json.loads(report_line)
+    assert exit_code == "0", report
+    assert report == {"threads_at_start": 1, "threads_after_set": 1, "same_bits": True}
+
+
+@needs_openmp
+@needs_fork
+def test_child_forked_after_another_librarys_openmp_finishes(other_openmp_library):
+    # Today: fastopt only tracks its own parallel regions, so the child keeps 2 threads and
+    # hangs in its first parallel loop (libgomp's team did not survive the fork).
+    completed = run_python(FORK_AFTER_OTHER_OPENMP, other_openmp_library, "60", timeout=180,
+                           OMP_NUM_THREADS="2")
+    check_forked_child(completed)
+
+
+@needs_openmp
+@needs_fork
+def test_any_forked_child_runs_on_one_thread():
+    # Decided: whoever used OpenMP (here nobody before the fork), a forked child is on one
+    # thread, and set_num_threads leaves it there. Today the child keeps 2 threads.
+    completed = run_python(FORK_AFTER_OTHER_OPENMP, "", "60", timeout=180,
+                           FASTOPT_NUM_THREADS="2")
+    check_forked_child(completed)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Thread counts that libgomp cannot create.
+
+SET_TOO_MANY = r"""
+import sys
+import numpy as np
+import fastopt
+for count in (257, 40_000, 100_000, 2**31, 10**30):
+    try:
+        fastopt.set_num_threads(count)
+    except ValueError as error:
+        assert "256" in str(error), f"the message does not name the bound: {error}"
+    else:
+        raise AssertionError(f"set_num_threads({count}) was accepted")
+    assert fastopt.get_num_threads() == 2, f"changed by a rejected call: {count}"
+params = {"w": np.ones(2**20)}
+fastopt.Adam().update(params, {"w": np.ones(2**20)})   # threads still work
+fastopt.set_num_threads(256)
+print(fastopt.get_num_threads())
+"""
+
+
+@needs_openmp
+def test_set_num_threads_above_256_is_rejected():
+    # Today: accepted, and the next threaded update kills the process.
+    completed = run_python(SET_TOO_MANY, timeout=120, FASTOPT_NUM_THREADS="2")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "256"
+
+
+def test_set_num_threads_above_256_is_rejected_whatever_the_build():
+    # The bound does not depend on the build: a script must not work on one machine only.
+    completed = run_python("import fastopt\n"
+                           "try:\n    fastopt.set_num_threads(257)\n"
+                           "except ValueError as e:\n    print('256' in str(e))\n"
+                           "else:\n    print('accepted')\n"
+                           "print(fastopt.get_num_threads())", timeout=60)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.split() == ["True", "1"]
+
+
+@pytest.mark.parametrize("value", ["257", "40000", "100000"])
+def test_fastopt_num_threads_above_256_fails_the_import(value):
+    completed = run_python("import fastopt", timeout=60, FASTOPT_NUM_THREADS=value)
+    assert completed.returncode != 0, "the import accepted FASTOPT_NUM_THREADS=" + value
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ValueError"), completed.stderr[-3000:]
+    assert "FASTOPT_NUM_THREADS" in last_line and "256" in last_line, last_line
+
+
+@needs_openmp
+def test_fastopt_num_threads_256_is_accepted():
+    completed = run_python("import fastopt; print(fastopt.get_num_threads())", timeout=60,
+                           FASTOPT_NUM_THREADS="256")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "256"
+
+
+CAPPED = r"""
+import numpy as np
+import fastopt
+from fastopt import reference
+print(fastopt.get_num_threads())
+grads = {"w": np.linspace(-1, 1, 2**18)}
+ours, theirs = {"w": np.ones(2**18)}, {"w": np.ones(2**18)}
+fastopt.Adam().update(ours, grads)
+reference.Adam().update(theirs, grads)
+print(ours["w"].tobytes() == theirs["w"].tobytes())
+"""
+
+
+@needs_openmp
+@pytest.mark.parametrize("value", ["100000", "40000,2", "257"])
+def test_omp_num_threads_above_256_is_capped(value):
+    # OMP_NUM_THREADS belongs to every OpenMP library in the process: capped, not an error.
+    # Today: taken as is, and the first threaded update kills the process.
+    completed = run_python(CAPPED, timeout=120, OMP_NUM_THREADS=value)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.split() == ["256", "True"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Read-only containers: arrays are updated in place and never stored back.
+
+def numpy_path_params(seed):
+    """One C-contiguous float64 param (compiled), a transposed view and a float16 array
+    (NumPy's path), with their grads; the same arrays for the same seed."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(7), rng.standard_normal((5, 3)).T,
+              rng.standard_normal(6).astype(np.float16)]
+    grads = [rng.standard_normal(7), rng.standard_normal((3, 5)),
+             rng.standard_normal(6).astype(np.float16)]
+    return params, grads
+
+
+@pytest.mark.parametrize("kind", ["tuple", "mappingproxy"])
+def test_read_only_containers_of_arrays_update_once(config, kind):
+    # Today: the NumPy path runs ``params[key] -= ...``, which updates the array in place and
+    # then raises storing it back into the tuple or proxy: the step is applied, then an error,
+    # and a caller who retries applies it twice.
+    ours, grads = numpy_path_params(4)
+    expected, _ = numpy_path_params(4)
+    originals = list(ours)
+    keys = ["w", "t", "h"]
+    fast, ref = make_pair(config)
+    for step in range(2):
+        if kind == "tuple":
+            fast.update(tuple(ours), tuple(grads))
+            ref.update(expected, list(grads))
+        else:
+            fast.update(types.MappingProxyType(dict(zip(keys, ours, strict=True))),
+                        types.MappingProxyType(dict(zip(keys, grads, strict=True))))
+            plain = dict(zip(keys, expected, strict=True))
+            ref.update(plain, dict(zip(keys, grads, strict=True)))
+            expected = [plain[key] for key in keys]
+        for mine, theirs in zip(ours, expected, strict=True):
+            assert_same_bits(mine, theirs)
+        assert getattr(fast, "iter", step + 1) == step + 1
+    assert all(p is q for p, q in zip(ours, originals, strict=True))
+    assert not ours[1].flags.c_contiguous
+
+
+@pytest.mark.parametrize("kind", ["tuple", "mappingproxy"])
+def test_scalar_param_in_a_read_only_container_is_rejected_first(config, kind):
+    params, grads = numpy_path_params(5)
+    params.append(-7.0)
+    grads.append(0.5)
+    fast, _ = make_pair(config)
+    if kind == "tuple":
+        container, grad_container = tuple(params), tuple(grads)
+    else:
+        container = types.MappingProxyType({f"k{i}": p for i, p in enumerate(params)})
+        grad_container = types.MappingProxyType({f"k{i}": g for i, g in enumerate(grads)})
+    before = snapshot(fast, params)
+    with pytest.raises(TypeError, match=r"\b(3|k3)\b"):
+        fast.update(container, grad_container)
+    assert_unchanged(fast, params, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Each grad is read exactly once per update.
+
+class CountingGrads(collections.abc.Mapping):
+    """Grads behind a Mapping that counts reads and hands out a fresh copy on every read;
+    with ``alternate``, every second read of a key gives a non-contiguous array (same values),
+    which the compiled loops decline."""
+
+    def __init__(self, grads, alternate=False):
+        self._grads = grads
+        self._alternate = alternate
+        self.reads = dict.fromkeys(grads, 0)
+
+    def __getitem__(self, key):
+        grad = self._grads[key]
+        self.reads[key] += 1
+        if self._alternate and self.reads[key] % 2 == 0:
+            wide = np.zeros((*grad.shape, 2), grad.dtype)
+            wide[..., 0] = grad
+            return wide[..., 0]
+        return grad.copy()
+
+    def __iter__(self):
+        return iter(self._grads)
+
+    def __len__(self):
+        return len(self._grads)
+
+
+def require(condition, message):
+    """An assert that ``python -O`` keeps."""
+    if not condition:
+        raise AssertionError(message)
+
+
+def check_grads_read_once(config, alternate, steps=3):
+    """Run ``steps`` updates with CountingGrads; compare with the reference (same Mapping
+    kind); return None or raise AssertionError."""
+    rng = np.random.default_rng(6)
+    fast, ref = make_pair(config)
+    start = {"a": rng.standard_normal((4, 5)), "b": rng.standard_normal(9),
+             "c": rng.standard_normal(3).astype(np.float32)}
+    ours = {key: value.copy() for key, value in start.items()}
+    theirs = {key: value.copy() for key, value in start.items()}
+    for _ in range(steps):
+        grads = {key: rng.standard_normal(value.shape).astype(value.dtype)
+                 for key, value in start.items()}
+        counting = CountingGrads(grads, alternate)
+        fast.update(ours, counting)
+        require(counting.reads == dict.fromkeys(grads, 1), f"grads read {counting.reads}")
+        ref.update(theirs, CountingGrads(grads, alternate))
+        for key in start:
+            assert_same_bits(ours[key], theirs[key])
+    require(getattr(fast, "iter", steps) == steps, f"iter is {fast.iter}")
+
+
+@pytest.mark.parametrize("alternate", [False, True], ids=["copies", "alternating-layout"])
+def test_each_grad_is_read_once(config, alternate):
+    # Today: the checked path reads every grad once to check it and again to run the kernel.
+    check_grads_read_once(config, alternate)
+
+
+def test_each_grad_is_read_once_under_python_O():
+    # Today, under -O the "kernel declined" assert is gone and a param silently keeps its
+    # value while the state and iter moved on.
+    code = (f"import sys; sys.path.insert(0, {TESTS!r})\n"
+            "assert not __debug__\n"
+            "from _helpers import CONFIGS\n"
+            "from test_reliability import check_grads_read_once\n"
+            "for config in CONFIGS:\n"
+            "    for alternate in (False, True):\n"
+            "        check_grads_read_once(config, alternate)\n"
+            "print('ok')\n")
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("FASTOPT_SIMD", "FASTOPT_NUM_THREADS", "OMP_NUM_THREADS")}
+    completed = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True,
+                               text=True, env=env, cwd=tempfile.gettempdir(), timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Hyperparameter types and values.
+
+BAD_TYPES = {
+    "Fraction": fractions.Fraction(1, 100),
+    "Decimal": decimal.Decimal("0.01"),
+    "str": "0.01",
+    "complex": 0.01 + 0j,
+    "0-d array": np.array(0.01),
+    "1-d array": np.array([0.01]),
+    "bool": True,
+    "numpy bool": np.True_,
+    "None": None,
+}
+
+
+def fresh_params():
+    rng = np.random.default_rng(8)
+    # a compiled param, a NumPy-path view and a scalar param
+    return {"w": rng.standard_normal((3, 4)), "t": rng.standard_normal((4, 3)).T, "x": -7.0}
+
+
+def fresh_grads():
+    rng = np.random.default_rng(9)
+    return {"w": rng.standard_normal((3, 4)), "t": rng.standard_normal((3, 4)), "x": 0.5}
+
+
+def word(name):
+    return rf"(?<![A-Za-z_]){name}(?![A-Za-z_])"
+
+
+@pytest.mark.parametrize(("name", "key"), FLOAT_CASES, ids=[f"{n}-{k}" for n, k in FLOAT_CASES])
+@pytest.mark.parametrize("bad", list(BAD_TYPES), ids=list(BAD_TYPES))
+def test_float_hyperparameter_of_a_wrong_type(name, key, bad):
+    # Today: Fraction passes the checks (and 0-d arrays or Decimal fail only by accident).
+    if key == "eps" and bad == "None" and name == "Adam":
+        pytest.skip("Adam's eps=None means the default of its form")
+    value = BAD_TYPES[bad]
+    with pytest.raises(TypeError, match=word(key)):
+        getattr(fastopt, name)(**{key: value})
+    with pytest.raises(TypeError, match=word(key)):
+        getattr(reference, name)(**{key: value})
+    for stepped in (False, True):
+        optimizer = getattr(fastopt, name)()
+        params = fresh_params()
+        if stepped:
+            optimizer.update(params, fresh_grads())
+        setattr(optimizer, key, value)
+        before = snapshot(optimizer, params)
+        with pytest.raises(TypeError, match=word(key)):
+            optimizer.update(params, fresh_grads())
+        assert_unchanged(optimizer, params, before)
+
+
+@pytest.mark.parametrize(("name", "key"), FLOAT_CASES, ids=[f"{n}-{k}" for n, k in FLOAT_CASES])
+@pytest.mark.parametrize("value", [10**400, -(10**400)], ids=["huge", "-huge"])
+def test_float_hyperparameter_too_large_for_a_float(name, key, value):
+    # Today: 10**400 passes the checks, then the step raises OverflowError after the state
+    # was created.
+    with pytest.raises(ValueError, match=word(key)):
+        getattr(fastopt, name)(**{key: value})
+    for stepped in (False, True):
+        optimizer = getattr(fastopt, name)()
+        params = fresh_params()
+        if stepped:
+            optimizer.update(params, fresh_grads())
+        setattr(optimizer, key, value)
+        before = snapshot(optimizer, params)
+        with pytest.raises(ValueError, match=word(key)):
+            optimizer.update(params, fresh_grads())
+        assert_unchanged(optimizer, params, before)
+
+
+GOOD_NUMBERS = {"int": 0, "numpy int64": np.int64(0), "numpy uint8": np.uint8(0),
+                "numpy float32": np.float32(0.25), "numpy float16": np.float16(0.25),
+                "numpy float64": np.float64(0.25), "float": 0.25}
+
+
+@pytest.mark.parametrize(("name", "key"), FLOAT_CASES, ids=[f"{n}-{k}" for n, k in FLOAT_CASES])
+@pytest.mark.parametrize("kind", list(GOOD_NUMBERS), ids=list(GOOD_NUMBERS))
+def test_float_hyperparameter_of_an_accepted_type(name, key, kind):
+    value = GOOD_NUMBERS[kind]
+    if key == "eps" and value == 0:
+        value = type(value)(1)   # eps > 0
+    optimizer = getattr(fastopt, name)(**{key: value})
+    optimizer.update(fresh_params(), fresh_grads())
+
+
+BAD_FLAGS = {"str": "no", "str False": "False", "int 1": 1, "int 0": 0, "numpy int": np.int64(1),
+             "None": None, "0-d array": np.array(True), "float": 1.0}
+
+
+@pytest.mark.parametrize(("name", "key"), BOOL_CASES, ids=[f"{n}-{k}" for n, k in BOOL_CASES])
+@pytest.mark.parametrize("bad", list(BAD_FLAGS), ids=list(BAD_FLAGS))
+def test_boolean_option_of_a_wrong_type(name, key, bad):
+    # Today: bool() of anything: paper_form='no' turns the paper's form on.
+    value = BAD_FLAGS[bad]
+    with pytest.raises(TypeError, match=word(key)):
+        getattr(fastopt, name)(**{key: value})
+    with pytest.raises(TypeError, match=word(key)):
+        getattr(reference, name)(**{key: value})
+    for stepped in (False, True):
+        optimizer = getattr(fastopt, name)()
+        params = fresh_params()
+        if stepped:
+            optimizer.update(params, fresh_grads())
+        setattr(optimizer, key, value)
+        before = snapshot(optimizer, params)
+        with pytest.raises(TypeError, match=word(key)):
+            optimizer.update(params, fresh_grads())
+        assert_unchanged(optimizer, params, before)
+
+
+@pytest.mark.parametrize(("name", "key"), BOOL_CASES, ids=[f"{n}-{k}" for n, k in BOOL_CASES])
+def test_boolean_option_takes_numpy_bools(name, key):
+    for flag in (True, False):
+        with_numpy = getattr(fastopt, name)(**{key: np.bool_(flag)})
+        with_python = getattr(fastopt, name)(**{key: flag})
+        ours, theirs = fresh_params(), fresh_params()
+        for _ in range(2):
+            with_numpy.update(ours, fresh_grads())
+            with_python.update(theirs, fresh_grads())
+        for k in ("w", "t"):
+            assert_same_bits(ours[k], theirs[k])
+        assert ours["x"] == theirs["x"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. State arrays are updated in place, never rebound, in fastopt and in the reference.
+
+def layouts(rng):
+    """A compiled key, a transposed view and a float16 array (NumPy's path)."""
+    return {"c": rng.standard_normal(11), "t": rng.standard_normal((4, 3)).T,
+            "h": rng.standard_normal(5).astype(np.float16)}
+
+
+@pytest.mark.parametrize("config", STATEFUL, ids=[config_id(c) for c in STATEFUL])
+@pytest.mark.parametrize("module", [fastopt, reference], ids=["fastopt", "reference"])
+def test_state_arrays_keep_their_identity(config, module):
+    # Today: Momentum and Adam(paper_form=True) rebind v[key] (and m[key]) in the reference,
+    # and so on fastopt's NumPy path.
+    rng = np.random.default_rng(10)
+    name, options = config
+    optimizer = getattr(module, name)(lr=LEARNING_RATES[name], **options)
+    params = layouts(rng)
+    optimizer.update(params, {k: np.ones_like(v) for k, v in params.items()})
+    held = {state: dict(getattr(optimizer, state)) for state in type(optimizer)._state_names}
+    pointers = {state: {k: a.ctypes.data for k, a in arrays.items()}
+                for state, arrays in held.items()}
+    for _ in range(3):
+        optimizer.update(params, {k: rng.standard_normal(v.shape).astype(v.dtype)
+                                  for k, v in params.items()})
+    for state, arrays in held.items():
+        for key, array in arrays.items():
+            assert getattr(optimizer, state)[key] is array, f"{state}[{key!r}] was rebound"
+            assert array.ctypes.data == pointers[state][key]
+
+
+@pytest.mark.parametrize("config", STATEFUL, ids=[config_id(c) for c in STATEFUL])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_grad_that_is_an_earlier_keys_state(config, layout):
+    # grads['b'] is opt.<state>['a']: 'b' sees 'a''s update of that array, in both.
+    # Today: the reference rebinds v['a'] (Momentum, paper Adam), so 'b' gets the old array.
+    rng = np.random.default_rng(11)
+    fast, ref = make_pair(config)
+    shape = (6, 5)
+
+    def start():
+        r = np.random.default_rng(12)
+        a = r.standard_normal(shape) if layout == "contiguous" else r.standard_normal(shape[::-1]).T
+        return {"a": a, "b": r.standard_normal(shape)}
+
+    ours, theirs = start(), start()
+    first = {"a": rng.standard_normal(shape), "b": rng.standard_normal(shape)}
+    fast.update(ours, first)
+    ref.update(theirs, first)
+    grad_a = rng.standard_normal(shape)
+    for state in type(ref)._state_names:
+        fast.update(ours, {"a": grad_a, "b": getattr(fast, state)["a"]})
+        ref.update(theirs, {"a": grad_a, "b": getattr(ref, state)["a"]})
+        for key in ("a", "b"):
+            assert_same_bits(ours[key], theirs[key])
+            for name in type(ref)._state_names:
+                assert_same_bits(getattr(fast, name)[key], getattr(ref, name)[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. NaN: where NumPy gives NaN, and the other bits; not the NaN's sign or payload.
+
+def nan_with(sign, payload, dtype):
+    dtype = np.dtype(dtype)
+    bits = np.array(np.nan, dtype).view(f"u{dtype.itemsize}")
+    bits = bits | np.array(payload, bits.dtype)
+    if sign:
+        bits = bits | (np.array(1, bits.dtype) << np.array(8 * dtype.itemsize - 1, bits.dtype))
+    return bits.view(dtype)[()]
+
+
+def special_values(dtype):
+    return np.array([1.5, -0.25, 0.0, np.inf, -np.inf, nan_with(False, 0, dtype),
+                     nan_with(True, 0, dtype), nan_with(False, 5, dtype),
+                     nan_with(True, 3, dtype)], dtype)
+
+
+def assert_same_nans_and_bits(actual, expected):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(actual), nan), (
+        f"NaN at {np.flatnonzero(np.isnan(actual) != nan)[:5]} differs from NumPy")
+    assert_same_bits(actual[~nan], expected[~nan])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("length", [1, 3, 8, 17, 729, 29160])
+def test_nans_meet_where_numpy_says(config, dtype, length):
+    # Every combination of (param, state, grad) among finite, infinite and four different
+    # NaNs (729 of them, tiled), or a sample of them for short arrays: lengths that take
+    # NumPy's and fastopt's scalar and vector loops (NumPy's NaN sign depends on the length).
+    values = special_values(dtype)
+    combos = np.array(np.meshgrid(values, values, values, indexing="ij")).reshape(3, -1)
+    if length < combos.shape[1]:
+        combos = combos[:, np.random.default_rng(length).choice(combos.shape[1], length)]
+    param, state, grad = (np.resize(row, length) for row in combos)
+    fast, ref = make_pair(config)
+    ours = {"p": param.copy(), "q": param[::-1].copy()}
+    theirs = {"p": param.copy(), "q": param[::-1].copy()}
+    with np.errstate(all="ignore"):
+        zero = {key: np.zeros_like(value) for key, value in ours.items()}
+        fast.update(ours, zero)   # creates the state
+        ref.update(theirs, zero)
+        ours = {"p": param.copy(), "q": param[::-1].copy()}
+        theirs = {"p": param.copy(), "q": param[::-1].copy()}
+        for name in type(ref)._state_names:
+            for key, source in (("p", state), ("q", state[::-1])):
+                getattr(fast, name)[key][...] = source
+                getattr(ref, name)[key][...] = source
+        grads = {"p": grad, "q": grad[::-1].copy()}
+        for _ in range(2):
+            fast.update(ours, grads)
+            ref.update(theirs, grads)
+    for key in ours:
+        assert_same_nans_and_bits(ours[key], theirs[key])
+        for name in type(ref)._state_names:
+            assert_same_nans_and_bits(getattr(fast, name)[key], getattr(ref, name)[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. NumPy scalar hyperparameters are Python floats at the boundary, in both.
+
+NUMPY_SCALARS = {"float32": np.float32, "float16": np.float16, "float64": np.float64,
+                 "int64": np.int64}
+
+
+def numpy_hyperparameters(name, kind):
+    """Every float hyperparameter of ``name`` as a NumPy scalar of ``kind``, valid values."""
+    cast = NUMPY_SCALARS[kind]
+    values = {"lr": LEARNING_RATES[name], "eps": 1e-3}
+    hyper = {}
+    for key in float_hyperparameters(name):
+        if kind == "int64":
+            hyper[key] = cast(1 if key in ("lr", "eps") else 0)
+        else:
+            hyper[key] = cast(values.get(key, 0.85))
+    return hyper
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", list(NUMPY_SCALARS))
+def test_numpy_scalar_hyperparameters_match_the_reference(config, kind, dtype):
+    # Today: e.g. np.float32 momentum squares in float32 in the reference but in double in
+    # the kernel; an np.float64 or np.int64 lr turns the reference's float32 state float64.
+    name, options = config
+    hyper = numpy_hyperparameters(name, kind)
+    as_floats = {key: float(value) for key, value in hyper.items()}
+    fast = getattr(fastopt, name)(**options, **hyper)
+    ref = getattr(reference, name)(**options, **hyper)
+    plain = getattr(reference, name)(**options, **as_floats)
+    rng = np.random.default_rng(13)
+    start = {"c": rng.standard_normal(37).astype(dtype),
+             "t": rng.standard_normal((5, 4)).astype(dtype).T}
+    runs = [(optimizer, {k: v.copy() if k == "c" else v.T.copy().T for k, v in start.items()})
+            for optimizer in (fast, ref, plain)]
+    with np.errstate(all="ignore"):
+        for _ in range(3):
+            grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in start.items()}
+            for optimizer, params in runs:
+                optimizer.update(params, grads)
+    (_, ours), (_, theirs), (_, floats) = runs
+    for key in start:
+        assert_same_bits(theirs[key], floats[key])   # the reference converts too
+        assert_same_bits(ours[key], theirs[key])
+        for state in type(ref)._state_names:
+            for optimizer in (fast, ref):
+                assert getattr(optimizer, state)[key].dtype == dtype
+            assert_same_bits(getattr(fast, state)[key], getattr(ref, state)[key])
+            assert_same_bits(getattr(ref, state)[key], getattr(plain, state)[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. One optimizer stepped from two threads at once.
+
+@pytest.mark.parametrize("container", ["dict", "list"])
+def test_one_optimizer_from_two_threads_loses_no_update(config, container):
+    # Today: both threads read the same state and iter while the other's kernel runs without
+    # the GIL: updates are lost (and Adam's bias correction is applied for the same step).
+    # Large enough that each kernel runs for a millisecond or more without the GIL, so the two
+    # threads' calls overlap on every step unless they are serialised.
+    steps = 10
+    size = 2**20 + 3
+    rng = np.random.default_rng(14)
+    start = rng.standard_normal(size)
+    grad = rng.standard_normal(size)
+    fast, ref = make_pair(config)
+    if container == "dict":
+        ours, grads, theirs = {"w": start.copy()}, {"w": grad}, {"w": start.copy()}
+    else:
+        ours, grads, theirs = [start.copy()], [grad], [start.copy()]
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def work():
+        try:
+            barrier.wait()
+            for _ in range(steps):
+                fast.update(ours, grads)
+        except BaseException as error:   # reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors, errors
+    for _ in range(2 * steps):
+        ref.update(theirs, grads)
+    assert getattr(fast, "iter", None) == getattr(ref, "iter", None)
+    assert_same_bits(ours[0 if container == "list" else "w"],
+                     theirs[0 if container == "list" else "w"])
+    for state in type(ref)._state_names:
+        assert_same_bits(getattr(fast, state)[0 if container == "list" else "w"],
+                         getattr(ref, state)[0 if container == "list" else "w"])
