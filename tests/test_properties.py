@@ -138,7 +138,7 @@ def assert_same_nans_and_bits(actual, expected, what):
 
 def values_after(optimizer, params, keys):
     out = {f"param {k}": params[k] for k in keys}
-    for name in type(optimizer)._state_names:
+    for name in optimizer.state_names:
         state = getattr(optimizer, name)
         out.update({f"{name} {k}": state[k] for k in keys})
     return out

@@ -29,7 +29,7 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 needs_openmp = pytest.mark.skipif(not _kernels.openmp(), reason="built without OpenMP")
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 
-STATEFUL = [config for config in CONFIGS if getattr(fastopt, config[0])._state_names]
+STATEFUL = [config for config in CONFIGS if getattr(fastopt, config[0])(**config[1]).state_names]
 
 # Every float hyperparameter name that fastopt's classes use (or will: SPEC 7-8); those a
 # class's constructor takes are the ones tested for it.
@@ -60,7 +60,7 @@ def entries(container):
 def snapshot(optimizer, params):
     """Copies of every param, state array and the step count, to show nothing changed."""
     state = {}
-    for name in type(optimizer)._state_names:
+    for name in optimizer.state_names:
         value = getattr(optimizer, name)
         state[name] = None if value is None else {k: a.copy() for k, a in entries(value)}
     return ({k: np.copy(a) for k, a in entries(params)}, state,
@@ -102,6 +102,7 @@ stop = threading.Event()
 in_update = threading.Event()
 calls = 0
 replaced = 0
+planned_ids = set()
 outcomes = {"raised": 0, "resized": 0, "inconclusive": 0}
 
 def replace():
@@ -121,6 +122,7 @@ def resize():
         if not in_update.wait(0.05):
             continue
         started = calls
+        step = optimizer.iter   # counted only once the kernel has returned
         time.sleep(0.01)   # well past the update's planning, inside its loops
         if calls != started or not in_update.is_set():
             continue
@@ -131,9 +133,13 @@ def resize():
             outcome = "resized"
         except ValueError:
             outcome = "raised"
+        # Conclusive only if this very array was planned by the update that is still running:
+        # one the replacer put in after planning is not the update's, and once the kernel has
+        # returned (the step is counted) nothing holds the arrays any more.
+        planned = id(array) in planned_ids
         del array
-        # Conclusive only if one update call spans the whole attempt.
-        outcomes[outcome if calls == started and in_update.is_set() else "inconclusive"] += 1
+        still_running = calls == started and in_update.is_set() and optimizer.iter == step
+        outcomes[outcome if planned and still_running else "inconclusive"] += 1
 
 workers = [threading.Thread(target=replace), threading.Thread(target=resize)]
 for worker in workers:
@@ -141,6 +147,7 @@ for worker in workers:
 deadline = time.monotonic() + seconds
 try:
     while time.monotonic() < deadline:
+        planned_ids = {id(array) for array in params}
         in_update.set()
         optimizer.update(params, grads)
         in_update.clear()
@@ -646,7 +653,7 @@ def test_state_arrays_keep_their_identity(config, module):
     optimizer = getattr(module, name)(lr=LEARNING_RATES[name], **options)
     params = layouts(rng)
     optimizer.update(params, {k: np.ones_like(v) for k, v in params.items()})
-    held = {state: dict(getattr(optimizer, state)) for state in type(optimizer)._state_names}
+    held = {state: dict(getattr(optimizer, state)) for state in optimizer.state_names}
     pointers = {state: {k: a.ctypes.data for k, a in arrays.items()}
                 for state, arrays in held.items()}
     for _ in range(3):
@@ -677,12 +684,12 @@ def test_grad_that_is_an_earlier_keys_state(config, layout):
     fast.update(ours, first)
     ref.update(theirs, first)
     grad_a = rng.standard_normal(shape)
-    for state in type(ref)._state_names:
+    for state in ref.state_names:
         fast.update(ours, {"a": grad_a, "b": getattr(fast, state)["a"]})
         ref.update(theirs, {"a": grad_a, "b": getattr(ref, state)["a"]})
         for key in ("a", "b"):
             assert_same_bits(ours[key], theirs[key])
-            for name in type(ref)._state_names:
+            for name in ref.state_names:
                 assert_same_bits(getattr(fast, name)[key], getattr(ref, name)[key])
 
 
@@ -733,7 +740,7 @@ def test_nans_meet_where_numpy_says(config, dtype, length):
         ref.update(theirs, zero)
         ours = {"p": param.copy(), "q": param[::-1].copy()}
         theirs = {"p": param.copy(), "q": param[::-1].copy()}
-        for name in type(ref)._state_names:
+        for name in ref.state_names:
             for key, source in (("p", state), ("q", state[::-1])):
                 getattr(fast, name)[key][...] = source
                 getattr(ref, name)[key][...] = source
@@ -743,7 +750,7 @@ def test_nans_meet_where_numpy_says(config, dtype, length):
             ref.update(theirs, grads)
     for key in ours:
         assert_same_nans_and_bits(ours[key], theirs[key])
-        for name in type(ref)._state_names:
+        for name in ref.state_names:
             assert_same_nans_and_bits(getattr(fast, name)[key], getattr(ref, name)[key])
 
 
@@ -775,9 +782,9 @@ def test_numpy_scalar_hyperparameters_match_the_reference(config, kind, dtype):
     name, options = config
     hyper = numpy_hyperparameters(name, kind)
     as_floats = {key: float(value) for key, value in hyper.items()}
-    fast = getattr(fastopt, name)(**options, **hyper)
-    ref = getattr(reference, name)(**options, **hyper)
-    plain = getattr(reference, name)(**options, **as_floats)
+    fast = getattr(fastopt, name)(**{**options, **hyper})
+    ref = getattr(reference, name)(**{**options, **hyper})
+    plain = getattr(reference, name)(**{**options, **as_floats})
     rng = np.random.default_rng(13)
     start = {"c": rng.standard_normal(37).astype(dtype),
              "t": rng.standard_normal((5, 4)).astype(dtype).T}
@@ -792,7 +799,7 @@ def test_numpy_scalar_hyperparameters_match_the_reference(config, kind, dtype):
     for key in start:
         assert_same_bits(theirs[key], floats[key])   # the reference converts too
         assert_same_bits(ours[key], theirs[key])
-        for state in type(ref)._state_names:
+        for state in ref.state_names:
             for optimizer in (fast, ref):
                 assert getattr(optimizer, state)[key].dtype == dtype
             assert_same_bits(getattr(fast, state)[key], getattr(ref, state)[key])
@@ -840,6 +847,6 @@ def test_one_optimizer_from_two_threads_loses_no_update(config, container):
     assert getattr(fast, "iter", None) == getattr(ref, "iter", None)
     assert_same_bits(ours[0 if container == "list" else "w"],
                      theirs[0 if container == "list" else "w"])
-    for state in type(ref)._state_names:
+    for state in ref.state_names:
         assert_same_bits(getattr(fast, state)[0 if container == "list" else "w"],
                          getattr(ref, state)[0 if container == "list" else "w"])

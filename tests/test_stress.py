@@ -34,6 +34,7 @@ STRESS = r"""
 import json, random, sys, threading, time
 import numpy as np
 sys.path.insert(0, sys.argv[2])
+import fastopt
 from _helpers import CONFIGS, make_pair
 
 seconds = float(sys.argv[1])
@@ -59,7 +60,7 @@ def churn_grads():
 def compare(name, ours, theirs, fast, ref, keys):
     for key in keys:
         pairs = [(ours[key], theirs[key])] + [
-            (getattr(fast, s)[key], getattr(ref, s)[key]) for s in type(ref)._state_names]
+            (getattr(fast, s)[key], getattr(ref, s)[key]) for s in ref.state_names]
         for a, b in pairs:
             if a.tobytes() != b.tobytes():
                 report["mismatches"].append(f"{name} key {key!r}")
@@ -219,6 +220,6 @@ def test_one_optimizer_from_four_threads_while_grads_churn(config):
     assert getattr(fast, "iter", None) == getattr(ref, "iter", None)
     for key in expected:
         assert_same_bits(params[key], expected[key])
-        for state in type(ref)._state_names:
+        for state in ref.state_names:
             assert_same_bits(getattr(fast, state)[key], getattr(ref, state)[key])
 
