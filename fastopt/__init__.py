@@ -43,11 +43,11 @@ from ._simd import simd_levels as simd_levels
 from .clipping import clip_grad_norm as clip_grad_norm
 from .optimizers import (
     SGD,
-    AdaGrad,
     Adadelta,
+    AdaGrad,
     Adam,
-    AdamW,
     Adamax,
+    AdamW,
     Lion,
     Momentum,
     NAdam,

@@ -755,7 +755,7 @@ cdef bint _run(object params, object grads, tuple states, int required, object d
     planned array is held in ``keep`` until its loop has run, so that another thread that
     replaces a list's or dict's entry cannot free it.
     """
-    cdef Py_ssize_t k, j, count
+    cdef Py_ssize_t k, count
     cdef Task stack[STACK_TASKS]
     cdef Task* tasks = stack
     cdef int threads = _threads

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import _flavour, optimizers
 from .optimizers import SGD, AdaGrad, Momentum
+from .reference import Hyper
 
 __all__ = ["SGD", "AdaGrad", "Adam", "Mestrov", "Momentum", "RMSProp", "np"]
 
@@ -129,28 +130,28 @@ class Adam(optimizers.Adam):
         super().__init__(lr, rho1, rho2, paper_form=paper_form, **kwargs)
 
     @property
-    def rho1(self) -> float:
+    def rho1(self) -> Hyper:
         """The notes' name for ``beta1``."""
         return self.beta1
 
     @rho1.setter
-    def rho1(self, value: float) -> None:
+    def rho1(self, value: Hyper) -> None:
         self.beta1 = value
 
     @property
-    def rho2(self) -> float:
+    def rho2(self) -> Hyper:
         """The notes' name for ``beta2``."""
         return self.beta2
 
     @rho2.setter
-    def rho2(self, value: float) -> None:
+    def rho2(self, value: Hyper) -> None:
         self.beta2 = value
 
     @property
-    def epsilon(self) -> float:
+    def epsilon(self) -> Hyper:
         """The notes' name for ``eps``."""
         return self.eps
 
     @epsilon.setter
-    def epsilon(self, value: float) -> None:
+    def epsilon(self, value: Hyper) -> None:
         self.eps = value

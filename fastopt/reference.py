@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 import threading
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -285,8 +284,11 @@ def _pairwise(sums: list[float]) -> float:
 
 
 def sum_of_squares(grad: Any) -> float:
-    """The blocked float64 sum of squares of one grad (an array or a scalar)."""
-    x = np.asarray(grad).astype(np.float64).reshape(-1)
+    """The blocked float64 sum of squares of one grad (an array or a real scalar)."""
+    x = np.asarray(grad)
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"a grad of dtype {x.dtype} has no real norm")
+    x = x.astype(np.float64).reshape(-1)
     if x.size == 0:
         return 0.0
     blocks = -(-x.size // NORM_BLOCK)
@@ -435,7 +437,7 @@ class ReferenceOptimizer:
             if state is None:
                 state = {} if by_key else []
                 setattr(self, name, state)
-            if by_key and isinstance(state, dict):
+            if isinstance(params, Mapping) and isinstance(state, dict):
                 for key, val in params.items():
                     if key not in state:
                         state[key] = self._zeros(val)
@@ -456,7 +458,7 @@ class ReferenceOptimizer:
         decays = self._decays
         if decays is None or isinstance(decays, dict) != by_key:
             decays = {} if by_key else []
-        if by_key:
+        if isinstance(params, Mapping):
             assert isinstance(decays, dict)
             for key, val in params.items():
                 if key not in decays:
@@ -753,6 +755,8 @@ class AdamW(Adam):
                  eps: Hyper = 1e-8, weight_decay: Hyper = 1e-2, amsgrad: bool = False,
                  weight_decay_filter: DecayFilter | None = None,
                  max_grad_norm: float | None = None) -> None:
+        if eps is None:   # Adam reads None as "the default of its form"; AdamW has one default
+            to_float("eps", eps)
         super().__init__(lr, beta1, beta2, eps=eps, amsgrad=amsgrad, paper_form=True,
                          weight_decay=weight_decay, weight_decay_filter=weight_decay_filter,
                          max_grad_norm=max_grad_norm)

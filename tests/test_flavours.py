@@ -500,7 +500,8 @@ def test_notes_classes_give_the_notes_bits(ours, theirs, dtype):
         if hasattr(slow, name):
             for key, value in getattr(slow, name).items():
                 assert_same_bits(getattr(fast, name)[key], value)
-    if hasattr(slow, "iter"):   # fastopt counts updates on every optimizer; the sources only in Adam
+    # fastopt counts updates on every optimizer; the sources only in Adam
+    if hasattr(slow, "iter"):
         assert fast.iter == slow.iter
 
 

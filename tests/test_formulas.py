@@ -13,7 +13,7 @@ import pytest
 import fastopt
 from fastopt import reference
 
-from _helpers import CONFIGS, LEARNING_RATES, config_id
+from _helpers import BOOK_CONFIGS, LEARNING_RATES, config_id
 
 START = [0.5, -1.25, 3.0, 1e-3, 0.0]
 GRADS = [[0.3, -0.2, 1.5, -1e-4, 0.0], [-0.1, 0.4, 1.5, 2e-4, 0.0],
@@ -72,7 +72,8 @@ def expected_trajectory(name, options, lr):
 
 
 @pytest.mark.parametrize("module", [reference, fastopt], ids=["reference", "fastopt"])
-@pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])
+@pytest.mark.parametrize("config", BOOK_CONFIGS,
+                         ids=[config_id(c) for c in BOOK_CONFIGS])
 def test_first_steps_equal_the_formulas(module, config):
     name, options = config
     lr = LEARNING_RATES[name]
