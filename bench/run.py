@@ -42,13 +42,15 @@ import fastopt
 from fastopt import reference
 from fastopt._simd import kernels
 
-OPTIMIZERS = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
+BOOK_OPTIMIZERS = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
+OPTIMIZERS = [*BOOK_OPTIMIZERS, "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "Lion"]
 DTYPES = ["float32", "float64"]
 
 # Arrays each optimizer reads and writes per element: (read, written), and how many targets
 # the bandwidth probe must read and write to move the same bytes (with the grad as source).
 TRAFFIC = {"SGD": (2, 1), "Momentum": (3, 2), "Nesterov": (3, 2), "AdaGrad": (3, 2),
-           "RMSprop": (3, 2), "Adam": (4, 3)}
+           "RMSprop": (3, 2), "Adam": (4, 3), "AdamW": (4, 3), "NAdam": (4, 3), "RAdam": (4, 3),
+           "Adamax": (4, 3), "Adadelta": (4, 3), "Lion": (3, 2)}
 
 # torch.optim with the book's hyperparameters. torch's Adam is the paper's form, whose cost is
 # the same as the book's.
@@ -59,6 +61,12 @@ TORCH_EQUIVALENTS = {
     "AdaGrad": ("Adagrad", {"lr": 0.01, "eps": 1e-7}),
     "RMSprop": ("RMSprop", {"lr": 0.01, "alpha": 0.99, "eps": 1e-7}),
     "Adam": ("Adam", {"lr": 0.001, "betas": (0.9, 0.999), "eps": 1e-7}),
+    # Beyond the book: fastopt's defaults are torch's (Lion has no torch.optim class).
+    "AdamW": ("AdamW", {}),
+    "NAdam": ("NAdam", {}),
+    "RAdam": ("RAdam", {}),
+    "Adamax": ("Adamax", {}),
+    "Adadelta": ("Adadelta", {}),
 }
 
 TWO_LAYER_NET = [(784, 50), (50,), (50, 10), (10,)]
@@ -227,7 +235,7 @@ def run_cell(optimizer, dtype, workload, contenders, budget, min_rounds, torch, 
         steps["fastopt"] = make_numpy_like(fastopt, optimizer, params, grads)
     if "numpy" in contenders:
         steps["numpy"] = make_numpy_like(reference, optimizer, params, grads)
-    if torch is not None:
+    if torch is not None and optimizer in TORCH_EQUIVALENTS:
         steps["torch"] = make_torch(torch, optimizer, params, grads, torch_impl)
     if workload.single_array:
         steps["probe"] = make_probe(optimizer, params, grads)
@@ -422,7 +430,7 @@ def plot(cells: list, path: str, info: dict) -> None:
         raise SystemExit("--plot needs single-array workloads (1e2 ... 1e7) in the run")
     figure, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 4.8), sharey=True,
                                 squeeze=False)
-    colors = dict(zip(OPTIMIZERS, plt.get_cmap("tab10").colors, strict=False))  # 10 colours
+    colors = dict(zip(OPTIMIZERS, plt.get_cmap("tab20").colors, strict=False))  # 20 colours
     for axis, dtype in zip(axes[0], dtypes, strict=True):
         for optimizer in OPTIMIZERS:
             rows = sorted((cell for cell in singles
@@ -560,7 +568,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     for optimizer in args.optimizer:
         for dtype in args.dtype:
-            torch_impl = torch_implementation(torch, optimizer, dtype) if torch else None
+            torch_impl = (torch_implementation(torch, optimizer, dtype)
+                          if torch and optimizer in TORCH_EQUIVALENTS else None)
             for workload in workloads:
                 cell = run_cell(optimizer, dtype, workload, ("fastopt", "numpy"), args.budget,
                                 args.min_rounds, torch, torch_impl)
@@ -569,7 +578,7 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - started
     if torch is not None:
         impls = sorted({f"{c['optimizer']}: {c['results']['torch']['implementation']}"
-                        for c in cells})
+                        for c in cells if "torch" in c["results"]})
         print("\ntorch.optim implementation used:", ", ".join(impls))
     print(f"\n{len(cells)} cells in {elapsed:.0f} s. 'x numpy' and 'x torch' are speedups of "
           f"fastopt (median over median); 'of probe' is the bandwidth probe's time over "
