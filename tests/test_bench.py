@@ -159,7 +159,8 @@ def test_the_overhead_comparison_runs(tmp_path):
     assert completed.returncode == 0, completed.stderr
     rows = [line.split() for line in completed.stdout.splitlines()[2:]]
     assert [(row[0], row[1]) for row in rows] == [
-        (name, dtype) for name in ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam")
+        (name, dtype) for name in ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam",
+                                   "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "Lion")
         for dtype in ("float32", "float64")]
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0

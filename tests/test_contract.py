@@ -8,7 +8,6 @@ import fastopt
 from fastopt import reference
 
 from _helpers import (
-    BOOK_CONFIGS,
     CONFIGS,
     LEARNING_RATES,
     assert_same_bits,
