@@ -164,3 +164,14 @@ def test_the_overhead_comparison_runs(tmp_path):
         for dtype in ("float32", "float64")]
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0
+
+
+def test_the_clipping_comparison_runs(tmp_path):
+    command = [sys.executable, str(BENCH.parent / "clipping.py"), "--workload", "1e4",
+               "--dtype", "float32", "--budget", "0.01"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                               cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    row = completed.stdout.splitlines()[3].split()
+    assert row[:2] == ["1e4", "float32"]
+    assert float(row[2]) > 0 and float(row[3]) > 0
