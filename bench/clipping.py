@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import all_workloads, cpu_model, make_arrays, measure, warm_allocator  # noqa: E402
+from run import all_workloads, cpu_model, make_arrays, measure, warm_allocator
 
-import fastopt  # noqa: E402
-from fastopt import reference  # noqa: E402
+import fastopt
+from fastopt import reference
 
 
 def numpy_step(params, grads, max_norm):
