@@ -45,7 +45,7 @@ echo "built: $(basename "$sdist") and $(basename "$repaired")"
 
 step "install the repaired wheel into a new environment"
 python3 -m venv "$work/test"
-"$work/test/bin/pip" install --quiet "$repaired" pytest
+"$work/test/bin/pip" install --quiet "$repaired" pytest hypothesis   # as the test extra
 
 # The tests run from a copy of tests/, bench/, examples/ and the pytest configuration: no
 # fastopt/ source folder anywhere on the path, so only the installed wheel can be imported.
