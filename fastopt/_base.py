@@ -98,6 +98,11 @@ def _check_param(key: Any, param: Any, grad: Any, fixed: str | None) -> tuple[in
         if not _is_real_scalar(grad):
             raise TypeError(f"grad {key!r} is {_describe(grad)}; a scalar param "
                             f"({_describe(param)}) takes a real scalar grad")
+        try:
+            float(grad)
+        except OverflowError:
+            raise ValueError(f"grad {key!r} is an integer too large for a float; a scalar "
+                             f"grad must be a float64 value") from None
         if fixed is not None:
             raise TypeError(f"param {key!r} is {_describe(param)} in a {fixed}, which cannot "
                             f"be written; a scalar param's new value must be stored back, so "

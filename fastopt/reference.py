@@ -60,6 +60,16 @@ def _denominator(h: Any, eps: float, eps_inside_sqrt: bool) -> Any:
     return np.sqrt(h) + eps
 
 
+def _square(g: Any) -> Any:
+    """``g**2`` as the book computes it (for a Python float, C's ``pow``, which is not always
+    ``g*g`` to the bit); where Python raises OverflowError for a finite square beyond the
+    float range, inf, the IEEE (and NumPy) result, so an update never fails half-way."""
+    try:
+        return g**2
+    except OverflowError:
+        return math.inf
+
+
 def sgd_rule(p: Any, g: Any, lr: float) -> Any:
     p -= lr * g
     return p
@@ -118,7 +128,7 @@ def rmsprop_rule(p: Any, g: Any, h: Any, grad_avg: Any, momentum_buffer: Any, lr
 def adam_rule(p: Any, g: Any, m: Any, v: Any, v_max: Any, lr_t: Any, beta1: float,
               beta2: float, eps: float, eps_inside_sqrt: bool) -> Any:
     m += (1 - beta1) * (g - m)
-    v += (1 - beta2) * (g**2 - v)
+    v += (1 - beta2) * (_square(g) - v)
     if v_max is not None:
         v_max[...] = np.maximum(v_max, v)
         v = v_max

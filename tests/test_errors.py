@@ -255,3 +255,25 @@ def test_unknown_and_positional_options_are_rejected():
         fastopt.Adam(0.001, 0.9, 0.999, 1e-8)    # eps is keyword-only
     with pytest.raises(TypeError):
         fastopt.Nesterov(nesterov_form="old")
+
+
+def test_scalar_grad_too_large_for_a_float_is_rejected_and_changes_nothing():
+    optimizer = fastopt.Adam()
+    params = {"a": good(), "x": 0.5}
+    before = snapshot(optimizer, params)
+    with pytest.raises(ValueError, match="grad 'x' is an integer too large for a float"):
+        optimizer.update(params, {"a": good(), "x": 10**400})
+    assert_unchanged(optimizer, params, before)
+
+
+def test_a_scalar_grad_whose_square_overflows_gives_inf_not_a_half_done_update():
+    # The book's Adam computes g**2, and for a Python float Python raises OverflowError where
+    # the square is beyond the float range; fastopt (and its reference) use the IEEE result,
+    # inf, so every key is updated instead of an exception after the first ones.
+    for module in (fastopt, fastopt.reference):
+        optimizer = module.Adam()
+        params = {"a": np.zeros(3), "x": 0.0}
+        with np.errstate(all="ignore"):
+            optimizer.update(params, {"a": np.ones(3), "x": 1.7976931348623157e308})
+        assert optimizer.v["x"] == np.inf
+        assert np.all(params["a"] != 0) and optimizer.iter == 1

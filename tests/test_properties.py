@@ -36,6 +36,9 @@ settings.register_profile(
 settings.register_profile(
     "dev", max_examples=100, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(   # a long search, by hand: HYPOTHESIS_PROFILE=long pytest ...
+    "long", max_examples=5000, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 
 # Valid ranges of the hyperparameters by name (SPEC 2, 7, 8). A class's constructor arguments
@@ -55,8 +58,12 @@ HYPERPARAMETERS = {
     "velocity_first": st.booleans(),
     "eps_inside_sqrt": st.booleans(),
     "paper_form": st.booleans(),
+    "amsgrad": st.booleans(),
+    "centered": st.booleans(),
+    "max_grad_norm": st.one_of(st.none(), st.floats(1e-3, 10.0)),
 }
-KNOWN_CLASSES = {"SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"}
+KNOWN_CLASSES = {"SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "AdamW", "NAdam",
+                 "RAdam", "Adamax", "Adadelta", "Lion"}
 
 LAYOUTS = ["C", "transposed", "strided"]
 
