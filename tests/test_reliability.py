@@ -97,49 +97,73 @@ params = [rng.standard_normal(n) for _ in range(count)]
 grads = [rng.standard_normal(n) for _ in range(count)]
 optimizer = fastopt.Adam()
 optimizer.update(params, grads)   # the state exists: every later call takes the list kernel
+main = threading.get_ident()
 
 stop = threading.Event()
 in_update = threading.Event()
 calls = 0
 replaced = 0
-planned_ids = set()
+started_with = (-1, 0)
 outcomes = {"raised": 0, "resized": 0, "inconclusive": 0}
 
 def replace():
-    # Fresh arrays in, the old ones dropped: the list held their last reference.
+    # Fresh arrays in, the old ones dropped: the list held their last reference. The last
+    # position is left to the resize thread.
     global replaced
     while not stop.is_set():
-        k = replaced % count
+        k = replaced % (count - 1)
         params[k] = np.zeros(n)
         grads[k] = np.zeros(n)
         replaced += 1
         time.sleep(0.001)
 
+# The one call with *args in Optimizer._update_compiled is the compiled kernel's.
+import dis
+from fastopt._base import Optimizer
+KERNEL_CALL = {instruction.offset for instruction in dis.get_instructions(
+    Optimizer._update_compiled.__code__) if instruction.opname == "CALL_FUNCTION_EX"}
+assert len(KERNEL_CALL) == 1, KERNEL_CALL
+
+def in_kernel():
+    # The main thread's last instruction is the kernel call, so it is inside the compiled
+    # call; planning never releases the GIL (which this thread holds), so the kernel is in its
+    # loops, or just after them with the planned arrays still held. (A line number is not
+    # enough: the GIL can change hands between the instructions of that line.)
+    frame = sys._current_frames().get(main)
+    return (frame is not None and frame.f_code is Optimizer._update_compiled.__code__
+            and frame.f_lasti in KERNEL_CALL)
+
 def resize():
-    # Take a param out of the list while an update runs and try to resize it (refcheck on):
-    # the running update must still hold it, so numpy must refuse.
+    # Take the param at the last position out of the list while an update's loops run on it
+    # and try to resize it (refcheck on): the running update must still hold it, so numpy
+    # must refuse. One attempt per update: the array put in its place is not that update's.
+    last = -1
     while not stop.is_set():
         if not in_update.wait(0.05):
             continue
         started = calls
-        step = optimizer.iter   # counted only once the kernel has returned
-        time.sleep(0.01)   # well past the update's planning, inside its loops
-        if calls != started or not in_update.is_set():
+        if started == last:
+            time.sleep(0.001)
             continue
+        time.sleep(0.01)   # well past the update's planning, inside its loops
+        if calls != started or not in_kernel():
+            continue
+        last = started
         array = params[count - 1]
+        # This update planned that array if it was there when the update began: only this
+        # thread replaces the last position, and this thread's previous swap may have landed
+        # after its check, while the main thread had moved on to the next update.
+        planned = started_with == (started, id(array))
         params[count - 1] = np.zeros(n)
         try:
             array.resize(n // 2)
             outcome = "resized"
         except ValueError:
             outcome = "raised"
-        # Conclusive only if this very array was planned by the update that is still running:
-        # one the replacer put in after planning is not the update's, and once the kernel has
-        # returned (the step is counted) nothing holds the arrays any more.
-        planned = id(array) in planned_ids
         del array
-        still_running = calls == started and in_update.is_set() and optimizer.iter == step
-        outcomes[outcome if planned and still_running else "inconclusive"] += 1
+        # Conclusive only if that same update was still inside its loops afterwards.
+        conclusive = planned and calls == started and in_kernel()
+        outcomes[outcome if conclusive else "inconclusive"] += 1
 
 workers = [threading.Thread(target=replace), threading.Thread(target=resize)]
 for worker in workers:
@@ -147,7 +171,7 @@ for worker in workers:
 deadline = time.monotonic() + seconds
 try:
     while time.monotonic() < deadline:
-        planned_ids = {id(array) for array in params}
+        started_with = (calls, id(params[count - 1]))
         in_update.set()
         optimizer.update(params, grads)
         in_update.clear()
