@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -533,3 +535,71 @@ def test_lion_c_minus_zero_gives_sign_zero(dtype, weight_decay, compiled_only):
             assert_floats_equal(opt.m["w"], [m], f"{type(opt).__module__} m")
         assert c == 0 and math.copysign(1.0, c) == -1.0   # c was -0.0 at step 2
         assert math.copysign(1.0, p) == -1.0 and np.signbit(params["w"][0])
+
+
+# --- docs/porting-from-torch.md -----------------------------------------------------------
+
+PORTING = Path(__file__).resolve().parent.parent / "docs" / "porting-from-torch.md"
+
+
+def porting_rows():
+    """(torch call, fastopt call) for every row of the porting table."""
+    rows = []
+    for line in PORTING.read_text(encoding="utf-8").splitlines():
+        if line.startswith("| `torch.optim."):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            torch_call, fastopt_call = (re.fullmatch(r"`([^`]+)`", cell).group(1)
+                                        for cell in cells[:2])
+            rows.append((torch_call, fastopt_call))
+    return rows
+
+
+def test_porting_table_is_found():
+    rows = porting_rows()
+    assert len(rows) >= 17
+    ported = {re.match(r"torch\.optim\.(\w+)", torch_call).group(1) for torch_call, _ in rows}
+    assert ported == set(SINGLE_TENSOR)
+
+
+@pytest.mark.parametrize("row", porting_rows(), ids=[row[0] for row in porting_rows()])
+def test_porting_table(row, float64_default):
+    # Both calls construct, and they give the same params over 20 steps.
+    torch_call, fastopt_call = row
+    rng = np.random.default_rng(1)
+    start = {key: rng.standard_normal(shape) for key, shape in SHAPES.items()}
+    params = {key: value.copy() for key, value in start.items()}
+    tensors = {key: torch.tensor(value) for key, value in start.items()}
+    names = {"torch": torch, "fastopt": fastopt, "params": list(tensors.values()),
+             "matrices": [t for t in tensors.values() if t.ndim > 1],
+             "vectors": [t for t in tensors.values() if t.ndim <= 1]}
+    peer = eval(torch_call, names)
+    ours = eval(fastopt_call, names)
+    assert isinstance(peer, torch.optim.Optimizer)
+    assert isinstance(ours, reference.ReferenceOptimizer)
+    for group in peer.param_groups:   # the single-tensor path, as everywhere in this module
+        group["foreach"] = False
+    worst = 0.0
+    for _ in range(20):
+        grads = {key: rng.standard_normal(np.shape(value)) for key, value in params.items()}
+        ours.update(params, grads)
+        for key, tensor in tensors.items():
+            tensor.grad = torch.tensor(grads[key])
+        peer.step()
+        for key, tensor in tensors.items():
+            worst = max(worst, relative_error(params[key], tensor.detach().numpy()))
+    assert worst <= RTOL, f"{fastopt_call} differs from {torch_call} by {worst:.3g}"
+
+
+def test_porting_state_table_is_state_keys():
+    text = PORTING.read_text(encoding="utf-8")
+    table = text[text.index("| fastopt class |"):]
+    documented = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        classes, ours, theirs = (cell.strip() for cell in line.strip("|").split("|"))
+        pairs = dict(zip(re.findall(r"`(\w+)`", ours), re.findall(r"`(\w+)`", theirs),
+                         strict=True))
+        for name in classes.split(", "):
+            documented[name] = pairs
+    assert documented == {name: keys for name, keys in STATE_KEYS.items() if keys}
