@@ -9,8 +9,15 @@ the same mini-batches: once with fastopt and once with fastopt.reference (the bo
 code). The script asserts that both give identical float64 losses at every step, then
 reports the time spent in update() and the total training time of each.
 
+With --schedule it trains Momentum instead as the lecture notes advise: the learning rate
+decays linearly to 1% of its start (fastopt.schedules.LinearDecay, constant after n), the
+momentum coefficient grows from 0.5 to 0.9 (LinearRamp), and the grads are clipped to a global
+norm of 1 (max_grad_norm); beside it, Momentum with the book's constant lr=0.01, momentum=0.9.
+The picture shows both losses and the two hyperparameters over the steps.
+
     python examples/train_digits.py                    # writes examples/train_digits.png
     python examples/train_digits.py --quick            # 3 epochs, into $TMPDIR/fastopt-examples/
+    python examples/train_digits.py --schedule         # writes examples/train_digits_schedule.png
 
 Needs the examples extra: pip install ".[examples]" (matplotlib, scikit-learn, tqdm).
 """
@@ -21,15 +28,21 @@ import itertools
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 import fastopt
 from fastopt import reference
+from fastopt.schedules import LinearDecay, LinearRamp
 
 OPTIMIZERS = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]  # book defaults
 HIDDEN = [100, 100, 100, 100]
 BATCH_SIZE = 128
+LR_START = 0.1          # --schedule: the notes' lr_0; lr_n = 0.01*lr_0 (LinearDecay's default)
+MOMENTUM_RAMP = (0.5, 0.9)
+MAX_GRAD_NORM = 1.0
 
 
 class Network:
@@ -46,9 +59,11 @@ class Network:
         h = x
         for i in range(1, self.layers):
             h = np.maximum(h @ self.params[f"W{i}"] + self.params[f"b{i}"], 0.0)
-        return h @ self.params[f"W{self.layers}"] + self.params[f"b{self.layers}"]
+        scores: np.ndarray = h @ self.params[f"W{self.layers}"] + self.params[f"b{self.layers}"]
+        return scores
 
-    def loss_and_gradient(self, x: np.ndarray, t: np.ndarray) -> tuple[float, dict]:
+    def loss_and_gradient(self, x: np.ndarray, t: np.ndarray
+                          ) -> tuple[float, dict[str, np.ndarray]]:
         activations = [x]
         for i in range(1, self.layers):
             a = activations[-1] @ self.params[f"W{i}"] + self.params[f"b{i}"]
@@ -75,7 +90,7 @@ class Network:
 
 
 def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
     digits = load_digits()
     x = digits.data.astype(np.float64) / 16.0
@@ -86,24 +101,33 @@ def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     return x[train], t[train], x[test], t[test]
 
 
-def train(module, name: str, data, epochs: int, seed: int, progress: bool) -> dict:
-    """Train one network; return its losses, accuracies and timings."""
-    from tqdm import tqdm
+Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def train(module: ModuleType, name: str, data: Data, epochs: int, seed: int, progress: bool,
+          options: dict[str, Any] | None = None, label: str | None = None) -> dict[str, Any]:
+    """Train one network with ``getattr(module, name)(**options)``; return its losses,
+    accuracies and timings, and with ``options`` the hyperparameters of every step."""
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     x_train, t_train, x_test, t_test = data
     network = Network([x_train.shape[1], *HIDDEN, 10], np.random.default_rng(seed))
-    optimizer = getattr(module, name)()
+    optimizer = getattr(module, name)(**(options or {}))
     batches = np.random.default_rng(seed + 1)
     per_epoch = len(x_train) // BATCH_SIZE
-    losses, epoch_losses, accuracies, update_seconds = [], [], [], []
+    losses, epoch_losses, accuracies, update_seconds, hyperparameters = [], [], [], [], []
     started = time.perf_counter()
-    label = "fastopt" if module is fastopt else "NumPy"
-    bar = tqdm(range(epochs), desc=f"{name:9} {label:7}", disable=not progress, leave=False)
+    label = label or name
+    where = "fastopt" if module is fastopt else "NumPy"
+    bar = tqdm(range(epochs), desc=f"{label:9} {where:7}", disable=not progress, leave=False)
     for _ in bar:
         order = batches.permutation(len(x_train))
         for b in range(per_epoch):
             index = order[b * BATCH_SIZE:(b + 1) * BATCH_SIZE]
             loss, grads = network.loss_and_gradient(x_train[index], t_train[index])
+            if options:
+                # The values this update uses: the schedules at the optimizer's iter.
+                hyperparameters.append(optimizer.hyperparameter_values())
             tick = time.perf_counter()
             optimizer.update(network.params, grads)
             update_seconds.append(time.perf_counter() - tick)
@@ -112,10 +136,11 @@ def train(module, name: str, data, epochs: int, seed: int, progress: bool) -> di
         accuracies.append(network.accuracy(x_test, t_test))
         bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}", acc=f"{accuracies[-1]:.3f}")
     return {"losses": losses, "epoch_losses": epoch_losses, "accuracies": accuracies,
-            "update_seconds": update_seconds, "total_seconds": time.perf_counter() - started}
+            "update_seconds": update_seconds, "total_seconds": time.perf_counter() - started,
+            "hyperparameters": hyperparameters}
 
 
-def draw(results: dict, out: Path, epochs: int) -> None:
+def draw(results: dict[str, Any], out: Path, epochs: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -145,27 +170,118 @@ def draw(results: dict, out: Path, epochs: int) -> None:
     plt.close(figure)
 
 
-def main(argv=None) -> int:
+def scheduled_options(steps: int) -> dict[str, Any]:
+    """--schedule: the notes' linear lr decay over the first 3/4 of the steps (then 1% of the
+    start), the momentum ramp over the first 1/4, and clipping."""
+    return {"lr": LinearDecay(LR_START, max(1, 3 * steps // 4)),
+            "momentum": LinearRamp(*MOMENTUM_RAMP, max(1, steps // 4)),
+            "max_grad_norm": MAX_GRAD_NORM}
+
+
+def compare_schedules(data: Data, epochs: int, seed: int, progress: bool) -> dict[str, Any]:
+    """Momentum with the notes' schedules and clipping, and with the book's constants; each
+    trained by fastopt and by fastopt.reference, which must give identical losses."""
+    steps = epochs * (len(data[0]) // BATCH_SIZE)
+    scheduled = scheduled_options(steps)
+    print(f"Momentum with lr={scheduled['lr']!r},\n"
+          f"         momentum={scheduled['momentum']!r},\n"
+          f"         max_grad_norm={scheduled['max_grad_norm']}; {steps} updates")
+    results = {}
+    for label, options in (("book constants", {"lr": 0.01, "momentum": 0.9}),
+                           ("schedules", scheduled)):
+        runs = {where: train(module, "Momentum", data, epochs, seed, progress, options, label)
+                for where, module in (("fastopt", fastopt), ("numpy", reference))}
+        assert runs["fastopt"]["losses"] == runs["numpy"]["losses"], (
+            f"Momentum with {label}: fastopt's losses differ from fastopt.reference's")
+        assert runs["fastopt"]["hyperparameters"] == runs["numpy"]["hyperparameters"]
+        results[label] = runs
+        print(f"  {label:14} epoch losses " + " ".join(
+            f"{loss:.3f}" for loss in runs["fastopt"]["epoch_losses"][-3:])
+            + f"  test accuracy {runs['fastopt']['accuracies'][-1]:.3f}  (identical losses)")
+    used = results["schedules"]["fastopt"]["hyperparameters"]
+    print(f"  schedules: lr {used[0]['lr']:.4g} -> {used[-1]['lr']:.4g}, "
+          f"momentum {used[0]['momentum']:.4g} -> {used[-1]['momentum']:.4g}")
+    return results
+
+
+def draw_schedules(results: dict[str, Any], out: Path, epochs: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.6))
+    for label, runs in results.items():
+        losses = np.array(runs["fastopt"]["losses"])
+        window = max(1, len(losses) // 60)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        left.plot(np.arange(len(smooth)) + window, smooth, label=f"Momentum, {label}")
+        middle.plot(np.arange(1, epochs + 1), runs["fastopt"]["accuracies"], "o-",
+                    markersize=3, label=f"Momentum, {label}")
+    left.set_yscale("log")
+    left.set_xlabel("iteration (mini-batch of 128)")
+    left.set_ylabel("training loss (moving average)")
+    middle.set_xlabel("epoch")
+    middle.set_ylabel("test accuracy (360 held-out digits)")
+    middle.set_ylim(0, 1)
+    used = results["schedules"]["fastopt"]["hyperparameters"]
+    steps = np.arange(len(used))
+    lr_line, = right.plot(steps, [values["lr"] for values in used], color="tab:blue",
+                          label="lr: LinearDecay (notes), 1% after n")
+    right.set_xlabel("iteration (the optimizer's iter)")
+    right.set_ylabel("lr", color="tab:blue")
+    right.set_ylim(0, None)
+    twin = right.twinx()
+    momentum_line, = twin.plot(steps, [values["momentum"] for values in used],
+                               color="tab:orange", label="momentum: LinearRamp 0.5 -> 0.9")
+    twin.set_ylabel("momentum", color="tab:orange")
+    twin.set_ylim(0, 1)
+    right.legend(handles=[lr_line, momentum_line], fontsize=8, loc="lower left")
+    right.set_title("the schedules' values at each update", fontsize=9)
+    for axis in (left, middle, right):
+        axis.grid(True, alpha=0.3)
+    left.legend(fontsize=8)
+    middle.legend(fontsize=8)
+    figure.suptitle(f"Momentum on scikit-learn's 8x8 digits: the notes' linear lr decay and "
+                    f"momentum ramp with clipping (max_grad_norm={MAX_GRAD_NORM}) against the "
+                    f"book's constants (fastopt; losses identical to fastopt.reference)",
+                    fontsize=10)
+    figure.tight_layout()
+    figure.savefig(out, dpi=90, metadata={"Software": None})
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     here = Path(__file__).resolve().parent
     parser.add_argument("--out", type=Path,
                         help="the PNG to write (default: examples/train_digits.png, or with "
                              "--quick the temporary directory's fastopt-examples/"
-                             "train_digits.png, so the committed picture stays)")
+                             "train_digits.png, so the committed picture stays; with "
+                             "--schedule train_digits_schedule.png in the same place)")
     parser.add_argument("--quick", action="store_true", help="3 epochs instead of 30")
+    parser.add_argument("--schedule", action="store_true",
+                        help="train Momentum with the lecture notes' linear lr decay, their "
+                             "momentum ramp and clipping, against the book's constants")
     parser.add_argument("--epochs", type=int, help="epochs per optimizer (overrides --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = (Path(tempfile.gettempdir()) / "fastopt-examples" if args.quick
-                    else here) / "train_digits.png"
+                    else here) / ("train_digits_schedule.png" if args.schedule
+                                  else "train_digits.png")
     epochs = args.epochs or (3 if args.quick else 30)
 
     data = load_data(args.seed)
     print(f"digits: {len(data[0])} training and {len(data[2])} test images of 8x8; network "
           f"{data[0].shape[1]}-{'-'.join(map(str, HIDDEN))}-10; {epochs} epochs of "
           f"{len(data[0]) // BATCH_SIZE} mini-batches of {BATCH_SIZE}")
+    if args.schedule:
+        results = compare_schedules(data, epochs, args.seed, not args.no_progress)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        draw_schedules(results, args.out, epochs)
+        print(f"wrote {args.out}")
+        return 0
     results = {}
     for name in OPTIMIZERS:
         runs = {label: train(module, name, data, epochs, args.seed, not args.no_progress)

@@ -31,6 +31,7 @@ except ImportError as error:   # pragma: no cover - exercised only without a bui
 import numpy as np
 
 from . import reference as reference  # fastopt.reference, not in __all__
+from . import schedules as schedules  # fastopt.schedules, not in __all__
 from ._base import SlowPathWarning as SlowPathWarning
 from ._settings import get_flush_denormals as get_flush_denormals
 from ._settings import get_num_threads as get_num_threads

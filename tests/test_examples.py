@@ -66,3 +66,24 @@ def test_quick_mode_leaves_the_committed_pictures_alone(tmp_path):
     assert f"wrote {written}" in stdout
     assert written.read_bytes()[:8] == PNG_SIGNATURE
     assert {path: path.read_bytes() for path in committed} == committed
+
+
+def test_train_digits_schedule(tmp_path):
+    """--schedule --quick: the notes' schedules in Momentum, identical losses to
+    fastopt.reference, into the temporary directory; the committed picture stays."""
+    for extra in ("matplotlib", "sklearn", "tqdm"):
+        pytest.importorskip(extra)
+    picture = EXAMPLES / "train_digits_schedule.png"
+    committed = picture.read_bytes() if picture.exists() else None   # (not in the sdist)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    stdout = run("train_digits.py", "--quick", "--schedule", "--no-progress", env=env)
+    assert stdout.count("(identical losses)") == 2
+    # 3 epochs of 11 mini-batches: 33 updates; the decay takes 3/4 of them, the ramp 1/4.
+    assert "lr=LinearDecay(start=0.1, n=24, end=0.001)" in stdout
+    assert "momentum=LinearRamp(start=0.5, end=0.9, n=8)" in stdout
+    assert "max_grad_norm=1.0; 33 updates" in stdout
+    assert "schedules: lr 0.1 -> 0.001, momentum 0.5 -> 0.9" in stdout
+    written = tmp_path / "fastopt-examples" / "train_digits_schedule.png"
+    assert f"wrote {written}" in stdout
+    assert written.read_bytes()[:8] == PNG_SIGNATURE
+    assert (picture.read_bytes() if picture.exists() else None) == committed
