@@ -219,6 +219,11 @@ def _copy_decays(decays: Any) -> Any:
 # Checks. _check_plain: what any checkpoint must be, whatever the optimizer. _plan: whether it
 # fits this optimizer, and the attribute assignments that load it (nothing is set there).
 
+def _differences(what: str, missing: list[str], extra: list[str]) -> str:
+    return ", ".join(([f"missing {what} {missing}"] if missing else [])
+                     + ([f"unknown {what} {extra}"] if extra else []))
+
+
 def _fail(message: str) -> ValueError:
     return ValueError(f"not a usable fastopt checkpoint: {message}")
 
@@ -242,7 +247,7 @@ def _check_plain(state: Mapping[str, Any]) -> None:
     missing = [name for name in _FIELDS if name not in state]
     extra = sorted(str(name) for name in state if name not in allowed)
     if missing or extra:
-        raise _fail(f"missing fields {missing}, unknown fields {extra}")
+        raise _fail(_differences("fields", missing, extra))
     cls = state["class"]
     if (not isinstance(cls, Mapping) or set(cls) != {"module", "qualname"}
             or not all(isinstance(cls[name], str) for name in cls)):
@@ -331,10 +336,12 @@ def _plan(optimizer: reference.ReferenceOptimizer, state: Mapping[str, Any]) -> 
     changes: dict[str, Any] = {}
     checks = optimizer._all_hyperparameters()
     hypers = state["hyperparameters"]
-    if set(hypers) != set(checks) or set(state["options"]) != set(optimizer._options):
-        raise ValueError(f"the checkpoint's hyperparameters {sorted(hypers)} and options "
-                         f"{sorted(state['options'])} are not those of {mine}: "
-                         f"{sorted(checks)} and {sorted(optimizer._options)}")
+    for what, saved_names, names in [("hyperparameters", hypers, checks),
+                                     ("options", state["options"], optimizer._options)]:
+        if set(saved_names) != set(names):
+            raise _fail(f"its {what} are not those of a {mine}: " + _differences(
+                what, [n for n in names if n not in saved_names],
+                sorted(n for n in saved_names if n not in names)))
     for name, check in checks.items():
         value = hypers[name]
         if _is_number(value):
@@ -428,9 +435,9 @@ def _check_against_existing(optimizer: reference.ReferenceOptimizer, name: str,
 def _float(name: str, value: Any) -> float:
     """A number of the checkpoint as a float; ValueError for an int too large for one."""
     try:
-        return reference.to_float(name, value)
-    except (TypeError, ValueError) as error:
-        raise _fail(str(error)) from None
+        return float(value)
+    except OverflowError:
+        raise _fail(f"{name} is an int too large for a float") from None
 
 
 def _rebuild_schedule(name: str, described: Mapping[str, Any]) -> Callable[[int], float]:
@@ -609,6 +616,9 @@ def _read(stream: IO[bytes], name: str) -> dict[str, Any]:
     magic = stream.read(6)
     stream.seek(start)
     if magic[:2] != b"PK":
+        if magic and b"PK\x03\x04".startswith(magic):
+            raise ValueError(f"{name} is a truncated .npz file ({len(magic)} bytes), not a "
+                             f"loadable fastopt checkpoint")
         what = ("a .npy file (one array)" if magic == b"\x93NUMPY"
                 else "a pickle" if magic[:1] == b"\x80"
                 else "empty" if not magic else f"not an .npz file (it starts with {magic!r})")
@@ -641,7 +651,7 @@ def _read_archive(archive: zipfile.ZipFile, name: str) -> dict[str, Any]:
         raise ValueError(f"{name} is not a fastopt checkpoint: its '{_METADATA}' record is "
                          f"not a JSON object")
     if record.get("format") != FORMAT or record.get("version") != VERSION:
-        _check_plain(record)   # the format and version messages
+        _check_plain_in(record, name)   # the format and version messages
     if not isinstance(record.get("state"), dict):
         raise _fail(f"{name}'s 'state' must map state names to their descriptions")
     state: dict[str, Any] = {}
@@ -667,8 +677,16 @@ def _read_archive(archive: zipfile.ZipFile, name: str) -> dict[str, Any]:
                          f"a fastopt checkpoint holds only its metadata and state arrays")
     record["state"] = state
     record["decays"] = _decode_decays(record.get("decays"))
-    _check_plain(record)
+    _check_plain_in(record, name)
     return record
+
+
+def _check_plain_in(record: dict[str, Any], name: str) -> None:
+    """``_check_plain``, its message starting with the file's name."""
+    try:
+        _check_plain(record)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
