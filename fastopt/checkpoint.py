@@ -198,9 +198,14 @@ def _copy_container(container: Any, name: str) -> Any:
                     f"or a list of arrays")
 
 
+def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """``dtype`` in native byte order: a file may hold either order, state is native."""
+    return dtype.newbyteorder("=")
+
+
 def _copy_array(value: Any, where: str) -> np.ndarray[Any, Any]:
     array = np.asarray(value)
-    if array.dtype not in _FLOAT_DTYPES:
+    if _native(array.dtype) not in _FLOAT_DTYPES:
         raise TypeError(f"state {where} has dtype {array.dtype}; a checkpoint holds float16, "
                         f"float32 or float64 arrays")
     # Native byte order, C order, writeable and owned: what fastopt's own state arrays are.
@@ -300,11 +305,12 @@ def _check_plain(state: Mapping[str, Any]) -> None:
             where = f"state {name}[{key!r}]"
             if not isinstance(array, np.ndarray):
                 raise _fail(f"{where} is a {type(array).__name__}; expected an ndarray")
-            if array.dtype not in _FLOAT_DTYPES:
+            if _native(array.dtype) not in _FLOAT_DTYPES:
                 raise _fail(f"{where} has dtype {array.dtype}; a checkpoint holds float16, "
                             f"float32 or float64 arrays")
             first = entries.setdefault(key, (name, array))
-            if (first[1].shape, first[1].dtype) != (array.shape, array.dtype):
+            if ((first[1].shape, _native(first[1].dtype))
+                    != (array.shape, _native(array.dtype))):
                 raise _fail(f"{where} has shape {array.shape} and dtype {array.dtype}, but "
                             f"state {first[0]}[{key!r}] has shape {first[1].shape} and dtype "
                             f"{first[1].dtype}; the state of one param must agree")
@@ -760,7 +766,7 @@ def _read_member(archive: zipfile.ZipFile, member: str, name: str) -> Any:
             if dtype.kind != "U" or shape != ():
                 raise ValueError(f"{where} is an array of dtype {dtype} and shape {shape}; "
                                  f"expected a 0-d unicode array holding JSON")
-        elif dtype not in _FLOAT_DTYPES or dtype.fields is not None:
+        elif _native(dtype) not in _FLOAT_DTYPES:
             raise ValueError(f"{where} has dtype {dtype}; a checkpoint holds float16, float32 "
                              f"or float64 arrays")
         size = math.prod(shape) * dtype.itemsize

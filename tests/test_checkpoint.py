@@ -617,6 +617,20 @@ def test_numpy_reads_the_file_without_pickle(good):
     assert_same_bits(array, optimizer.v_max["b"])
 
 
+def test_compressed_and_big_endian_members_load(good, tmp_path):
+    # What np.savez_compressed or another machine might write: the same numbers.
+    path, optimizer = good
+    members = _members(path)
+    members["state.m.0.npy"] = _npy(optimizer.m["W"].astype(">f4"))
+    with zipfile.ZipFile(tmp_path / "other.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    loaded = fastopt.load(tmp_path / "other.npz")
+    assert loaded["state"]["m"]["W"].dtype == np.float32   # native order again
+    assert_same_bits(loaded["state"]["m"]["W"], optimizer.m["W"])
+    assert_same_bits(loaded["state"]["v_max"]["c"], optimizer.v_max["c"])
+
+
 def test_save_writes_the_path_as_named(tmp_path):
     fastopt.save(str(tmp_path / "checkpoint"), fastopt.SGD())
     assert sorted(os.listdir(tmp_path)) == ["checkpoint"]
