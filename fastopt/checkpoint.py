@@ -261,7 +261,8 @@ def _check_plain(state: Mapping[str, Any]) -> None:
     if not isinstance(hypers, Mapping) or not all(isinstance(name, str) for name in hypers):
         raise _fail(f"'hyperparameters' must map names to values; got {hypers!r}")
     for name, value in hypers.items():
-        if _is_number(value) or value == {"user_schedule": True}:
+        if _is_number(value) or (isinstance(value, Mapping)
+                                 and dict(value) == {"user_schedule": True}):
             continue
         if (isinstance(value, Mapping) and set(value) == {"schedule"}
                 and isinstance(value["schedule"], Mapping)
@@ -431,8 +432,8 @@ def _check_against_existing(optimizer: reference.ReferenceOptimizer, name: str,
             mine = existing[key]
         else:
             continue
-        shape, dtype = np.shape(mine), np.asarray(mine).dtype
-        if (array.shape, array.dtype) != (shape, dtype):
+        shape, dtype = np.shape(mine), _native(np.asarray(mine).dtype)
+        if (array.shape, _native(array.dtype)) != (shape, dtype):
             raise ValueError(f"the checkpoint's state {name}[{key!r}] has shape {array.shape} "
                              f"and dtype {array.dtype}, but this optimizer's has shape {shape} "
                              f"and dtype {dtype}; the checkpoint is of another model")

@@ -899,6 +899,37 @@ def test_load_state_dict_takes_a_mapping():
         fastopt.SGD().load_state_dict([("format", "fastopt-checkpoint")])
 
 
+def test_hand_made_state_dicts_are_checked_too():
+    # load_state_dict trusts a dict no more than a file.
+    optimizer, _, _ = _trained(("Momentum", {}))
+    good = optimizer.state_dict()
+    target = fastopt.Momentum()
+    for change, message in [
+            (lambda d: d["hyperparameters"].update(lr=np.ones(2)), "hyperparameter 'lr' is"),
+            (lambda d: d["state"]["v"].update(W=[[1.0]]), r"state v\['W'\] is a list"),
+            (lambda d: d["state"]["v"].update(W=np.ones((4, 3), object)), "dtype object"),
+            (lambda d: d["state"].update(v=(np.ones(2),)), "state 'v' is a tuple"),
+            (lambda d: d.update(decays={"W": 1}), "'decays' must hold True or False"),
+            (lambda d: d["class"].update(module=None), "'class' must be")]:
+        state = copy.deepcopy(good)
+        change(state)
+        before = pickle.dumps(target)
+        with pytest.raises(ValueError, match=message):
+            target.load_state_dict(state)
+        assert pickle.dumps(target) == before
+
+
+def test_big_endian_state_in_memory_fits_native_state():
+    optimizer, params, _ = _trained(("Momentum", {}))
+    state = optimizer.state_dict()
+    state["state"]["v"] = {k: v.astype(v.dtype.newbyteorder(">")) for k, v in
+                           state["state"]["v"].items()}
+    twin = copy.deepcopy(optimizer)
+    twin.load_state_dict(state)   # its existing state is native float64 of the same shapes
+    assert twin.v["W"].dtype.isnative
+    _assert_same_future(optimizer, copy.deepcopy(params), twin, params)
+
+
 def test_an_unusable_optimizer_is_not_saved(tmp_path):
     optimizer = fastopt.Adam()
     optimizer.beta1 = 1.5
