@@ -545,6 +545,37 @@ class ReferenceOptimizer:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    # --- checkpoints: the logic is in fastopt/checkpoint.py --------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this optimizer needs to continue exactly, as plain data (copies).
+
+        Returns
+        -------
+        dict
+            Format name and version, class, hyperparameters (fastopt's schedules as their
+            ``to_dict()``; a schedule of your own is only marked), options, ``iter`` and the
+            state arrays by key or position. See ``fastopt.checkpoint``; ``fastopt.save``
+            writes it to a file.
+        """
+        from . import checkpoint
+        return checkpoint.state_dict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Check ``state`` (from ``state_dict()`` or ``fastopt.load``), then continue from it.
+
+        Works before the first update. Schedules of your own and ``weight_decay_filter`` are
+        not in a checkpoint: pass them to the constructor again before loading.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` is of another class or version, malformed, or does not fit this
+            optimizer's existing state; the message names what differs, and nothing changes.
+        """
+        from . import checkpoint
+        checkpoint.load_state_dict(self, state)
+
 
 def _same(value: Any, default: Any) -> bool:
     try:

@@ -1,0 +1,785 @@
+"""Checkpoints: an optimizer's state as plain data, and as one ``.npz`` file.
+
+``opt.state_dict()`` returns everything an optimizer needs to continue exactly where it was;
+``opt.load_state_dict(state)`` checks all of it against the optimizer first and then takes it,
+or raises and changes nothing. ``fastopt.save(path, opt)`` writes the same data as one
+``.npz`` file, atomically; ``fastopt.load(path)`` reads it back as the plain dict that
+``load_state_dict`` takes. Loading never runs code from the file: no pickle, no import, no
+lookup of a class or function by a name the file gives.
+
+The state dict (``state_dict()``; every value a copy, nothing shared with the optimizer)::
+
+    {"format": "fastopt-checkpoint", "version": 1,
+     "class": {"module": "fastopt.optimizers", "qualname": "Adam"},
+     "hyperparameters": {"lr": 0.001, ...},     # every float hyperparameter, see below
+     "options": {"amsgrad": False, ...},        # every boolean option
+     "max_grad_norm": None,                     # or a float
+     "weight_decay_filter": False,              # True: a callable of yours was set (not saved)
+     "iter": 10,                                # updates so far
+     "mu_product": 0.53,                        # NAdam only: its running product of mu
+     "state": {"m": {"W1": array, ...}, "v": ...},   # each state attribute: None, or a dict
+                                                     # by key or a list by position of arrays
+     "decays": None}                            # or weight_decay_filter's answer per key
+
+A hyperparameter is saved as a float; a schedule of ``fastopt.schedules`` as
+``{"schedule": schedule.to_dict()}``, rebuilt on load by ``fastopt.schedules.from_dict``; a
+schedule of your own (any other callable) as ``{"user_schedule": True}``: it is not saved, and
+the optimizer that loads the checkpoint must already hold a callable for that hyperparameter
+(``Adam(lr=your_schedule)``), which it keeps. Likewise ``weight_decay_filter``: its answers for
+the keys seen so far are saved (``decays``), the callable is not, and must be passed again.
+Everything else in the checkpoint replaces what the optimizer had: hyperparameters, options,
+``max_grad_norm``, ``iter`` and the state (keys the checkpoint does not have get zero state at
+their first update, as new keys always do).
+
+The file is an ordinary ``.npz`` (``np.load(path, allow_pickle=False)`` reads it): a member
+``metadata``, a 0-d unicode array holding the state dict above as JSON, with each state
+container replaced by its description (``{"container": "dict", "keys": [...]}`` or
+``{"container": "list", "length": n}``) and ``decays`` by ``{"container": "dict", "keys":
+[...], "values": [...]}`` or ``{"container": "list", "values": [...]}``; then one member per
+state array, ``state.<name>.<i>`` for the ``i``-th entry of state ``name`` (float16, float32 or
+float64, as the optimizer holds it). Keys must be str or int to be saved.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import math
+import operator
+import os
+import uuid
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+import numpy as np
+
+from . import reference
+
+__all__ = ["FORMAT", "VERSION", "load", "load_state_dict", "save", "state_dict"]
+
+#: The ``format`` field of every fastopt checkpoint.
+FORMAT = "fastopt-checkpoint"
+#: The version this fastopt writes and reads.
+VERSION = 1
+
+_METADATA = "metadata"
+_FLOAT_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+# Float state kept beside the arrays, by attribute name, on the classes that have it.
+_SCALAR_STATE = ("mu_product",)
+_FIELDS = ("format", "version", "class", "hyperparameters", "options", "max_grad_norm",
+           "weight_decay_filter", "iter", "state", "decays")
+_SCHEDULES = "fastopt.schedules"
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimizer's side: state_dict and load_state_dict.
+
+def state_dict(optimizer: reference.ReferenceOptimizer) -> dict[str, Any]:
+    """``optimizer``'s state as plain data (``optimizer.state_dict()``).
+
+    Parameters
+    ----------
+    optimizer : fastopt or fastopt.reference optimizer
+
+    Returns
+    -------
+    dict
+        The checkpoint described in this module's docstring. Arrays are copies.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If a hyperparameter, option or ``max_grad_norm`` is not one the optimizer could
+        update with (such a checkpoint could not be loaded).
+    """
+    with optimizer._lock:
+        cls = type(optimizer)
+        checks = optimizer._all_hyperparameters()
+        state: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "class": {"module": cls.__module__, "qualname": cls.__qualname__},
+            "hyperparameters": {name: _encode_hyperparameter(name, getattr(optimizer, name),
+                                                             check)
+                                for name, check in checks.items()},
+            "options": {name: reference.check_option(name, getattr(optimizer, name))
+                        for name in optimizer._options},
+            "max_grad_norm": _max_grad_norm(optimizer.max_grad_norm),
+            "weight_decay_filter": optimizer.weight_decay_filter is not None,
+            "iter": _step_count(optimizer.iter),
+        }
+        for name in _SCALAR_STATE:
+            if name in vars(optimizer):
+                state[name] = reference.to_float(name, getattr(optimizer, name))
+        state["state"] = {name: _copy_container(getattr(optimizer, name), name)
+                          for name in optimizer.state_names}
+        state["decays"] = _copy_decays(optimizer._decays)
+        _check_plain(state)   # what load_state_dict would refuse, refused now
+        return state
+
+
+def load_state_dict(optimizer: reference.ReferenceOptimizer, state: Mapping[str, Any]) -> None:
+    """Check ``state`` against ``optimizer``, then make it the optimizer's state
+    (``optimizer.load_state_dict(state)``).
+
+    Parameters
+    ----------
+    optimizer : fastopt or fastopt.reference optimizer
+        Of exactly the class that saved ``state``; it may be new (no update yet).
+    state : dict
+        From ``state_dict()`` or ``fastopt.load``; its arrays are copied, not shared.
+
+    Raises
+    ------
+    TypeError
+        If ``state`` is not a mapping.
+    ValueError
+        If anything in ``state`` is malformed or does not fit ``optimizer``: another class,
+        format or version, unknown or missing fields, a hyperparameter out of range, a
+        schedule of your own that ``optimizer`` does not hold (pass it again to the
+        constructor), state arrays that are not float16/32/64 or whose shape or dtype differs
+        from the state ``optimizer`` already keeps. Nothing is changed then.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"load_state_dict takes the dict that state_dict() or fastopt.load() "
+                        f"returns; got {type(state).__name__}")
+    with optimizer._lock:
+        _check_plain(state)
+        changes = _plan(optimizer, state)
+        for name, value in changes.items():   # plain assignments: nothing here can fail
+            setattr(optimizer, name, value)
+
+
+def _encode_hyperparameter(name: str, value: Any, check: reference.Check) -> Any:
+    if not callable(value):
+        number = reference.to_float(name, value)
+        check(name, number, "")
+        return number
+    to_dict = getattr(value, "to_dict", None)
+    if type(value).__module__ == _SCHEDULES and callable(to_dict):
+        described = to_dict()
+        try:   # a deep copy that is also proof of plain data
+            plain = json.loads(json.dumps(described, allow_nan=True))
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name}'s schedule {value!r}: to_dict() returned {described!r}, "
+                            f"which is not plain data ({error})") from None
+        return {"schedule": plain}
+    return {"user_schedule": True}
+
+
+def _max_grad_norm(value: Any) -> float | None:
+    if value is None:
+        return None
+    norm = reference.to_float("max_grad_norm", value)
+    if not norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0 (or None); got {norm!r}")
+    return norm
+
+
+def _step_count(value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"iter must be an int >= 0; got {value!r}")
+    count = operator.index(value)
+    if count < 0:
+        raise ValueError(f"iter must be an int >= 0; got {count}")
+    return count
+
+
+def _copy_container(container: Any, name: str) -> Any:
+    if container is None:
+        return None
+    if isinstance(container, dict):
+        return {key: _copy_array(value, f"{name}[{key!r}]") for key, value in container.items()}
+    if isinstance(container, list):
+        return [_copy_array(value, f"{name}[{index}]") for index, value in enumerate(container)]
+    raise TypeError(f"state {name!r} is a {type(container).__name__}; expected None, a dict "
+                    f"or a list of arrays")
+
+
+def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """``dtype`` in native byte order: a file may hold either order, state is native."""
+    return dtype.newbyteorder("=")
+
+
+def _copy_array(value: Any, where: str) -> np.ndarray[Any, Any]:
+    array = np.asarray(value)
+    if _native(array.dtype) not in _FLOAT_DTYPES:
+        raise TypeError(f"state {where} has dtype {array.dtype}; a checkpoint holds float16, "
+                        f"float32 or float64 arrays")
+    # Native byte order, C order, writeable and owned: what fastopt's own state arrays are.
+    return np.array(array, dtype=array.dtype.newbyteorder("="), order="C", copy=True)
+
+
+def _copy_decays(decays: Any) -> Any:
+    if decays is None:
+        return None
+    if isinstance(decays, dict):
+        return {key: bool(value) for key, value in decays.items()}
+    return [bool(value) for value in decays]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks. _check_plain: what any checkpoint must be, whatever the optimizer. _plan: whether it
+# fits this optimizer, and the attribute assignments that load it (nothing is set there).
+
+def _differences(what: str, missing: list[str], extra: list[str]) -> str:
+    return ", ".join(([f"missing {what} {missing}"] if missing else [])
+                     + ([f"unknown {what} {extra}"] if extra else []))
+
+
+def _fail(message: str) -> ValueError:
+    return ValueError(f"not a usable fastopt checkpoint: {message}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_plain(state: Mapping[str, Any]) -> None:
+    """Raise ValueError unless ``state`` is a well-formed checkpoint of this version."""
+    if state.get("format") != FORMAT:
+        raise ValueError(f"not a fastopt checkpoint: its 'format' is {state.get('format')!r}; "
+                         f"expected {FORMAT!r}")
+    version = state.get("version")
+    if type(version) is not int or version != VERSION:
+        newer = type(version) is int and version > VERSION
+        raise ValueError(f"fastopt checkpoint of version {version!r}; this fastopt reads "
+                         f"version {VERSION}" + (" (the file is from a newer fastopt)"
+                                                 if newer else ""))
+    allowed = {*_FIELDS, *_SCALAR_STATE}
+    missing = [name for name in _FIELDS if name not in state]
+    extra = sorted(str(name) for name in state if name not in allowed)
+    if missing or extra:
+        raise _fail(_differences("fields", missing, extra))
+    cls = state["class"]
+    if (not isinstance(cls, Mapping) or set(cls) != {"module", "qualname"}
+            or not all(isinstance(cls[name], str) for name in cls)):
+        raise _fail(f"'class' must be {{'module': str, 'qualname': str}}; got {cls!r}")
+    hypers = state["hyperparameters"]
+    if not isinstance(hypers, Mapping) or not all(isinstance(name, str) for name in hypers):
+        raise _fail(f"'hyperparameters' must map names to values; got {hypers!r}")
+    for name, value in hypers.items():
+        if _is_number(value) or (isinstance(value, Mapping)
+                                 and dict(value) == {"user_schedule": True}):
+            continue
+        if (isinstance(value, Mapping) and set(value) == {"schedule"}
+                and isinstance(value["schedule"], Mapping)
+                and isinstance(value["schedule"].get("type"), str)):
+            continue
+        raise _fail(f"hyperparameter {name!r} is {value!r}; expected a number, "
+                    f"{{'schedule': {{'type': ..., ...}}}} or {{'user_schedule': True}}")
+    options = state["options"]
+    if (not isinstance(options, Mapping)
+            or not all(isinstance(n, str) and type(v) is bool for n, v in options.items())):
+        raise _fail(f"'options' must map names to True or False; got {options!r}")
+    if state["max_grad_norm"] is not None and not _is_number(state["max_grad_norm"]):
+        raise _fail(f"'max_grad_norm' must be a number or None; got {state['max_grad_norm']!r}")
+    if type(state["weight_decay_filter"]) is not bool:
+        raise _fail(f"'weight_decay_filter' must be True or False; got "
+                    f"{state['weight_decay_filter']!r}")
+    if type(state["iter"]) is not int or state["iter"] < 0:
+        raise _fail(f"'iter' must be an int >= 0; got {state['iter']!r}")
+    for name in _SCALAR_STATE:
+        if name in state and not _is_number(state[name]):
+            raise _fail(f"{name!r} must be a number; got {state[name]!r}")
+    containers = state["state"]
+    if not isinstance(containers, Mapping) or not all(isinstance(n, str) for n in containers):
+        raise _fail(f"'state' must map state names to None, a dict or a list; got "
+                    f"{type(containers).__name__}")
+    kinds: dict[str, type] = {}
+    entries: dict[Any, tuple[str, np.ndarray[Any, Any]]] = {}   # key -> first state's array
+    for name, container in containers.items():
+        if container is None:
+            continue
+        if isinstance(container, Mapping):
+            kinds[name] = dict
+            items = list(container.items())
+        elif isinstance(container, list):
+            kinds[name] = list
+            items = list(enumerate(container))
+        else:
+            raise _fail(f"state {name!r} is a {type(container).__name__}; expected None, a "
+                        f"dict or a list of arrays")
+        for key, array in items:
+            where = f"state {name}[{key!r}]"
+            if not isinstance(array, np.ndarray):
+                raise _fail(f"{where} is a {type(array).__name__}; expected an ndarray")
+            if _native(array.dtype) not in _FLOAT_DTYPES:
+                raise _fail(f"{where} has dtype {array.dtype}; a checkpoint holds float16, "
+                            f"float32 or float64 arrays")
+            first = entries.setdefault(key, (name, array))
+            if ((first[1].shape, _native(first[1].dtype))
+                    != (array.shape, _native(array.dtype))):
+                raise _fail(f"{where} has shape {array.shape} and dtype {array.dtype}, but "
+                            f"state {first[0]}[{key!r}] has shape {first[1].shape} and dtype "
+                            f"{first[1].dtype}; the state of one param must agree")
+    decays = state["decays"]
+    if decays is not None:
+        if isinstance(decays, Mapping):
+            kinds["decays"] = dict
+            values = list(decays.values())
+        elif isinstance(decays, list):
+            kinds["decays"] = list
+            values = decays
+        else:
+            raise _fail(f"'decays' must be None, a dict or a list; got {type(decays).__name__}")
+        if not all(type(value) is bool for value in values):
+            raise _fail("'decays' must hold True or False for each key")
+    if len(set(kinds.values())) > 1:
+        by = {name: "by key" if kind is dict else "by position" for name, kind in kinds.items()}
+        raise _fail(f"state kept partly by key and partly by position: {by}")
+
+
+def _plan(optimizer: reference.ReferenceOptimizer, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The attribute assignments that load ``state`` into ``optimizer``, or a ValueError."""
+    cls = type(optimizer)
+    saved = f"{state['class']['module']}.{state['class']['qualname']}"
+    mine = f"{cls.__module__}.{cls.__qualname__}"
+    if saved != mine:
+        raise ValueError(f"the checkpoint is of class {saved}, but this optimizer is a {mine}; "
+                         f"load it into a {saved}")
+    changes: dict[str, Any] = {}
+    checks = optimizer._all_hyperparameters()
+    hypers = state["hyperparameters"]
+    for what, saved_names, names in [("hyperparameters", hypers, checks),
+                                     ("options", state["options"], optimizer._options)]:
+        if set(saved_names) != set(names):
+            raise _fail(f"its {what} are not those of a {mine}: " + _differences(
+                what, [n for n in names if n not in saved_names],
+                sorted(n for n in saved_names if n not in names)))
+    for name, check in checks.items():
+        value = hypers[name]
+        if _is_number(value):
+            number = _float(name, value)
+            try:
+                check(name, number, " (in the checkpoint)")
+            except ValueError as error:
+                raise _fail(str(error)) from None
+            changes[name] = number
+        elif "schedule" in value:
+            changes[name] = _rebuild_schedule(name, value["schedule"])
+        elif not callable(getattr(optimizer, name)):
+            raise ValueError(f"{name} was a schedule of your own when saved; pass it again: "
+                             f"{cls.__name__}({name}=your_schedule) before load_state_dict")
+    changes.update(state["options"])
+    if state["max_grad_norm"] is None:
+        changes["max_grad_norm"] = None
+    else:
+        changes["max_grad_norm"] = _float("max_grad_norm", state["max_grad_norm"])
+        if not changes["max_grad_norm"] > 0:
+            raise _fail(f"max_grad_norm must be > 0 (or None); got {state['max_grad_norm']!r}")
+    if not state["weight_decay_filter"]:
+        changes["weight_decay_filter"] = None
+    elif not callable(optimizer.weight_decay_filter):
+        raise ValueError(f"weight_decay_filter was a callable of your own when saved; pass it "
+                         f"again: {cls.__name__}(weight_decay_filter=your_filter) before "
+                         f"load_state_dict")
+    changes["iter"] = state["iter"]
+    for name in _SCALAR_STATE:
+        if (name in state) != (name in vars(optimizer)):
+            has = "has" if name in state else "has no"
+            raise _fail(f"it {has} {name!r}, which a {mine} " + (
+                "does not keep" if name in state else "keeps"))
+        if name in state:
+            changes[name] = _float(name, state[name])
+
+    # Which state the optimizer keeps depends on its options (and on RMSprop's momentum):
+    # ask a shallow copy with the checkpoint's settings.
+    candidate = copy.copy(optimizer)
+    for name, value in changes.items():
+        setattr(candidate, name, value)
+    names = candidate.state_names
+    if set(state["state"]) != set(names):
+        raise _fail(f"it holds state {sorted(state['state'])}, but a {mine} with its options "
+                    f"keeps {sorted(names)}")
+    for name in names:
+        container = state["state"][name]
+        _check_against_existing(optimizer, name, container)
+        if isinstance(container, Mapping):
+            changes[name] = {key: _copy_array(value, f"{name}[{key!r}]")
+                             for key, value in container.items()}
+        elif container is not None:
+            changes[name] = [_copy_array(value, f"{name}[{key}]")
+                             for key, value in enumerate(container)]
+        else:
+            changes[name] = None
+    for name in optimizer.state_names:
+        if name not in names:
+            changes[name] = None   # as the constructor leaves a state the options do not use
+    changes["_decays"] = _copy_decays(state["decays"])
+    return changes
+
+
+def _check_against_existing(optimizer: reference.ReferenceOptimizer, name: str,
+                            container: Any) -> None:
+    """Where ``optimizer`` already keeps state ``name``, the checkpoint's must fit it."""
+    existing = getattr(optimizer, name) if name in optimizer.state_names else None
+    if existing is None or container is None:
+        return
+    if isinstance(existing, dict) != isinstance(container, Mapping):
+        kept = "by key (a dict)" if isinstance(existing, dict) else "by position (a list)"
+        raise ValueError(f"this optimizer keeps state {name!r} {kept}, but the checkpoint "
+                         f"does not; its params were passed as another kind of container")
+    items = container.items() if isinstance(container, Mapping) else enumerate(container)
+    for key, array in items:
+        if isinstance(existing, dict):
+            if key not in existing:
+                continue
+            mine = existing[key]
+        elif key < len(existing):
+            mine = existing[key]
+        else:
+            continue
+        shape, dtype = np.shape(mine), _native(np.asarray(mine).dtype)
+        if (array.shape, _native(array.dtype)) != (shape, dtype):
+            raise ValueError(f"the checkpoint's state {name}[{key!r}] has shape {array.shape} "
+                             f"and dtype {array.dtype}, but this optimizer's has shape {shape} "
+                             f"and dtype {dtype}; the checkpoint is of another model")
+
+
+def _float(name: str, value: Any) -> float:
+    """A number of the checkpoint as a float; ValueError for an int too large for one."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise _fail(f"{name} is an int too large for a float") from None
+
+
+def _rebuild_schedule(name: str, described: Mapping[str, Any]) -> Callable[[int], float]:
+    """A schedule of fastopt.schedules from its ``to_dict()``; ValueError if it cannot be."""
+    try:
+        schedules = importlib.import_module(_SCHEDULES)
+    except ImportError:
+        raise ValueError(f"{name} was a {described.get('type')!r} schedule of "
+                         f"{_SCHEDULES}, which this fastopt does not have") from None
+    try:
+        schedule = schedules.from_dict(dict(described))
+    except (TypeError, ValueError, KeyError) as error:
+        raise _fail(f"{name}'s schedule {dict(described)!r} cannot be rebuilt: "
+                    f"{error}") from None
+    if not callable(schedule):
+        raise _fail(f"{name}'s schedule rebuilt as {schedule!r}, which is not callable")
+    result: Callable[[int], float] = schedule
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Files.
+
+def _encode_key(key: Any, where: str) -> str | int:
+    if isinstance(key, str):
+        return str(key)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        return int(key)
+    raise TypeError(f"{where}: key {key!r} ({type(key).__name__}) cannot be saved; a "
+                    f"checkpoint file keeps params by str or int keys")
+
+
+def _to_members(state: Mapping[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
+    """The ``.npz`` members of a checked state dict: metadata first, then the arrays."""
+    record = {name: value for name, value in state.items() if name not in ("state", "decays")}
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    described: dict[str, Any] = {}
+    for name, container in state["state"].items():
+        if container is None:
+            described[name] = None
+            continue
+        if isinstance(container, Mapping):
+            described[name] = {"container": "dict",
+                               "keys": [_encode_key(key, f"state {name!r}")
+                                        for key in container]}
+            values = list(container.values())
+        else:
+            described[name] = {"container": "list", "length": len(container)}
+            values = list(container)
+        for index, array in enumerate(values):
+            arrays[f"state.{name}.{index}"] = array
+    record["state"] = described
+    decays = state["decays"]
+    if isinstance(decays, Mapping):
+        record["decays"] = {"container": "dict",
+                            "keys": [_encode_key(key, "decays") for key in decays],
+                            "values": list(decays.values())}
+    elif decays is not None:
+        record["decays"] = {"container": "list", "values": list(decays)}
+    else:
+        record["decays"] = None
+    text = json.dumps(record, allow_nan=True)
+    return {_METADATA: np.array(text), **arrays}
+
+
+def save(file: str | os.PathLike[str], optimizer: reference.ReferenceOptimizer) -> None:
+    """Write ``optimizer``'s checkpoint to ``file``, one ``.npz``, atomically.
+
+    The data is written to a temporary file in the same directory, flushed and fsynced, then
+    renamed over ``file`` (``os.replace``): a crash or an error during the save leaves any
+    previous ``file`` whole (a crash may leave the temporary ``.<name>.<random>.tmp`` behind).
+    ``file`` is written as named: no ``.npz`` suffix is added.
+
+    Parameters
+    ----------
+    file : str or os.PathLike
+        Where to write. A path, not an open file (the rename needs one).
+    optimizer : fastopt or fastopt.reference optimizer
+
+    Raises
+    ------
+    TypeError
+        If ``file`` is not a path, or a param key is not a str or int.
+    OSError
+        If the file cannot be written; ``file`` is then unchanged.
+
+    Notes
+    -----
+    Hyperparameters that are schedules of your own (and ``weight_decay_filter``) are not
+    saved: pass them again to the constructor of the optimizer you load the file into.
+    ``np.load(file, allow_pickle=False)`` reads the file; see ``fastopt.checkpoint``.
+    """
+    if not isinstance(file, (str, os.PathLike)) or isinstance(os.fspath(file), bytes):
+        raise TypeError(f"fastopt.save writes to a path (str or os.PathLike), where it can "
+                        f"replace the file atomically; got {type(file).__name__}")
+    path = os.path.abspath(os.fspath(file))
+    members: dict[str, Any] = _to_members(optimizer.state_dict())
+    directory, base = os.path.split(path)
+    temporary, descriptor = _create_temporary(directory, base)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            np.savez(stream, **members)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.remove(temporary)
+        except OSError:
+            pass
+        raise
+    _sync_directory(directory)
+
+
+def _create_temporary(directory: str, base: str) -> tuple[str, int]:
+    """A new file beside the target (mode 0o666 less the umask, as ``open`` gives)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        temporary = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:16]}.tmp")
+        try:
+            return temporary, os.open(temporary, flags, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {directory!r}")
+
+
+def _sync_directory(directory: str) -> None:
+    """Make the rename durable (POSIX); a file system that cannot is not an error."""
+    if os.name != "posix":
+        return
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def load(file: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+    """Read a checkpoint that ``fastopt.save`` wrote, as the dict ``load_state_dict`` takes.
+
+    Every member is checked before any array is read: the file must be a ``.npz`` holding a
+    fastopt ``metadata`` record of this version and exactly the float arrays it names. No
+    pickle is ever loaded and no code from the file runs.
+
+    Parameters
+    ----------
+    file : str, os.PathLike or binary file object (readable and seekable)
+
+    Returns
+    -------
+    dict
+        The state dict (see ``fastopt.checkpoint``); pass it to ``opt.load_state_dict``.
+
+    Raises
+    ------
+    ValueError
+        If the file is truncated, damaged, not a fastopt checkpoint, of another version, or
+        holds anything but what its metadata names (an object array, a pickle, an extra or a
+        missing member, an array of another dtype). The message says which.
+    OSError
+        If the file cannot be opened (FileNotFoundError, PermissionError, ...).
+    """
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as stream:
+            return _read(stream, repr(os.fspath(file)))
+    return _read(file, "the file")
+
+
+def _read(stream: IO[bytes], name: str) -> dict[str, Any]:
+    start = stream.tell()
+    magic = stream.read(6)
+    stream.seek(start)
+    if magic[:2] != b"PK":
+        if magic and b"PK\x03\x04".startswith(magic):
+            raise ValueError(f"{name} is a truncated .npz file ({len(magic)} bytes), not a "
+                             f"loadable fastopt checkpoint")
+        what = ("a .npy file (one array)" if magic == b"\x93NUMPY"
+                else "a pickle" if magic[:1] == b"\x80"
+                else "empty" if not magic else f"not an .npz file (it starts with {magic!r})")
+        raise ValueError(f"{name} is not a fastopt checkpoint: it is {what}")
+    try:
+        with zipfile.ZipFile(stream) as archive:
+            return _read_archive(archive, name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnicodeDecodeError,
+            NotImplementedError) as error:
+        # OSError here is a short or failing read of an open file: a damaged file.
+        raise ValueError(f"{name} is a damaged or truncated .npz file, not a loadable "
+                         f"fastopt checkpoint ({type(error).__name__}: {error})") from None
+
+
+def _read_archive(archive: zipfile.ZipFile, name: str) -> dict[str, Any]:
+    members = archive.namelist()
+    if len(set(members)) != len(members):
+        raise ValueError(f"{name} is not a loadable fastopt checkpoint: it has members of the "
+                         f"same name twice")
+    if _METADATA + ".npy" not in members:
+        raise ValueError(f"{name} is not a fastopt checkpoint: it has no '{_METADATA}' record "
+                         f"(its members: {members[:10]})")
+    text = _read_member(archive, _METADATA, name)
+    try:
+        record = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{name}: its '{_METADATA}' record is not valid JSON "
+                         f"({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{name} is not a fastopt checkpoint: its '{_METADATA}' record is "
+                         f"not a JSON object")
+    if record.get("format") != FORMAT or record.get("version") != VERSION:
+        _check_plain_in(record, name)   # the format and version messages
+    if not isinstance(record.get("state"), dict):
+        raise _fail(f"{name}'s 'state' must map state names to their descriptions")
+    state: dict[str, Any] = {}
+    expected = {_METADATA + ".npy"}
+    for state_name, described in record["state"].items():
+        keys = _container_keys(described, f"state {state_name!r}")
+        if keys is None:
+            state[state_name] = None
+            continue
+        expected.update(f"state.{state_name}.{index}.npy" for index in range(len(keys)))
+        missing = [f"state.{state_name}.{index}" for index in range(len(keys))
+                   if f"state.{state_name}.{index}.npy" not in members]
+        if missing:
+            raise ValueError(f"{name} is missing the arrays {missing[:10]} that its "
+                             f"metadata names")
+        arrays = [_read_member(archive, f"state.{state_name}.{index}", name)
+                  for index in range(len(keys))]
+        state[state_name] = (dict(zip(keys, arrays, strict=True))
+                             if described["container"] == "dict" else arrays)
+    extra = sorted(set(members) - expected)
+    if extra:
+        raise ValueError(f"{name} holds members its metadata does not name: {extra[:10]}; "
+                         f"a fastopt checkpoint holds only its metadata and state arrays")
+    record["state"] = state
+    record["decays"] = _decode_decays(record.get("decays"))
+    _check_plain_in(record, name)
+    return record
+
+
+def _check_plain_in(record: dict[str, Any], name: str) -> None:
+    """``_check_plain``, its message starting with the file's name."""
+    try:
+        _check_plain(record)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("a JSON object names the same field twice")
+    return result
+
+
+def _container_keys(described: Any, where: str) -> list[Any] | None:
+    """The keys (or positions) a metadata description names; None for no state."""
+    if described is None:
+        return None
+    if isinstance(described, dict) and described.get("container") == "dict":
+        keys = described.get("keys")
+        if (set(described) == {"container", "keys"} and isinstance(keys, list)
+                and all(isinstance(key, (str, int)) and not isinstance(key, bool)
+                        for key in keys)
+                and len(set(keys)) == len(keys)):
+            return keys
+    if isinstance(described, dict) and described.get("container") == "list":
+        length = described.get("length")
+        if (set(described) == {"container", "length"} and type(length) is int
+                and length >= 0):
+            return list(range(length))
+    raise _fail(f"{where} is described as {described!r}; expected None, "
+                f"{{'container': 'dict', 'keys': [distinct str or int keys]}} or "
+                f"{{'container': 'list', 'length': n}}")
+
+
+def _decode_decays(described: Any) -> Any:
+    if described is None:
+        return None
+    if isinstance(described, dict):
+        values = described.get("values")
+        if described.get("container") == "list" and set(described) == {"container", "values"}:
+            if isinstance(values, list):
+                return values
+        keys = _container_keys({"container": "dict", "keys": described.get("keys")},
+                               "decays") if described.get("container") == "dict" else None
+        if (keys is not None and set(described) == {"container", "keys", "values"}
+                and isinstance(values, list) and len(values) == len(keys)):
+            return dict(zip(keys, values, strict=True))
+    raise _fail(f"'decays' is described as {described!r}; expected None, {{'container': "
+                f"'dict', 'keys': [...], 'values': [...]}} or {{'container': 'list', "
+                f"'values': [...]}}")
+
+
+def _read_member(archive: zipfile.ZipFile, member: str, name: str) -> Any:
+    """One ``.npy`` member: its header checked before its data is read; the metadata as
+    str, a state array as a native-order, C-contiguous, writeable float array."""
+    info = archive.getinfo(member + ".npy")
+    with archive.open(info) as stream:
+        try:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                raise ValueError(f".npy format version {version} (fastopt writes 1.0)")
+        except ValueError as error:
+            raise ValueError(f"{name}: member {member!r} is not a readable .npy array "
+                             f"({error})") from None
+        where = f"{name}: member {member!r}"
+        if dtype.hasobject:
+            raise ValueError(f"{where} holds pickled Python objects (dtype {dtype}); a fastopt "
+                             f"checkpoint holds only numbers and text, and never loads a "
+                             f"pickle")
+        if member == _METADATA:
+            if dtype.kind != "U" or shape != ():
+                raise ValueError(f"{where} is an array of dtype {dtype} and shape {shape}; "
+                                 f"expected a 0-d unicode array holding JSON")
+        elif _native(dtype) not in _FLOAT_DTYPES:
+            raise ValueError(f"{where} has dtype {dtype}; a checkpoint holds float16, float32 "
+                             f"or float64 arrays")
+        size = math.prod(shape) * dtype.itemsize
+        header = stream.tell()
+        if header + size != info.file_size:
+            raise ValueError(f"{where} is {info.file_size} bytes, but its header says "
+                             f"{header + size} (shape {shape}, dtype {dtype}): truncated or "
+                             f"tampered with")
+        data = stream.read(size)
+        if len(data) != size or stream.read(1):   # reading to the end checks the CRC
+            raise ValueError(f"{where} is truncated")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    if member == _METADATA:
+        return str(array[()])
+    return _copy_array(array, member)
