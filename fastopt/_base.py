@@ -279,6 +279,14 @@ class Optimizer(reference.ReferenceOptimizer):
                         f"state {name}[{key!r}] has shape {np.shape(entry)} but param {key!r} "
                         f"has shape {shape}; a param's state belongs to the array first seen "
                         f"under its key (use a new optimizer for a new shape)")
+                # (a scalar param's type may change as the book computes it: np.float32 to
+                # np.float64 through Adam's lr_t; an array's never does)
+                if (entry is not None and isinstance(param, np.ndarray)
+                        and entry.dtype != param.dtype):
+                    raise ValueError(
+                        f"state {name}[{key!r}] has dtype {entry.dtype} but param {key!r} has "
+                        f"dtype {param.dtype}; a param's state has its dtype (a checkpoint "
+                        f"loaded for params of another dtype?)")
                 own.append(entry)
             param_list.append(param)
             grad_list.append(grad)

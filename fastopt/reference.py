@@ -242,9 +242,9 @@ def to_float(name: str, value: Any, where: str = "") -> float:
 
 
 def check_learning_rate(name: str, value: float, where: str = "") -> None:
-    """``value`` must be >= 0 (and not nan)."""
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0; got {value!r}{where}")
+    """``value`` must be finite and >= 0."""
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be finite and >= 0; got {value!r}{where}")
 
 
 def check_coefficient(name: str, value: float, where: str = "") -> None:
@@ -254,9 +254,9 @@ def check_coefficient(name: str, value: float, where: str = "") -> None:
 
 
 def check_epsilon(name: str, value: float, where: str = "") -> None:
-    """``value`` must be > 0."""
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0; got {value!r}{where}")
+    """``value`` must be finite and > 0."""
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be finite and > 0; got {value!r}{where}")
 
 
 check_nonnegative = check_learning_rate

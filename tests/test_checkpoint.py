@@ -802,7 +802,7 @@ def _bad_files(path):
         ("iter-negative", lambda r: r.update(iter=-1), "'iter' must be an int >= 0"),
         ("iter-float", lambda r: r.update(iter=3.0), "'iter' must be an int >= 0"),
         ("lr-negative", lambda r: r["hyperparameters"].update(lr=-1.0),
-         r"lr must be >= 0; got -1.0 \(in the checkpoint\)"),
+         r"lr must be finite and >= 0; got -1.0 \(in the checkpoint\)"),
         ("beta1-out-of-range", lambda r: r["hyperparameters"].update(beta1=1.0),
          "beta1 must satisfy 0 <= beta1 < 1"),
         ("lr-huge-int", lambda r: r["hyperparameters"].update(lr=10**400),

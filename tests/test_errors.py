@@ -277,3 +277,28 @@ def test_a_scalar_grad_whose_square_overflows_gives_inf_not_a_half_done_update()
             optimizer.update(params, {"a": np.ones(3), "x": 1.7976931348623157e308})
         assert optimizer.v["x"] == np.inf
         assert np.all(params["a"] != 0) and optimizer.iter == 1
+
+
+@pytest.mark.parametrize("name, value", [("lr", np.inf), ("weight_decay", np.inf),
+                                         ("eps", np.inf), ("lr", -np.inf)])
+def test_infinite_hyperparameters_are_rejected(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        fastopt.Adam(**{name: value})
+    optimizer = fastopt.Adam()
+    params = {"W": good()}
+    before = snapshot(optimizer, params)
+    setattr(optimizer, name, value)
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        optimizer.update(params, {"W": good()})
+    assert_unchanged(optimizer, params, before)
+
+
+def test_state_of_another_dtype_than_its_param_is_rejected_and_changes_nothing():
+    optimizer = fastopt.Adam()
+    optimizer.update({"W": good()}, {"W": good()})          # float64 state
+    params = {"W": good(dtype=np.float32)}
+    before = snapshot(optimizer, params)
+    with pytest.raises(ValueError, match=r"state m\['W'\] has dtype float64 but param 'W' has "
+                                         r"dtype float32"):
+        optimizer.update(params, {"W": good(dtype=np.float32)})
+    assert_unchanged(optimizer, params, before)

@@ -55,7 +55,12 @@ def test_import_of_a_broken_build_names_the_file_and_the_error(tmp_path):
 
 
 def test_one_version_number():
-    assert fastopt.__version__ == importlib.metadata.version("fastopt")
+    try:
+        installed = importlib.metadata.version("fastopt")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("fastopt is not installed (an in-place build): no metadata to compare; "
+                    "CI and tools/dist.sh run this against the installed package")
+    assert fastopt.__version__ == installed
 
 
 # The books' MIT notices, which must travel with every copy of the code restating theirs.

@@ -462,7 +462,7 @@ def _bad_at_3(good, bad):
 # (optimizer, hyperparameter, schedule, error, message): each schedule is fine until step 3
 # (LinearRamp(0.5, 1.1, 3) gives 0.5, 0.7, 0.9, then 1.1).
 BAD = [
-    *[(name, "lr", _bad_at_3(0.01, -1.0), ValueError, r"lr must be >= 0; got -1.0")
+    *[(name, "lr", _bad_at_3(0.01, -1.0), ValueError, r"lr must be finite and >= 0; got -1.0")
       for name, _ in SCHEDULED],
     ("Momentum", "momentum", _bad_at_3(0.9, 1.5), ValueError,
      r"momentum must satisfy 0 <= momentum < 1; got 1.5"),
@@ -475,7 +475,7 @@ BAD = [
     ("Adadelta", "rho", _bad_at_3(0.9, None), TypeError,
      r"rho must be a real number .* got None \(NoneType\)"),
     ("AdamW", "weight_decay", _bad_at_3(0.01, -0.01), ValueError,
-     r"weight_decay must be >= 0; got -0.01"),
+     r"weight_decay must be finite and >= 0; got -0.01"),
 ]
 
 
