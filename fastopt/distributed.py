@@ -493,6 +493,37 @@ class ShardedOptimizer:
         """Bytes of optimizer state this rank holds (the wrapped optimizer's state arrays)."""
         return _state_nbytes(self.optimizer)
 
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """An ordinary checkpoint of the whole optimizer (collective: every rank calls it).
+
+        The shares are gathered into the state a single-process optimizer of the wrapped class
+        would have, and returned as its ``state_dict()``: ``fastopt.save`` writes it (from one
+        rank), and a single process loads it with ``load_state_dict``, or a sharded optimizer
+        of any rank count with ``ShardedOptimizer.load_state_dict``.
+        """
+        full = self._unsharded()
+        load_gathered_state(full, gather_state(self))
+        return full.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take this rank's share of an ordinary checkpoint (``fastopt.load`` or any
+        optimizer's ``state_dict()``); every rank calls it with the same checkpoint, and no
+        data is exchanged. Raises, changing nothing, if the checkpoint does not fit."""
+        full = self._unsharded()
+        full.load_state_dict(state)
+        scatter_state(self, full)
+
+    def _unsharded(self) -> reference.ReferenceOptimizer:
+        """A copy of the wrapped optimizer without its (share-sized) state."""
+        full = copy.copy(self.optimizer)
+        for name in full.state_names:
+            setattr(full, name, None)
+        full._decays = None
+        full.__setstate__(full.__getstate__())   # its own lock
+        return full
+
     def __repr__(self) -> str:
         return (f"ShardedOptimizer({self.optimizer!r}, rank {self._rank} of {self._size}, "
                 f"{sum(stop - start for _, start, stop in self._pieces)} of "

@@ -150,11 +150,11 @@ def _worker_run(out):
     for step in range(n):
         sharded.update(params, rank_grads(params, step, rank, seed=7))
     single = getattr(fastopt, cls)()
-    distributed.load_gathered_state(single, distributed.gather_state(sharded))
+    single.load_state_dict(sharded.state_dict())   # an ordinary checkpoint
     single_params = {key: value.copy() for key, value in params.items()}
     params2 = {key: value.copy() for key, value in params.items()}
     sharded2 = distributed.ShardedOptimizer(getattr(fastopt, cls)(), params2)
-    distributed.scatter_state(sharded2, single)
+    sharded2.load_state_dict(single.state_dict())
     for step in range(n, n + m):
         grads = rank_grads(params, step, rank, seed=7)
         sharded.update(params, grads)
