@@ -380,10 +380,12 @@ class ReferenceOptimizer:
         self._lock = threading.Lock()
         self.check_hyperparameters()
 
+    _states: tuple[str, ...] = ()
+
     @property
     def state_names(self) -> tuple[str, ...]:
         """The state attributes this optimizer keeps, with its options."""
-        return ()
+        return self._states
 
     # --- hyperparameters ------------------------------------------------------------------
 
@@ -612,6 +614,7 @@ class SGD(ReferenceOptimizer):
 class Momentum(ReferenceOptimizer):
     """``v = momentum*v - lr*g; p += v``."""
 
+    _states = ("v",)
     _hyperparameters = {"lr": check_learning_rate, "momentum": check_coefficient}
     momentum: Hyper
     v: State
@@ -623,9 +626,6 @@ class Momentum(ReferenceOptimizer):
         self.momentum = momentum
         self._setup(weight_decay, weight_decay_filter, max_grad_norm)
 
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return ("v",)
 
     def _next_step(self, values: dict[str, float]
                    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
@@ -655,6 +655,7 @@ class Nesterov(Momentum):
 class AdaGrad(ReferenceOptimizer):
     """``h += g*g; p -= lr*g / (sqrt(h) + eps)``."""
 
+    _states = ("h",)
     _hyperparameters = {"lr": check_learning_rate, "eps": check_epsilon}
     _options = ("eps_inside_sqrt",)
     eps: Hyper
@@ -669,9 +670,6 @@ class AdaGrad(ReferenceOptimizer):
         self.eps_inside_sqrt = eps_inside_sqrt
         self._setup(weight_decay, weight_decay_filter, max_grad_norm)
 
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return ("h",)
 
     def _next_step(self, values: dict[str, float]
                    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
@@ -814,6 +812,7 @@ class NAdam(ReferenceOptimizer):
     """torch's NAdam (Dozat 2016) with its momentum schedule
     ``mu_t = beta1*(1 - 0.5*0.96**(t*momentum_decay))``."""
 
+    _states = ("m", "v")
     _hyperparameters = {"lr": check_learning_rate, "beta1": check_coefficient,
                         "beta2": check_coefficient, "eps": check_epsilon,
                         "momentum_decay": check_nonnegative}
@@ -837,9 +836,6 @@ class NAdam(ReferenceOptimizer):
         self.mu_product = 1.0
         self._setup(weight_decay, weight_decay_filter, max_grad_norm)
 
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return ("m", "v")
 
     def _next_step(self, values: dict[str, float]
                    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
@@ -858,6 +854,7 @@ class NAdam(ReferenceOptimizer):
 class RAdam(ReferenceOptimizer):
     """torch's RAdam (Liu et al. 2020): rectified when ``rho_t > 5``."""
 
+    _states = ("m", "v")
     _hyperparameters = {"lr": check_learning_rate, "beta1": check_coefficient,
                         "beta2": check_coefficient, "eps": check_epsilon}
     beta1: Hyper
@@ -876,9 +873,6 @@ class RAdam(ReferenceOptimizer):
         self.eps = eps
         self._setup(weight_decay, weight_decay_filter, max_grad_norm)
 
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return ("m", "v")
 
     def _next_step(self, values: dict[str, float]
                    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
@@ -899,6 +893,7 @@ class RAdam(ReferenceOptimizer):
 class Adamax(ReferenceOptimizer):
     """torch's Adamax: ``u = max(beta2*u, abs(g) + eps); p -= (lr/(1-beta1**t))*m/u``."""
 
+    _states = ("m", "u")
     _hyperparameters = {"lr": check_learning_rate, "beta1": check_coefficient,
                         "beta2": check_coefficient, "eps": check_epsilon}
     beta1: Hyper
@@ -917,9 +912,6 @@ class Adamax(ReferenceOptimizer):
         self.eps = eps
         self._setup(weight_decay, weight_decay_filter, max_grad_norm)
 
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return ("m", "u")
 
     def _next_step(self, values: dict[str, float]
                    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
@@ -933,6 +925,7 @@ class Adadelta(ReferenceOptimizer):
     """torch's Adadelta: ``v = rho*v + (1-rho)*g*g; d = sqrt(u + eps)/sqrt(v + eps)*g;
     u = rho*u + (1-rho)*d*d; p -= lr*d``."""
 
+    _states = ("v", "u")
     _hyperparameters = {"lr": check_learning_rate, "rho": check_coefficient,
                         "eps": check_epsilon}
     rho: Hyper
@@ -948,9 +941,6 @@ class Adadelta(ReferenceOptimizer):
         self.eps = eps
         self._setup(weight_decay, weight_decay_filter, max_grad_norm)
 
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return ("v", "u")
 
     def _next_step(self, values: dict[str, float]
                    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
@@ -962,6 +952,7 @@ class Lion(ReferenceOptimizer):
     """Lion (Chen et al. 2023): ``c = beta1*m + (1-beta1)*g;
     p -= lr*(sign(c) + weight_decay*p); m = beta2*m + (1-beta2)*g``."""
 
+    _states = ("m",)
     _hyperparameters = {"lr": check_learning_rate, "beta1": check_coefficient,
                         "beta2": check_coefficient}
     _decoupled = True
@@ -977,9 +968,6 @@ class Lion(ReferenceOptimizer):
         self.beta2 = beta2
         self._setup(weight_decay, weight_decay_filter, max_grad_norm)
 
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return ("m",)
 
     def _next_step(self, values: dict[str, float]
                    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
