@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,15 @@ import pytest
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
+# Processes start from a neutral directory with the repository root NOT on their path: there
+# `fastopt/` is the uncompiled source folder. Whatever PYTHONPATH the caller set (an in-place
+# build) is passed on.
+NEUTRAL = tempfile.gettempdir()
+
+
+def environment(*extra):
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [*map(str, extra), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 # Every config: (name, class, constructor kwargs, params, steps). Shapes split params between
 # ranks at odd places; a 0-d and an empty param and mixed dtypes are in.
@@ -298,12 +308,10 @@ needs_mpi = pytest.mark.skipif(
 
 
 def launch(ranks, scenario, out, timeout=60):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(HERE.parent), *filter(None, [env.get("PYTHONPATH")])])
     completed = subprocess.run(
         [MPIEXEC, "-n", str(ranks), sys.executable, str(HERE), scenario, str(out)],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+        capture_output=True, text=True, timeout=timeout, env=environment(HERE.parent),
+        cwd=NEUTRAL)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed
 
@@ -504,11 +512,10 @@ def test_a_bad_grad_on_one_rank_makes_every_rank_raise_not_hang(ranks, tmp_path)
 @needs_mpi
 def test_the_example_trains_on_two_ranks_with_half_the_state_and_one_process_bits():
     pytest.importorskip("sklearn")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     completed = subprocess.run(
         [MPIEXEC, "-n", "2", sys.executable, str(ROOT / "examples" / "train_digits_mpi.py"),
-         "--quick", "--check"], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+         "--quick", "--check"], capture_output=True, text=True, timeout=60,
+        env=environment(), cwd=NEUTRAL)
     assert completed.returncode == 0, completed.stderr
     # Two ranks sum in the one order there is: the same bits as one process.
     assert "against one process on the same global batches: bit-identical" in completed.stdout
@@ -517,8 +524,7 @@ def test_the_example_trains_on_two_ranks_with_half_the_state_and_one_process_bit
 
 def test_import_fastopt_does_not_import_mpi4py():
     code = "import sys, fastopt; assert 'mpi4py' not in sys.modules, 'mpi4py was imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=NEUTRAL, env=environment())
 
 
 def test_without_mpi4py_the_import_error_says_what_to_install():
@@ -526,7 +532,7 @@ def test_without_mpi4py_the_import_error_says_what_to_install():
             "try:\n    import fastopt.distributed\n"
             "except ImportError as error:\n    print(error)\n")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                               check=True, cwd=NEUTRAL, env=environment())
     assert 'pip install "fastopt[mpi]"' in completed.stdout, completed.stdout
 
 
