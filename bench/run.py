@@ -525,7 +525,7 @@ def parse_args(argv=None):
     parser.add_argument("--workload", "--size", nargs="+", choices=names, dest="workload",
                         help="which sizes and networks (default: all; --quick: all but 1e7)")
     parser.add_argument("--budget", type=float,
-                        help="seconds of timing per cell (default 0.25 with --quick, else 1.5)")
+                        help="seconds of timing per cell (default 0.15 with --quick, else 1.5)")
     parser.add_argument("--min-rounds", type=int, default=5,
                         help="rounds per cell even past the budget (default 5)")
     parser.add_argument("--no-torch", action="store_true", help="leave torch out")
@@ -534,7 +534,7 @@ def parse_args(argv=None):
                              "FASTOPT_NUM_THREADS or OMP_NUM_THREADS, else 1)")
     args = parser.parse_args(argv)
     if args.budget is None:
-        args.budget = 0.25 if args.quick else 1.5
+        args.budget = 0.15 if args.quick else 1.5
     if args.workload is None:
         args.workload = QUICK_WORKLOADS if args.quick else names
     return args

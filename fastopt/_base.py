@@ -341,8 +341,23 @@ class Optimizer(reference.ReferenceOptimizer):
     @staticmethod
     def _zeros(param: Any) -> Any:
         if isinstance(param, np.ndarray):
-            return np.zeros(param.shape, param.dtype)   # C-contiguous whatever param's layout
-        return np.zeros_like(param)                      # a scalar param, as the book does
+            return aligned_zeros(param)   # C-contiguous whatever param's layout
+        return np.zeros_like(param)       # a scalar param, as the book does
+
+
+def aligned_zeros(param: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Zeros of ``param``'s shape and dtype, C-contiguous, at the same address modulo 64 as
+    ``param``: the loops then store whole cache lines of the param and its state alike (the
+    loops peel a head up to the param's first 64-byte boundary)."""
+    size = param.nbytes
+    buffer = np.zeros(size + LINE, np.uint8)
+    offset = (param.ctypes.data - buffer.ctypes.data) % LINE
+    if offset % param.dtype.itemsize:   # a param not aligned to its itemsize: no gain
+        offset = 0
+    return buffer[offset:offset + size].view(param.dtype).reshape(param.shape)
+
+
+LINE = 64   # bytes in a cache line (and in an AVX-512 register)
 
 
 def _runs(flags: list[bool]) -> list[tuple[bool, list[int]]]:

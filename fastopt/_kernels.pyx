@@ -726,19 +726,38 @@ cdef void _run_part(Task* task, loop_float run_float, loop_double run_double, co
         fastopt_flush_end(saved)
 
 
+cdef enum:
+    LINE = 64   # bytes in a cache line (and in an AVX-512 register)
+
+
+cdef void _run_aligned(Task* task, loop_float run_float, loop_double run_double,
+                       const Step* c, intp start, intp stop, bint flush) noexcept nogil:
+    """Run [start, stop) as a short head up to the param's first 64-byte boundary, then the
+    rest, so that the vector loop stores whole cache lines (and so does its state, allocated
+    at the param's offset; see fastopt/_base.py). Elementwise loops give the same bits however
+    the range is split."""
+    cdef intp itemsize = 4 if task.single else 8
+    cdef intp misaligned = <intp>(<size_t>task.param + <size_t>(start * itemsize)) % LINE
+    cdef intp head = ((LINE - misaligned) % LINE) // itemsize
+    if 0 < head < stop - start:
+        _run_part(task, run_float, run_double, c, start, start + head, flush)
+        start += head
+    _run_part(task, run_float, run_double, c, start, stop, flush)
+
+
 cdef void _run_task(Task* task, loop_float run_float, loop_double run_double, const Step* c,
                     int threads, intp parallel_min, bint flush) noexcept nogil:
     cdef intp chunk, start, part
     if threads < 2 or task.size < parallel_min:
-        _run_part(task, run_float, run_double, c, 0, task.size, flush)
+        _run_aligned(task, run_float, run_double, c, 0, task.size, flush)
         return
     chunk = (task.size + threads - 1) // threads
     chunk = (chunk + CHUNK_ALIGN - 1) // CHUNK_ALIGN * CHUNK_ALIGN
     for part in prange(threads, num_threads=threads, schedule="static"):
         start = part * chunk
         if start < task.size:
-            _run_part(task, run_float, run_double, c, start, min(start + chunk, task.size),
-                      flush)
+            _run_aligned(task, run_float, run_double, c, start,
+                         min(start + chunk, task.size), flush)
 
 
 cdef bint _run(object params, object grads, tuple states, int required, object decays,
