@@ -354,7 +354,8 @@ def aligned_zeros(param: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     offset = (param.ctypes.data - buffer.ctypes.data) % LINE
     if offset % param.dtype.itemsize:   # a param not aligned to its itemsize: no gain
         offset = 0
-    return buffer[offset:offset + size].view(param.dtype).reshape(param.shape)
+    state: np.ndarray[Any, Any] = buffer[offset:offset + size].view(param.dtype)
+    return state.reshape(param.shape)
 
 
 LINE = 64   # bytes in a cache line (and in an AVX-512 register)
