@@ -159,7 +159,10 @@ def _encode_hyperparameter(name: str, value: Any, check: reference.Check) -> Any
         return number
     to_dict = getattr(value, "to_dict", None)
     if type(value).__module__ == _SCHEDULES and callable(to_dict):
-        described = to_dict()
+        try:
+            described = to_dict()
+        except TypeError:   # a Warmup or Join around a callable of the user's own
+            return {"user_schedule": True}
         try:   # a deep copy that is also proof of plain data
             plain = json.loads(json.dumps(described, allow_nan=True))
         except (TypeError, ValueError) as error:
@@ -279,11 +282,13 @@ def _check_plain(state: Mapping[str, Any]) -> None:
     if type(state["weight_decay_filter"]) is not bool:
         raise _fail(f"'weight_decay_filter' must be True or False; got "
                     f"{state['weight_decay_filter']!r}")
-    if type(state["iter"]) is not int or state["iter"] < 0:
-        raise _fail(f"'iter' must be an int >= 0; got {state['iter']!r}")
+    # iter below 2**53: a step count a float holds exactly (bias corrections use t as one)
+    if type(state["iter"]) is not int or not 0 <= state["iter"] < 2**53:
+        raise _fail(f"'iter' must be an int >= 0 and < 2**53; got {state['iter']!r}")
     for name in _SCALAR_STATE:
-        if name in state and not _is_number(state[name]):
-            raise _fail(f"{name!r} must be a number; got {state[name]!r}")
+        if name in state and not (_is_number(state[name]) and 0 <= state[name] <= 1):
+            raise _fail(f"{name!r} must be a number in [0, 1] (a product of momentum "
+                        f"coefficients); got {state[name]!r}")
     containers = state["state"]
     if not isinstance(containers, Mapping) or not all(isinstance(n, str) for n in containers):
         raise _fail(f"'state' must map state names to None, a dict or a list; got "
@@ -515,7 +520,7 @@ def save(file: str | os.PathLike[str], optimizer: reference.ReferenceOptimizer) 
 
     The data is written to a temporary file in the same directory, flushed and fsynced, then
     renamed over ``file`` (``os.replace``): a crash or an error during the save leaves any
-    previous ``file`` whole (a crash may leave the temporary ``.<name>.<random>.tmp`` behind).
+    previous ``file`` whole (a crash may leave the temporary ``.fastopt-<random>.tmp`` behind).
     ``file`` is written as named: no ``.npz`` suffix is added.
 
     Parameters
@@ -542,8 +547,8 @@ def save(file: str | os.PathLike[str], optimizer: reference.ReferenceOptimizer) 
                         f"replace the file atomically; got {type(file).__name__}")
     path = os.path.abspath(os.fspath(file))
     members: dict[str, Any] = _to_members(optimizer.state_dict())
-    directory, base = os.path.split(path)
-    temporary, descriptor = _create_temporary(directory, base)
+    directory = os.path.dirname(path)
+    temporary, descriptor = _create_temporary(directory)
     try:
         with os.fdopen(descriptor, "wb") as stream:
             np.savez(stream, **members)
@@ -559,11 +564,12 @@ def save(file: str | os.PathLike[str], optimizer: reference.ReferenceOptimizer) 
     _sync_directory(directory)
 
 
-def _create_temporary(directory: str, base: str) -> tuple[str, int]:
+def _create_temporary(directory: str) -> tuple[str, int]:
     """A new file beside the target (mode 0o666 less the umask, as ``open`` gives)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        temporary = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:16]}.tmp")
+        # a short name whatever the target's: a long target name must still be savable
+        temporary = os.path.join(directory, f".fastopt-{uuid.uuid4().hex[:16]}.tmp")
         try:
             return temporary, os.open(temporary, flags, 0o666)
         except FileExistsError:

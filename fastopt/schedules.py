@@ -49,7 +49,11 @@ def _real(owner: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number (a Python or NumPy int or "
                         f"float); got {value!r} ({type(value).__name__})")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{owner}: {name} must be finite; got an int too large for a "
+                         f"float") from None
     if not math.isfinite(number):
         raise ValueError(f"{owner}: {name} must be finite; got {value!r}")
     return number

@@ -495,3 +495,8 @@ def test_a_bad_value_names_the_hyperparameter_and_step_and_changes_nothing(
         opt.update(params, grads)
     _assert_same(_snapshot(opt, params), before)
     assert opt.iter == 3 and getattr(opt, key) is schedule
+
+
+def test_an_int_too_large_for_a_float_is_a_value_error():
+    with pytest.raises(ValueError, match="LinearDecay: start must be finite"):
+        schedules.LinearDecay(10**400, 5)
