@@ -92,6 +92,11 @@ import numpy as np
 import fastopt
 
 n, count, seconds = 2_000_000, 3, float(sys.argv[1])
+# A thread holding the GIL is asked to drop it only after this interval: the main thread then
+# gives it up in the kernel's nogil loops (or by blocking), not between two instructions; in
+# particular not at the check that follows a call, where its last instruction is still the
+# kernel call but the kernel has returned and let go of the arrays.
+sys.setswitchinterval(1.0)
 rng = np.random.default_rng(0)
 params = [rng.standard_normal(n) for _ in range(count)]
 grads = [rng.standard_normal(n) for _ in range(count)]
