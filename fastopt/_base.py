@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _settings, reference
 from ._simd import kernels as _kernels
-from .clipping import clip_coefficient, global_norm
+from .clipping import global_norm
 
 # The compiled entry for each of fastopt.reference's rules: the same scalars after the arrays.
 _KERNEL_FOR_RULE: dict[Callable[..., Any], Callable[..., bool]] = {
@@ -167,49 +167,42 @@ class Optimizer(reference.ReferenceOptimizer):
             if not self._update_compiled(params, grads, values, *step):
                 self._update_checked(params, grads, values, *step)
 
-    def _clip_scale(self, params: reference.Params, grads: reference.Grads) -> float | None:
-        """The clip factor from the compiled global norm (same bits as the reference's)."""
-        if self.max_grad_norm is None:
-            return None
-        keys = params.keys() if isinstance(params, Mapping) else range(len(params))
-        return clip_coefficient(global_norm([grads[key] for key in keys]),
-                                float(self.max_grad_norm))
+    _global_norm = staticmethod(global_norm)   # compiled; the reference's bits
 
     def _update_compiled(self, params: reference.Params, grads: reference.Grads,
                          values: dict[str, float], rule: Callable[..., Any],
                          scalars: tuple[Any, ...], after: dict[str, Any]) -> bool:
         """Update in one compiled call if every param can take it; else change nothing."""
-        states = _pad(self._rule_states())
-        decays = self._decays if self.weight_decay_filter is not None else None
-        if self.weight_decay_filter is not None and decays is None:
+        kind = type(params)
+        if (kind is not dict and kind is not list) or type(grads) is not kind:
             return False
-        if type(params) is dict:
-            if type(grads) is not dict or type(decays) not in (dict, type(None)):
+        decays = self._decays
+        if self.weight_decay_filter is None:
+            decays = None
+        elif type(decays) is not kind:   # the filter has not been asked yet
+            return False
+        # Every state container must exist (not on the first update) and be of params' kind;
+        # the rule's slots are these containers, or None for a slot it does not use.
+        for state in self._used_states():
+            if type(state) is not kind:
+                return False
+        states = _pad(self._rule_states())
+        if kind is list:
+            count = len(params)
+            if len(grads) != count or (decays is not None and len(decays) < count):
                 return False
             for state in states:
-                if state is not None and type(state) is not dict:
-                    return False
-            if None in self._used_states():
-                return False
-        elif type(params) is list:
-            count = len(params)
-            if type(grads) is not list or len(grads) != count:
-                return False
-            if decays is not None and (type(decays) is not list or len(decays) < count):
-                return False
-            for state in self._used_states():
-                if type(state) is not list or len(state) < count:
+                if state is not None and len(state) < count:
                     return False
             states = [state if state is None or len(state) == count else state[:count]
                       for state in states]
             if decays is not None and len(decays) != count:
                 decays = decays[:count]
-        else:
-            return False
         grad_scale = None
         if self.max_grad_norm is not None:
             try:
-                grad_scale = self._clip_scale(params, grads)
+                grad_scale = self._clip_factor([grads[key] for key in (
+                    params if kind is dict else range(len(params)))])
             except (KeyError, IndexError, TypeError, ValueError):
                 return False   # the checked path explains what is wrong
         if not _KERNEL_FOR_RULE[rule](params, grads, *states, decays, grad_scale,
@@ -257,6 +250,7 @@ class Optimizer(reference.ReferenceOptimizer):
                                 f"is now a {type(params).__name__}; pass the same kind of "
                                 f"container every call")
 
+        used = list(zip(self.state_names, self._used_states(), strict=True))
         param_list = []
         grad_list = []
         compiled = []
@@ -269,7 +263,7 @@ class Optimizer(reference.ReferenceOptimizer):
                                f"every param") from None
             shape = _check_param(key, param, grad, fixed)
             own = []
-            for name, state in zip(self.state_names, self._used_states(), strict=True):
+            for name, state in used:
                 entry = None
                 if state is not None:
                     entry = state.get(key) if by_name else (
@@ -291,8 +285,8 @@ class Optimizer(reference.ReferenceOptimizer):
             param_list.append(param)
             grad_list.append(grad)
             compiled.append(_kernels.ready(param, grad, *own))
-        decays = self._key_decays_copy(params)
-        grad_scale = self._clip_scale_of(grad_list)
+        decays = self._key_decays(params)
+        grad_scale = self._clip_factor(grad_list)
         if _settings.slow_path_warning():
             for key, param, grad, fast in zip(keys, param_list, grad_list, compiled,
                                               strict=True):
@@ -322,21 +316,6 @@ class Optimizer(reference.ReferenceOptimizer):
             if not done:   # NumPy's path (also if another thread changed an array meanwhile)
                 self._apply(rule, scalars, values, grad_scale, decays, params, grads, states,
                             run, read)
-
-    def _key_decays_copy(self, params: reference.Params) -> reference.State:
-        """``_key_decays`` on a copy, so that a filter that raises changes nothing."""
-        saved = self._decays
-        if saved is not None:
-            self._decays = saved.copy()
-        try:
-            return self._key_decays(params)
-        finally:
-            self._decays = saved
-
-    def _clip_scale_of(self, grad_list: list[Any]) -> float | None:
-        if self.max_grad_norm is None:
-            return None
-        return clip_coefficient(global_norm(grad_list), float(self.max_grad_norm))
 
     @staticmethod
     def _zeros(param: Any) -> Any:

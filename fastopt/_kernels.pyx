@@ -73,6 +73,7 @@ ctypedef struct Step:
     bint eps_inside_sqrt
     bint velocity_first
     bint rectified
+    int targets              # the bandwidth probe's: how many arrays it reads and writes
 
 
 # Every update loop has this signature, so one driver can check and dispatch them all.
@@ -1249,8 +1250,8 @@ def cpu_simd_level():
 
 cdef void _stream(floating* t0, const floating* s, floating* t1, floating* t2,
                   floating* unused, intp n, const Step* c, bint decay) noexcept nogil:
-    # c.momentum: the number of targets, 1 to 3 (t1 and t2 are NULL when unused)
-    cdef int targets = <int>c.momentum
+    # t1 and t2 are NULL when unused
+    cdef int targets = c.targets
     cdef intp i
     if targets == 1:
         for i in range(n):
@@ -1278,7 +1279,7 @@ def bandwidth_probe(list targets not None, source):
     if not 1 <= count <= 3:
         raise ValueError("bandwidth_probe takes 1 to 3 targets")
     _prepare(&c, None, 0.0)
-    c.momentum = count
+    c.targets = count
     if not _run([targets[0]], [source], ([targets[1]] if count > 1 else None,
                                          [targets[2]] if count > 2 else None, None),
                 count - 1, None, _stream[float], _stream[double], &c, STREAMING_MIN):

@@ -359,6 +359,7 @@ class ReferenceOptimizer:
     """
 
     _hyperparameters: dict[str, Check] = {"lr": check_learning_rate}
+    _checks: dict[str, Check] = {}   # _hyperparameters and weight_decay (__init_subclass__)
     _options: tuple[str, ...] = ()
     _decoupled = False
     lr: Hyper
@@ -406,8 +407,14 @@ class ReferenceOptimizer:
             values[name] = number
         return values
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._checks = {**cls._hyperparameters, "weight_decay": check_nonnegative}
+
     def _all_hyperparameters(self) -> dict[str, Check]:
-        return {**self._hyperparameters, "weight_decay": check_nonnegative}
+        """Every float hyperparameter and its check (built once per class; not to be
+        modified)."""
+        return self._checks
 
     def check_hyperparameters(self) -> None:
         """Raise TypeError or ValueError if a hyperparameter or option is not usable."""
@@ -467,9 +474,12 @@ class ReferenceOptimizer:
         if chooser is None:
             return None
         by_key = isinstance(params, Mapping)
-        decays = self._decays
-        if decays is None or isinstance(decays, dict) != by_key:
-            decays = {} if by_key else []
+        # A new container (never the current one written in place), so that a filter that
+        # raises part way changes nothing.
+        kept = self._decays
+        if kept is None or isinstance(kept, dict) != by_key:
+            kept = {} if by_key else []
+        decays = kept.copy()
         if isinstance(params, Mapping):
             assert isinstance(decays, dict)
             for key, val in params.items():
@@ -488,7 +498,7 @@ class ReferenceOptimizer:
         with self._lock:
             values = self._checked_values()
             rule, scalars, after = self._next_step(values)
-            grad_scale = self._clip_scale(params, grads)
+            grad_scale = self._clip_factor([grads[key] for key in _keys(params)])
             decays = self._key_decays(params)
             self._add_zero_state(params)
             self._decays = decays
@@ -520,12 +530,15 @@ class ReferenceOptimizer:
             if not isinstance(param, np.ndarray):
                 params[key] = new   # type: ignore[index]
 
-    def _clip_scale(self, params: Params, grads: Grads) -> float | None:
-        """The factor that clips the grads to ``max_grad_norm``, or None."""
+    # The global norm of the grads; fastopt's classes use the compiled one (the same bits).
+    _global_norm = staticmethod(global_norm)
+
+    def _clip_factor(self, grads: list[Any]) -> float | None:
+        """The factor that clips ``grads`` (every param's, in order) to ``max_grad_norm``, or
+        None."""
         if self.max_grad_norm is None:
             return None
-        return clip_coefficient(global_norm([grads[key] for key in _keys(params)]),
-                                float(self.max_grad_norm))
+        return clip_coefficient(self._global_norm(grads), float(self.max_grad_norm))
 
     def __repr__(self) -> str:
         """The positional hyperparameters, then the keyword-only options that differ from

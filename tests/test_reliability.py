@@ -112,13 +112,15 @@ started_with = (-1, 0)
 outcomes = {"raised": 0, "resized": 0, "inconclusive": 0}
 
 def replace():
-    # Fresh arrays in, the old ones dropped: the list held their last reference. The last
-    # position is left to the resize thread.
+    # Fresh arrays in (params, grads and state), the old ones dropped: the lists held their
+    # last reference. The last position is left to the resize thread.
     global replaced
     while not stop.is_set():
         k = replaced % (count - 1)
         params[k] = np.zeros(n)
         grads[k] = np.zeros(n)
+        optimizer.m[k] = np.zeros(n)   # the state too: the kernel holds what it planned
+        optimizer.v[k] = np.zeros(n)
         replaced += 1
         time.sleep(0.001)
 
