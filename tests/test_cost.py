@@ -82,8 +82,10 @@ def test_two_threads_give_the_same_bits_as_serial(config):
 
 def test_kernels_release_the_gil():
     # While another thread is inside one long kernel call, this thread keeps running Python.
-    # Holding the GIL would freeze it for the whole call.
-    size = 12_000_000
+    # Holding the GIL would freeze it for the whole call. The call must be long next to the
+    # pauses a busy 2-core machine gives any thread (a scheduler slice, a GIL handoff: up to
+    # about 8 ms seen): 32M float64 elements of Adam take about 40 ms on an AMD EPYC.
+    size = 32_000_000
     params = {"w": np.zeros(size)}
     grads = {"w": np.ones(size)}
     optimizer = fastopt.Adam()
