@@ -41,6 +41,7 @@ from ._settings import set_num_threads as set_num_threads
 from ._settings import set_slow_path_warning as set_slow_path_warning
 from ._simd import simd_level as simd_level
 from ._simd import simd_levels as simd_levels
+from ._simd import sqrt_method as sqrt_method
 from .checkpoint import load as load
 from .checkpoint import save as save
 from .clipping import clip_grad_norm as clip_grad_norm

@@ -44,6 +44,8 @@ from libc.stdlib cimport free, malloc
 
 cimport numpy as cnp
 
+from time import perf_counter
+
 cnp.import_array()
 
 ctypedef cnp.npy_intp intp
@@ -71,6 +73,7 @@ ctypedef struct Step:
     double rectification
     double decoupled_decay   # AdamW's lr*weight_decay, Lion's weight_decay
     bint eps_inside_sqrt
+    bint soft_roots          # float64 square roots by fastopt_soft_roots (AVX-512 builds)
     bint velocity_first
     bint rectified
     int targets              # the bandwidth probe's: how many arrays it reads and writes
@@ -81,6 +84,81 @@ ctypedef void (*loop_float)(float*, const float*, float*, float*, float*, intp, 
                             bint) noexcept nogil
 ctypedef void (*loop_double)(double*, const double*, double*, double*, double*, intp,
                              const Step*, bint) noexcept nogil
+
+
+# ---------------------------------------------------------------------------------------------
+# The exactly rounded software square root (AVX-512 builds, float64). sqrt is one IEEE
+# operation: any method that rounds correctly gives the hardware's bits. Where the hardware
+# square root is slow next to fused multiply-adds (Intel's cores: 3 cycles per float64 element
+# at every width), this sequence is faster: a 14-bit reciprocal square root estimate, one
+# Goldschmidt step (g ~ sqrt(x), h ~ 1/(2 sqrt(x)), about 2**-27 relative), one Markstein step
+# (g + h*(x - g*g), within one unit in the last place), then Tuckerman's test picks the
+# correctly rounded one of g and its two neighbours by the signs of the exact residuals
+# g*below - x and g*above - x (each one FMA, exact in sign). The inputs where a step could
+# overflow or a residual underflow (below 2**-900, above 2**900), and zero, subnormal, inf,
+# nan and negative lanes, go to the hardware instruction instead (a whole vector at a time;
+# zero lanes are passed through). tools/verify_sqrt.py compares it with the hardware on
+# 1e9 and more inputs of every class. The FMAs here are inside one operation proven to be
+# correctly rounded; the update rules' own statements stay uncontracted.
+
+cdef extern from *:
+    """
+    #if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
+    #include <immintrin.h>
+    #define FASTOPT_SOFT_SQRT 1
+    static inline __attribute__((always_inline)) __m512d fastopt_sqrt8(__m512d x) {
+        const __m512d half = _mm512_set1_pd(0.5), zero = _mm512_setzero_pd();
+        const __m512i one = _mm512_set1_epi64(1);
+        __mmask8 in_range = _mm512_cmp_pd_mask(x, _mm512_set1_pd(0x1p-900), _CMP_GE_OQ)
+                          & _mm512_cmp_pd_mask(x, _mm512_set1_pd(0x1p900), _CMP_LE_OQ);
+        __mmask8 zeros = _mm512_cmp_pd_mask(x, zero, _CMP_EQ_OQ);
+        __m512d y, g, h, r, below, above;
+        __mmask8 down, up;
+        if ((__mmask8)(in_range | zeros) != (__mmask8)0xFF)
+            return _mm512_sqrt_pd(x);
+        y = _mm512_rsqrt14_pd(x);
+        g = _mm512_mul_pd(x, y);
+        h = _mm512_mul_pd(half, y);
+        r = _mm512_fnmadd_pd(g, h, half);                 /* 1/2 - g*h */
+        g = _mm512_fmadd_pd(g, r, g);
+        h = _mm512_fmadd_pd(h, r, h);
+        g = _mm512_fmadd_pd(h, _mm512_fnmadd_pd(g, g, x), g);   /* g + h*(x - g*g) */
+        below = _mm512_castsi512_pd(_mm512_sub_epi64(_mm512_castpd_si512(g), one));
+        above = _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(g), one));
+        down = _mm512_cmp_pd_mask(_mm512_fmsub_pd(g, below, x), zero, _CMP_GE_OQ);
+        up = _mm512_cmp_pd_mask(_mm512_fmsub_pd(g, above, x), zero, _CMP_LT_OQ);
+        g = _mm512_mask_blend_pd(down, g, below);
+        g = _mm512_mask_blend_pd(up, g, above);
+        return _mm512_mask_blend_pd(zeros, g, x);
+    }
+    /* x[0:n] = sqrt(x[0:n]), in place; inlined, so a block of constant n is straight code. */
+    static inline __attribute__((always_inline)) void fastopt_soft_roots(double* x,
+                                                                         Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        __mmask8 tail;
+        for (; i + 8 <= n; i += 8)
+            _mm512_storeu_pd(x + i, fastopt_sqrt8(_mm512_loadu_pd(x + i)));
+        if (i < n) {
+            tail = (__mmask8)((1u << (n - i)) - 1u);
+            _mm512_mask_storeu_pd(x + i, tail, fastopt_sqrt8(
+                _mm512_mask_loadu_pd(_mm512_set1_pd(1.0), tail, x + i)));
+        }
+    }
+    #else
+    #include <math.h>
+    #define FASTOPT_SOFT_SQRT 0
+    static void fastopt_soft_roots(double* x, Py_ssize_t n) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++)
+            x[i] = sqrt(x[i]);
+    }
+    #endif
+    """
+    const bint FASTOPT_SOFT_SQRT
+    void fastopt_soft_roots(double* x, intp n) noexcept nogil
+
+cdef enum:
+    ROOTS = 32   # elements per block of software square roots: four AVX-512 vectors
 
 
 cdef inline floating _root(floating x) noexcept nogil:
@@ -97,11 +175,19 @@ cdef inline floating _abs(floating x) noexcept nogil:
         return fabs(x)
 
 
+cdef inline floating _root_arg(floating x, floating eps, bint eps_inside_sqrt) noexcept nogil:
+    """What the denominator takes the square root of: ``x``, or ``x + eps``."""
+    return x + eps if eps_inside_sqrt else x
+
+
+cdef inline floating _from_root(floating root, floating eps, bint eps_inside_sqrt) noexcept nogil:
+    """The denominator from that square root: ``root + eps``, or ``root``."""
+    return root if eps_inside_sqrt else root + eps
+
+
 cdef inline floating _denominator(floating x, floating eps, bint eps_inside_sqrt) noexcept nogil:
     """``sqrt(x) + eps`` (the book), or ``sqrt(x + eps)`` (Keras, the lecture notes' RMSProp)."""
-    if eps_inside_sqrt:
-        return _root(x + eps)
-    return _root(x) + eps
+    return _from_root(_root(_root_arg(x, eps, eps_inside_sqrt)), eps, eps_inside_sqrt)
 
 
 cdef inline floating _maximum(floating a, floating b) noexcept nogil:
@@ -195,8 +281,23 @@ cdef inline void _adagrad_loop(floating* p, const floating* g, floating* h, intp
     cdef floating lr = <floating>c.lr
     cdef floating eps = <floating>c.eps
     cdef floating grad
-    cdef intp i
-    for i in range(n):
+    cdef double roots[ROOTS]
+    cdef intp i, j, block, start = 0
+    if floating is double and FASTOPT_SOFT_SQRT and c.soft_roots:
+        for block in range(n // ROOTS):   # see _adam_loop
+            start = block * ROOTS
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                h[i] = h[i] + grad * grad
+                roots[j] = _root_arg(h[i], eps, inside)
+            fastopt_soft_roots(roots, ROOTS)
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                p[i] = p[i] - lr * grad / _from_root(roots[j], eps, inside)
+        start = n - n % ROOTS
+    for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
         h[i] = h[i] + grad * grad
         p[i] = p[i] - lr * grad / _denominator(h[i], eps, inside)
@@ -210,6 +311,29 @@ cdef void _adagrad(floating* p, const floating* g, floating* h, floating* unused
         _adagrad_loop(p, g, h, n, c, decay, False)
 
 
+cdef inline floating _rmsprop_square(floating* h, floating* grad_avg, intp i, floating grad,
+                                     floating decay_rate, floating keep,
+                                     bint centered) noexcept nogil:
+    """RMSprop's running averages of element i; returns what the denominator is the root
+    of (before eps): h, or h - grad_avg**2 when centered."""
+    h[i] = h[i] * decay_rate
+    h[i] = h[i] + keep * grad * grad
+    if centered:
+        grad_avg[i] = grad_avg[i] + keep * (grad - grad_avg[i])
+        return h[i] - grad_avg[i] * grad_avg[i]
+    return h[i]
+
+
+cdef inline void _rmsprop_param(floating* p, floating* momentum_buffer, intp i, floating grad,
+                                floating denominator, floating lr, floating momentum,
+                                bint with_momentum) noexcept nogil:
+    if with_momentum:
+        momentum_buffer[i] = momentum * momentum_buffer[i] + grad / denominator
+        p[i] = p[i] - lr * momentum_buffer[i]
+    else:
+        p[i] = p[i] - lr * grad / denominator
+
+
 cdef inline void _rmsprop_loop(floating* p, const floating* g, floating* h,
                                floating* grad_avg, floating* momentum_buffer, intp n,
                                const Step* c, bint decay, bint inside, bint centered,
@@ -221,22 +345,29 @@ cdef inline void _rmsprop_loop(floating* p, const floating* g, floating* h,
     cdef floating keep = <floating>(1.0 - c.decay_rate)
     cdef floating eps = <floating>c.eps
     cdef floating momentum = <floating>c.momentum
-    cdef floating grad, denominator
-    cdef intp i
-    for i in range(n):
+    cdef floating grad, square
+    cdef double roots[ROOTS]
+    cdef intp i, j, block, start = 0
+    if floating is double and FASTOPT_SOFT_SQRT and c.soft_roots:
+        for block in range(n // ROOTS):   # see _adam_loop
+            start = block * ROOTS
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                square = _rmsprop_square(h, grad_avg, i, grad, decay_rate, keep, centered)
+                roots[j] = _root_arg(square, eps, inside)
+            fastopt_soft_roots(roots, ROOTS)
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                _rmsprop_param(p, momentum_buffer, i, grad, _from_root(roots[j], eps, inside),
+                               lr, momentum, with_momentum)
+        start = n - n % ROOTS
+    for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
-        h[i] = h[i] * decay_rate
-        h[i] = h[i] + keep * grad * grad
-        if centered:
-            grad_avg[i] = grad_avg[i] + keep * (grad - grad_avg[i])
-            denominator = _denominator(h[i] - grad_avg[i] * grad_avg[i], eps, inside)
-        else:
-            denominator = _denominator(h[i], eps, inside)
-        if with_momentum:
-            momentum_buffer[i] = momentum * momentum_buffer[i] + grad / denominator
-            p[i] = p[i] - lr * momentum_buffer[i]
-        else:
-            p[i] = p[i] - lr * grad / denominator
+        square = _rmsprop_square(h, grad_avg, i, grad, decay_rate, keep, centered)
+        _rmsprop_param(p, momentum_buffer, i, grad, _denominator(square, eps, inside), lr,
+                       momentum, with_momentum)
 
 
 cdef void _rmsprop(floating* p, const floating* g, floating* h, floating* grad_avg,
@@ -260,6 +391,18 @@ cdef void _rmsprop(floating* p, const floating* g, floating* h, floating* grad_a
                       True, True)
 
 
+cdef inline floating _adam_moments(floating* m, floating* v, floating* v_max, intp i,
+                                   floating grad, floating one_minus_beta1,
+                                   floating one_minus_beta2, bint amsgrad) noexcept nogil:
+    """The book's Adam on element i's moments; returns the second moment it divides by."""
+    m[i] = m[i] + one_minus_beta1 * (grad - m[i])
+    v[i] = v[i] + one_minus_beta2 * (grad * grad - v[i])
+    if amsgrad:
+        v_max[i] = _maximum(v_max[i], v[i])
+        return v_max[i]
+    return v[i]
+
+
 cdef inline void _adam_loop(floating* p, const floating* g, floating* m, floating* v,
                             floating* v_max, intp n, const Step* c, bint decay,
                             bint amsgrad) noexcept nogil:
@@ -273,15 +416,25 @@ cdef inline void _adam_loop(floating* p, const floating* g, floating* m, floatin
     cdef floating eps = <floating>c.eps
     cdef bint inside = c.eps_inside_sqrt
     cdef floating grad, second
-    cdef intp i
-    for i in range(n):
+    cdef double roots[ROOTS]
+    cdef intp i, j, block, start = 0
+    if floating is double and FASTOPT_SOFT_SQRT and c.soft_roots:
+        # whole blocks of ROOTS: moments, then their square roots, then the params
+        for block in range(n // ROOTS):
+            start = block * ROOTS
+            for j in range(ROOTS):
+                grad = _grad(g[start + j], p[start + j], scale, wd, decayed)
+                second = _adam_moments(m, v, v_max, start + j, grad, one_minus_beta1,
+                                       one_minus_beta2, amsgrad)
+                roots[j] = _root_arg(second, eps, inside)
+            fastopt_soft_roots(roots, ROOTS)
+            for j in range(ROOTS):
+                p[start + j] = p[start + j] - lr_t * m[start + j] / _from_root(roots[j], eps,
+                                                                               inside)
+        start = n - n % ROOTS   # the rest as below
+    for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
-        m[i] = m[i] + one_minus_beta1 * (grad - m[i])
-        v[i] = v[i] + one_minus_beta2 * (grad * grad - v[i])
-        second = v[i]
-        if amsgrad:
-            v_max[i] = _maximum(v_max[i], v[i])
-            second = v_max[i]
+        second = _adam_moments(m, v, v_max, i, grad, one_minus_beta1, one_minus_beta2, amsgrad)
         p[i] = <floating>(<double>p[i]
                           - lr_t * <double>m[i] / <double>_denominator(second, eps, inside))
 
@@ -298,6 +451,20 @@ cdef void _adam_amsgrad(floating* p, const floating* g, floating* m, floating* v
     _adam_loop(p, g, m, v, v_max, n, c, decay, True)
 
 
+cdef inline floating _paper_moments(floating* m, floating* v, floating* v_max, intp i,
+                                    floating grad, floating beta1, floating beta2,
+                                    floating one_minus_beta1, floating one_minus_beta2,
+                                    bint amsgrad) noexcept nogil:
+    """Kingma & Ba's moments of element i (AdamW's too); returns the second moment the
+    step divides by."""
+    m[i] = beta1 * m[i] + one_minus_beta1 * grad
+    v[i] = beta2 * v[i] + one_minus_beta2 * grad * grad
+    if amsgrad:
+        v_max[i] = _maximum(v_max[i], v[i])
+        return v_max[i]
+    return v[i]
+
+
 cdef inline void _adam_paper_loop(floating* p, const floating* g, floating* m, floating* v,
                                   floating* v_max, intp n, const Step* c, bint decay,
                                   bint inside, bint amsgrad) noexcept nogil:
@@ -311,19 +478,29 @@ cdef inline void _adam_paper_loop(floating* p, const floating* g, floating* m, f
     cdef floating bias_correction1 = <floating>c.bias_correction1
     cdef floating bias_correction2 = <floating>c.bias_correction2
     cdef floating eps = <floating>c.eps
-    cdef floating grad, second, m_hat, v_hat
-    cdef intp i
-    for i in range(n):
+    cdef floating grad, second
+    cdef double roots[ROOTS]
+    cdef intp i, j, block, start = 0
+    if floating is double and FASTOPT_SOFT_SQRT and c.soft_roots:
+        for block in range(n // ROOTS):   # see _adam_loop
+            start = block * ROOTS
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                second = _paper_moments(m, v, v_max, i, grad, beta1, beta2, one_minus_beta1,
+                                        one_minus_beta2, amsgrad)
+                roots[j] = _root_arg(second / bias_correction2, eps, inside)
+            fastopt_soft_roots(roots, ROOTS)
+            for j in range(ROOTS):
+                i = start + j
+                p[i] = p[i] - lr * (m[i] / bias_correction1) / _from_root(roots[j], eps, inside)
+        start = n - n % ROOTS
+    for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
-        m[i] = beta1 * m[i] + one_minus_beta1 * grad
-        v[i] = beta2 * v[i] + one_minus_beta2 * grad * grad
-        second = v[i]
-        if amsgrad:
-            v_max[i] = _maximum(v_max[i], v[i])
-            second = v_max[i]
-        m_hat = m[i] / bias_correction1
-        v_hat = second / bias_correction2
-        p[i] = p[i] - lr * m_hat / _denominator(v_hat, eps, inside)
+        second = _paper_moments(m, v, v_max, i, grad, beta1, beta2, one_minus_beta1,
+                                one_minus_beta2, amsgrad)
+        p[i] = p[i] - lr * (m[i] / bias_correction1) / _denominator(second / bias_correction2,
+                                                                    eps, inside)
 
 
 cdef void _adam_paper(floating* p, const floating* g, floating* m, floating* v,
@@ -356,16 +533,28 @@ cdef inline void _adamw_loop(floating* p, const floating* g, floating* m, floati
     cdef floating bias_correction2_sqrt = <floating>c.bias_correction2_sqrt
     cdef floating eps = <floating>c.eps
     cdef floating grad, param, second
-    cdef intp i
-    for i in range(n):
+    cdef double roots[ROOTS]
+    cdef intp i, j, block, start = 0
+    # The decoupled decay only reads p[i], so it may come after the moments.
+    if floating is double and FASTOPT_SOFT_SQRT and c.soft_roots:
+        for block in range(n // ROOTS):   # see _adam_loop
+            start = block * ROOTS
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                roots[j] = _paper_moments(m, v, v_max, i, grad, beta1, beta2, one_minus_beta1,
+                                          one_minus_beta2, amsgrad)
+            fastopt_soft_roots(roots, ROOTS)
+            for j in range(ROOTS):
+                i = start + j
+                param = p[i] - lr_weight_decay * p[i] if decoupled else p[i]
+                p[i] = param - step_size * m[i] / (roots[j] / bias_correction2_sqrt + eps)
+        start = n - n % ROOTS
+    for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
+        second = _paper_moments(m, v, v_max, i, grad, beta1, beta2, one_minus_beta1,
+                                one_minus_beta2, amsgrad)
         param = p[i] - lr_weight_decay * p[i] if decoupled else p[i]
-        m[i] = beta1 * m[i] + one_minus_beta1 * grad
-        v[i] = beta2 * v[i] + one_minus_beta2 * grad * grad
-        second = v[i]
-        if amsgrad:
-            v_max[i] = _maximum(v_max[i], v[i])
-            second = v_max[i]
         p[i] = param - step_size * m[i] / (_root(second) / bias_correction2_sqrt + eps)
 
 
@@ -391,15 +580,37 @@ cdef void _nadam(floating* p, const floating* g, floating* m, floating* v, float
     cdef floating eps = <floating>c.eps
     cdef floating grad_step = <floating>c.grad_step
     cdef floating momentum_step = <floating>c.momentum_step
-    cdef floating grad, param, denominator
-    cdef intp i
-    for i in range(n):
+    cdef floating grad, second
+    cdef double roots[ROOTS]
+    cdef intp i, j, block, start = 0
+    if floating is double and FASTOPT_SOFT_SQRT and c.soft_roots:
+        for block in range(n // ROOTS):   # see _adam_loop
+            start = block * ROOTS
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                second = _paper_moments(m, v, NULL, i, grad, beta1, beta2, one_minus_beta1,
+                                        one_minus_beta2, False)
+                roots[j] = second / bias_correction2
+            fastopt_soft_roots(roots, ROOTS)
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                _nadam_param(p, m, i, grad, roots[j] + eps, grad_step, momentum_step)
+        start = n - n % ROOTS
+    for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
-        m[i] = beta1 * m[i] + one_minus_beta1 * grad
-        v[i] = beta2 * v[i] + one_minus_beta2 * grad * grad
-        denominator = _root(v[i] / bias_correction2) + eps
-        param = p[i] - grad_step * grad / denominator
-        p[i] = param - momentum_step * m[i] / denominator
+        second = _paper_moments(m, v, NULL, i, grad, beta1, beta2, one_minus_beta1,
+                                one_minus_beta2, False)
+        _nadam_param(p, m, i, grad, _root(second / bias_correction2) + eps, grad_step,
+                     momentum_step)
+
+
+cdef inline void _nadam_param(floating* p, floating* m, intp i, floating grad,
+                              floating denominator, floating grad_step,
+                              floating momentum_step) noexcept nogil:
+    cdef floating param = p[i] - grad_step * grad / denominator
+    p[i] = param - momentum_step * m[i] / denominator
 
 
 cdef inline void _radam_loop(floating* p, const floating* g, floating* m, floating* v, intp n,
@@ -415,18 +626,32 @@ cdef inline void _radam_loop(floating* p, const floating* g, floating* m, floati
     cdef floating bias_correction2_sqrt = <floating>c.bias_correction2_sqrt
     cdef floating eps = <floating>c.eps
     cdef floating rectification = <floating>c.rectification
-    cdef floating grad, m_hat
-    cdef intp i
-    for i in range(n):
+    cdef floating grad, second
+    cdef double roots[ROOTS]
+    cdef intp i, j, block, start = 0
+    if floating is double and FASTOPT_SOFT_SQRT and c.soft_roots and rectified:
+        for block in range(n // ROOTS):   # see _adam_loop
+            start = block * ROOTS
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                roots[j] = _paper_moments(m, v, NULL, i, grad, beta1, beta2, one_minus_beta1,
+                                          one_minus_beta2, False)
+            fastopt_soft_roots(roots, ROOTS)
+            for j in range(ROOTS):
+                i = start + j
+                p[i] = p[i] - (m[i] / bias_correction1) * lr * (
+                    bias_correction2_sqrt / (roots[j] + eps)) * rectification
+        start = n - n % ROOTS
+    for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
-        m[i] = beta1 * m[i] + one_minus_beta1 * grad
-        v[i] = beta2 * v[i] + one_minus_beta2 * grad * grad
-        m_hat = m[i] / bias_correction1
+        second = _paper_moments(m, v, NULL, i, grad, beta1, beta2, one_minus_beta1,
+                                one_minus_beta2, False)
         if rectified:
-            p[i] = p[i] - m_hat * lr * (bias_correction2_sqrt / (_root(v[i]) + eps)) \
-                * rectification
+            p[i] = p[i] - (m[i] / bias_correction1) * lr * (
+                bias_correction2_sqrt / (_root(second) + eps)) * rectification
         else:
-            p[i] = p[i] - m_hat * lr
+            p[i] = p[i] - (m[i] / bias_correction1) * lr
 
 
 cdef void _radam(floating* p, const floating* g, floating* m, floating* v, floating* unused,
@@ -464,14 +689,37 @@ cdef void _adadelta(floating* p, const floating* g, floating* v, floating* u, fl
     cdef floating rho = <floating>c.rho
     cdef floating one_minus_rho = <floating>(1.0 - c.rho)
     cdef floating eps = <floating>c.eps
-    cdef floating grad, d
-    cdef intp i
-    for i in range(n):
+    cdef floating grad
+    cdef double roots[2 * ROOTS]   # the roots of u + eps, then of v + eps
+    cdef intp i, j, block, start = 0
+    if floating is double and FASTOPT_SOFT_SQRT and c.soft_roots:
+        for block in range(n // ROOTS):   # see _adam_loop
+            start = block * ROOTS
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                v[i] = rho * v[i] + one_minus_rho * grad * grad
+                roots[j] = u[i] + eps
+                roots[ROOTS + j] = v[i] + eps
+            fastopt_soft_roots(roots, 2 * ROOTS)
+            for j in range(ROOTS):
+                i = start + j
+                grad = _grad(g[i], p[i], scale, wd, decayed)
+                _adadelta_param(p, u, i, roots[j] / roots[ROOTS + j] * grad, lr, rho,
+                                one_minus_rho)
+        start = n - n % ROOTS
+    for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
         v[i] = rho * v[i] + one_minus_rho * grad * grad
-        d = _root(u[i] + eps) / _root(v[i] + eps) * grad
-        u[i] = rho * u[i] + one_minus_rho * d * d
-        p[i] = p[i] - lr * d
+        _adadelta_param(p, u, i, _root(u[i] + eps) / _root(v[i] + eps) * grad, lr, rho,
+                        one_minus_rho)
+
+
+cdef inline void _adadelta_param(floating* p, floating* u, intp i, floating d, floating lr,
+                                 floating rho, floating one_minus_rho) noexcept nogil:
+    """Adadelta's step ``d`` (already computed) into the delta average and the param."""
+    u[i] = rho * u[i] + one_minus_rho * d * d
+    p[i] = p[i] - lr * d
 
 
 cdef void _lion(floating* p, const floating* g, floating* m, floating* unused1,
@@ -614,6 +862,7 @@ cdef enum:
     MAX_THREADS = 256
 
 cdef int _threads = 1
+cdef bint _soft_roots = False   # see set_soft_sqrt
 cdef bint _forked_child = False    # this process was forked: GNU OpenMP may hang in it
 
 
@@ -866,6 +1115,7 @@ cdef int _prepare(Step* c, object grad_scale, double weight_decay) except -1:
         raw[i] = 0
     c.grad_scale = 1.0 if grad_scale is None else <double>grad_scale
     c.weight_decay = weight_decay
+    c.soft_roots = _soft_roots
     return 0
 
 
@@ -1239,6 +1489,68 @@ cdef extern from *:
     #endif
     """
     int fastopt_cpu_level() noexcept nogil
+
+
+def can_soft_sqrt() -> bool:
+    """Whether this build has the software float64 square root (the AVX-512 build)."""
+    return bool(FASTOPT_SOFT_SQRT)
+
+
+def set_soft_sqrt(bint enabled):
+    """Take float64 square roots in the update loops by the software sequence (True) or the
+    hardware instruction (False). Both give the same bits; only the speed differs."""
+    global _soft_roots
+    if enabled and not FASTOPT_SOFT_SQRT:
+        raise ValueError("the software square root is only in the AVX-512 build")
+    _soft_roots = enabled
+
+
+def get_soft_sqrt() -> bool:
+    return _soft_roots
+
+
+def soft_sqrt(double[::1] x not None):
+    """``x[:] = sqrt(x)`` in place by the software sequence (the hardware instruction in
+    builds without it); for tools/verify_sqrt.py and the tests."""
+    with nogil:
+        fastopt_soft_roots(&x[0] if x.shape[0] else NULL, x.shape[0])
+
+
+def time_soft_sqrt(int rounds=15):
+    """Seconds for the book's float64 Adam loop over 4096 cached elements with the hardware
+    square root and with the software one: the least of ``rounds`` alternated timings of each
+    (the least is the run the rest of the machine disturbed least). fastopt/_simd.py uses the
+    software one only where this shows it faster."""
+    cdef intp n = 4096, i
+    cdef int r, k
+    cdef Step c
+    cdef double* data
+    cdef double best[2]
+    if not FASTOPT_SOFT_SQRT:
+        raise ValueError("the software square root is only in the AVX-512 build")
+    _prepare(&c, None, 0.0)
+    c.lr_t = 1e-3
+    c.beta1 = 0.9
+    c.beta2 = 0.999
+    c.eps = 1e-7
+    data = <double*>malloc(4 * n * sizeof(double))
+    if data == NULL:
+        raise MemoryError()
+    try:
+        for i in range(4 * n):   # p, g, m, v: v stays positive and in the fast range
+            data[i] = 1.0 + (i % 97) * 1e-3
+        best[0] = best[1] = float("inf")
+        for r in range(rounds):
+            for k in range(2):
+                c.soft_roots = k == 1
+                start = perf_counter()
+                with nogil:
+                    _adam[double](data, data + n, data + 2 * n, data + 3 * n, NULL, n, &c,
+                                  False)
+                best[k] = min(best[k], perf_counter() - start)
+    finally:
+        free(data)
+    return best[0], best[1]
 
 
 def cpu_simd_level():

@@ -154,9 +154,11 @@ def level_trajectory(module, config, dtype, steps=6):
 
 def run_python(code, *args, timeout=600, **environment):
     """Run ``python -c code *args`` in a fresh process whose fastopt settings come only from
-    ``environment`` (FASTOPT_SIMD, FASTOPT_NUM_THREADS, OMP_NUM_THREADS are cleared first)."""
+    ``environment`` (FASTOPT_SIMD, FASTOPT_SQRT, FASTOPT_NUM_THREADS, OMP_NUM_THREADS are
+    cleared first)."""
     env = {key: value for key, value in os.environ.items()
-           if key not in ("FASTOPT_SIMD", "FASTOPT_NUM_THREADS", "OMP_NUM_THREADS")}
+           if key not in ("FASTOPT_SIMD", "FASTOPT_SQRT", "FASTOPT_NUM_THREADS",
+                          "OMP_NUM_THREADS")}
     env.update(environment)
     # From a neutral directory: `python -c` puts the working directory on sys.path, and at the
     # repository root that is the uncompiled source folder.

@@ -39,7 +39,8 @@ for index, config in enumerate(CONFIGS):
         arrays.update({f"{index} {dtype} {name}": value for name, value in final.items()})
         arrays[f"{index} {dtype} iter"] = np.array(-1 if steps is None else steps)
 np.savez(sys.argv[2], **arrays)
-print(fastopt.simd_level(), _simd.kernels.compiled_simd(), fastopt.get_num_threads(), sep="|")
+print(fastopt.simd_level(), _simd.kernels.compiled_simd(), fastopt.get_num_threads(),
+      fastopt.sqrt_method(), sep="|")
 """
 
 
@@ -53,16 +54,19 @@ def reference_results():
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
-@pytest.mark.parametrize("level", LEVELS)
-def test_every_level_gives_the_references_bits(level, threads, reference_results, tmp_path):
+@pytest.mark.parametrize(("level", "sqrt"), [("baseline", "hardware"), ("avx2", "hardware"),
+                                             ("avx512", "hardware"), ("avx512", "software")])
+def test_every_level_gives_the_references_bits(level, sqrt, threads, reference_results,
+                                               tmp_path):
     if level not in fastopt.simd_levels():
         pytest.skip(f"this machine or build does not run {level}")
     output = tmp_path / "arrays.npz"
     completed = run_python(WORKER, str(Path(__file__).parent), str(output), *DTYPES,
-                                 FASTOPT_SIMD=level, FASTOPT_NUM_THREADS=threads)
+                           FASTOPT_SIMD=level, FASTOPT_NUM_THREADS=threads, FASTOPT_SQRT=sqrt)
     assert completed.returncode == 0, completed.stderr
-    chosen, compiled, thread_count = completed.stdout.strip().split("|")
+    chosen, compiled, thread_count, method = completed.stdout.strip().split("|")
     assert chosen == level
+    assert method == sqrt
     assert compiled == {"baseline": "SSE2 (x86-64 baseline)", "avx2": "AVX2",
                         "avx512": "AVX-512F"}[level]
     assert thread_count == (threads if _kernels.openmp() else "1")
@@ -74,8 +78,8 @@ def test_every_level_gives_the_references_bits(level, threads, reference_results
                 try:
                     assert_same_bits(arrays[f"{index} {dtype} {name}"], value)
                 except AssertionError as error:
-                    raise AssertionError(f"{level}, {threads} threads, {where}, {name}: "
-                                         f"{error}") from None
+                    raise AssertionError(f"{level}, {sqrt} sqrt, {threads} threads, {where}, "
+                                         f"{name}: {error}") from None
 
 
 def test_the_widest_level_the_cpu_runs_is_chosen():
