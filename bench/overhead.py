@@ -2,9 +2,9 @@
 
     python bench/overhead.py [--budget 0.5]
 
-For each optimizer and dtype, fastopt updates 200 params of ``--elements`` each (200 x 1000,
-the case of a network with many small layers, by default) and one param holding the same number of elements, in
-interleaved rounds in one process as in bench/run.py. Overhead per extra param is the
+For each optimizer and dtype, fastopt updates 200 params of ``--elements`` each (200 x 1000
+by default: a network of many small layers) and one param holding the same number of
+elements, in interleaved rounds in one process as in bench/run.py. Overhead per extra param is the
 difference of the two medians over 199: what the dict walk, the per-param checks and the
 per-param loop start cost, with the arithmetic the same on both sides.
 """
