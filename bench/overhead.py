@@ -4,9 +4,9 @@
 
 For each optimizer and dtype, fastopt updates 200 params of ``--elements`` each (200 x 1000
 by default: a network of many small layers) and one param holding the same number of
-elements, in interleaved rounds in one process as in bench/run.py. Overhead per extra param is the
-difference of the two medians over 199: what the dict walk, the per-param checks and the
-per-param loop start cost, with the arithmetic the same on both sides.
+elements, in interleaved rounds in one process as in bench/run.py. Overhead per extra param
+is the difference of the two medians over 199: what the dict walk, the per-param checks and
+the per-param loop start cost, with the arithmetic the same on both sides.
 """
 from __future__ import annotations
 
