@@ -137,5 +137,3 @@ def slow_path_warning() -> bool:
 
 
 set_num_threads(_from_environment())
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_kernels.after_fork_in_child)
