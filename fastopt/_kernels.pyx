@@ -622,6 +622,7 @@ cdef extern from *:
     typedef void (*fastopt_chunk_fn)(void* job, npy_intp start, npy_intp stop);
 
     #define FASTOPT_SPIN_NS 50000   /* how long a worker or a waiting caller spins */
+    #define FASTOPT_MAX_BACKOFF 1024
 
     static struct {
         uint64_t word;        /* atomic: generation << 32 | chunks << 16 | next chunk */
@@ -639,11 +640,12 @@ cdef extern from *:
         npy_intp chunk, size;
         /* The caller's side, under `busy`. */
         uint32_t generation;
+        int backoff, skip;    /* jobs to run on the caller alone after a worker was late */
         int started;          /* workers running */
         int atfork;           /* the fork handler is registered */
         pthread_mutex_t lock;
         pthread_cond_t wake, finished;
-    } fastopt_pool = {0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0,
+    } fastopt_pool = {0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0,
                       PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
                       PTHREAD_COND_INITIALIZER};
 
@@ -751,6 +753,7 @@ cdef extern from *:
         fastopt_pool.done = 0;
         fastopt_pool.word = (uint64_t)fastopt_pool.generation << 32;
         fastopt_pool.busy = 0;
+        fastopt_pool.backoff = fastopt_pool.skip = 0;
     }
 
     /* Start workers up to `count`; fewer if the system refuses. Under `busy`. */
@@ -792,6 +795,13 @@ cdef extern from *:
             fn(job, 0, size);
             return;
         }
+        if (fastopt_pool.skip > 0) {
+            /* A worker was late lately: the CPUs are busy with other work. */
+            fastopt_pool.skip--;
+            __atomic_store_n(&fastopt_pool.busy, 0, __ATOMIC_SEQ_CST);
+            fn(job, 0, size);
+            return;
+        }
         if (fastopt_pool.started < threads - 1)
             fastopt_pool_grow(threads - 1);
         fastopt_pool.fn = fn;
@@ -811,15 +821,22 @@ cdef extern from *:
         fastopt_claim();
         /* Every chunk is claimed: wait for those other threads are running. */
         if (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
+            /* Spin without yielding: sched_yield would hand this CPU to another process
+               for the rest of its time slice, milliseconds. */
             long long until = fastopt_now_ns() + FASTOPT_SPIN_NS;
             int spins = 0;
             while (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
-                if (++spins % 64 == 0) {
-                    if (fastopt_now_ns() > until)
-                        break;
-                    sched_yield();
-                }
+                if (++spins % 64 == 0 && fastopt_now_ns() > until)
+                    break;
                 fastopt_relax();
+            }
+            if (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
+                /* A worker that claimed a chunk has lost its CPU: wait for it asleep, and
+                   run the next jobs alone, more of them each time this happens again. */
+                fastopt_pool.backoff = fastopt_pool.backoff ? fastopt_pool.backoff * 2 : 4;
+                if (fastopt_pool.backoff > FASTOPT_MAX_BACKOFF)
+                    fastopt_pool.backoff = FASTOPT_MAX_BACKOFF;
+                fastopt_pool.skip = fastopt_pool.backoff;
             }
             pthread_mutex_lock(&fastopt_pool.lock);
             __atomic_store_n(&fastopt_pool.waiting, 1, __ATOMIC_SEQ_CST);
@@ -827,6 +844,8 @@ cdef extern from *:
                 pthread_cond_wait(&fastopt_pool.finished, &fastopt_pool.lock);
             __atomic_store_n(&fastopt_pool.waiting, 0, __ATOMIC_SEQ_CST);
             pthread_mutex_unlock(&fastopt_pool.lock);
+        } else {
+            fastopt_pool.backoff /= 2;
         }
         __atomic_store_n(&fastopt_pool.busy, 0, __ATOMIC_SEQ_CST);
     }
