@@ -1,14 +1,15 @@
 """fastopt on 1 thread against N threads inside a training loop, next to NumPy's BLAS threads.
 
-    python bench/digits_threads.py [--threads 2] [--epochs 20] [--optimizers Adam ...]
+    python bench/digits_threads.py [--threads 2] [--epochs 20] [--hidden 100] [--optimizers ...]
 
 Trains the digits network of examples/train_digits.py (its forward and backward passes are
 matrix products, so OpenBLAS's threads run, and then spin, between the updates) and times
 every update() call. The thread count alternates 1, N, N, 1, ... from one update to the next
 in one process, so both contenders see the same machine; results do not depend on it, bit
 for bit. Prints the median µs of an update on each, their ratio, and the training time per
-epoch. Leave OPENBLAS_NUM_THREADS unset (OpenBLAS then runs a thread per CPU) or set it, to
-compare.
+epoch. ``--hidden 1000`` widens the example's four hidden layers from 100 units (params of at
+most 10,000 elements, below the size from which fastopt uses threads) to 1000 (1e6). Leave
+OPENBLAS_NUM_THREADS unset (OpenBLAS then runs a thread per CPU) or set it, to compare.
 """
 from __future__ import annotations
 
@@ -48,11 +49,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--hidden", type=int, default=100, help="units per hidden layer")
     parser.add_argument("--optimizers", nargs="+", default=["Adam", "AdaGrad", "RMSprop", "SGD"])
     args = parser.parse_args()
     example = load_example()
     x_train, t_train, _, _ = example.load_data(0)
-    sizes = [x_train.shape[1], *example.HIDDEN, 10]
+    sizes = [x_train.shape[1], *[args.hidden] * len(example.HIDDEN), 10]
     default = fastopt.get_num_threads()
     print(f"fastopt {fastopt.__version__} ({fastopt.simd_level()}), the digits network "
           f"{'-'.join(map(str, sizes))}, batch {example.BATCH_SIZE}, {args.epochs} epochs; "

@@ -622,7 +622,7 @@ cdef extern from *:
     typedef void (*fastopt_chunk_fn)(void* job, npy_intp start, npy_intp stop);
 
     #define FASTOPT_SPIN_NS 50000   /* how long a worker or a waiting caller spins */
-    #define FASTOPT_MAX_BACKOFF 1024
+    #define FASTOPT_MAX_BACKOFF 64
 
     static struct {
         uint64_t word;        /* atomic: generation << 32 | chunks << 16 | next chunk */
@@ -879,13 +879,15 @@ cdef extern from *:
     int fastopt_pool_workers() noexcept nogil
 
 cdef enum:
-    # From how many elements a param is split across threads, measured with bench/threads.py
-    # on 2 cores: loops that only stream memory (SGD, Momentum, Nesterov) gain from about
-    # 2**17 elements (float32 SGD: 0.86x at 2**16, 1.5x at 2**18); loops bound by sqrt and
-    # division (AdaGrad, RMSprop, Adam and the rules beyond the book) already at 2**12 (Adam:
-    # 1.1x at 2**12, 1.4-1.6x at 2**14).
-    STREAMING_MIN = 1 << 17
-    DIVIDING_MIN = 1 << 13
+    # From how many elements a param is shared out to the pool, measured with bench/threads.py
+    # and bench/digits_threads.py on 2 shared cores (bench/results/threads.txt): loops that
+    # only stream memory (SGD, Momentum, Nesterov, Lion) lose 2-5% below 2**18 elements and
+    # gain up to 1.6x from there when a core is free; loops bound by sqrt and division
+    # (AdaGrad, RMSprop, Adam and the rules beyond the book) gain from 2**14 when a core is
+    # free, but a training loop's params of 10,000 elements took 1.1-1.3x as long next to
+    # BLAS's threads (a worker's last chunk finishing late): from 2**15.
+    STREAMING_MIN = 1 << 18
+    DIVIDING_MIN = 1 << 15
     CHUNK_ALIGN = 16   # elements: chunks start on whole 64-byte lines for float32 and float64
     # The smallest chunk, in elements (a multiple of CHUNK_ALIGN): claiming one costs about as
     # much as a few dozen elements of the cheapest loop, so that stays within a few percent.
