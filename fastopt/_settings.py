@@ -3,28 +3,23 @@
 Threads
 -------
 
-With threads, a param is split into one contiguous chunk per thread from 2**17 elements for
-SGD, Momentum and Nesterov and from 2**13 for AdaGrad, RMSprop and Adam (bench/threads.py);
-smaller params, and every param in builds without OpenMP (macOS), run on one thread. The loops
-are elementwise, so results are bit-identical for any number of threads.
+A large param is cut into chunks of whole cache lines, which the calling thread and a small
+pool of worker threads claim one at a time: from 2**18 elements for SGD, Momentum, Nesterov
+and Lion, which only stream memory, and from 2**15 for the rules bound by ``sqrt`` and
+division (bench/threads.py). The caller starts at once and never waits for a worker that has
+not started; smaller params run on the caller alone. The loops are elementwise, so results
+are bit-identical for any number of threads.
 
-The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it is 1: threads
-are opt-in. In a training loop NumPy's BLAS (OpenBLAS) keeps its own threads spinning on the
-cores between matrix products, and OpenMP threads that wait for those cores instead of working
-make an update many times slower. Measured on 2 cores, the digits example's Adam update took
-3.3-6.5 ms with 2 fastopt threads next to OpenBLAS's, 83-98 us on one thread, and 58-63 us on
-2 threads with OPENBLAS_NUM_THREADS=1 (README, Cost). Use threads when the rest of the
-process leaves cores free.
+The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it is the
+number of CPUs this process may run on, at most DEFAULT_MAX_THREADS; the measurements behind
+that default are in docs/threads-and-subnormals.md. Builds without POSIX threads (MSVC) run
+on one thread.
 
 At most 256 threads: ``set_num_threads`` and ``FASTOPT_NUM_THREADS`` refuse more with a
-ValueError (GNU OpenMP aborts or crashes the process when it cannot create the threads it is
-asked for); ``OMP_NUM_THREADS``, which other libraries read too, is capped at 256.
+ValueError; ``OMP_NUM_THREADS``, which other libraries read too, is capped at 256.
 
-A forked process (``os.fork``, multiprocessing's "fork" start method) runs every loop on one
-thread, and ``set_num_threads`` leaves it at one there: GNU OpenMP's threads do not survive
-``fork``, and a child that enters a parallel region after its parent, or any library in it,
-ran one can hang. Which library ran OpenMP first cannot be known, so the rule holds for every
-forked child. Processes started with "spawn" or "forkserver" are not affected.
+A forked process (``os.fork``, multiprocessing's "fork" start method) starts with no worker
+threads (its parent's do not exist in it) and starts its own on its first large update.
 
 Subnormals
 ----------
@@ -46,6 +41,21 @@ __all__ = ["get_flush_denormals", "get_num_threads", "get_slow_path_warning",
 MAX_THREADS: int = _kernels.max_threads()
 
 
+# The default is capped: measured on 2 CPUs only, and a param gains little from more threads
+# than the memory bus can feed.
+DEFAULT_MAX_THREADS = 8
+
+
+def available_cpus() -> int:
+    """The number of CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
 def _from_environment() -> int:
     for name in ("FASTOPT_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
@@ -59,14 +69,14 @@ def _from_environment() -> int:
                 raise ValueError(f"{name}={value!r}: fastopt uses at most {MAX_THREADS} threads")
             return MAX_THREADS   # OMP_NUM_THREADS is shared with other libraries: capped
         return int(first)
-    return 1
+    return min(available_cpus(), DEFAULT_MAX_THREADS)
 
 
 def set_num_threads(count: int) -> None:
     """Use up to ``count`` threads (1 to 256) for each large param.
 
-    Results do not depend on it, bit for bit. Without OpenMP (macOS builds), or in a forked
-    process, fastopt stays on one thread whatever ``count`` is.
+    Results do not depend on it, bit for bit. In builds without POSIX threads (MSVC) fastopt
+    stays on one thread whatever ``count`` is.
 
     Raises
     ------
