@@ -605,9 +605,11 @@ cdef enum:
 #
 # Workers spin briefly after a job (consecutive params of one update find them awake), then
 # sleep on a condition variable; they yield the CPU while they spin, so that a core shared
-# with other work is not held. In a forked child the pool is empty (a pthread_atfork handler
-# forgets the parent's workers) and starts again on its first threaded update. Builds without
-# POSIX threads (MSVC) run on one thread.
+# with other work is not held. The caller's own wait (for claimed chunks) spins without
+# yielding, then sleeps; when it had to sleep, a worker lost its CPU, and the next few jobs
+# (4, 8, ... at most 64) run on the caller alone. In a forked child the pool is empty (a
+# pthread_atfork handler forgets the parent's workers) and starts again on its first threaded
+# update. Builds without POSIX threads (MSVC) run on one thread.
 
 cdef extern from *:
     """
@@ -880,12 +882,13 @@ cdef extern from *:
 
 cdef enum:
     # From how many elements a param is shared out to the pool, measured with bench/threads.py
-    # and bench/digits_threads.py on 2 shared cores (bench/results/threads.txt): loops that
-    # only stream memory (SGD, Momentum, Nesterov, Lion) lose 2-5% below 2**18 elements and
-    # gain up to 1.6x from there when a core is free; loops bound by sqrt and division
-    # (AdaGrad, RMSprop, Adam and the rules beyond the book) gain from 2**14 when a core is
-    # free, but a training loop's params of 10,000 elements took 1.1-1.3x as long next to
-    # BLAS's threads (a worker's last chunk finishing late): from 2**15.
+    # and bench/digits_threads.py on 2 shared cores (bench/results/threads.txt and
+    # digits_threads.txt): loops that only stream memory (SGD, Momentum, Nesterov, Lion) lose
+    # 1-3% from 2**14 to 2**18 elements when no core is free, and gain 1.1-1.6x from 2**18
+    # when one is; loops bound by sqrt and division (AdaGrad, RMSprop, Adam and the rules
+    # beyond the book) gain from 2**14 when a core is free, but the digits example's params
+    # of 10,000 elements took 1.02-1.31x as long next to BLAS's threads (a worker's last
+    # chunk finishing late): from 2**15.
     STREAMING_MIN = 1 << 18
     DIVIDING_MIN = 1 << 15
     CHUNK_ALIGN = 16   # elements: chunks start on whole 64-byte lines for float32 and float64

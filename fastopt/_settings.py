@@ -13,7 +13,7 @@ are bit-identical for any number of threads.
 The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it is 1:
 threads are opt-in. In a training loop next to NumPy's BLAS threads, which keep spinning on the
 cores between matrix products, a second fastopt thread measured 0.60-1.75x the one-thread time
-of an update of 1e6-element params on 2 shared CPUs; with BLAS on one thread, 0.77x
+of an update of 1e6-element params on 2 shared CPUs; with BLAS on one thread, 0.76-1.05x
 (docs/threads-and-subnormals.md). Builds without POSIX threads (MSVC) run on one thread.
 
 At most 256 threads: ``set_num_threads`` and ``FASTOPT_NUM_THREADS`` refuse more with a
