@@ -21,8 +21,8 @@ FASTOPT_DEBUG_BUILD=1 turns Cython's bounds, wraparound and initialisation check
 FASTOPT_SANITIZE=1 (GCC or clang, not for shipping) builds with AddressSanitizer and
 UndefinedBehaviorSanitizer; tools/sanitize.sh builds it in its own environment and runs the
 tests under it.
-OpenMP (threads for large params) is used with GCC on Linux and MSVC on Windows; Apple's clang
-has no OpenMP, so macOS builds run single-threaded. FASTOPT_NO_OPENMP=1 leaves it out.
+Threads for large params come from a small pool of POSIX threads in the module itself (no
+OpenMP): -pthread with GCC and clang on Linux and macOS; MSVC builds run on one thread.
 """
 import os
 import sys
@@ -36,12 +36,11 @@ from setuptools.errors import CompileError
 
 debug = os.environ.get("FASTOPT_DEBUG_BUILD", "") == "1"
 directives = {"boundscheck": debug, "wraparound": debug, "initializedcheck": debug}
-openmp = os.environ.get("FASTOPT_NO_OPENMP", "") != "1"
 
 link_args = []
 if sys.platform == "win32":
     # MSVC: /fp:precise does not contract a*b+c into an FMA unless /fp:contract is given.
-    compile_args = ["/O2", "/fp:precise"] + (["/openmp"] if openmp else [])
+    compile_args = ["/O2", "/fp:precise"]
 else:
     compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
     if debug:
@@ -50,9 +49,8 @@ else:
         sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
         compile_args += sanitize
         link_args += sanitize
-    if openmp and sys.platform.startswith("linux"):
-        compile_args.append("-fopenmp")
-        link_args.append("-fopenmp")
+    compile_args.append("-pthread")
+    link_args.append("-pthread")
 
 # Module name suffix -> the flags of that instruction-set level (GCC and clang spelling).
 SIMD_LEVELS = {

@@ -38,7 +38,6 @@ the x86-64 baseline; ``_kernels_avx2``; ``_kernels_avx512``) and fastopt/_simd.p
 widest the CPU runs. The levels differ only in how wide the compiler vectorises the loops.
 """
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.math cimport fabs, fabsf, sqrt, sqrtf
 from libc.stdlib cimport free, malloc
 
@@ -834,41 +833,330 @@ cdef enum:
 
 
 # ---------------------------------------------------------------------------------------------
-# Threads. A large param is split into one contiguous chunk per thread; every loop is
-# elementwise, so the bits do not depend on the number of threads.
+# Threads: a small pool of POSIX threads of fastopt's own, started on the first update that
+# uses more than one thread. A large param's elements are cut into chunks of whole 64-byte
+# lines, and the calling thread and the pool's workers claim chunks one at a time from one
+# shared atomic word. The caller works from the start and never waits for a worker that has
+# not claimed a chunk: when the last chunk is taken it waits only for the chunks other threads
+# are running. A worker that wakes late, or never gets a core, finds nothing left to claim.
+# Every loop is elementwise, so the bits do not depend on who runs which chunk.
+#
+# The word holds the job's generation (32 bits), its number of chunks and the next chunk to
+# claim (16 bits each). A thread claims chunk i with a compare-and-swap from (g, n, i) to
+# (g, n, i + 1), and only then reads the job (its function and the caller's data, which lives
+# on the caller's stack): a successful claim means the job is not finished, because the
+# caller waits until every claimed chunk is done, so the data is still there. Nothing read
+# before the claim is used, so a worker that saw an older job cannot mix it with the current
+# one, and a generation that came round again (after 2**32 jobs) is still the job the word
+# describes. One job runs at a time; a caller that finds the pool busy (another Python thread
+# is updating) runs its param on its own thread, with the same bits.
+#
+# Workers spin briefly after a job (consecutive params of one update find them awake), then
+# sleep on a condition variable; they yield the CPU while they spin, so that a core shared
+# with other work is not held. The caller's own wait (for claimed chunks) spins without
+# yielding, then sleeps; when it had to sleep, a worker lost its CPU, and the next few jobs
+# (4, 8, ... at most 64) run on the caller alone. In a forked child the pool is empty (a
+# pthread_atfork handler forgets the parent's workers) and starts again on its first threaded
+# update. Builds without POSIX threads (MSVC) run on one thread.
 
 cdef extern from *:
     """
-    #ifdef _OPENMP
-    #define FASTOPT_OPENMP 1
+    #if (defined(__unix__) || defined(__APPLE__)) && (defined(__GNUC__) || defined(__clang__))
+    #define FASTOPT_POOL 1
+    #include <pthread.h>
+    #include <sched.h>
+    #include <signal.h>
+    #include <stdint.h>
+    #include <time.h>
+
+    typedef void (*fastopt_chunk_fn)(void* job, npy_intp start, npy_intp stop);
+
+    #define FASTOPT_SPIN_NS 50000   /* how long a worker or a waiting caller spins */
+    #define FASTOPT_MAX_BACKOFF 64
+
+    static struct {
+        uint64_t word;        /* atomic: generation << 32 | chunks << 16 | next chunk */
+        npy_intp done;        /* atomic: chunks of the current job finished */
+        int sleepers;         /* atomic: workers asleep on `wake` */
+        int waiting;          /* atomic: the caller is asleep on `finished` */
+        int wanted;           /* atomic: how many workers may join the current job */
+        int busy;             /* atomic: a caller owns the pool */
+        int hold;             /* atomic: tests only; workers claim nothing while set */
+        long long worker_chunks;   /* atomic: chunks run by workers, for the tests */
+        /* The current job: written by its caller before it publishes `word`, read by a
+           thread only after it has claimed one of the job's chunks. */
+        fastopt_chunk_fn fn;
+        void* job;
+        npy_intp chunk, size;
+        /* The caller's side, under `busy`. */
+        uint32_t generation;
+        int backoff, skip;    /* jobs to run on the caller alone after a worker was late */
+        int started;          /* workers running */
+        int atfork;           /* the fork handler is registered */
+        pthread_mutex_t lock;
+        pthread_cond_t wake, finished;
+    } fastopt_pool = {0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0,
+                      PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+                      PTHREAD_COND_INITIALIZER};
+
+    static inline uint64_t fastopt_load_word(void) {
+        return __atomic_load_n(&fastopt_pool.word, __ATOMIC_SEQ_CST);
+    }
+
+    static inline uint32_t fastopt_generation(uint64_t word) { return (uint32_t)(word >> 32); }
+    static inline npy_intp fastopt_chunks(uint64_t word) {
+        return (npy_intp)((word >> 16) & 0xffff);
+    }
+    static inline npy_intp fastopt_next(uint64_t word) { return (npy_intp)(word & 0xffff); }
+
+    static inline void fastopt_relax(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #endif
+    }
+
+    static inline long long fastopt_now_ns(void) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+    }
+
+    /* Claim and run chunks of the job in `word` until none is left; return how many ran. */
+    static npy_intp fastopt_claim(void) {
+        uint64_t word = fastopt_load_word();
+        npy_intp ran = 0;
+        while (fastopt_next(word) < fastopt_chunks(word)) {
+            if (!__atomic_compare_exchange_n(&fastopt_pool.word, &word, word + 1, 0,
+                                             __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+                continue;   /* `word` now holds the current value: try again */
+            /* Chunk fastopt_next(word) is ours, so its job is running: read it now. */
+            npy_intp start = fastopt_next(word) * fastopt_pool.chunk;
+            npy_intp stop = start + fastopt_pool.chunk;
+            if (stop > fastopt_pool.size)
+                stop = fastopt_pool.size;
+            fastopt_pool.fn(fastopt_pool.job, start, stop);
+            ran++;
+            npy_intp chunks = fastopt_chunks(word);
+            /* The last access to the job: after it the caller may return. */
+            if (__atomic_add_fetch(&fastopt_pool.done, 1, __ATOMIC_SEQ_CST) == chunks
+                    && __atomic_load_n(&fastopt_pool.waiting, __ATOMIC_SEQ_CST)) {
+                pthread_mutex_lock(&fastopt_pool.lock);
+                pthread_cond_broadcast(&fastopt_pool.finished);
+                pthread_mutex_unlock(&fastopt_pool.lock);
+            }
+            word = fastopt_load_word();
+        }
+        return ran;
+    }
+
+    static void* fastopt_worker(void* arg) {
+        int index = (int)(intptr_t)arg;
+        uint32_t seen = fastopt_generation(fastopt_load_word());
+        for (;;) {
+            uint64_t word = fastopt_load_word();
+            if (fastopt_generation(word) == seen) {
+                /* Nothing new: spin a little (yielding), then sleep until a job comes. */
+                long long until = fastopt_now_ns() + FASTOPT_SPIN_NS;
+                int spins = 0;
+                while (fastopt_generation(fastopt_load_word()) == seen) {
+                    if (++spins % 64 == 0) {
+                        if (fastopt_now_ns() > until)
+                            break;
+                        sched_yield();
+                    }
+                    fastopt_relax();
+                }
+                pthread_mutex_lock(&fastopt_pool.lock);
+                __atomic_add_fetch(&fastopt_pool.sleepers, 1, __ATOMIC_SEQ_CST);
+                while (fastopt_generation(fastopt_load_word()) == seen)
+                    pthread_cond_wait(&fastopt_pool.wake, &fastopt_pool.lock);
+                __atomic_sub_fetch(&fastopt_pool.sleepers, 1, __ATOMIC_SEQ_CST);
+                pthread_mutex_unlock(&fastopt_pool.lock);
+                continue;
+            }
+            seen = fastopt_generation(word);
+            while (__atomic_load_n(&fastopt_pool.hold, __ATOMIC_SEQ_CST)) {
+                struct timespec pause = {0, 1000000};
+                nanosleep(&pause, NULL);
+            }
+            if (index < __atomic_load_n(&fastopt_pool.wanted, __ATOMIC_SEQ_CST)) {
+                npy_intp ran = fastopt_claim();
+                if (ran)
+                    __atomic_add_fetch(&fastopt_pool.worker_chunks, ran, __ATOMIC_RELAXED);
+            }
+        }
+        return NULL;
+    }
+
+    /* In a forked child only the forking thread exists: forget the parent's workers (and a
+       job another of its threads may have been running); the pool starts again when needed. */
+    static void fastopt_pool_forget(void) {
+        pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+        pthread_cond_t wake = PTHREAD_COND_INITIALIZER, finished = PTHREAD_COND_INITIALIZER;
+        fastopt_pool.lock = lock;
+        fastopt_pool.wake = wake;
+        fastopt_pool.finished = finished;
+        fastopt_pool.started = 0;
+        fastopt_pool.sleepers = 0;
+        fastopt_pool.waiting = 0;
+        fastopt_pool.wanted = 0;
+        fastopt_pool.done = 0;
+        fastopt_pool.word = (uint64_t)fastopt_pool.generation << 32;
+        fastopt_pool.busy = 0;
+        fastopt_pool.backoff = fastopt_pool.skip = 0;
+    }
+
+    /* Start workers up to `count`; fewer if the system refuses. Under `busy`. */
+    static void fastopt_pool_grow(int count) {
+        pthread_attr_t attr;
+        sigset_t all, previous;
+        if (!fastopt_pool.atfork) {
+            if (pthread_atfork(NULL, NULL, fastopt_pool_forget) != 0)
+                return;
+            fastopt_pool.atfork = 1;
+        }
+        if (pthread_attr_init(&attr) != 0)
+            return;
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 1 << 20);
+        /* Workers block every signal: signals go to the process's own threads. */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &previous);
+        while (fastopt_pool.started < count) {
+            pthread_t thread;
+            if (pthread_create(&thread, &attr, fastopt_worker,
+                               (void*)(intptr_t)fastopt_pool.started) != 0)
+                break;
+            fastopt_pool.started++;
+        }
+        pthread_sigmask(SIG_SETMASK, &previous, NULL);
+        pthread_attr_destroy(&attr);
+    }
+
+    /* Run fn(job, start, stop) over [0, size) in chunks of `chunk` elements (the last may be
+       shorter; at most 65535 chunks), on the calling thread and up to threads - 1 workers. */
+    static void fastopt_pool_run(fastopt_chunk_fn fn, void* job, npy_intp size, npy_intp chunk,
+                                 int threads) {
+        npy_intp chunks = (size + chunk - 1) / chunk;
+        int expected = 0;
+        if (threads < 2 || chunks < 2 || chunks > 0xffff
+                || !__atomic_compare_exchange_n(&fastopt_pool.busy, &expected, 1, 0,
+                                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+            fn(job, 0, size);
+            return;
+        }
+        if (fastopt_pool.skip > 0) {
+            /* A worker was late lately: the CPUs are busy with other work. */
+            fastopt_pool.skip--;
+            __atomic_store_n(&fastopt_pool.busy, 0, __ATOMIC_SEQ_CST);
+            fn(job, 0, size);
+            return;
+        }
+        if (fastopt_pool.started < threads - 1)
+            fastopt_pool_grow(threads - 1);
+        fastopt_pool.fn = fn;
+        fastopt_pool.job = job;
+        fastopt_pool.chunk = chunk;
+        fastopt_pool.size = size;
+        __atomic_store_n(&fastopt_pool.done, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&fastopt_pool.wanted, threads - 1, __ATOMIC_SEQ_CST);
+        fastopt_pool.generation++;
+        __atomic_store_n(&fastopt_pool.word, (uint64_t)fastopt_pool.generation << 32
+                         | (uint64_t)chunks << 16, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&fastopt_pool.sleepers, __ATOMIC_SEQ_CST)) {
+            pthread_mutex_lock(&fastopt_pool.lock);
+            pthread_cond_broadcast(&fastopt_pool.wake);
+            pthread_mutex_unlock(&fastopt_pool.lock);
+        }
+        fastopt_claim();
+        /* Every chunk is claimed: wait for those other threads are running. */
+        if (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
+            /* Spin without yielding: sched_yield would hand this CPU to another process
+               for the rest of its time slice, milliseconds. */
+            long long until = fastopt_now_ns() + FASTOPT_SPIN_NS;
+            int spins = 0;
+            while (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
+                if (++spins % 64 == 0 && fastopt_now_ns() > until)
+                    break;
+                fastopt_relax();
+            }
+            if (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
+                /* A worker that claimed a chunk has lost its CPU: wait for it asleep, and
+                   run the next jobs alone, more of them each time this happens again. */
+                fastopt_pool.backoff = fastopt_pool.backoff ? fastopt_pool.backoff * 2 : 4;
+                if (fastopt_pool.backoff > FASTOPT_MAX_BACKOFF)
+                    fastopt_pool.backoff = FASTOPT_MAX_BACKOFF;
+                fastopt_pool.skip = fastopt_pool.backoff;
+            }
+            pthread_mutex_lock(&fastopt_pool.lock);
+            __atomic_store_n(&fastopt_pool.waiting, 1, __ATOMIC_SEQ_CST);
+            while (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks)
+                pthread_cond_wait(&fastopt_pool.finished, &fastopt_pool.lock);
+            __atomic_store_n(&fastopt_pool.waiting, 0, __ATOMIC_SEQ_CST);
+            pthread_mutex_unlock(&fastopt_pool.lock);
+        } else {
+            fastopt_pool.backoff /= 2;
+        }
+        __atomic_store_n(&fastopt_pool.busy, 0, __ATOMIC_SEQ_CST);
+    }
+
+    static void fastopt_pool_hold(int hold) {
+        __atomic_store_n(&fastopt_pool.hold, hold, __ATOMIC_SEQ_CST);
+    }
+    static long long fastopt_pool_worker_chunks(void) {
+        return __atomic_load_n(&fastopt_pool.worker_chunks, __ATOMIC_SEQ_CST);
+    }
+    static int fastopt_pool_workers(void) { return fastopt_pool.started; }
     #else
-    #define FASTOPT_OPENMP 0
+    #define FASTOPT_POOL 0
+    typedef void (*fastopt_chunk_fn)(void* job, npy_intp start, npy_intp stop);
+    static void fastopt_pool_run(fastopt_chunk_fn fn, void* job, npy_intp size, npy_intp chunk,
+                                 int threads) {
+        (void)chunk; (void)threads;
+        fn(job, 0, size);
+    }
+    static void fastopt_pool_hold(int hold) { (void)hold; }
+    static long long fastopt_pool_worker_chunks(void) { return 0; }
+    static int fastopt_pool_workers(void) { return 0; }
     #endif
     """
-    const int FASTOPT_OPENMP
+    const int FASTOPT_POOL
+    ctypedef void (*fastopt_chunk_fn)(void* job, intp start, intp stop) noexcept nogil
+    void fastopt_pool_run(fastopt_chunk_fn fn, void* job, intp size, intp chunk,
+                          int threads) noexcept nogil
+    void fastopt_pool_hold(int hold) noexcept nogil
+    long long fastopt_pool_worker_chunks() noexcept nogil
+    int fastopt_pool_workers() noexcept nogil
 
 cdef enum:
-    # From how many elements a param is split across threads, measured with bench/threads.py
-    # on 2 cores: loops that only stream memory (SGD, Momentum, Nesterov) gain from about
-    # 2**17 elements (float32 SGD: 0.86x at 2**16, 1.5x at 2**18); loops bound by sqrt and
-    # division (AdaGrad, RMSprop, Adam and the rules beyond the book) already at 2**12 (Adam:
-    # 1.1x at 2**12, 1.4-1.6x at 2**14).
-    STREAMING_MIN = 1 << 17
-    DIVIDING_MIN = 1 << 13
+    # From how many elements a param is shared out to the pool, measured with bench/threads.py
+    # and bench/digits_threads.py on 2 shared cores (bench/results/threads.txt and
+    # digits_threads.txt): loops that only stream memory (SGD, Momentum, Nesterov, Lion) lose
+    # 1-3% from 2**14 to 2**18 elements when no core is free, and gain 1.1-1.6x from 2**18
+    # when one is; loops bound by sqrt and division (AdaGrad, RMSprop, Adam and the rules
+    # beyond the book) gain from 2**14 when a core is free, but the digits example's params
+    # of 10,000 elements took 1.02-1.31x as long next to BLAS's threads (a worker's last
+    # chunk finishing late): from 2**15.
+    STREAMING_MIN = 1 << 18
+    DIVIDING_MIN = 1 << 15
     CHUNK_ALIGN = 16   # elements: chunks start on whole 64-byte lines for float32 and float64
-    # The most threads set_threads accepts: GNU OpenMP aborts the process (or crashes) when it
-    # cannot create the threads asked for (seen with 40000), and no CPU fastopt runs on needs
-    # more than this for one param.
+    # The smallest chunk, in elements (a multiple of CHUNK_ALIGN): claiming one costs about as
+    # much as a few dozen elements of the cheapest loop, so that stays within a few percent.
+    CHUNK_MIN = 4096
+    # Chunks per thread for large params: enough that a thread that starts late, or loses its
+    # core for a while, leaves its share to the others.
+    CHUNKS_PER_THREAD = 8
+    # The most threads set_threads accepts: no CPU fastopt runs on needs more than this for
+    # one param.
     MAX_THREADS = 256
 
 cdef int _threads = 1
 cdef bint _soft_roots = False   # see set_soft_sqrt
-cdef bint _forked_child = False    # this process was forked: GNU OpenMP may hang in it
 
 
-def openmp() -> bool:
-    """Whether this build can run the loops on several threads (compiled with OpenMP)."""
-    return bool(FASTOPT_OPENMP)
+def threads_supported() -> bool:
+    """Whether this build can run the loops on several threads (POSIX threads)."""
+    return bool(FASTOPT_POOL)
 
 
 def max_threads() -> int:
@@ -877,13 +1165,13 @@ def max_threads() -> int:
 
 
 def set_threads(int count):
-    """Use up to ``count`` threads per large param (1 <= count <= 256); 1 without OpenMP or
-    in a forked child."""
+    """Use up to ``count`` threads per large param (1 <= count <= 256); 1 in builds without
+    threads."""
     global _threads
     if not 1 <= count <= MAX_THREADS:
         raise ValueError(f"the number of threads must be >= 1 and <= {MAX_THREADS}; "
                          f"got {count}")
-    _threads = count if FASTOPT_OPENMP and not _forked_child else 1
+    _threads = count if FASTOPT_POOL else 1
 
 
 def get_threads() -> int:
@@ -891,14 +1179,28 @@ def get_threads() -> int:
     return _threads
 
 
-def after_fork_in_child():
-    """Called in a child process after os.fork(). GNU OpenMP's threads do not survive a fork,
-    and a child that enters a parallel region after its parent (or any library in it) used
-    OpenMP can hang; which library did cannot be known, so a forked child runs every loop on
-    one thread."""
-    global _threads, _forked_child
-    _forked_child = True
-    _threads = 1
+def pool_workers() -> int:
+    """How many worker threads the pool has started in this process (for the tests)."""
+    return fastopt_pool_workers()
+
+
+def pool_worker_chunks() -> int:
+    """How many chunks the pool's workers have run in this process (for the tests)."""
+    return fastopt_pool_worker_chunks()
+
+
+def hold_pool_workers(bint hold):
+    """Tests only: while held, a worker that wakes for a job claims nothing (it waits), as if
+    it could not get a core; the callers then run every chunk themselves."""
+    fastopt_pool_hold(hold)
+
+
+cdef inline intp _chunk_size(intp size, int threads, intp smallest) noexcept nogil:
+    """Chunks of at least ``smallest`` elements, at most CHUNKS_PER_THREAD per thread, each a
+    whole number of CHUNK_ALIGN elements."""
+    cdef intp chunks = min((size + smallest - 1) // smallest, <intp>threads * CHUNKS_PER_THREAD)
+    cdef intp chunk = (size + chunks - 1) // chunks
+    return (chunk + CHUNK_ALIGN - 1) // CHUNK_ALIGN * CHUNK_ALIGN
 
 
 # ---------------------------------------------------------------------------------------------
@@ -995,19 +1297,35 @@ cdef void _run_aligned(Task* task, loop_float run_float, loop_double run_double,
     _run_part(task, run_float, run_double, c, start, stop, flush)
 
 
+ctypedef struct Job:
+    # What a chunk of one param's update needs; it lives on the stack of ``_run_task``.
+    Task* task
+    loop_float run_float
+    loop_double run_double
+    const Step* c
+    bint flush
+
+
+cdef void _run_chunk(void* job, intp start, intp stop) noexcept nogil:
+    cdef Job* j = <Job*>job
+    _run_aligned(j.task, j.run_float, j.run_double, j.c, start, stop, j.flush)
+
+
 cdef void _run_task(Task* task, loop_float run_float, loop_double run_double, const Step* c,
                     int threads, intp parallel_min, bint flush) noexcept nogil:
-    cdef intp chunk, start, part
+    """Run one param's loop: on this thread, or from ``parallel_min`` elements in chunks
+    claimed by this thread and the pool's workers (see Threads)."""
+    cdef Job job
     if threads < 2 or task.size < parallel_min:
         _run_aligned(task, run_float, run_double, c, 0, task.size, flush)
         return
-    chunk = (task.size + threads - 1) // threads
-    chunk = (chunk + CHUNK_ALIGN - 1) // CHUNK_ALIGN * CHUNK_ALIGN
-    for part in prange(threads, num_threads=threads, schedule="static"):
-        start = part * chunk
-        if start < task.size:
-            _run_aligned(task, run_float, run_double, c, start,
-                         min(start + chunk, task.size), flush)
+    job.task = task
+    job.run_float = run_float
+    job.run_double = run_double
+    job.c = c
+    job.flush = flush
+    fastopt_pool_run(_run_chunk, &job, task.size, _chunk_size(task.size, threads, CHUNK_MIN),
+                     threads)
 
 
 cdef bint _run(object params, object grads, tuple states, int required, object decays,
@@ -1354,30 +1672,50 @@ cdef double _pairwise(const double* sums, intp n) noexcept nogil:
     return _pairwise(sums, n // 2) + _pairwise(sums + n // 2, n - n // 2)
 
 
-cdef int _array_sum(Task* task, int threads, double* result) noexcept nogil:
-    """``result[0]`` = the blocked sum of squares of the task's grad; -1 if out of memory."""
-    cdef intp blocks = (task.size + NORM_BLOCK - 1) // NORM_BLOCK
+ctypedef struct SumJob:
+    # What a run of blocks of ``_array_sum`` needs; it lives on that function's stack.
+    Task* task
+    double* sums
+
+
+cdef void _sum_blocks(void* job, intp first, intp stop) noexcept nogil:
+    """The sums of blocks [first, stop) of the job's grad."""
+    cdef SumJob* j = <SumJob*>job
+    cdef Task* task = j.task
     cdef intp b, start
-    cdef double* sums
+    for b in range(first, stop):
+        start = b * NORM_BLOCK
+        if task.single:
+            j.sums[b] = _block_sum(<const float*>task.grad + start,
+                                   min(task.size - start, <intp>NORM_BLOCK))
+        else:
+            j.sums[b] = _block_sum(<const double*>task.grad + start,
+                                   min(task.size - start, <intp>NORM_BLOCK))
+
+
+cdef int _array_sum(Task* task, int threads, double* result) noexcept nogil:
+    """``result[0]`` = the blocked sum of squares of the task's grad; -1 if out of memory.
+    From STREAMING_MIN elements the blocks are shared out by the thread pool; each block's sum
+    and their pairwise combination do not depend on which thread summed it."""
+    cdef intp blocks = (task.size + NORM_BLOCK - 1) // NORM_BLOCK
+    cdef intp chunks
+    cdef SumJob job
     if blocks <= 1:
         result[0] = (_block_sum(<const float*>task.grad, task.size) if task.single
                      else _block_sum(<const double*>task.grad, task.size))
         return 0
-    sums = <double*>malloc(blocks * sizeof(double))
-    if sums == NULL:
+    job.task = task
+    job.sums = <double*>malloc(blocks * sizeof(double))
+    if job.sums == NULL:
         return -1
     if threads < 2 or task.size < STREAMING_MIN:
-        threads = 1
-    for b in prange(blocks, num_threads=threads, schedule="static"):
-        start = b * NORM_BLOCK
-        if task.single:
-            sums[b] = _block_sum(<const float*>task.grad + start,
-                                 min(task.size - start, <intp>NORM_BLOCK))
-        else:
-            sums[b] = _block_sum(<const double*>task.grad + start,
-                                 min(task.size - start, <intp>NORM_BLOCK))
-    result[0] = _pairwise(sums, blocks)
-    free(sums)
+        _sum_blocks(&job, 0, blocks)
+    else:
+        # chunks of whole blocks (NORM_BLOCK >= CHUNK_MIN elements each)
+        chunks = <intp>threads * CHUNKS_PER_THREAD
+        fastopt_pool_run(_sum_blocks, &job, blocks, (blocks + chunks - 1) // chunks, threads)
+    result[0] = _pairwise(job.sums, blocks)
+    free(job.sums)
     return 0
 
 

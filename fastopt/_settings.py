@@ -3,28 +3,24 @@
 Threads
 -------
 
-With threads, a param is split into one contiguous chunk per thread from 2**17 elements for
-SGD, Momentum and Nesterov and from 2**13 for AdaGrad, RMSprop and Adam (bench/threads.py);
-smaller params, and every param in builds without OpenMP (macOS), run on one thread. The loops
-are elementwise, so results are bit-identical for any number of threads.
+A large param is cut into chunks of whole cache lines, which the calling thread and a small
+pool of worker threads claim one at a time: from 2**18 elements for SGD, Momentum, Nesterov
+and Lion, which only stream memory, and from 2**15 for the rules bound by ``sqrt`` and
+division (bench/threads.py). The caller starts at once and never waits for a worker that has
+not started; smaller params run on the caller alone. The loops are elementwise, so results
+are bit-identical for any number of threads.
 
-The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it is 1: threads
-are opt-in. In a training loop NumPy's BLAS (OpenBLAS) keeps its own threads spinning on the
-cores between matrix products, and OpenMP threads that wait for those cores instead of working
-make an update many times slower. Measured on 2 cores, the digits example's Adam update took
-3.3-6.5 ms with 2 fastopt threads next to OpenBLAS's, 83-98 us on one thread, and 58-63 us on
-2 threads with OPENBLAS_NUM_THREADS=1 (README, Cost). Use threads when the rest of the
-process leaves cores free.
+The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it is 1:
+threads are opt-in. In a training loop next to NumPy's BLAS threads, which keep spinning on the
+cores between matrix products, a second fastopt thread measured 0.60-1.75x the one-thread time
+of an update of 1e6-element params on 2 shared CPUs; with BLAS on one thread, 0.76-1.05x
+(docs/threads-and-subnormals.md). Builds without POSIX threads (MSVC) run on one thread.
 
 At most 256 threads: ``set_num_threads`` and ``FASTOPT_NUM_THREADS`` refuse more with a
-ValueError (GNU OpenMP aborts or crashes the process when it cannot create the threads it is
-asked for); ``OMP_NUM_THREADS``, which other libraries read too, is capped at 256.
+ValueError; ``OMP_NUM_THREADS``, which other libraries read too, is capped at 256.
 
-A forked process (``os.fork``, multiprocessing's "fork" start method) runs every loop on one
-thread, and ``set_num_threads`` leaves it at one there: GNU OpenMP's threads do not survive
-``fork``, and a child that enters a parallel region after its parent, or any library in it,
-ran one can hang. Which library ran OpenMP first cannot be known, so the rule holds for every
-forked child. Processes started with "spawn" or "forkserver" are not affected.
+A forked process (``os.fork``, multiprocessing's "fork" start method) starts with no worker
+threads (its parent's do not exist in it) and starts its own on its first large update.
 
 Subnormals
 ----------
@@ -65,8 +61,8 @@ def _from_environment() -> int:
 def set_num_threads(count: int) -> None:
     """Use up to ``count`` threads (1 to 256) for each large param.
 
-    Results do not depend on it, bit for bit. Without OpenMP (macOS builds), or in a forked
-    process, fastopt stays on one thread whatever ``count`` is.
+    Results do not depend on it, bit for bit. In builds without POSIX threads (MSVC) fastopt
+    stays on one thread whatever ``count`` is.
 
     Raises
     ------
@@ -137,5 +133,3 @@ def slow_path_warning() -> bool:
 
 
 set_num_threads(_from_environment())
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_kernels.after_fork_in_child)

@@ -114,11 +114,11 @@ def assert_same_state(fast, ref):
     assert getattr(fast, "iter", None) == getattr(ref, "iter", None)
 
 
-# Odd lengths leave remainders after every vector width; 2**13 + 5 and 2**17 + 9 elements are
+# Odd lengths leave remainders after every vector width; 2**15 + 5 and 2**18 + 9 elements are
 # split across threads (fastopt/_kernels.pyx); "special" and "tiny" are filled below.
 LEVEL_SHAPES = {"special": (1023,), "tiny": (257,), "odd": (31, 33), "one": (1,),
-                "net": (784, 50), "split_dividing": (2**13 + 5,),
-                "split_streaming": (2**17 + 9,)}
+                "net": (784, 50), "split_dividing": (2**15 + 5,),
+                "split_streaming": (2**18 + 9,)}
 
 
 def _grads_with_edge_cases(params, dtype, rng):
