@@ -870,6 +870,91 @@ cdef int _prepare(Step* c, object grad_scale, double weight_decay) except -1:
 
 
 # ---------------------------------------------------------------------------------------------
+# The rules' scalars: for each public entry, which Step fields its scalars fill (in the order of
+# fastopt.reference's rule), which loop runs and how many state slots it writes. The entries
+# below and ``CallPlan`` both take them from ``_rule``.
+
+ctypedef struct Rule:
+    loop_float run_float
+    loop_double run_double
+    int required          # state slots the loop writes: they must be given
+    intp parallel_min     # elements from which one param is split across threads
+
+
+cdef inline void _loops(Rule* r, loop_float run_float, loop_double run_double, int required,
+                        intp parallel_min) noexcept:
+    r.run_float = run_float
+    r.run_double = run_double
+    r.required = required
+    r.parallel_min = parallel_min
+
+
+cdef int _rule(str kernel, tuple s, bint third_state, Step* c, Rule* r) except -1:
+    """Fill ``c`` from the scalars ``s`` of the public entry named ``kernel`` and point ``r`` at
+    its loop (``third_state``: the rule keeps its optional third state, Adam's v_max)."""
+    if kernel == "sgd_step":
+        c.lr = s[0]
+        _loops(r, _sgd[float], _sgd[double], 0, STREAMING_MIN)
+    elif kernel == "momentum_step":
+        c.lr, c.momentum = s[0], s[1]
+        _loops(r, _momentum[float], _momentum[double], 1, STREAMING_MIN)
+    elif kernel == "nesterov_step":
+        c.lr, c.momentum, c.velocity_first = s[0], s[1], s[2]
+        _loops(r, _nesterov[float], _nesterov[double], 1, STREAMING_MIN)
+    elif kernel == "adagrad_step":
+        c.lr, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2]
+        _loops(r, _adagrad[float], _adagrad[double], 1, DIVIDING_MIN)
+    elif kernel == "rmsprop_step":
+        c.lr, c.decay_rate, c.eps, c.eps_inside_sqrt, c.momentum = s[0], s[1], s[2], s[3], s[4]
+        _loops(r, _rmsprop[float], _rmsprop[double], 1, DIVIDING_MIN)
+    elif kernel == "adam_step":
+        c.lr_t, c.beta1, c.beta2, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2], s[3], s[4]
+        if third_state:
+            _loops(r, _adam_amsgrad[float], _adam_amsgrad[double], 3, DIVIDING_MIN)
+        else:
+            _loops(r, _adam[float], _adam[double], 2, DIVIDING_MIN)
+    elif kernel == "adam_paper_step":
+        c.lr, c.beta1, c.beta2 = s[0], s[1], s[2]
+        c.bias_correction1, c.bias_correction2 = s[3], s[4]
+        c.eps, c.eps_inside_sqrt = s[5], s[6]
+        _loops(r, _adam_paper[float], _adam_paper[double], 2, DIVIDING_MIN)
+    elif kernel == "adamw_step":
+        c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt = s[0], s[1], s[2], s[3]
+        c.eps, c.decoupled_decay = s[4], s[5]
+        _loops(r, _adamw[float], _adamw[double], 2, DIVIDING_MIN)
+    elif kernel == "nadam_step":
+        c.beta1, c.beta2, c.bias_correction2 = s[0], s[1], s[2]
+        c.eps, c.grad_step, c.momentum_step = s[3], s[4], s[5]
+        _loops(r, _nadam[float], _nadam[double], 2, DIVIDING_MIN)
+    elif kernel == "radam_step":
+        c.lr, c.beta1, c.beta2, c.bias_correction1 = s[0], s[1], s[2], s[3]
+        c.bias_correction2_sqrt, c.eps, c.rectified, c.rectification = s[4], s[5], s[6], s[7]
+        _loops(r, _radam[float], _radam[double], 2, DIVIDING_MIN)
+    elif kernel == "adamax_step":
+        c.beta1, c.beta2, c.step_size, c.eps = s[0], s[1], s[2], s[3]
+        _loops(r, _adamax[float], _adamax[double], 2, DIVIDING_MIN)
+    elif kernel == "adadelta_step":
+        c.lr, c.rho, c.eps = s[0], s[1], s[2]
+        _loops(r, _adadelta[float], _adadelta[double], 2, DIVIDING_MIN)
+    elif kernel == "lion_step":
+        c.lr, c.beta1, c.beta2, c.decoupled_decay = s[0], s[1], s[2], s[3]
+        _loops(r, _lion[float], _lion[double], 1, STREAMING_MIN)
+    else:
+        raise ValueError(f"no compiled entry named {kernel!r}")
+    return 0
+
+
+cdef object _entry(str kernel, object params, object grads, tuple states, object decays,
+                   object grad_scale, double weight_decay, tuple scalars):
+    cdef Step c
+    cdef Rule r
+    _prepare(&c, grad_scale, weight_decay)
+    _rule(kernel, scalars, states[2] is not None, &c, &r)
+    return _run(params, grads, states, r.required, decays, r.run_float, r.run_double, &c,
+                r.parallel_min)
+
+
+# ---------------------------------------------------------------------------------------------
 # Public entries: one per update rule. Each takes params, grads and three state containers
 # (None for a slot the rule, with its options, does not keep), ``decays`` (which params decay;
 # None: all), the grad transform (``grad_scale``: None, or the clip factor; ``weight_decay``:
@@ -879,46 +964,29 @@ cdef int _prepare(Step* c, object grad_scale, double weight_decay) except -1:
 
 def sgd_step(params, grads, s0, s1, s2, decays, grad_scale, double weight_decay, double lr):
     """``p -= lr*g``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    return _run(params, grads, (None, None, None), 0, decays, _sgd[float], _sgd[double], &c,
-                STREAMING_MIN)
+    return _entry("sgd_step", params, grads, (None, None, None), decays, grad_scale,
+                  weight_decay, (lr,))
 
 
 def momentum_step(params, grads, v, s1, s2, decays, grad_scale, double weight_decay,
                   double lr, double momentum):
     """``v = momentum*v - lr*g; p += v``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.momentum = momentum
-    return _run(params, grads, (v, None, None), 1, decays, _momentum[float], _momentum[double],
-                &c, STREAMING_MIN)
+    return _entry("momentum_step", params, grads, (v, None, None), decays, grad_scale,
+                  weight_decay, (lr, momentum))
 
 
 def nesterov_step(params, grads, v, s1, s2, decays, grad_scale, double weight_decay,
                   double lr, double momentum, bint velocity_first):
     """Nesterov momentum; the book's 2016 order when ``velocity_first``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.momentum = momentum
-    c.velocity_first = velocity_first
-    return _run(params, grads, (v, None, None), 1, decays, _nesterov[float], _nesterov[double],
-                &c, STREAMING_MIN)
+    return _entry("nesterov_step", params, grads, (v, None, None), decays, grad_scale,
+                  weight_decay, (lr, momentum, velocity_first))
 
 
 def adagrad_step(params, grads, h, s1, s2, decays, grad_scale, double weight_decay,
                  double lr, double eps, bint eps_inside_sqrt):
     """``h += g*g; p -= lr*g / (sqrt(h) + eps)``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.eps = eps
-    c.eps_inside_sqrt = eps_inside_sqrt
-    return _run(params, grads, (h, None, None), 1, decays, _adagrad[float], _adagrad[double], &c,
-                DIVIDING_MIN)
+    return _entry("adagrad_step", params, grads, (h, None, None), decays, grad_scale,
+                  weight_decay, (lr, eps, eps_inside_sqrt))
 
 
 def rmsprop_step(params, grads, h, grad_avg, momentum_buffer, decays, grad_scale,
@@ -926,82 +994,41 @@ def rmsprop_step(params, grads, h, grad_avg, momentum_buffer, decays, grad_scale
                  bint eps_inside_sqrt, double momentum):
     """The book's RMSprop; centered with ``grad_avg``, with momentum with a
     ``momentum_buffer``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.decay_rate = decay_rate
-    c.eps = eps
-    c.eps_inside_sqrt = eps_inside_sqrt
-    c.momentum = momentum
-    return _run(params, grads, (h, grad_avg, momentum_buffer), 1, decays, _rmsprop[float],
-                _rmsprop[double], &c, DIVIDING_MIN)
+    return _entry("rmsprop_step", params, grads, (h, grad_avg, momentum_buffer), decays,
+                  grad_scale, weight_decay, (lr, decay_rate, eps, eps_inside_sqrt, momentum))
 
 
 def adam_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
               double lr_t, double beta1, double beta2, double eps, bint eps_inside_sqrt):
     """The book's Adam: ``m += (1-beta1)*(g-m); v += (1-beta2)*(g**2-v);
     p -= lr_t*m / (sqrt(v) + eps)``; AMSGrad with ``v_max``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr_t = lr_t
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.eps = eps
-    c.eps_inside_sqrt = eps_inside_sqrt
-    if v_max is None:
-        return _run(params, grads, (m, v, None), 2, decays, _adam[float], _adam[double], &c,
-                    DIVIDING_MIN)
-    return _run(params, grads, (m, v, v_max), 3, decays, _adam_amsgrad[float],
-                _adam_amsgrad[double], &c, DIVIDING_MIN)
+    return _entry("adam_step", params, grads, (m, v, v_max), decays, grad_scale, weight_decay,
+                  (lr_t, beta1, beta2, eps, eps_inside_sqrt))
 
 
 def adam_paper_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
                     double lr, double beta1, double beta2, double bias_correction1,
                     double bias_correction2, double eps, bint eps_inside_sqrt):
     """Adam as in the paper's Algorithm 1 (bias-corrected moments); AMSGrad with ``v_max``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.bias_correction1 = bias_correction1
-    c.bias_correction2 = bias_correction2
-    c.eps = eps
-    c.eps_inside_sqrt = eps_inside_sqrt
-    return _run(params, grads, (m, v, v_max), 2, decays, _adam_paper[float], _adam_paper[double],
-                &c, DIVIDING_MIN)
+    return _entry("adam_paper_step", params, grads, (m, v, v_max), decays, grad_scale,
+                  weight_decay, (lr, beta1, beta2, bias_correction1, bias_correction2, eps,
+                                 eps_inside_sqrt))
 
 
 def adamw_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
                double beta1, double beta2, double step_size, double bias_correction2_sqrt,
                double eps, double lr_weight_decay):
     """torch's AdamW: decoupled decay ``p -= lr_weight_decay*p``, then Adam."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.step_size = step_size
-    c.bias_correction2_sqrt = bias_correction2_sqrt
-    c.eps = eps
-    c.decoupled_decay = lr_weight_decay
-    return _run(params, grads, (m, v, v_max), 2, decays, _adamw[float], _adamw[double], &c,
-                DIVIDING_MIN)
+    return _entry("adamw_step", params, grads, (m, v, v_max), decays, grad_scale, weight_decay,
+                  (beta1, beta2, step_size, bias_correction2_sqrt, eps, lr_weight_decay))
 
 
 def nadam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay, double beta1,
                double beta2, double bias_correction2, double eps, double grad_step,
                double momentum_step):
     """torch's NAdam."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.bias_correction2 = bias_correction2
-    c.eps = eps
-    c.grad_step = grad_step
-    c.momentum_step = momentum_step
-    return _run(params, grads, (m, v, None), 2, decays, _nadam[float], _nadam[double], &c,
-                DIVIDING_MIN)
+    return _entry("nadam_step", params, grads, (m, v, None), decays, grad_scale, weight_decay,
+                  (beta1, beta2, bias_correction2, eps, grad_step, momentum_step))
 
 
 def radam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay, double lr,
@@ -1009,56 +1036,30 @@ def radam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay,
                double bias_correction2_sqrt, double eps, bint rectified,
                double rectification):
     """torch's RAdam."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.bias_correction1 = bias_correction1
-    c.bias_correction2_sqrt = bias_correction2_sqrt
-    c.eps = eps
-    c.rectified = rectified
-    c.rectification = rectification
-    return _run(params, grads, (m, v, None), 2, decays, _radam[float], _radam[double], &c,
-                DIVIDING_MIN)
+    return _entry("radam_step", params, grads, (m, v, None), decays, grad_scale, weight_decay,
+                  (lr, beta1, beta2, bias_correction1, bias_correction2_sqrt, eps, rectified,
+                   rectification))
 
 
 def adamax_step(params, grads, m, u, s2, decays, grad_scale, double weight_decay, double beta1,
                 double beta2, double step_size, double eps):
     """torch's Adamax."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.step_size = step_size
-    c.eps = eps
-    return _run(params, grads, (m, u, None), 2, decays, _adamax[float], _adamax[double], &c,
-                DIVIDING_MIN)
+    return _entry("adamax_step", params, grads, (m, u, None), decays, grad_scale, weight_decay,
+                  (beta1, beta2, step_size, eps))
 
 
 def adadelta_step(params, grads, v, u, s2, decays, grad_scale, double weight_decay, double lr,
                   double rho, double eps):
     """torch's Adadelta."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.rho = rho
-    c.eps = eps
-    return _run(params, grads, (v, u, None), 2, decays, _adadelta[float], _adadelta[double], &c,
-                DIVIDING_MIN)
+    return _entry("adadelta_step", params, grads, (v, u, None), decays, grad_scale,
+                  weight_decay, (lr, rho, eps))
 
 
 def lion_step(params, grads, m, s1, s2, decays, grad_scale, double weight_decay, double lr,
               double beta1, double beta2, double decoupled_weight_decay):
     """Lion, with its decoupled weight decay."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.decoupled_decay = decoupled_weight_decay
-    return _run(params, grads, (m, None, None), 1, decays, _lion[float], _lion[double], &c,
-                STREAMING_MIN)
+    return _entry("lion_step", params, grads, (m, None, None), decays, grad_scale, weight_decay,
+                  (lr, beta1, beta2, decoupled_weight_decay))
 
 
 # ---------------------------------------------------------------------------------------------
