@@ -1,12 +1,16 @@
 """Shared machinery of fastopt's optimizers: input checks, state, and dispatch to the kernels.
 
-``Optimizer.update`` holds the optimizer's lock (concurrent calls on one optimizer run one
-after the other), evaluates and checks the hyperparameters (``fastopt.reference``'s machinery:
-schedules, Python floats), computes the step's scalars, and then first tries the common case
-in one compiled call: every param an array the loops take, with its state already there. The
-kernel entry checks every param before it writes anything and declines (returning False,
-nothing changed) otherwise. Then the checked path runs in two phases, so that a rejected call
-changes nothing:
+``Optimizer.update`` first offers the call to the optimizer's ``CallPlan`` (``_kernels``),
+built after the last checked update: when every hyperparameter and option is still the object
+that update checked (numbers, not schedules) and every param is an array the loops take with
+its state already there, the whole update (the lock, the step's scalars, the loops, the step
+count) is one compiled call. Otherwise it changes nothing and the checked update runs: under
+the optimizer's lock (concurrent calls on one optimizer run one after the other) it evaluates
+and checks the hyperparameters (``fastopt.reference``'s machinery: schedules, Python floats),
+computes the step's scalars, and first tries the common case in one kernel call. The kernel
+entry checks every param before it writes anything and declines (returning False, nothing
+changed) otherwise. Then the checked path runs in two phases, so that a rejected call changes
+nothing:
 
 1. *Check*: every key's param, grad and existing state is validated, each grad read exactly
    once; nothing is written.
@@ -47,6 +51,38 @@ _KERNEL_FOR_RULE: dict[Callable[..., Any], Callable[..., bool]] = {
 }
 
 SLOTS = 3   # state slots of every compiled loop
+
+# How each rule's step scalars follow from the step count, keyed by the class's ``_next_step``
+# and the rule it returns: ``_kernels.CallPlan`` restates these few formulas in C
+# (tests/test_callpath.py checks its bits against ``_next_step``'s over many steps). NAdam
+# (a product carried from step to step) and RAdam (which branches on the step) are not here:
+# their updates always take the checked path.
+_STEP_FORMS: dict[tuple[Callable[..., Any], Callable[..., Any]], str] = {
+    (reference.SGD._next_step, reference.sgd_rule): "constant",
+    (reference.Momentum._next_step, reference.momentum_rule): "constant",
+    (reference.Nesterov._next_step, reference.nesterov_rule): "constant",
+    (reference.AdaGrad._next_step, reference.adagrad_rule): "constant",
+    (reference.RMSprop._next_step, reference.rmsprop_rule): "constant",
+    (reference.Adam._next_step, reference.adam_rule): "lr_t",
+    (reference.Adam._next_step, reference.adam_paper_rule): "bias_corrections",
+    (reference.AdamW._next_step, reference.adamw_rule): "step_size_and_sqrt",
+    (reference.Adamax._next_step, reference.adamax_rule): "step_size",
+    (reference.Adadelta._next_step, reference.adadelta_rule): "constant",
+    (reference.Lion._next_step, reference.lion_rule): "constant",
+}
+
+# What a CallPlan does in place of these methods; a class that defines any of them itself
+# (outside fastopt) always takes the checked path.
+_PLANNED_METHODS = ("_update_compiled", "_update_kernel", "_checked_values",
+                    "hyperparameter_values", "_all_hyperparameters", "_next_step",
+                    "_coupled_decay", "_rule_states", "_rule_state_names", "state_names",
+                    "_uses_momentum", "_used_states")
+
+# Hyperparameter values a plan may hold: immutable numbers, so that the same object is the
+# same value (a user's subclass of float could compute its value anew each time).
+_NUMBERS = frozenset({float, int, *(np.dtype(code).type for code in
+                                    np.typecodes["Float"] + np.typecodes["AllInteger"])})
+_BOOLS = frozenset({bool, np.bool_})
 
 
 class SlowPathWarning(UserWarning):
@@ -142,6 +178,27 @@ class Optimizer(reference.ReferenceOptimizer):
     ``fastopt.reference`` class of the same name; this class replaces its ``update``.
     """
 
+    # The plan of the last checked update (``_plan``): a cache, not state, so it is a slot,
+    # outside ``__dict__``, which pickles, copies and checkpoints carry.
+    __slots__ = ("_call_plan",)
+    _call_plan: _kernels.CallPlan | None
+
+    _plannable_class = False   # (__init_subclass__: each class's own)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._plannable_class = _plannable(cls)
+
+    def _setup(self, weight_decay: reference.Hyper,
+               weight_decay_filter: reference.DecayFilter | None,
+               max_grad_norm: float | None) -> None:
+        self._call_plan = None
+        super()._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._call_plan = None   # copies and unpickled optimizers plan anew
+        super().__setstate__(state)
+
     def update(self, params: reference.Params, grads: reference.Grads) -> None:
         """Update ``params`` in place from ``grads``; return None.
 
@@ -161,18 +218,65 @@ class Optimizer(reference.ReferenceOptimizer):
             When a hyperparameter, param or grad cannot be used; the message names the key.
             A rejected call changes no param, no state and no step count.
         """
+        if self._update_compiled(params, grads):
+            return
         with self._lock:
             values = self._checked_values()
             step = self._next_step(values)
-            if not self._update_compiled(params, grads, values, *step):
+            if not self._update_kernel(params, grads, values, *step):
                 self._update_checked(params, grads, values, *step)
+            plan = self._call_plan
+            if plan is None or not plan.holds(self):
+                self._call_plan = self._plan()
 
     _global_norm = staticmethod(global_norm)   # compiled; the reference's bits
 
-    def _update_compiled(self, params: reference.Params, grads: reference.Grads,
-                         values: dict[str, float], rule: Callable[..., Any],
-                         scalars: tuple[Any, ...], after: dict[str, Any]) -> bool:
-        """Update in one compiled call if every param can take it; else change nothing."""
+    def _update_compiled(self, *inputs: Any) -> bool:
+        """``(params, grads)``: the whole update in one compiled call, if the last checked
+        update's plan still holds and every param can take it; else False, nothing changed."""
+        plan = self._call_plan
+        return plan is not None and bool(plan.update(self, *inputs))
+
+    def _plan(self) -> _kernels.CallPlan | None:
+        """The plan for the updates to come (``_kernels.CallPlan``), from one snapshot of this
+        optimizer's attributes; None where the checked path must run every update: a
+        schedule, gradient clipping, a rule or class whose steps a plan does not restate."""
+        cls = type(self)
+        own = vars(self).copy()   # one instant: another thread may assign meanwhile
+        hyperparameters = tuple(self._all_hyperparameters())
+        if (not cls._plannable_class or own.get("max_grad_norm") is not None
+                or any(type(own.get(name)) not in _NUMBERS for name in hyperparameters)
+                or any(type(own.get(name)) not in _BOOLS for name in self._options)):
+            return None
+        # Everything below comes from the snapshot, so the values are those of its objects.
+        frozen = cls.__new__(cls)
+        frozen.__dict__ = own
+        try:
+            values = frozen._checked_values()
+            rule, scalars, after = frozen._next_step(values)
+        except (TypeError, ValueError):   # set meanwhile: the next checked update says what
+            return None
+        form = _STEP_FORMS.get((cls._next_step, rule))
+        kernel = _KERNEL_FOR_RULE[rule]
+        slots = tuple(_pad(frozen._rule_state_names()))
+        names = (*hyperparameters, *self._options, "weight_decay_filter", "max_grad_norm")
+        read = {*names, *slots, "iter", "_decays", "_lock"} - {None}
+        if (form is None or set(after) != {"iter"}
+                # the plan runs the kernel's loops itself: not if the entry was replaced
+                or kernel is not getattr(_kernels, kernel.__name__, None)
+                # a class attribute (a property, say) would shadow what __dict__ holds
+                or any(name in vars(klass) for klass in cls.__mro__ for name in read)):
+            return None
+        return _kernels.CallPlan(
+            cls, names, tuple(own[name] for name in names), slots,
+            own["weight_decay_filter"] is not None, kernel.__name__,
+            tuple(scalars), frozen._coupled_decay(values), form, values["lr"],
+            values.get("beta1", 0.0), values.get("beta2", 0.0))
+
+    def _update_kernel(self, params: reference.Params, grads: reference.Grads,
+                       values: dict[str, float], rule: Callable[..., Any],
+                       scalars: tuple[Any, ...], after: dict[str, Any]) -> bool:
+        """Update in one kernel call if every param can take it; else change nothing."""
         kind = type(params)
         if (kind is not dict and kind is not list) or type(grads) is not kind:
             return False
@@ -322,6 +426,19 @@ class Optimizer(reference.ReferenceOptimizer):
         if isinstance(param, np.ndarray):
             return aligned_zeros(param)   # C-contiguous whatever param's layout
         return np.zeros_like(param)       # a scalar param, as the book does
+
+
+def _plannable(cls: type) -> bool:
+    """Whether a CallPlan may stand in for ``cls``'s checked updates: it reads and sets
+    attributes plainly and defines none of the methods a plan does instead."""
+    if any(name in vars(klass) for klass in cls.__mro__[:-1]
+           for name in ("__setattr__", "__getattribute__", "__delattr__")):
+        return False
+    for name in _PLANNED_METHODS:
+        owner = next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+        if owner is not None and not owner.__module__.startswith("fastopt."):
+            return False
+    return True
 
 
 def aligned_zeros(param: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

@@ -6,6 +6,8 @@
 # loops can take (see `ready`) or a container lacks a key.
 from typing import Any, TypeAlias
 
+from typing_extensions import disjoint_base
+
 _Arrays: TypeAlias = list[Any] | dict[str, Any]
 _State: TypeAlias = list[Any] | dict[str, Any] | None
 _Decays: TypeAlias = list[Any] | dict[str, Any] | None
@@ -57,6 +59,17 @@ def adadelta_step(params: _Arrays, grads: _Arrays, v: _State, u: _State, s2: _St
 def lion_step(params: _Arrays, grads: _Arrays, m: _State, s1: _State, s2: _State,
               decays: _Decays, grad_scale: float | None, weight_decay: float, lr: float,
               beta1: float, beta2: float, decoupled_weight_decay: float) -> bool: ...
+
+@disjoint_base
+class CallPlan:
+    def __init__(self, owner: type, names: tuple[str, ...], objects: tuple[Any, ...],
+                 slots: tuple[str | None, ...], filtered: bool, kernel: str,
+                 scalars: tuple[Any, ...], weight_decay: float, form: str, lr: float,
+                 beta1: float, beta2: float) -> None: ...
+    def step_scalars(self, t: int) -> dict[str, float]: ...
+    def holds(self, optimizer: Any) -> bool: ...
+    def update(self, optimizer: Any, params: Any, grads: Any) -> bool: ...
+
 def sum_of_squares(array: Any) -> float | None: ...
 def scale_in_place(arrays: list[Any], factor: float) -> bool: ...
 def compiled_simd() -> str: ...

@@ -37,9 +37,10 @@ setup.py compiles this one source at up to three instruction-set levels (``fasto
 the x86-64 baseline; ``_kernels_avx2``; ``_kernels_avx512``) and fastopt/_simd.py imports the
 widest the CPU runs. The levels differ only in how wide the compiler vectorises the loops.
 """
+cimport cython
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport fabs, fabsf, sqrt, sqrtf
+from libc.math cimport fabs, fabsf, pow, sqrt, sqrtf
 from libc.stdlib cimport free, malloc
 
 cimport numpy as cnp
@@ -1060,6 +1061,172 @@ def lion_step(params, grads, m, s1, s2, decays, grad_scale, double weight_decay,
     """Lion, with its decoupled weight decay."""
     return _entry("lion_step", params, grads, (m, None, None), decays, grad_scale, weight_decay,
                   (lr, beta1, beta2, decoupled_weight_decay))
+
+
+# ---------------------------------------------------------------------------------------------
+# The call path: an update whose hyperparameters are the objects the last checked update
+# checked. fastopt/_base.py builds a ``CallPlan`` after a checked update; every later update
+# first offers itself to it (``CallPlan.update``), which runs it in this one call or declines,
+# changing nothing, and the checked path takes over.
+
+cdef enum Form:
+    # How the step's scalars follow from the step count t (fastopt.reference's _next_step).
+    CONSTANT            # none depends on t
+    LR_T                # the book's Adam: lr_t = lr*sqrt(1 - beta2**t)/(1 - beta1**t)
+    BIAS_CORRECTIONS    # the paper's Adam: 1 - beta1**t, 1 - beta2**t
+    STEP_SIZE           # Adamax: lr/(1 - beta1**t)
+    STEP_SIZE_AND_SQRT  # AdamW: lr/(1 - beta1**t), sqrt(1 - beta2**t)
+
+
+_FORMS = {"constant": CONSTANT, "lr_t": LR_T, "bias_corrections": BIAS_CORRECTIONS,
+          "step_size": STEP_SIZE, "step_size_and_sqrt": STEP_SIZE_AND_SQRT}
+
+cdef object _MISSING = object()
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+
+
+@cython.auto_pickle(False)
+cdef class CallPlan:
+    """An update as the last checked update planned it, valid while nothing it rests on changes.
+
+    It holds the optimizer's class; the names of the attributes the checks read (the float
+    hyperparameters, the options, ``weight_decay_filter`` and ``max_grad_norm``) with the
+    objects they held when checked (numbers, bools, None or the filter: never schedules, whose
+    value changes with the step); the names of the state attributes in the rule's three slots;
+    the rule's loop with its constant scalars; and how its other scalars follow from the step
+    count (``form``: the same IEEE operations, in the same order, as fastopt.reference's
+    ``_next_step``; ``pow`` and ``sqrt`` are the C library's, as Python's ``**`` and
+    ``math.sqrt`` are).
+
+    ``update(optimizer, params, grads)`` takes the optimizer's lock, checks that each of those
+    attributes still holds the same object, however it was set (``setattr``, ``__dict__``, a
+    checkpoint load), reads ``iter`` and the state containers from the optimizer's
+    ``__dict__``, computes the step's scalars, runs ``_run`` (which checks every param) and
+    counts the step. If anything differs, or a param, container or ``iter`` is not one it
+    takes, it returns False having changed nothing.
+    """
+    cdef type owner
+    cdef tuple names
+    cdef tuple objects
+    cdef tuple slots
+    cdef bint filtered
+    cdef Step base
+    cdef Rule rule
+    cdef Form form
+    cdef double lr, beta1, beta2
+
+    def __init__(self, type owner not None, tuple names not None, tuple objects not None,
+                 tuple slots not None, bint filtered, str kernel not None,
+                 tuple scalars not None, double weight_decay, str form not None, double lr,
+                 double beta1, double beta2):
+        if len(names) != len(objects) or len(slots) != STATES:
+            raise ValueError("one object per name and three state slots")
+        for name in names + slots:
+            if name is not None and type(name) is not str:
+                raise TypeError("attribute names are str")
+        self.owner = owner
+        self.names = names
+        self.objects = objects
+        self.slots = slots
+        self.filtered = filtered
+        _prepare(&self.base, None, weight_decay)
+        _rule(kernel, scalars, slots[2] is not None, &self.base, &self.rule)
+        self.form = _FORMS[form]
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+
+    cdef void _at(self, Step* c, double t) noexcept nogil:
+        """``c`` = the scalars of step ``t``."""
+        c[0] = self.base
+        if self.form == LR_T:
+            c.lr_t = self.lr * sqrt(1.0 - pow(self.beta2, t)) / (1.0 - pow(self.beta1, t))
+        elif self.form == BIAS_CORRECTIONS:
+            c.bias_correction1 = 1.0 - pow(self.beta1, t)
+            c.bias_correction2 = 1.0 - pow(self.beta2, t)
+        elif self.form == STEP_SIZE:
+            c.step_size = self.lr / (1.0 - pow(self.beta1, t))
+        elif self.form == STEP_SIZE_AND_SQRT:
+            c.step_size = self.lr / (1.0 - pow(self.beta1, t))
+            c.bias_correction2_sqrt = sqrt(1.0 - pow(self.beta2, t))
+
+    def step_scalars(self, long long t):
+        """The scalars of step ``t`` that depend on it, by name (for the tests)."""
+        cdef Step c
+        self._at(&c, <double>t)
+        return {"lr_t": c.lr_t, "bias_correction1": c.bias_correction1,
+                "bias_correction2": c.bias_correction2, "step_size": c.step_size,
+                "bias_correction2_sqrt": c.bias_correction2_sqrt}
+
+    def holds(self, optimizer):
+        """Whether ``optimizer`` is of the planned class and every checked attribute still
+        holds the planned object."""
+        return type(optimizer) is self.owner and self._holds(optimizer.__dict__)
+
+    cdef bint _holds(self, dict own) except -1:
+        cdef Py_ssize_t i
+        for i in range(len(self.names)):
+            if own.get(self.names[i], _MISSING) is not self.objects[i]:
+                return False
+        return True
+
+    def update(self, optimizer, params, grads):
+        """Update ``params`` in place as ``optimizer.update`` would and return True; or change
+        nothing and return False (then the checked path runs)."""
+        if type(optimizer) is not self.owner:
+            return False
+        cdef dict own = optimizer.__dict__
+        lock = own.get("_lock")
+        if lock is None:
+            return False
+        lock.acquire()
+        try:
+            return self._update(own, params, grads)
+        finally:
+            lock.release()
+
+    cdef bint _update(self, dict own, object params, object grads) except -1:
+        cdef object kind = type(params)
+        cdef object iteration = own.get("iter")
+        cdef object decays = None
+        cdef list states = [None, None, None]
+        cdef long long done
+        cdef int overflow = 0
+        cdef Py_ssize_t count
+        cdef int k
+        cdef Step c
+        if not self._holds(own) or type(iteration) is not int:
+            return False
+        done = PyLong_AsLongLongAndOverflow(iteration, &overflow)
+        # t = done + 1 as a double, exactly as Python converts it
+        if overflow or not 0 <= done < (1LL << 53) - 1:
+            return False
+        if (kind is not dict and kind is not list) or type(grads) is not kind:
+            return False
+        for k in range(STATES):
+            if self.slots[k] is not None:
+                states[k] = own.get(self.slots[k])
+                if type(states[k]) is not kind:
+                    return False
+        if self.filtered:
+            decays = own.get("_decays")
+            if type(decays) is not kind:
+                return False
+        if kind is list:
+            count = len(<list>params)
+            if len(<list>grads) != count or (decays is not None and len(<list>decays) != count):
+                return False
+            for k in range(STATES):
+                if states[k] is not None and len(<list>states[k]) != count:
+                    return False
+        self._at(&c, <double>(done + 1))
+        if not _run(params, grads, tuple(states), self.rule.required, decays,
+                    self.rule.run_float, self.rule.run_double, &c, self.rule.parallel_min):
+            return False
+        own["iter"] = done + 1
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
