@@ -82,7 +82,6 @@ _PLANNED_METHODS = ("_update_compiled", "_update_kernel", "_checked_values",
 # same value (a user's subclass of float could compute its value anew each time).
 _NUMBERS = frozenset({float, int, *(np.dtype(code).type for code in
                                     np.typecodes["Float"] + np.typecodes["AllInteger"])})
-_BOOLS = frozenset({bool, np.bool_})
 
 
 class SlowPathWarning(UserWarning):
@@ -183,11 +182,17 @@ class Optimizer(reference.ReferenceOptimizer):
     __slots__ = ("_call_plan",)
     _call_plan: _kernels.CallPlan | None
 
-    _plannable_class = False   # (__init_subclass__: each class's own)
+    # Set for each class when it is made: whether a plan may stand in for its checked
+    # updates, and the names its classes define (a plan reads no attribute of these names).
+    _plannable_class = False
+    _class_attributes: frozenset[str] = frozenset()
+    _plan_names: tuple[str, ...] = ()   # the attributes a plan checks are the same objects
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._plannable_class = _plannable(cls)
+        cls._class_attributes = frozenset(name for klass in cls.__mro__ for name in vars(klass))
+        cls._plan_names = (*cls._checks, *cls._options, "weight_decay_filter", "max_grad_norm")
 
     def _setup(self, weight_decay: reference.Hyper,
                weight_decay_filter: reference.DecayFilter | None,
@@ -221,13 +226,20 @@ class Optimizer(reference.ReferenceOptimizer):
         if self._update_compiled(params, grads):
             return
         with self._lock:
+            plan = self._call_plan
+            if plan is None or not plan.holds(self):
+                # Something was assigned (or this is the first update): note what the
+                # attributes hold, and plan if they still hold it at the next checked update
+                # (so that an attribute assigned before every update costs no plan each time).
+                self._call_plan = self._snapshot()
+            elif not plan.planned:
+                plan = self._call_plan = self._plan()
+                if plan is not None and plan.run(self, params, grads):
+                    return
             values = self._checked_values()
             step = self._next_step(values)
             if not self._update_kernel(params, grads, values, *step):
                 self._update_checked(params, grads, values, *step)
-            plan = self._call_plan
-            if plan is None or not plan.holds(self):
-                self._call_plan = self._plan()
 
     _global_norm = staticmethod(global_norm)   # compiled; the reference's bits
 
@@ -235,43 +247,60 @@ class Optimizer(reference.ReferenceOptimizer):
         """``(params, grads)``: the whole update in one compiled call, if the last checked
         update's plan still holds and every param can take it; else False, nothing changed."""
         plan = self._call_plan
-        return plan is not None and bool(plan.update(self, *inputs))
+        return plan is not None and plan.update(self, *inputs)
+
+    def _snapshot(self) -> _kernels.CallPlan | None:
+        """A plan that only notes the objects the attributes a plan rests on hold now."""
+        cls = type(self)
+        if not cls._plannable_class:
+            return None
+        names = cls._plan_names
+        return _kernels.CallPlan(cls, names, tuple(map(vars(self).get, names)),
+                                 (None, None, None), False, None, (), 0.0, "constant", 0.0, 0.0,
+                                 0.0, planned=False)
 
     def _plan(self) -> _kernels.CallPlan | None:
-        """The plan for the updates to come (``_kernels.CallPlan``), from one snapshot of this
-        optimizer's attributes; None where the checked path must run every update: a
-        schedule, gradient clipping, a rule or class whose steps a plan does not restate."""
+        """The plan for this update and the ones to come (``_kernels.CallPlan``), from one
+        snapshot of this optimizer's attributes. A plan without a kernel where the checked
+        path must run every update while nothing changes (a schedule, gradient clipping, a
+        rule whose steps a plan does not restate); None for a value the checks refuse or a
+        class that changes what an update does."""
         cls = type(self)
-        own = vars(self).copy()   # one instant: another thread may assign meanwhile
-        hyperparameters = tuple(self._all_hyperparameters())
-        if (not cls._plannable_class or own.get("max_grad_norm") is not None
-                or any(type(own.get(name)) not in _NUMBERS for name in hyperparameters)
-                or any(type(own.get(name)) not in _BOOLS for name in self._options)):
+        if not cls._plannable_class:
             return None
+        own = vars(self).copy()   # one instant: another thread may assign meanwhile
+        hyperparameters = self._all_hyperparameters()
+        names = cls._plan_names
+        objects = tuple(map(own.get, names))
+
+        def checked_only() -> _kernels.CallPlan:
+            return _kernels.CallPlan(cls, names, objects, (None, None, None), False, None, (),
+                                     0.0, "constant", 0.0, 0.0, 0.0)
+        if own.get("max_grad_norm") is not None or any(
+                type(own.get(name)) not in _NUMBERS for name in hyperparameters):
+            return checked_only()
         # Everything below comes from the snapshot, so the values are those of its objects.
         frozen = cls.__new__(cls)
         frozen.__dict__ = own
         try:
             values = frozen._checked_values()
             rule, scalars, after = frozen._next_step(values)
-        except (TypeError, ValueError):   # set meanwhile: the next checked update says what
+        except (TypeError, ValueError):   # the checked update says what is wrong
             return None
         form = _STEP_FORMS.get((cls._next_step, rule))
         kernel = _KERNEL_FOR_RULE[rule]
         slots = tuple(_pad(frozen._rule_state_names()))
-        names = (*hyperparameters, *self._options, "weight_decay_filter", "max_grad_norm")
         read = {*names, *slots, "iter", "_decays", "_lock"} - {None}
         if (form is None or set(after) != {"iter"}
                 # the plan runs the kernel's loops itself: not if the entry was replaced
                 or kernel is not getattr(_kernels, kernel.__name__, None)
                 # a class attribute (a property, say) would shadow what __dict__ holds
-                or any(name in vars(klass) for klass in cls.__mro__ for name in read)):
-            return None
+                or not cls._class_attributes.isdisjoint(read)):
+            return checked_only()
         return _kernels.CallPlan(
-            cls, names, tuple(own[name] for name in names), slots,
-            own["weight_decay_filter"] is not None, kernel.__name__,
-            tuple(scalars), frozen._coupled_decay(values), form, values["lr"],
-            values.get("beta1", 0.0), values.get("beta2", 0.0))
+            cls, names, objects, slots, own["weight_decay_filter"] is not None,
+            kernel.__name__, tuple(scalars), frozen._coupled_decay(values), form,
+            values["lr"], values.get("beta1", 0.0), values.get("beta2", 0.0))
 
     def _update_kernel(self, params: reference.Params, grads: reference.Grads,
                        values: dict[str, float], rule: Callable[..., Any],

@@ -890,63 +890,81 @@ cdef inline void _loops(Rule* r, loop_float run_float, loop_double run_double, i
     r.parallel_min = parallel_min
 
 
-cdef int _rule(str kernel, tuple s, bint third_state, Step* c, Rule* r) except -1:
-    """Fill ``c`` from the scalars ``s`` of the public entry named ``kernel`` and point ``r`` at
-    its loop (``third_state``: the rule keeps its optional third state, Adam's v_max)."""
-    if kernel == "sgd_step":
+cdef enum Kernel:
+    # The public entries, in order.
+    SGD_STEP, MOMENTUM_STEP, NESTEROV_STEP, ADAGRAD_STEP, RMSPROP_STEP, ADAM_STEP,
+    ADAM_PAPER_STEP, ADAMW_STEP, NADAM_STEP, RADAM_STEP, ADAMAX_STEP, ADADELTA_STEP, LION_STEP
+
+
+_KERNELS = {"sgd_step": SGD_STEP, "momentum_step": MOMENTUM_STEP,
+            "nesterov_step": NESTEROV_STEP, "adagrad_step": ADAGRAD_STEP,
+            "rmsprop_step": RMSPROP_STEP, "adam_step": ADAM_STEP,
+            "adam_paper_step": ADAM_PAPER_STEP, "adamw_step": ADAMW_STEP,
+            "nadam_step": NADAM_STEP, "radam_step": RADAM_STEP, "adamax_step": ADAMAX_STEP,
+            "adadelta_step": ADADELTA_STEP, "lion_step": LION_STEP}
+
+cdef enum:
+    MAX_SCALARS = 8   # the most scalars an entry takes (radam_step)
+
+
+cdef void _rule(Kernel kernel, const double* s, bint third_state, Step* c,
+                Rule* r) noexcept:
+    """Fill ``c`` from the scalars ``s`` of entry ``kernel`` (in its order; flags as 0 or 1)
+    and point ``r`` at its loop (``third_state``: the rule keeps its optional third state,
+    Adam's v_max)."""
+    if kernel == SGD_STEP:
         c.lr = s[0]
         _loops(r, _sgd[float], _sgd[double], 0, STREAMING_MIN)
-    elif kernel == "momentum_step":
+    elif kernel == MOMENTUM_STEP:
         c.lr, c.momentum = s[0], s[1]
         _loops(r, _momentum[float], _momentum[double], 1, STREAMING_MIN)
-    elif kernel == "nesterov_step":
-        c.lr, c.momentum, c.velocity_first = s[0], s[1], s[2]
+    elif kernel == NESTEROV_STEP:
+        c.lr, c.momentum, c.velocity_first = s[0], s[1], s[2] != 0
         _loops(r, _nesterov[float], _nesterov[double], 1, STREAMING_MIN)
-    elif kernel == "adagrad_step":
-        c.lr, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2]
+    elif kernel == ADAGRAD_STEP:
+        c.lr, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2] != 0
         _loops(r, _adagrad[float], _adagrad[double], 1, DIVIDING_MIN)
-    elif kernel == "rmsprop_step":
-        c.lr, c.decay_rate, c.eps, c.eps_inside_sqrt, c.momentum = s[0], s[1], s[2], s[3], s[4]
+    elif kernel == RMSPROP_STEP:
+        c.lr, c.decay_rate, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2], s[3] != 0
+        c.momentum = s[4]
         _loops(r, _rmsprop[float], _rmsprop[double], 1, DIVIDING_MIN)
-    elif kernel == "adam_step":
-        c.lr_t, c.beta1, c.beta2, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2], s[3], s[4]
+    elif kernel == ADAM_STEP:
+        c.lr_t, c.beta1, c.beta2, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2], s[3], s[4] != 0
         if third_state:
             _loops(r, _adam_amsgrad[float], _adam_amsgrad[double], 3, DIVIDING_MIN)
         else:
             _loops(r, _adam[float], _adam[double], 2, DIVIDING_MIN)
-    elif kernel == "adam_paper_step":
+    elif kernel == ADAM_PAPER_STEP:
         c.lr, c.beta1, c.beta2 = s[0], s[1], s[2]
         c.bias_correction1, c.bias_correction2 = s[3], s[4]
-        c.eps, c.eps_inside_sqrt = s[5], s[6]
+        c.eps, c.eps_inside_sqrt = s[5], s[6] != 0
         _loops(r, _adam_paper[float], _adam_paper[double], 2, DIVIDING_MIN)
-    elif kernel == "adamw_step":
+    elif kernel == ADAMW_STEP:
         c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt = s[0], s[1], s[2], s[3]
         c.eps, c.decoupled_decay = s[4], s[5]
         _loops(r, _adamw[float], _adamw[double], 2, DIVIDING_MIN)
-    elif kernel == "nadam_step":
+    elif kernel == NADAM_STEP:
         c.beta1, c.beta2, c.bias_correction2 = s[0], s[1], s[2]
         c.eps, c.grad_step, c.momentum_step = s[3], s[4], s[5]
         _loops(r, _nadam[float], _nadam[double], 2, DIVIDING_MIN)
-    elif kernel == "radam_step":
+    elif kernel == RADAM_STEP:
         c.lr, c.beta1, c.beta2, c.bias_correction1 = s[0], s[1], s[2], s[3]
-        c.bias_correction2_sqrt, c.eps, c.rectified, c.rectification = s[4], s[5], s[6], s[7]
+        c.bias_correction2_sqrt, c.eps, c.rectified, c.rectification = (
+            s[4], s[5], s[6] != 0, s[7])
         _loops(r, _radam[float], _radam[double], 2, DIVIDING_MIN)
-    elif kernel == "adamax_step":
+    elif kernel == ADAMAX_STEP:
         c.beta1, c.beta2, c.step_size, c.eps = s[0], s[1], s[2], s[3]
         _loops(r, _adamax[float], _adamax[double], 2, DIVIDING_MIN)
-    elif kernel == "adadelta_step":
+    elif kernel == ADADELTA_STEP:
         c.lr, c.rho, c.eps = s[0], s[1], s[2]
         _loops(r, _adadelta[float], _adadelta[double], 2, DIVIDING_MIN)
-    elif kernel == "lion_step":
+    else:
         c.lr, c.beta1, c.beta2, c.decoupled_decay = s[0], s[1], s[2], s[3]
         _loops(r, _lion[float], _lion[double], 1, STREAMING_MIN)
-    else:
-        raise ValueError(f"no compiled entry named {kernel!r}")
-    return 0
 
 
-cdef object _entry(str kernel, object params, object grads, tuple states, object decays,
-                   object grad_scale, double weight_decay, tuple scalars):
+cdef object _entry(Kernel kernel, object params, object grads, tuple states, object decays,
+                   object grad_scale, double weight_decay, const double* scalars):
     cdef Step c
     cdef Rule r
     _prepare(&c, grad_scale, weight_decay)
@@ -965,29 +983,41 @@ cdef object _entry(str kernel, object params, object grads, tuple states, object
 
 def sgd_step(params, grads, s0, s1, s2, decays, grad_scale, double weight_decay, double lr):
     """``p -= lr*g``."""
-    return _entry("sgd_step", params, grads, (None, None, None), decays, grad_scale,
-                  weight_decay, (lr,))
+    cdef double s[1]
+    s[0] = lr
+    return _entry(SGD_STEP, params, grads, (None, None, None), decays, grad_scale, weight_decay, s)
 
 
 def momentum_step(params, grads, v, s1, s2, decays, grad_scale, double weight_decay,
                   double lr, double momentum):
     """``v = momentum*v - lr*g; p += v``."""
-    return _entry("momentum_step", params, grads, (v, None, None), decays, grad_scale,
-                  weight_decay, (lr, momentum))
+    cdef double s[2]
+    s[0] = lr
+    s[1] = momentum
+    return _entry(MOMENTUM_STEP, params, grads, (v, None, None), decays, grad_scale,
+                  weight_decay, s)
 
 
 def nesterov_step(params, grads, v, s1, s2, decays, grad_scale, double weight_decay,
                   double lr, double momentum, bint velocity_first):
     """Nesterov momentum; the book's 2016 order when ``velocity_first``."""
-    return _entry("nesterov_step", params, grads, (v, None, None), decays, grad_scale,
-                  weight_decay, (lr, momentum, velocity_first))
+    cdef double s[3]
+    s[0] = lr
+    s[1] = momentum
+    s[2] = velocity_first
+    return _entry(NESTEROV_STEP, params, grads, (v, None, None), decays, grad_scale,
+                  weight_decay, s)
 
 
 def adagrad_step(params, grads, h, s1, s2, decays, grad_scale, double weight_decay,
                  double lr, double eps, bint eps_inside_sqrt):
     """``h += g*g; p -= lr*g / (sqrt(h) + eps)``."""
-    return _entry("adagrad_step", params, grads, (h, None, None), decays, grad_scale,
-                  weight_decay, (lr, eps, eps_inside_sqrt))
+    cdef double s[3]
+    s[0] = lr
+    s[1] = eps
+    s[2] = eps_inside_sqrt
+    return _entry(ADAGRAD_STEP, params, grads, (h, None, None), decays, grad_scale,
+                  weight_decay, s)
 
 
 def rmsprop_step(params, grads, h, grad_avg, momentum_buffer, decays, grad_scale,
@@ -995,41 +1025,71 @@ def rmsprop_step(params, grads, h, grad_avg, momentum_buffer, decays, grad_scale
                  bint eps_inside_sqrt, double momentum):
     """The book's RMSprop; centered with ``grad_avg``, with momentum with a
     ``momentum_buffer``."""
-    return _entry("rmsprop_step", params, grads, (h, grad_avg, momentum_buffer), decays,
-                  grad_scale, weight_decay, (lr, decay_rate, eps, eps_inside_sqrt, momentum))
+    cdef double s[5]
+    s[0] = lr
+    s[1] = decay_rate
+    s[2] = eps
+    s[3] = eps_inside_sqrt
+    s[4] = momentum
+    return _entry(RMSPROP_STEP, params, grads, (h, grad_avg, momentum_buffer), decays, grad_scale,
+                  weight_decay, s)
 
 
 def adam_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
               double lr_t, double beta1, double beta2, double eps, bint eps_inside_sqrt):
     """The book's Adam: ``m += (1-beta1)*(g-m); v += (1-beta2)*(g**2-v);
     p -= lr_t*m / (sqrt(v) + eps)``; AMSGrad with ``v_max``."""
-    return _entry("adam_step", params, grads, (m, v, v_max), decays, grad_scale, weight_decay,
-                  (lr_t, beta1, beta2, eps, eps_inside_sqrt))
+    cdef double s[5]
+    s[0] = lr_t
+    s[1] = beta1
+    s[2] = beta2
+    s[3] = eps
+    s[4] = eps_inside_sqrt
+    return _entry(ADAM_STEP, params, grads, (m, v, v_max), decays, grad_scale, weight_decay, s)
 
 
 def adam_paper_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
                     double lr, double beta1, double beta2, double bias_correction1,
                     double bias_correction2, double eps, bint eps_inside_sqrt):
     """Adam as in the paper's Algorithm 1 (bias-corrected moments); AMSGrad with ``v_max``."""
-    return _entry("adam_paper_step", params, grads, (m, v, v_max), decays, grad_scale,
-                  weight_decay, (lr, beta1, beta2, bias_correction1, bias_correction2, eps,
-                                 eps_inside_sqrt))
+    cdef double s[7]
+    s[0] = lr
+    s[1] = beta1
+    s[2] = beta2
+    s[3] = bias_correction1
+    s[4] = bias_correction2
+    s[5] = eps
+    s[6] = eps_inside_sqrt
+    return _entry(ADAM_PAPER_STEP, params, grads, (m, v, v_max), decays, grad_scale,
+                  weight_decay, s)
 
 
 def adamw_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
                double beta1, double beta2, double step_size, double bias_correction2_sqrt,
                double eps, double lr_weight_decay):
     """torch's AdamW: decoupled decay ``p -= lr_weight_decay*p``, then Adam."""
-    return _entry("adamw_step", params, grads, (m, v, v_max), decays, grad_scale, weight_decay,
-                  (beta1, beta2, step_size, bias_correction2_sqrt, eps, lr_weight_decay))
+    cdef double s[6]
+    s[0] = beta1
+    s[1] = beta2
+    s[2] = step_size
+    s[3] = bias_correction2_sqrt
+    s[4] = eps
+    s[5] = lr_weight_decay
+    return _entry(ADAMW_STEP, params, grads, (m, v, v_max), decays, grad_scale, weight_decay, s)
 
 
 def nadam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay, double beta1,
                double beta2, double bias_correction2, double eps, double grad_step,
                double momentum_step):
     """torch's NAdam."""
-    return _entry("nadam_step", params, grads, (m, v, None), decays, grad_scale, weight_decay,
-                  (beta1, beta2, bias_correction2, eps, grad_step, momentum_step))
+    cdef double s[6]
+    s[0] = beta1
+    s[1] = beta2
+    s[2] = bias_correction2
+    s[3] = eps
+    s[4] = grad_step
+    s[5] = momentum_step
+    return _entry(NADAM_STEP, params, grads, (m, v, None), decays, grad_scale, weight_decay, s)
 
 
 def radam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay, double lr,
@@ -1037,30 +1097,48 @@ def radam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay,
                double bias_correction2_sqrt, double eps, bint rectified,
                double rectification):
     """torch's RAdam."""
-    return _entry("radam_step", params, grads, (m, v, None), decays, grad_scale, weight_decay,
-                  (lr, beta1, beta2, bias_correction1, bias_correction2_sqrt, eps, rectified,
-                   rectification))
+    cdef double s[8]
+    s[0] = lr
+    s[1] = beta1
+    s[2] = beta2
+    s[3] = bias_correction1
+    s[4] = bias_correction2_sqrt
+    s[5] = eps
+    s[6] = rectified
+    s[7] = rectification
+    return _entry(RADAM_STEP, params, grads, (m, v, None), decays, grad_scale, weight_decay, s)
 
 
 def adamax_step(params, grads, m, u, s2, decays, grad_scale, double weight_decay, double beta1,
                 double beta2, double step_size, double eps):
     """torch's Adamax."""
-    return _entry("adamax_step", params, grads, (m, u, None), decays, grad_scale, weight_decay,
-                  (beta1, beta2, step_size, eps))
+    cdef double s[4]
+    s[0] = beta1
+    s[1] = beta2
+    s[2] = step_size
+    s[3] = eps
+    return _entry(ADAMAX_STEP, params, grads, (m, u, None), decays, grad_scale, weight_decay, s)
 
 
 def adadelta_step(params, grads, v, u, s2, decays, grad_scale, double weight_decay, double lr,
                   double rho, double eps):
     """torch's Adadelta."""
-    return _entry("adadelta_step", params, grads, (v, u, None), decays, grad_scale,
-                  weight_decay, (lr, rho, eps))
+    cdef double s[3]
+    s[0] = lr
+    s[1] = rho
+    s[2] = eps
+    return _entry(ADADELTA_STEP, params, grads, (v, u, None), decays, grad_scale, weight_decay, s)
 
 
 def lion_step(params, grads, m, s1, s2, decays, grad_scale, double weight_decay, double lr,
               double beta1, double beta2, double decoupled_weight_decay):
     """Lion, with its decoupled weight decay."""
-    return _entry("lion_step", params, grads, (m, None, None), decays, grad_scale, weight_decay,
-                  (lr, beta1, beta2, decoupled_weight_decay))
+    cdef double s[4]
+    s[0] = lr
+    s[1] = beta1
+    s[2] = beta2
+    s[3] = decoupled_weight_decay
+    return _entry(LION_STEP, params, grads, (m, None, None), decays, grad_scale, weight_decay, s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1098,7 +1176,8 @@ cdef class CallPlan:
     the rule's loop with its constant scalars; and how its other scalars follow from the step
     count (``form``: the same IEEE operations, in the same order, as fastopt.reference's
     ``_next_step``; ``pow`` and ``sqrt`` are the C library's, as Python's ``**`` and
-    ``math.sqrt`` are).
+    ``math.sqrt`` are). A plan without a kernel never runs: it only remembers, for as long as
+    it holds, that the checked path must run every update (a schedule, clipping, NAdam).
 
     ``update(optimizer, params, grads)`` takes the optimizer's lock, checks that each of those
     attributes still holds the same object, however it was set (``setattr``, ``__dict__``, a
@@ -1111,6 +1190,8 @@ cdef class CallPlan:
     cdef tuple names
     cdef tuple objects
     cdef tuple slots
+    cdef readonly bint runs      # False: a plan that only holds (see above)
+    cdef readonly bint planned   # False: a snapshot only, not yet planned (fastopt/_base.py)
     cdef bint filtered
     cdef Step base
     cdef Rule rule
@@ -1118,11 +1199,14 @@ cdef class CallPlan:
     cdef double lr, beta1, beta2
 
     def __init__(self, type owner not None, tuple names not None, tuple objects not None,
-                 tuple slots not None, bint filtered, str kernel not None,
-                 tuple scalars not None, double weight_decay, str form not None, double lr,
-                 double beta1, double beta2):
-        if len(names) != len(objects) or len(slots) != STATES:
-            raise ValueError("one object per name and three state slots")
+                 tuple slots not None, bint filtered, str kernel, tuple scalars not None,
+                 double weight_decay, str form not None, double lr, double beta1,
+                 double beta2, bint planned=True):
+        cdef double values[MAX_SCALARS]
+        cdef Py_ssize_t i
+        if (len(names) != len(objects) or len(slots) != STATES
+                or len(scalars) > MAX_SCALARS):
+            raise ValueError("one object per name, three state slots, at most eight scalars")
         for name in names + slots:
             if name is not None and type(name) is not str:
                 raise TypeError("attribute names are str")
@@ -1131,8 +1215,13 @@ cdef class CallPlan:
         self.objects = objects
         self.slots = slots
         self.filtered = filtered
+        self.runs = kernel is not None
+        self.planned = planned
         _prepare(&self.base, None, weight_decay)
-        _rule(kernel, scalars, slots[2] is not None, &self.base, &self.rule)
+        if self.runs:
+            for i in range(len(scalars)):
+                values[i] = scalars[i]
+            _rule(_KERNELS[kernel], values, slots[2] is not None, &self.base, &self.rule)
         self.form = _FORMS[form]
         self.lr = lr
         self.beta1 = beta1
@@ -1174,8 +1263,8 @@ cdef class CallPlan:
 
     def update(self, optimizer, params, grads):
         """Update ``params`` in place as ``optimizer.update`` would and return True; or change
-        nothing and return False (then the checked path runs)."""
-        if type(optimizer) is not self.owner:
+        nothing and return False (then the checked path runs). Takes the optimizer's lock."""
+        if not self.runs or type(optimizer) is not self.owner:
             return False
         cdef dict own = optimizer.__dict__
         lock = own.get("_lock")
@@ -1186,6 +1275,12 @@ cdef class CallPlan:
             return self._update(own, params, grads)
         finally:
             lock.release()
+
+    def run(self, optimizer, params, grads):
+        """``update`` for a caller that holds the optimizer's lock."""
+        if not self.runs or type(optimizer) is not self.owner:
+            return False
+        return self._update(optimizer.__dict__, params, grads)
 
     cdef bint _update(self, dict own, object params, object grads) except -1:
         cdef object kind = type(params)
