@@ -314,12 +314,14 @@ class Optimizer(reference.ReferenceOptimizer):
             decays = None
         elif type(decays) is not kind:   # the filter has not been asked yet
             return False
-        # Every state container must exist (not on the first update) and be of params' kind;
-        # the rule's slots are these containers, or None for a slot it does not use.
-        for state in self._used_states():
-            if type(state) is not kind:
-                return False
-        states = _pad(self._rule_states())
+        # The rule's slots: every state container it keeps must exist (not on the first
+        # update) and be of params' kind; None for a slot its options do not use.
+        states: list[Any] = [None] * SLOTS
+        for slot, name in enumerate(self._rule_state_names()):
+            if name is not None:
+                states[slot] = state = getattr(self, name)
+                if type(state) is not kind:
+                    return False
         if kind is list:
             count = len(params)
             if len(grads) != count or (decays is not None and len(decays) < count):

@@ -1286,11 +1286,10 @@ cdef class CallPlan:
         cdef object kind = type(params)
         cdef object iteration = own.get("iter")
         cdef object decays = None
-        cdef list states = [None, None, None]
+        cdef object s0 = None, s1 = None, s2 = None
         cdef long long done
         cdef int overflow = 0
         cdef Py_ssize_t count
-        cdef int k
         cdef Step c
         if not self._holds(own) or type(iteration) is not int:
             return False
@@ -1300,24 +1299,32 @@ cdef class CallPlan:
             return False
         if (kind is not dict and kind is not list) or type(grads) is not kind:
             return False
-        for k in range(STATES):
-            if self.slots[k] is not None:
-                states[k] = own.get(self.slots[k])
-                if type(states[k]) is not kind:
-                    return False
+        if self.slots[0] is not None:
+            s0 = own.get(self.slots[0])
+            if type(s0) is not kind:
+                return False
+        if self.slots[1] is not None:
+            s1 = own.get(self.slots[1])
+            if type(s1) is not kind:
+                return False
+        if self.slots[2] is not None:
+            s2 = own.get(self.slots[2])
+            if type(s2) is not kind:
+                return False
         if self.filtered:
             decays = own.get("_decays")
             if type(decays) is not kind:
                 return False
         if kind is list:
             count = len(<list>params)
-            if len(<list>grads) != count or (decays is not None and len(<list>decays) != count):
+            if (len(<list>grads) != count
+                    or (decays is not None and len(<list>decays) != count)
+                    or (s0 is not None and len(<list>s0) != count)
+                    or (s1 is not None and len(<list>s1) != count)
+                    or (s2 is not None and len(<list>s2) != count)):
                 return False
-            for k in range(STATES):
-                if states[k] is not None and len(<list>states[k]) != count:
-                    return False
         self._at(&c, <double>(done + 1))
-        if not _run(params, grads, tuple(states), self.rule.required, decays,
+        if not _run(params, grads, (s0, s1, s2), self.rule.required, decays,
                     self.rule.run_float, self.rule.run_double, &c, self.rule.parallel_min):
             return False
         own["iter"] = done + 1
