@@ -1,13 +1,16 @@
 """Shared machinery of fastopt's optimizers: input checks, state, and dispatch to the kernels.
 
-``Optimizer.update`` first offers the call to the optimizer's ``CallPlan`` (``_kernels``),
-built after the last checked update: when every hyperparameter and option is still the object
-that update checked (numbers, not schedules) and every param is an array the loops take with
-its state already there, the whole update (the lock, the step's scalars, the loops, the step
-count) is one compiled call. Otherwise it changes nothing and the checked update runs: under
-the optimizer's lock (concurrent calls on one optimizer run one after the other) it evaluates
-and checks the hyperparameters (``fastopt.reference``'s machinery: schedules, Python floats),
-computes the step's scalars, and first tries the common case in one kernel call. The kernel
+``Optimizer.update`` first offers the call to the optimizer's plan (``_kernels.CallPlan``,
+made by a checked update from one snapshot of the attributes): when every hyperparameter and
+option is still the object that was checked (numbers, not schedules) and every param is an
+array the loops take with its state already there, the whole update (the lock, the step's
+scalars, the loops, the step count) is one compiled call. Otherwise it changes nothing and
+the checked update runs: under the optimizer's lock (concurrent calls on one optimizer run
+one after the other) it notes what the attributes hold if something was assigned since the
+plan, or plans and runs the plan if they have held since the previous checked update; else it
+evaluates and checks the hyperparameters (``fastopt.reference``'s machinery: schedules,
+Python floats), computes the step's scalars, and first tries the common case in one kernel
+call. The kernel
 entry checks every param before it writes anything and declines (returning False, nothing
 changed) otherwise. Then the checked path runs in two phases, so that a rejected call changes
 nothing:
@@ -244,20 +247,17 @@ class Optimizer(reference.ReferenceOptimizer):
     _global_norm = staticmethod(global_norm)   # compiled; the reference's bits
 
     def _update_compiled(self, *inputs: Any) -> bool:
-        """``(params, grads)``: the whole update in one compiled call, if the last checked
-        update's plan still holds and every param can take it; else False, nothing changed."""
+        """``(params, grads)``: the whole update in one compiled call, if the plan still holds
+        and every param can take it; else False, nothing changed. (The plan's call is this
+        method's one call with ``*args``: tests/test_reliability.py finds the compiled call
+        in progress by that instruction.)"""
         plan = self._call_plan
         return plan is not None and plan.update(self, *inputs)
 
     def _snapshot(self) -> _kernels.CallPlan | None:
         """A plan that only notes the objects the attributes a plan rests on hold now."""
         cls = type(self)
-        if not cls._plannable_class:
-            return None
-        names = cls._plan_names
-        return _kernels.CallPlan(cls, names, tuple(map(vars(self).get, names)),
-                                 (None, None, None), False, None, (), 0.0, "constant", 0.0, 0.0,
-                                 0.0, planned=False)
+        return _kernels.note(self, cls._plan_names) if cls._plannable_class else None
 
     def _plan(self) -> _kernels.CallPlan | None:
         """The plan for this update and the ones to come (``_kernels.CallPlan``), from one
@@ -285,7 +285,7 @@ class Optimizer(reference.ReferenceOptimizer):
         try:
             values = frozen._checked_values()
             rule, scalars, after = frozen._next_step(values)
-        except (TypeError, ValueError):   # the checked update says what is wrong
+        except (AttributeError, TypeError, ValueError):   # the checked update says what
             return None
         form = _STEP_FORMS.get((cls._next_step, rule))
         kernel = _KERNEL_FOR_RULE[rule]

@@ -23,6 +23,11 @@ Design rules of this module:
   inputs, explains what is wrong, or takes NumPy's path for that param. These checks are what
   keep the loops inside memory, so they are never skipped, and every planned array is held by
   a reference until its loop has run.
+- ``CallPlan`` (the call path) runs a whole ``update()`` in one call while the attributes it
+  was planned from hold the same objects (fastopt/_base.py decides when). The only Python
+  scalar formulas restated here are its few of the step count (Adam's ``lr_t``, the bias
+  corrections, step sizes), with the C library's ``pow`` and ``sqrt`` as Python's own ``**``
+  and ``math.sqrt``; tests/test_callpath.py checks their bits against ``_next_step``.
 - Order of operations follows ``fastopt.reference`` statement by statement, and each statement
   is rounded to the array's dtype as NumPy >= 2 rounds it (Python float scalars are converted
   to the array's dtype first), so results are bit-identical to the reference in float64 and
@@ -1201,7 +1206,7 @@ cdef class CallPlan:
     def __init__(self, type owner not None, tuple names not None, tuple objects not None,
                  tuple slots not None, bint filtered, str kernel, tuple scalars not None,
                  double weight_decay, str form not None, double lr, double beta1,
-                 double beta2, bint planned=True):
+                 double beta2):
         cdef double values[MAX_SCALARS]
         cdef Py_ssize_t i
         if (len(names) != len(objects) or len(slots) != STATES
@@ -1216,7 +1221,7 @@ cdef class CallPlan:
         self.slots = slots
         self.filtered = filtered
         self.runs = kernel is not None
-        self.planned = planned
+        self.planned = True
         _prepare(&self.base, None, weight_decay)
         if self.runs:
             for i in range(len(scalars)):
@@ -1329,6 +1334,26 @@ cdef class CallPlan:
             return False
         own["iter"] = done + 1
         return True
+
+
+def note(optimizer, tuple names not None):
+    """A plan that never runs: which objects ``optimizer``'s attributes ``names`` hold now
+    (None for a missing one). fastopt/_base.py plans once they still hold at the next checked
+    update."""
+    cdef CallPlan plan = CallPlan.__new__(CallPlan)
+    cdef dict own = optimizer.__dict__
+    for name in names:
+        if type(name) is not str:
+            raise TypeError("attribute names are str")
+    plan.owner = type(optimizer)
+    plan.names = names
+    plan.objects = tuple([own.get(name) for name in names])
+    plan.slots = (None, None, None)
+    plan.runs = False
+    plan.planned = False
+    plan.form = CONSTANT
+    _prepare(&plan.base, None, 0.0)
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------
