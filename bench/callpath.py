@@ -91,7 +91,7 @@ def parts(name: str, dtype: str) -> tuple[float, float, float]:
         optimizer.update(params, grads)
     plan = optimizer._call_plan
     whole = median_us(lambda: optimizer.update(params, grads))
-    alone = median_us(lambda: plan.update(optimizer, params, grads))
+    alone = median_us(lambda: plan(optimizer, params, grads))
     rule, scalars, _ = optimizer._next_step(optimizer.hyperparameter_values())
     kernel = _base._KERNEL_FOR_RULE[rule]
     states = _base._pad(optimizer._rule_states())
@@ -132,7 +132,7 @@ def main() -> None:
             whole, alone, entry = parts(name, dtype)
             print(f"{name + ' ' + dtype:16} {whole:9.3f} {alone:7.3f} {whole - alone:7.3f} "
                   f"{entry:13.3f}")
-    print("update(): the whole call; plan: CallPlan.update alone (the lock, the identity "
+    print("update(): the whole call; plan: the CallPlan call alone (the lock, the identity "
           "checks, the step's scalars, the dict walk and checks of _run, the loop, the step "
           "count); frames: the rest, update() and _update_compiled in Python; kernel entry: "
           "the compiled entry the checked path calls, alone, for comparison.")

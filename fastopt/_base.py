@@ -10,10 +10,9 @@ one after the other) it notes what the attributes hold if something was assigned
 plan, or plans and runs the plan if they have held since the previous checked update; else it
 evaluates and checks the hyperparameters (``fastopt.reference``'s machinery: schedules,
 Python floats), computes the step's scalars, and first tries the common case in one kernel
-call. The kernel
-entry checks every param before it writes anything and declines (returning False, nothing
-changed) otherwise. Then the checked path runs in two phases, so that a rejected call changes
-nothing:
+call. The kernel entry checks every param before it writes anything and declines (returning
+False, nothing changed) otherwise. Then the checked path runs in two phases, so that a
+rejected call changes nothing:
 
 1. *Check*: every key's param, grad and existing state is validated, each grad read exactly
    once; nothing is written.
@@ -180,8 +179,8 @@ class Optimizer(reference.ReferenceOptimizer):
     ``fastopt.reference`` class of the same name; this class replaces its ``update``.
     """
 
-    # The plan of the last checked update (``_plan``): a cache, not state, so it is a slot,
-    # outside ``__dict__``, which pickles, copies and checkpoints carry.
+    # The optimizer's plan (``_plan``, ``_snapshot``): a cache, not state, so a slot, outside
+    # the ``__dict__`` that pickles, copies and checkpoints carry.
     __slots__ = ("_call_plan",)
     _call_plan: _kernels.CallPlan | None
 
@@ -252,10 +251,11 @@ class Optimizer(reference.ReferenceOptimizer):
         method's one call with ``*args``: tests/test_reliability.py finds the compiled call
         in progress by that instruction.)"""
         plan = self._call_plan
-        return plan is not None and plan.update(self, *inputs)
+        return plan is not None and plan(self, *inputs)
 
     def _snapshot(self) -> _kernels.CallPlan | None:
-        """A plan that only notes the objects the attributes a plan rests on hold now."""
+        """A plan that never runs: it notes which objects the attributes a plan checks hold
+        now, so that the next checked update can tell whether they have lasted."""
         cls = type(self)
         return _kernels.note(self, cls._plan_names) if cls._plannable_class else None
 

@@ -43,6 +43,8 @@ the x86-64 baseline; ``_kernels_avx2``; ``_kernels_avx512``) and fastopt/_simd.p
 widest the CPU runs. The levels differ only in how wide the compiler vectorises the loops.
 """
 cimport cython
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport fabs, fabsf, pow, sqrt, sqrtf
@@ -1164,8 +1166,6 @@ cdef enum Form:
 _FORMS = {"constant": CONSTANT, "lr_t": LR_T, "bias_corrections": BIAS_CORRECTIONS,
           "step_size": STEP_SIZE, "step_size_and_sqrt": STEP_SIZE_AND_SQRT}
 
-cdef object _MISSING = object()
-
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
 
@@ -1184,9 +1184,9 @@ cdef class CallPlan:
     ``math.sqrt`` are). A plan without a kernel never runs: it only remembers, for as long as
     it holds, that the checked path must run every update (a schedule, clipping, NAdam).
 
-    ``update(optimizer, params, grads)`` takes the optimizer's lock, checks that each of those
-    attributes still holds the same object, however it was set (``setattr``, ``__dict__``, a
-    checkpoint load), reads ``iter`` and the state containers from the optimizer's
+    Calling it, ``plan(optimizer, params, grads)``, takes the optimizer's lock, checks that
+    each of those attributes still holds the same object, however it was set (``setattr``,
+    ``__dict__``, a checkpoint load), reads ``iter`` and the state containers from the optimizer's
     ``__dict__``, computes the step's scalars, runs ``_run`` (which checks every param) and
     counts the step. If anything differs, or a param, container or ``iter`` is not one it
     takes, it returns False having changed nothing.
@@ -1262,11 +1262,12 @@ cdef class CallPlan:
     cdef bint _holds(self, dict own) except -1:
         cdef Py_ssize_t i
         for i in range(len(self.names)):
-            if own.get(self.names[i], _MISSING) is not self.objects[i]:
+            # a borrowed reference, NULL if missing (the names are str: no error to lose)
+            if PyDict_GetItem(own, self.names[i]) != <PyObject*>self.objects[i]:
                 return False
         return True
 
-    def update(self, optimizer, params, grads):
+    def __call__(self, optimizer, params, grads):
         """Update ``params`` in place as ``optimizer.update`` would and return True; or change
         nothing and return False (then the checked path runs). Takes the optimizer's lock."""
         if not self.runs or type(optimizer) is not self.owner:
@@ -1282,7 +1283,7 @@ cdef class CallPlan:
             lock.release()
 
     def run(self, optimizer, params, grads):
-        """``update`` for a caller that holds the optimizer's lock."""
+        """The plan's update, for a caller that holds the optimizer's lock."""
         if not self.runs or type(optimizer) is not self.owner:
             return False
         return self._update(optimizer.__dict__, params, grads)
