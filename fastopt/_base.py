@@ -1,12 +1,18 @@
 """Shared machinery of fastopt's optimizers: input checks, state, and dispatch to the kernels.
 
-``Optimizer.update`` holds the optimizer's lock (concurrent calls on one optimizer run one
-after the other), evaluates and checks the hyperparameters (``fastopt.reference``'s machinery:
-schedules, Python floats), computes the step's scalars, and then first tries the common case
-in one compiled call: every param an array the loops take, with its state already there. The
-kernel entry checks every param before it writes anything and declines (returning False,
-nothing changed) otherwise. Then the checked path runs in two phases, so that a rejected call
-changes nothing:
+``Optimizer.update`` first offers the call to the optimizer's plan (``_kernels.CallPlan``,
+made by a checked update from one snapshot of the attributes): when every hyperparameter and
+option is still the object that was checked (numbers, not schedules) and every param is an
+array the loops take with its state already there, the whole update (the lock, the step's
+scalars, the loops, the step count) is one compiled call. Otherwise it changes nothing and
+the checked update runs: under the optimizer's lock (concurrent calls on one optimizer run
+one after the other) it notes what the attributes hold if something was assigned since the
+plan, or plans and runs the plan if they have held since the previous checked update; else it
+evaluates and checks the hyperparameters (``fastopt.reference``'s machinery: schedules,
+Python floats), computes the step's scalars, and first tries the common case in one kernel
+call. The kernel entry checks every param before it writes anything and declines (returning
+False, nothing changed) otherwise. Then the checked path runs in two phases, so that a
+rejected call changes nothing:
 
 1. *Check*: every key's param, grad and existing state is validated, each grad read exactly
    once; nothing is written.
@@ -47,6 +53,37 @@ _KERNEL_FOR_RULE: dict[Callable[..., Any], Callable[..., bool]] = {
 }
 
 SLOTS = 3   # state slots of every compiled loop
+
+# How each rule's step scalars follow from the step count, keyed by the class's ``_next_step``
+# and the rule it returns: ``_kernels.CallPlan`` restates these few formulas in C
+# (tests/test_callpath.py checks its bits against ``_next_step``'s over many steps). NAdam
+# (a product carried from step to step) and RAdam (which branches on the step) are not here:
+# their updates always take the checked path.
+_STEP_FORMS: dict[tuple[Callable[..., Any], Callable[..., Any]], str] = {
+    (reference.SGD._next_step, reference.sgd_rule): "constant",
+    (reference.Momentum._next_step, reference.momentum_rule): "constant",
+    (reference.Nesterov._next_step, reference.nesterov_rule): "constant",
+    (reference.AdaGrad._next_step, reference.adagrad_rule): "constant",
+    (reference.RMSprop._next_step, reference.rmsprop_rule): "constant",
+    (reference.Adam._next_step, reference.adam_rule): "lr_t",
+    (reference.Adam._next_step, reference.adam_paper_rule): "bias_corrections",
+    (reference.AdamW._next_step, reference.adamw_rule): "step_size_and_sqrt",
+    (reference.Adamax._next_step, reference.adamax_rule): "step_size",
+    (reference.Adadelta._next_step, reference.adadelta_rule): "constant",
+    (reference.Lion._next_step, reference.lion_rule): "constant",
+}
+
+# What a CallPlan does in place of these methods; a class that defines any of them itself
+# (outside fastopt) always takes the checked path.
+_PLANNED_METHODS = ("_update_compiled", "_update_kernel", "_checked_values",
+                    "hyperparameter_values", "_all_hyperparameters", "_next_step",
+                    "_coupled_decay", "_rule_states", "_rule_state_names", "state_names",
+                    "_uses_momentum", "_used_states")
+
+# Hyperparameter values a plan may hold: immutable numbers, so that the same object is the
+# same value (a user's subclass of float could compute its value anew each time).
+_NUMBERS = frozenset({float, int, *(np.dtype(code).type for code in
+                                    np.typecodes["Float"] + np.typecodes["AllInteger"])})
 
 
 class SlowPathWarning(UserWarning):
@@ -142,6 +179,33 @@ class Optimizer(reference.ReferenceOptimizer):
     ``fastopt.reference`` class of the same name; this class replaces its ``update``.
     """
 
+    # The optimizer's plan (``_plan``, ``_snapshot``): a cache, not state, so a slot, outside
+    # the ``__dict__`` that pickles, copies and checkpoints carry.
+    __slots__ = ("_call_plan",)
+    _call_plan: _kernels.CallPlan | None
+
+    # Set for each class when it is made: whether a plan may stand in for its checked
+    # updates, and the names its classes define (a plan reads no attribute of these names).
+    _plannable_class = False
+    _class_attributes: frozenset[str] = frozenset()
+    _plan_names: tuple[str, ...] = ()   # the attributes a plan checks are the same objects
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._plannable_class = _plannable(cls)
+        cls._class_attributes = frozenset(name for klass in cls.__mro__ for name in vars(klass))
+        cls._plan_names = (*cls._checks, *cls._options, "weight_decay_filter", "max_grad_norm")
+
+    def _setup(self, weight_decay: reference.Hyper,
+               weight_decay_filter: reference.DecayFilter | None,
+               max_grad_norm: float | None) -> None:
+        self._call_plan = None
+        super()._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._call_plan = None   # copies and unpickled optimizers plan anew
+        super().__setstate__(state)
+
     def update(self, params: reference.Params, grads: reference.Grads) -> None:
         """Update ``params`` in place from ``grads``; return None.
 
@@ -161,18 +225,87 @@ class Optimizer(reference.ReferenceOptimizer):
             When a hyperparameter, param or grad cannot be used; the message names the key.
             A rejected call changes no param, no state and no step count.
         """
+        if self._update_compiled(params, grads):
+            return
         with self._lock:
+            plan = self._call_plan
+            if plan is None or not plan.holds(self):
+                # Something was assigned (or this is the first update): note what the
+                # attributes hold, and plan if they still hold it at the next checked update
+                # (so that an attribute assigned before every update costs no plan each time).
+                self._call_plan = self._snapshot()
+            elif not plan.planned:
+                plan = self._call_plan = self._plan()
+                if plan is not None and plan.run(self, params, grads):
+                    return
             values = self._checked_values()
             step = self._next_step(values)
-            if not self._update_compiled(params, grads, values, *step):
+            if not self._update_kernel(params, grads, values, *step):
                 self._update_checked(params, grads, values, *step)
 
     _global_norm = staticmethod(global_norm)   # compiled; the reference's bits
 
-    def _update_compiled(self, params: reference.Params, grads: reference.Grads,
-                         values: dict[str, float], rule: Callable[..., Any],
-                         scalars: tuple[Any, ...], after: dict[str, Any]) -> bool:
-        """Update in one compiled call if every param can take it; else change nothing."""
+    def _update_compiled(self, *inputs: Any) -> bool:
+        """``(params, grads)``: the whole update in one compiled call, if the plan still holds
+        and every param can take it; else False, nothing changed. (The plan's call is this
+        method's one call with ``*args``: tests/test_reliability.py finds the compiled call
+        in progress by that instruction.)"""
+        plan = self._call_plan
+        return plan is not None and plan(self, *inputs)
+
+    def _snapshot(self) -> _kernels.CallPlan | None:
+        """A plan that never runs: it notes which objects the attributes a plan checks hold
+        now, so that the next checked update can tell whether they have lasted."""
+        cls = type(self)
+        return _kernels.note(self, cls._plan_names) if cls._plannable_class else None
+
+    def _plan(self) -> _kernels.CallPlan | None:
+        """The plan for this update and the ones to come (``_kernels.CallPlan``), from one
+        snapshot of this optimizer's attributes. A plan without a kernel where the checked
+        path must run every update while nothing changes (a schedule, gradient clipping, a
+        rule whose steps a plan does not restate); None for a value the checks refuse or a
+        class that changes what an update does."""
+        cls = type(self)
+        if not cls._plannable_class:
+            return None
+        own = vars(self).copy()   # one instant: another thread may assign meanwhile
+        hyperparameters = self._all_hyperparameters()
+        names = cls._plan_names
+        objects = tuple(map(own.get, names))
+
+        def checked_only() -> _kernels.CallPlan:
+            return _kernels.CallPlan(cls, names, objects, (None, None, None), False, None, (),
+                                     0.0, "constant", 0.0, 0.0, 0.0)
+        if own.get("max_grad_norm") is not None or any(
+                type(own.get(name)) not in _NUMBERS for name in hyperparameters):
+            return checked_only()
+        # Everything below comes from the snapshot, so the values are those of its objects.
+        frozen = cls.__new__(cls)
+        frozen.__dict__ = own
+        try:
+            values = frozen._checked_values()
+            rule, scalars, after = frozen._next_step(values)
+        except (AttributeError, TypeError, ValueError):   # the checked update says what
+            return None
+        form = _STEP_FORMS.get((cls._next_step, rule))
+        kernel = _KERNEL_FOR_RULE[rule]
+        slots = tuple(_pad(frozen._rule_state_names()))
+        read = {*names, *slots, "iter", "_decays", "_lock"} - {None}
+        if (form is None or set(after) != {"iter"}
+                # the plan runs the kernel's loops itself: not if the entry was replaced
+                or kernel is not getattr(_kernels, kernel.__name__, None)
+                # a class attribute (a property, say) would shadow what __dict__ holds
+                or not cls._class_attributes.isdisjoint(read)):
+            return checked_only()
+        return _kernels.CallPlan(
+            cls, names, objects, slots, own["weight_decay_filter"] is not None,
+            kernel.__name__, tuple(scalars), frozen._coupled_decay(values), form,
+            values["lr"], values.get("beta1", 0.0), values.get("beta2", 0.0))
+
+    def _update_kernel(self, params: reference.Params, grads: reference.Grads,
+                       values: dict[str, float], rule: Callable[..., Any],
+                       scalars: tuple[Any, ...], after: dict[str, Any]) -> bool:
+        """Update in one kernel call if every param can take it; else change nothing."""
         kind = type(params)
         if (kind is not dict and kind is not list) or type(grads) is not kind:
             return False
@@ -181,12 +314,14 @@ class Optimizer(reference.ReferenceOptimizer):
             decays = None
         elif type(decays) is not kind:   # the filter has not been asked yet
             return False
-        # Every state container must exist (not on the first update) and be of params' kind;
-        # the rule's slots are these containers, or None for a slot it does not use.
-        for state in self._used_states():
-            if type(state) is not kind:
-                return False
-        states = _pad(self._rule_states())
+        # The rule's slots: every state container it keeps must exist (not on the first
+        # update) and be of params' kind; None for a slot its options do not use.
+        states: list[Any] = [None] * SLOTS
+        for slot, name in enumerate(self._rule_state_names()):
+            if name is not None:
+                states[slot] = state = getattr(self, name)
+                if type(state) is not kind:
+                    return False
         if kind is list:
             count = len(params)
             if len(grads) != count or (decays is not None and len(decays) < count):
@@ -322,6 +457,19 @@ class Optimizer(reference.ReferenceOptimizer):
         if isinstance(param, np.ndarray):
             return aligned_zeros(param)   # C-contiguous whatever param's layout
         return np.zeros_like(param)       # a scalar param, as the book does
+
+
+def _plannable(cls: type) -> bool:
+    """Whether a CallPlan may stand in for ``cls``'s checked updates: it reads and sets
+    attributes plainly and defines none of the methods a plan does instead."""
+    if any(name in vars(klass) for klass in cls.__mro__[:-1]
+           for name in ("__setattr__", "__getattribute__", "__delattr__")):
+        return False
+    for name in _PLANNED_METHODS:
+        owner = next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+        if owner is not None and not owner.__module__.startswith("fastopt."):
+            return False
+    return True
 
 
 def aligned_zeros(param: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

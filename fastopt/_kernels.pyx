@@ -23,6 +23,11 @@ Design rules of this module:
   inputs, explains what is wrong, or takes NumPy's path for that param. These checks are what
   keep the loops inside memory, so they are never skipped, and every planned array is held by
   a reference until its loop has run.
+- ``CallPlan`` (the call path) runs a whole ``update()`` in one call while the attributes it
+  was planned from hold the same objects (fastopt/_base.py decides when). The only Python
+  scalar formulas restated here are its few of the step count (Adam's ``lr_t``, the bias
+  corrections, step sizes), with the C library's ``pow`` and ``sqrt`` as Python's own ``**``
+  and ``math.sqrt``; tests/test_callpath.py checks their bits against ``_next_step``.
 - Order of operations follows ``fastopt.reference`` statement by statement, and each statement
   is rounded to the array's dtype as NumPy >= 2 rounds it (Python float scalars are converted
   to the array's dtype first), so results are bit-identical to the reference in float64 and
@@ -37,8 +42,11 @@ setup.py compiles this one source at up to three instruction-set levels (``fasto
 the x86-64 baseline; ``_kernels_avx2``; ``_kernels_avx512``) and fastopt/_simd.py imports the
 widest the CPU runs. The levels differ only in how wide the compiler vectorises the loops.
 """
+cimport cython
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 from cython cimport floating
-from libc.math cimport fabs, fabsf, sqrt, sqrtf
+from libc.math cimport fabs, fabsf, pow, sqrt, sqrtf
 from libc.stdlib cimport free, malloc
 
 cimport numpy as cnp
@@ -1438,6 +1446,109 @@ cdef int _prepare(Step* c, object grad_scale, double weight_decay) except -1:
 
 
 # ---------------------------------------------------------------------------------------------
+# The rules' scalars: for each public entry, which Step fields its scalars fill (in the order of
+# fastopt.reference's rule), which loop runs and how many state slots it writes. The entries
+# below and ``CallPlan`` both take them from ``_rule``.
+
+ctypedef struct Rule:
+    loop_float run_float
+    loop_double run_double
+    int required          # state slots the loop writes: they must be given
+    intp parallel_min     # elements from which one param is split across threads
+
+
+cdef inline void _loops(Rule* r, loop_float run_float, loop_double run_double, int required,
+                        intp parallel_min) noexcept:
+    r.run_float = run_float
+    r.run_double = run_double
+    r.required = required
+    r.parallel_min = parallel_min
+
+
+cdef enum Kernel:
+    # The public entries, in order.
+    SGD_STEP, MOMENTUM_STEP, NESTEROV_STEP, ADAGRAD_STEP, RMSPROP_STEP, ADAM_STEP,
+    ADAM_PAPER_STEP, ADAMW_STEP, NADAM_STEP, RADAM_STEP, ADAMAX_STEP, ADADELTA_STEP, LION_STEP
+
+
+_KERNELS = {"sgd_step": SGD_STEP, "momentum_step": MOMENTUM_STEP,
+            "nesterov_step": NESTEROV_STEP, "adagrad_step": ADAGRAD_STEP,
+            "rmsprop_step": RMSPROP_STEP, "adam_step": ADAM_STEP,
+            "adam_paper_step": ADAM_PAPER_STEP, "adamw_step": ADAMW_STEP,
+            "nadam_step": NADAM_STEP, "radam_step": RADAM_STEP, "adamax_step": ADAMAX_STEP,
+            "adadelta_step": ADADELTA_STEP, "lion_step": LION_STEP}
+
+cdef enum:
+    MAX_SCALARS = 8   # the most scalars an entry takes (radam_step)
+
+
+cdef void _rule(Kernel kernel, const double* s, bint third_state, Step* c,
+                Rule* r) noexcept:
+    """Fill ``c`` from the scalars ``s`` of entry ``kernel`` (in its order; flags as 0 or 1)
+    and point ``r`` at its loop (``third_state``: the rule keeps its optional third state,
+    Adam's v_max)."""
+    if kernel == SGD_STEP:
+        c.lr = s[0]
+        _loops(r, _sgd[float], _sgd[double], 0, STREAMING_MIN)
+    elif kernel == MOMENTUM_STEP:
+        c.lr, c.momentum = s[0], s[1]
+        _loops(r, _momentum[float], _momentum[double], 1, STREAMING_MIN)
+    elif kernel == NESTEROV_STEP:
+        c.lr, c.momentum, c.velocity_first = s[0], s[1], s[2] != 0
+        _loops(r, _nesterov[float], _nesterov[double], 1, STREAMING_MIN)
+    elif kernel == ADAGRAD_STEP:
+        c.lr, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2] != 0
+        _loops(r, _adagrad[float], _adagrad[double], 1, DIVIDING_MIN)
+    elif kernel == RMSPROP_STEP:
+        c.lr, c.decay_rate, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2], s[3] != 0
+        c.momentum = s[4]
+        _loops(r, _rmsprop[float], _rmsprop[double], 1, DIVIDING_MIN)
+    elif kernel == ADAM_STEP:
+        c.lr_t, c.beta1, c.beta2, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2], s[3], s[4] != 0
+        if third_state:
+            _loops(r, _adam_amsgrad[float], _adam_amsgrad[double], 3, DIVIDING_MIN)
+        else:
+            _loops(r, _adam[float], _adam[double], 2, DIVIDING_MIN)
+    elif kernel == ADAM_PAPER_STEP:
+        c.lr, c.beta1, c.beta2 = s[0], s[1], s[2]
+        c.bias_correction1, c.bias_correction2 = s[3], s[4]
+        c.eps, c.eps_inside_sqrt = s[5], s[6] != 0
+        _loops(r, _adam_paper[float], _adam_paper[double], 2, DIVIDING_MIN)
+    elif kernel == ADAMW_STEP:
+        c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt = s[0], s[1], s[2], s[3]
+        c.eps, c.decoupled_decay = s[4], s[5]
+        _loops(r, _adamw[float], _adamw[double], 2, DIVIDING_MIN)
+    elif kernel == NADAM_STEP:
+        c.beta1, c.beta2, c.bias_correction2 = s[0], s[1], s[2]
+        c.eps, c.grad_step, c.momentum_step = s[3], s[4], s[5]
+        _loops(r, _nadam[float], _nadam[double], 2, DIVIDING_MIN)
+    elif kernel == RADAM_STEP:
+        c.lr, c.beta1, c.beta2, c.bias_correction1 = s[0], s[1], s[2], s[3]
+        c.bias_correction2_sqrt, c.eps, c.rectified, c.rectification = (
+            s[4], s[5], s[6] != 0, s[7])
+        _loops(r, _radam[float], _radam[double], 2, DIVIDING_MIN)
+    elif kernel == ADAMAX_STEP:
+        c.beta1, c.beta2, c.step_size, c.eps = s[0], s[1], s[2], s[3]
+        _loops(r, _adamax[float], _adamax[double], 2, DIVIDING_MIN)
+    elif kernel == ADADELTA_STEP:
+        c.lr, c.rho, c.eps = s[0], s[1], s[2]
+        _loops(r, _adadelta[float], _adadelta[double], 2, DIVIDING_MIN)
+    else:
+        c.lr, c.beta1, c.beta2, c.decoupled_decay = s[0], s[1], s[2], s[3]
+        _loops(r, _lion[float], _lion[double], 1, STREAMING_MIN)
+
+
+cdef object _entry(Kernel kernel, object params, object grads, tuple states, object decays,
+                   object grad_scale, double weight_decay, const double* scalars):
+    cdef Step c
+    cdef Rule r
+    _prepare(&c, grad_scale, weight_decay)
+    _rule(kernel, scalars, states[2] is not None, &c, &r)
+    return _run(params, grads, states, r.required, decays, r.run_float, r.run_double, &c,
+                r.parallel_min)
+
+
+# ---------------------------------------------------------------------------------------------
 # Public entries: one per update rule. Each takes params, grads and three state containers
 # (None for a slot the rule, with its options, does not keep), ``decays`` (which params decay;
 # None: all), the grad transform (``grad_scale``: None, or the clip factor; ``weight_decay``:
@@ -1447,46 +1558,41 @@ cdef int _prepare(Step* c, object grad_scale, double weight_decay) except -1:
 
 def sgd_step(params, grads, s0, s1, s2, decays, grad_scale, double weight_decay, double lr):
     """``p -= lr*g``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    return _run(params, grads, (None, None, None), 0, decays, _sgd[float], _sgd[double], &c,
-                STREAMING_MIN)
+    cdef double s[1]
+    s[0] = lr
+    return _entry(SGD_STEP, params, grads, (None, None, None), decays, grad_scale, weight_decay, s)
 
 
 def momentum_step(params, grads, v, s1, s2, decays, grad_scale, double weight_decay,
                   double lr, double momentum):
     """``v = momentum*v - lr*g; p += v``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.momentum = momentum
-    return _run(params, grads, (v, None, None), 1, decays, _momentum[float], _momentum[double],
-                &c, STREAMING_MIN)
+    cdef double s[2]
+    s[0] = lr
+    s[1] = momentum
+    return _entry(MOMENTUM_STEP, params, grads, (v, None, None), decays, grad_scale,
+                  weight_decay, s)
 
 
 def nesterov_step(params, grads, v, s1, s2, decays, grad_scale, double weight_decay,
                   double lr, double momentum, bint velocity_first):
     """Nesterov momentum; the book's 2016 order when ``velocity_first``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.momentum = momentum
-    c.velocity_first = velocity_first
-    return _run(params, grads, (v, None, None), 1, decays, _nesterov[float], _nesterov[double],
-                &c, STREAMING_MIN)
+    cdef double s[3]
+    s[0] = lr
+    s[1] = momentum
+    s[2] = velocity_first
+    return _entry(NESTEROV_STEP, params, grads, (v, None, None), decays, grad_scale,
+                  weight_decay, s)
 
 
 def adagrad_step(params, grads, h, s1, s2, decays, grad_scale, double weight_decay,
                  double lr, double eps, bint eps_inside_sqrt):
     """``h += g*g; p -= lr*g / (sqrt(h) + eps)``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.eps = eps
-    c.eps_inside_sqrt = eps_inside_sqrt
-    return _run(params, grads, (h, None, None), 1, decays, _adagrad[float], _adagrad[double], &c,
-                DIVIDING_MIN)
+    cdef double s[3]
+    s[0] = lr
+    s[1] = eps
+    s[2] = eps_inside_sqrt
+    return _entry(ADAGRAD_STEP, params, grads, (h, None, None), decays, grad_scale,
+                  weight_decay, s)
 
 
 def rmsprop_step(params, grads, h, grad_avg, momentum_buffer, decays, grad_scale,
@@ -1494,82 +1600,71 @@ def rmsprop_step(params, grads, h, grad_avg, momentum_buffer, decays, grad_scale
                  bint eps_inside_sqrt, double momentum):
     """The book's RMSprop; centered with ``grad_avg``, with momentum with a
     ``momentum_buffer``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.decay_rate = decay_rate
-    c.eps = eps
-    c.eps_inside_sqrt = eps_inside_sqrt
-    c.momentum = momentum
-    return _run(params, grads, (h, grad_avg, momentum_buffer), 1, decays, _rmsprop[float],
-                _rmsprop[double], &c, DIVIDING_MIN)
+    cdef double s[5]
+    s[0] = lr
+    s[1] = decay_rate
+    s[2] = eps
+    s[3] = eps_inside_sqrt
+    s[4] = momentum
+    return _entry(RMSPROP_STEP, params, grads, (h, grad_avg, momentum_buffer), decays, grad_scale,
+                  weight_decay, s)
 
 
 def adam_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
               double lr_t, double beta1, double beta2, double eps, bint eps_inside_sqrt):
     """The book's Adam: ``m += (1-beta1)*(g-m); v += (1-beta2)*(g**2-v);
     p -= lr_t*m / (sqrt(v) + eps)``; AMSGrad with ``v_max``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr_t = lr_t
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.eps = eps
-    c.eps_inside_sqrt = eps_inside_sqrt
-    if v_max is None:
-        return _run(params, grads, (m, v, None), 2, decays, _adam[float], _adam[double], &c,
-                    DIVIDING_MIN)
-    return _run(params, grads, (m, v, v_max), 3, decays, _adam_amsgrad[float],
-                _adam_amsgrad[double], &c, DIVIDING_MIN)
+    cdef double s[5]
+    s[0] = lr_t
+    s[1] = beta1
+    s[2] = beta2
+    s[3] = eps
+    s[4] = eps_inside_sqrt
+    return _entry(ADAM_STEP, params, grads, (m, v, v_max), decays, grad_scale, weight_decay, s)
 
 
 def adam_paper_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
                     double lr, double beta1, double beta2, double bias_correction1,
                     double bias_correction2, double eps, bint eps_inside_sqrt):
     """Adam as in the paper's Algorithm 1 (bias-corrected moments); AMSGrad with ``v_max``."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.bias_correction1 = bias_correction1
-    c.bias_correction2 = bias_correction2
-    c.eps = eps
-    c.eps_inside_sqrt = eps_inside_sqrt
-    return _run(params, grads, (m, v, v_max), 2, decays, _adam_paper[float], _adam_paper[double],
-                &c, DIVIDING_MIN)
+    cdef double s[7]
+    s[0] = lr
+    s[1] = beta1
+    s[2] = beta2
+    s[3] = bias_correction1
+    s[4] = bias_correction2
+    s[5] = eps
+    s[6] = eps_inside_sqrt
+    return _entry(ADAM_PAPER_STEP, params, grads, (m, v, v_max), decays, grad_scale,
+                  weight_decay, s)
 
 
 def adamw_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
                double beta1, double beta2, double step_size, double bias_correction2_sqrt,
                double eps, double lr_weight_decay):
     """torch's AdamW: decoupled decay ``p -= lr_weight_decay*p``, then Adam."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.step_size = step_size
-    c.bias_correction2_sqrt = bias_correction2_sqrt
-    c.eps = eps
-    c.decoupled_decay = lr_weight_decay
-    return _run(params, grads, (m, v, v_max), 2, decays, _adamw[float], _adamw[double], &c,
-                DIVIDING_MIN)
+    cdef double s[6]
+    s[0] = beta1
+    s[1] = beta2
+    s[2] = step_size
+    s[3] = bias_correction2_sqrt
+    s[4] = eps
+    s[5] = lr_weight_decay
+    return _entry(ADAMW_STEP, params, grads, (m, v, v_max), decays, grad_scale, weight_decay, s)
 
 
 def nadam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay, double beta1,
                double beta2, double bias_correction2, double eps, double grad_step,
                double momentum_step):
     """torch's NAdam."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.bias_correction2 = bias_correction2
-    c.eps = eps
-    c.grad_step = grad_step
-    c.momentum_step = momentum_step
-    return _run(params, grads, (m, v, None), 2, decays, _nadam[float], _nadam[double], &c,
-                DIVIDING_MIN)
+    cdef double s[6]
+    s[0] = beta1
+    s[1] = beta2
+    s[2] = bias_correction2
+    s[3] = eps
+    s[4] = grad_step
+    s[5] = momentum_step
+    return _entry(NADAM_STEP, params, grads, (m, v, None), decays, grad_scale, weight_decay, s)
 
 
 def radam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay, double lr,
@@ -1577,56 +1672,258 @@ def radam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay,
                double bias_correction2_sqrt, double eps, bint rectified,
                double rectification):
     """torch's RAdam."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.bias_correction1 = bias_correction1
-    c.bias_correction2_sqrt = bias_correction2_sqrt
-    c.eps = eps
-    c.rectified = rectified
-    c.rectification = rectification
-    return _run(params, grads, (m, v, None), 2, decays, _radam[float], _radam[double], &c,
-                DIVIDING_MIN)
+    cdef double s[8]
+    s[0] = lr
+    s[1] = beta1
+    s[2] = beta2
+    s[3] = bias_correction1
+    s[4] = bias_correction2_sqrt
+    s[5] = eps
+    s[6] = rectified
+    s[7] = rectification
+    return _entry(RADAM_STEP, params, grads, (m, v, None), decays, grad_scale, weight_decay, s)
 
 
 def adamax_step(params, grads, m, u, s2, decays, grad_scale, double weight_decay, double beta1,
                 double beta2, double step_size, double eps):
     """torch's Adamax."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.step_size = step_size
-    c.eps = eps
-    return _run(params, grads, (m, u, None), 2, decays, _adamax[float], _adamax[double], &c,
-                DIVIDING_MIN)
+    cdef double s[4]
+    s[0] = beta1
+    s[1] = beta2
+    s[2] = step_size
+    s[3] = eps
+    return _entry(ADAMAX_STEP, params, grads, (m, u, None), decays, grad_scale, weight_decay, s)
 
 
 def adadelta_step(params, grads, v, u, s2, decays, grad_scale, double weight_decay, double lr,
                   double rho, double eps):
     """torch's Adadelta."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.rho = rho
-    c.eps = eps
-    return _run(params, grads, (v, u, None), 2, decays, _adadelta[float], _adadelta[double], &c,
-                DIVIDING_MIN)
+    cdef double s[3]
+    s[0] = lr
+    s[1] = rho
+    s[2] = eps
+    return _entry(ADADELTA_STEP, params, grads, (v, u, None), decays, grad_scale, weight_decay, s)
 
 
 def lion_step(params, grads, m, s1, s2, decays, grad_scale, double weight_decay, double lr,
               double beta1, double beta2, double decoupled_weight_decay):
     """Lion, with its decoupled weight decay."""
-    cdef Step c
-    _prepare(&c, grad_scale, weight_decay)
-    c.lr = lr
-    c.beta1 = beta1
-    c.beta2 = beta2
-    c.decoupled_decay = decoupled_weight_decay
-    return _run(params, grads, (m, None, None), 1, decays, _lion[float], _lion[double], &c,
-                STREAMING_MIN)
+    cdef double s[4]
+    s[0] = lr
+    s[1] = beta1
+    s[2] = beta2
+    s[3] = decoupled_weight_decay
+    return _entry(LION_STEP, params, grads, (m, None, None), decays, grad_scale, weight_decay, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The call path: an update whose hyperparameters are the objects the last checked update
+# checked. fastopt/_base.py builds a ``CallPlan`` after a checked update; every later update
+# first offers itself to it (``CallPlan.update``), which runs it in this one call or declines,
+# changing nothing, and the checked path takes over.
+
+cdef enum Form:
+    # How the step's scalars follow from the step count t (fastopt.reference's _next_step).
+    CONSTANT            # none depends on t
+    LR_T                # the book's Adam: lr_t = lr*sqrt(1 - beta2**t)/(1 - beta1**t)
+    BIAS_CORRECTIONS    # the paper's Adam: 1 - beta1**t, 1 - beta2**t
+    STEP_SIZE           # Adamax: lr/(1 - beta1**t)
+    STEP_SIZE_AND_SQRT  # AdamW: lr/(1 - beta1**t), sqrt(1 - beta2**t)
+
+
+_FORMS = {"constant": CONSTANT, "lr_t": LR_T, "bias_corrections": BIAS_CORRECTIONS,
+          "step_size": STEP_SIZE, "step_size_and_sqrt": STEP_SIZE_AND_SQRT}
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+
+
+@cython.auto_pickle(False)
+cdef class CallPlan:
+    """An update as the last checked update planned it, valid while nothing it rests on changes.
+
+    It holds the optimizer's class; the names of the attributes the checks read (the float
+    hyperparameters, the options, ``weight_decay_filter`` and ``max_grad_norm``) with the
+    objects they held when checked (numbers, bools, None or the filter: never schedules, whose
+    value changes with the step); the names of the state attributes in the rule's three slots;
+    the rule's loop with its constant scalars; and how its other scalars follow from the step
+    count (``form``: the same IEEE operations, in the same order, as fastopt.reference's
+    ``_next_step``; ``pow`` and ``sqrt`` are the C library's, as Python's ``**`` and
+    ``math.sqrt`` are). A plan without a kernel never runs: it only remembers, for as long as
+    it holds, that the checked path must run every update (a schedule, clipping, NAdam).
+
+    Calling it, ``plan(optimizer, params, grads)``, takes the optimizer's lock, checks that
+    each of those attributes still holds the same object, however it was set (``setattr``,
+    ``__dict__``, a checkpoint load), reads ``iter`` and the state containers from the optimizer's
+    ``__dict__``, computes the step's scalars, runs ``_run`` (which checks every param) and
+    counts the step. If anything differs, or a param, container or ``iter`` is not one it
+    takes, it returns False having changed nothing.
+    """
+    cdef type owner
+    cdef tuple names
+    cdef tuple objects
+    cdef tuple slots
+    cdef readonly bint runs      # False: a plan that only holds (see above)
+    cdef readonly bint planned   # False: a snapshot only, not yet planned (fastopt/_base.py)
+    cdef bint filtered
+    cdef Step base
+    cdef Rule rule
+    cdef Form form
+    cdef double lr, beta1, beta2
+
+    def __init__(self, type owner not None, tuple names not None, tuple objects not None,
+                 tuple slots not None, bint filtered, str kernel, tuple scalars not None,
+                 double weight_decay, str form not None, double lr, double beta1,
+                 double beta2):
+        cdef double values[MAX_SCALARS]
+        cdef Py_ssize_t i
+        if (len(names) != len(objects) or len(slots) != STATES
+                or len(scalars) > MAX_SCALARS):
+            raise ValueError("one object per name, three state slots, at most eight scalars")
+        for name in names + slots:
+            if name is not None and type(name) is not str:
+                raise TypeError("attribute names are str")
+        self.owner = owner
+        self.names = names
+        self.objects = objects
+        self.slots = slots
+        self.filtered = filtered
+        self.runs = kernel is not None
+        self.planned = True
+        _prepare(&self.base, None, weight_decay)
+        if self.runs:
+            for i in range(len(scalars)):
+                values[i] = scalars[i]
+            _rule(_KERNELS[kernel], values, slots[2] is not None, &self.base, &self.rule)
+        self.form = _FORMS[form]
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+
+    cdef void _at(self, Step* c, double t) noexcept nogil:
+        """``c`` = the scalars of step ``t``."""
+        c[0] = self.base
+        c.soft_roots = _soft_roots   # may change between calls (set_soft_sqrt)
+        if self.form == LR_T:
+            c.lr_t = self.lr * sqrt(1.0 - pow(self.beta2, t)) / (1.0 - pow(self.beta1, t))
+        elif self.form == BIAS_CORRECTIONS:
+            c.bias_correction1 = 1.0 - pow(self.beta1, t)
+            c.bias_correction2 = 1.0 - pow(self.beta2, t)
+        elif self.form == STEP_SIZE:
+            c.step_size = self.lr / (1.0 - pow(self.beta1, t))
+        elif self.form == STEP_SIZE_AND_SQRT:
+            c.step_size = self.lr / (1.0 - pow(self.beta1, t))
+            c.bias_correction2_sqrt = sqrt(1.0 - pow(self.beta2, t))
+
+    def step_scalars(self, long long t):
+        """The scalars of step ``t`` that depend on it, by name (for the tests)."""
+        cdef Step c
+        self._at(&c, <double>t)
+        return {"lr_t": c.lr_t, "bias_correction1": c.bias_correction1,
+                "bias_correction2": c.bias_correction2, "step_size": c.step_size,
+                "bias_correction2_sqrt": c.bias_correction2_sqrt}
+
+    def holds(self, optimizer):
+        """Whether ``optimizer`` is of the planned class and every checked attribute still
+        holds the planned object."""
+        return type(optimizer) is self.owner and self._holds(optimizer.__dict__)
+
+    cdef bint _holds(self, dict own) except -1:
+        cdef Py_ssize_t i
+        for i in range(len(self.names)):
+            # a borrowed reference, NULL if missing (the names are str: no error to lose)
+            if PyDict_GetItem(own, self.names[i]) != <PyObject*>self.objects[i]:
+                return False
+        return True
+
+    def __call__(self, optimizer, params, grads):
+        """Update ``params`` in place as ``optimizer.update`` would and return True; or change
+        nothing and return False (then the checked path runs). Takes the optimizer's lock."""
+        if not self.runs or type(optimizer) is not self.owner:
+            return False
+        cdef dict own = optimizer.__dict__
+        lock = own.get("_lock")
+        if lock is None:
+            return False
+        lock.acquire()
+        try:
+            return self._update(own, params, grads)
+        finally:
+            lock.release()
+
+    def run(self, optimizer, params, grads):
+        """The plan's update, for a caller that holds the optimizer's lock."""
+        if not self.runs or type(optimizer) is not self.owner:
+            return False
+        return self._update(optimizer.__dict__, params, grads)
+
+    cdef bint _update(self, dict own, object params, object grads) except -1:
+        cdef object kind = type(params)
+        cdef object iteration = own.get("iter")
+        cdef object decays = None
+        cdef object s0 = None, s1 = None, s2 = None
+        cdef long long done
+        cdef int overflow = 0
+        cdef Py_ssize_t count
+        cdef Step c
+        if not self._holds(own) or type(iteration) is not int:
+            return False
+        done = PyLong_AsLongLongAndOverflow(iteration, &overflow)
+        # t = done + 1 as a double, exactly as Python converts it
+        if overflow or not 0 <= done < (1LL << 53) - 1:
+            return False
+        if (kind is not dict and kind is not list) or type(grads) is not kind:
+            return False
+        if self.slots[0] is not None:
+            s0 = own.get(self.slots[0])
+            if type(s0) is not kind:
+                return False
+        if self.slots[1] is not None:
+            s1 = own.get(self.slots[1])
+            if type(s1) is not kind:
+                return False
+        if self.slots[2] is not None:
+            s2 = own.get(self.slots[2])
+            if type(s2) is not kind:
+                return False
+        if self.filtered:
+            decays = own.get("_decays")
+            if type(decays) is not kind:
+                return False
+        if kind is list:
+            count = len(<list>params)
+            if (len(<list>grads) != count
+                    or (decays is not None and len(<list>decays) != count)
+                    or (s0 is not None and len(<list>s0) != count)
+                    or (s1 is not None and len(<list>s1) != count)
+                    or (s2 is not None and len(<list>s2) != count)):
+                return False
+        self._at(&c, <double>(done + 1))
+        if not _run(params, grads, (s0, s1, s2), self.rule.required, decays,
+                    self.rule.run_float, self.rule.run_double, &c, self.rule.parallel_min):
+            return False
+        own["iter"] = done + 1
+        return True
+
+
+def note(optimizer, tuple names not None):
+    """A plan that never runs: which objects ``optimizer``'s attributes ``names`` hold now
+    (None for a missing one). fastopt/_base.py plans once they still hold at the next checked
+    update."""
+    cdef CallPlan plan = CallPlan.__new__(CallPlan)
+    cdef dict own = optimizer.__dict__
+    for name in names:
+        if type(name) is not str:
+            raise TypeError("attribute names are str")
+    plan.owner = type(optimizer)
+    plan.names = names
+    plan.objects = tuple([own.get(name) for name in names])
+    plan.slots = (None, None, None)
+    plan.runs = False
+    plan.planned = False
+    plan.form = CONSTANT
+    _prepare(&plan.base, None, 0.0)
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------

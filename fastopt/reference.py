@@ -509,7 +509,13 @@ class ReferenceOptimizer:
 
     def _rule_states(self) -> list[Any]:
         """The state containers the rule takes, in its order (None for one not kept)."""
-        return [getattr(self, name) for name in self.state_names]
+        return [None if name is None else getattr(self, name)
+                for name in self._rule_state_names()]
+
+    def _rule_state_names(self) -> list[str | None]:
+        """The names of the state attributes the rule takes, in its order (None for a slot
+        its options do not use)."""
+        return list(self.state_names)
 
     def _apply(self, rule: Callable[..., Any], scalars: tuple[Any, ...],
                values: dict[str, float], grad_scale: float | None, decays: State,
@@ -735,9 +741,9 @@ class RMSprop(ReferenceOptimizer):
                                bool(self.eps_inside_sqrt), values["momentum"]),
                 {"iter": self.iter + 1})
 
-    def _rule_states(self) -> list[Any]:
-        return [self.h, self.grad_avg if self.centered else None,
-                self.momentum_buffer if self._uses_momentum else None]
+    def _rule_state_names(self) -> list[str | None]:
+        return ["h", "grad_avg" if self.centered else None,
+                "momentum_buffer" if self._uses_momentum else None]
 
 
 RMSProp = RMSprop
@@ -779,8 +785,8 @@ class Adam(ReferenceOptimizer):
     def state_names(self) -> tuple[str, ...]:
         return ("m", "v", "v_max") if self.amsgrad else ("m", "v")
 
-    def _rule_states(self) -> list[Any]:
-        return [self.m, self.v, self.v_max if self.amsgrad else None]
+    def _rule_state_names(self) -> list[str | None]:
+        return ["m", "v", "v_max" if self.amsgrad else None]
 
     def _next_step(self, values: dict[str, float]
                    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
