@@ -1,0 +1,109 @@
+"""The performance targets, read off bench/run.py's JSON: each target, what was measured, met.
+
+    python bench/targets.py bench/results/full.json [--one-thread FILE.json] [--markdown FILE]
+
+Targets (medians of one run; ratios of medians measured in the same interleaved rounds):
+
+- one ``update()`` of one small param (the 1e2 cell), Adam and SGD: <= 1.0 us
+- the book's TwoLayerNet, float64 Adam, fastopt on one thread: >= 5x the book's NumPy code
+  (``--one-thread``: a run with ``--threads 1``, when the main run used more threads)
+- the book's TwoLayerNet, every optimizer torch.optim has, both dtypes: >= 3x torch.optim
+- 1e7 elements, every such optimizer and dtype, fastopt at its default threads: >= 1.0x
+  torch.optim's fused kernels at torch's default threads, and >= 90% of the bandwidth probe
+
+Prints one row per target with the worst cell and how many cells meet it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+Cell = dict[str, Any]
+
+
+def _cells(data: dict[str, Any], workload: str, optimizers: tuple[str, ...] | None = None,
+           dtypes: tuple[str, ...] = ("float32", "float64")) -> list[Cell]:
+    return [cell for cell in data["cells"] if cell["workload"] == workload
+            and cell["dtype"] in dtypes and (optimizers is None or cell["optimizer"] in optimizers)]
+
+
+def _label(cell: Cell) -> str:
+    return f"{cell['optimizer']} {cell['dtype']}"
+
+
+def _target(name: str, cells: list[Cell], value: Callable[[Cell], float | None],
+            bound: float, at_most: bool, show: Callable[[float], str]) -> list[str]:
+    """[target, what was measured (the worst cell), verdict]; ``at_most``: the value must
+    not exceed ``bound``, else it must reach it."""
+    measured = [(v, cell) for v, cell in ((value(cell), cell) for cell in cells)
+                if v is not None]
+    if not measured:
+        return [name, "not measured", "-"]
+    meets = [v <= bound if at_most else v >= bound for v, _ in measured]
+    worst_value, worst = (max if at_most else min)(measured, key=lambda item: item[0])
+    verdict = "met" if all(meets) else "not met"
+    if len(measured) == 1:
+        return [name, f"{show(worst_value)} ({_label(worst)})", verdict]
+    return [name, f"worst {show(worst_value)} ({_label(worst)}); {sum(meets)} of "
+            f"{len(measured)} cells meet it", verdict]
+
+
+def rows(data: dict[str, Any], one_thread: dict[str, Any] | None) -> list[list[str]]:
+    torch_names = tuple(sorted({cell["optimizer"] for cell in data["cells"]
+                                if "torch" in cell["results"]}))
+
+    def median(name: str) -> Callable[[Cell], float | None]:
+        return lambda cell: cell["results"].get(name, {}).get("median_us")
+
+    def over(key: str, contender: str = "fastopt") -> Callable[[Cell], float | None]:
+        return lambda cell: cell.get(key, {}).get(contender)
+
+    adam_net = _cells(one_thread or data, "two_layer_net", ("Adam",), ("float64",))
+    return [
+        _target("one update of 1 small param (1e2), Adam and SGD: <= 1.0 us",
+                _cells(data, "1e2", ("Adam", "SGD")), median("fastopt"), 1.0, True,
+                lambda v: f"{v:.2f} us"),
+        _target("TwoLayerNet float64 Adam, one thread: >= 5x the book's NumPy code",
+                adam_net, over("speedup_vs_numpy"), 5.0, False, lambda v: f"{v:.2f}x"),
+        _target("TwoLayerNet, every optimizer and dtype: >= 3x torch.optim",
+                _cells(data, "two_layer_net", torch_names), over("speedup_vs_torch"), 3.0,
+                False, lambda v: f"{v:.2f}x"),
+        _target("1e7, default threads: >= 1.0x torch's fused kernels",
+                _cells(data, "1e7", torch_names), over("speedup_vs_torch"), 1.0, False,
+                lambda v: f"{v:.2f}x"),
+        _target("1e7, default threads: >= 90% of the bandwidth probe",
+                _cells(data, "1e7"), over("fraction_of_probe"), 0.9, False,
+                lambda v: f"{v:.0%}"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("json", help="bench/run.py --json output")
+    parser.add_argument("--one-thread", metavar="FILE", help="a --threads 1 run's JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    args = parser.parse_args()
+    with open(args.json) as file:
+        data = json.load(file)
+    one_thread = None
+    if args.one_thread:
+        with open(args.one_thread) as file:
+            one_thread = json.load(file)
+    table = rows(data, one_thread)
+    machine = data.get("machine", {})
+    print(f"targets from {args.json}: {machine.get('cpu', '?')}, measured "
+          f"{machine.get('date_utc', '?')} UTC, fastopt on {machine.get('fastopt_threads', '?')} "
+          f"thread(s), torch on {machine.get('torch_threads', '?')}")
+    for name, measured, verdict in table:
+        print(f"  {verdict:8} {name}: {measured}")
+    if args.markdown:
+        with open(args.markdown, "w") as file:
+            file.write("| target | measured | |\n|---|---|---|\n")
+            for name, measured, verdict in table:
+                file.write(f"| {name} | {measured} | {verdict} |\n")
+
+
+if __name__ == "__main__":
+    main()
