@@ -104,7 +104,7 @@ ctypedef void (*loop_double)(double*, const double*, double*, double*, double*, 
 # g*below - x and g*above - x (each one FMA, exact in sign). The inputs where a step could
 # overflow or a residual underflow (below 2**-900, above 2**900), and zero, subnormal, inf,
 # nan and negative lanes, go to the hardware instruction instead (a whole vector at a time;
-# zero lanes are passed through). tools/verify_sqrt.py compares it with the hardware on
+# zero lanes are passed through). bench/verify_sqrt.py compares it with the hardware on
 # 1e9 and more inputs of every class. The FMAs here are inside one operation proven to be
 # correctly rounded; the update rules' own statements stay uncontracted.
 
@@ -2146,7 +2146,7 @@ def get_soft_sqrt() -> bool:
 
 def soft_sqrt(double[::1] x not None):
     """``x[:] = sqrt(x)`` in place by the software sequence (the hardware instruction in
-    builds without it); for tools/verify_sqrt.py and the tests."""
+    builds without it); for bench/verify_sqrt.py and the tests."""
     with nogil:
         fastopt_soft_roots(&x[0] if x.shape[0] else NULL, x.shape[0])
 

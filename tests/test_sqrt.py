@@ -1,5 +1,5 @@
 """The software float64 square root of the AVX-512 build: the same bits as the hardware on a
-subset of tools/verify_sqrt.py's classes, and the choice between the two at import
+subset of bench/verify_sqrt.py's classes, and the choice between the two at import
 (fastopt/_simd.py). That every optimizer gives the reference's bits with it forced on is in
 tests/test_simd.py."""
 import importlib.util
@@ -14,7 +14,7 @@ from fastopt import _simd
 
 from _helpers import run_python
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "verify_sqrt.py"
+TOOL = Path(__file__).resolve().parents[1] / "bench" / "verify_sqrt.py"
 _spec = importlib.util.spec_from_file_location("verify_sqrt", TOOL)
 verify_sqrt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(verify_sqrt)

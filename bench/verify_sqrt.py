@@ -1,6 +1,6 @@
 """Verify fastopt's software square root against the hardware instruction, bit for bit.
 
-    python tools/verify_sqrt.py [--count 1e9] [--seed 0]
+    python bench/verify_sqrt.py [--count 1e9] [--seed 0]
 
 The AVX-512 build of fastopt takes float64 square roots in its update loops by an exactly
 rounded software sequence where that is faster than the hardware instruction
