@@ -47,10 +47,10 @@ for module in $modules; do
 done
 echo "instrumented: $(echo "$modules" | wc -w) kernel modules"
 
-# The tests run from a copy of tests/ and the pytest configuration, so that only the
-# instrumented installed package can be imported.
+# The tests run from a copy of tests/, bench/ (tests/test_sqrt.py imports its verifier) and
+# the pytest configuration, so that only the instrumented installed package can be imported.
 mkdir "$work/tree"
-cp -r "$root/tests" "$root/pyproject.toml" "$work/tree/"
+cp -r "$root/tests" "$root/bench" "$root/pyproject.toml" "$work/tree/"
 cd "$work/tree"
 
 # --capture=sys below: pytest's default capture of file descriptor 2 would swallow the
