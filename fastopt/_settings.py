@@ -10,10 +10,12 @@ division (bench/threads.py). The caller starts at once and never waits for a wor
 not started; smaller params run on the caller alone. The loops are elementwise, so results
 are bit-identical for any number of threads.
 
-The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it is 1:
-threads are opt-in. In a training loop next to NumPy's BLAS threads, which keep spinning on the
-cores between matrix products, a second fastopt thread measured 0.60-1.75x the one-thread time
-of an update of 1e6-element params on 2 shared CPUs; with BLAS on one thread, 0.76-1.05x
+The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it is the
+number of CPUs this process may run on, at most DEFAULT_MAX_THREADS. On an otherwise idle
+machine, a second thread next to NumPy's BLAS threads (which keep spinning between matrix
+products) never made the digits example's update slower (0.88-1.01x with 1e6-element
+params); when other processes already keep every CPU busy, a worker that loses its CPU
+mid-chunk can (0.60-1.75x), and ``FASTOPT_NUM_THREADS=1`` is the better setting there
 (docs/threads-and-subnormals.md). Builds without POSIX threads (MSVC) run on one thread.
 
 At most 256 threads: ``set_num_threads`` and ``FASTOPT_NUM_THREADS`` refuse more with a
@@ -42,6 +44,21 @@ __all__ = ["get_flush_denormals", "get_num_threads", "get_slow_path_warning",
 MAX_THREADS: int = _kernels.max_threads()
 
 
+# The default is capped: measured on 2 CPUs only, and a param gains little from more threads
+# than the memory bus can feed.
+DEFAULT_MAX_THREADS = 8
+
+
+def available_cpus() -> int:
+    """The number of CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
 def _from_environment() -> int:
     for name in ("FASTOPT_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
@@ -55,7 +72,7 @@ def _from_environment() -> int:
                 raise ValueError(f"{name}={value!r}: fastopt uses at most {MAX_THREADS} threads")
             return MAX_THREADS   # OMP_NUM_THREADS is shared with other libraries: capped
         return int(first)
-    return 1
+    return min(available_cpus(), DEFAULT_MAX_THREADS)
 
 
 def set_num_threads(count: int) -> None:

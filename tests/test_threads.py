@@ -84,7 +84,18 @@ def test_threads_from_the_environment():
     assert threads_in_fresh_process(OMP_NUM_THREADS="2,1").stdout.strip() == "2"
     assert threads_in_fresh_process(FASTOPT_NUM_THREADS="1",
                                     OMP_NUM_THREADS="4").stdout.strip() == "1"
-    assert threads_in_fresh_process().stdout.strip() == "1"   # threads are opt-in
+    # By default, the CPUs this process may run on, at most 8.
+    expected = min(len(os.sched_getaffinity(0)), 8) if hasattr(os, "sched_getaffinity") else (
+        min(os.cpu_count() or 1, 8))
+    assert threads_in_fresh_process().stdout.strip() == str(expected)
+
+
+@needs_threads
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
+def test_the_default_follows_the_cpus_the_process_may_use():
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "import fastopt; print(fastopt.get_num_threads())")
+    assert run_python(code, timeout=60).stdout.strip() == "1"
 
 
 def test_a_bad_thread_variable_fails_loudly():
