@@ -351,7 +351,7 @@ def print_header(info: dict, settings: dict) -> None:
           f" {info['cpus_usable']} usable")
     threads = info["fastopt_threads"]
     threading = ("1 thread (FASTOPT_NUM_THREADS or --threads for more)" if threads == 1
-                 else f"up to {threads} threads per large param")
+                 else f"up to {threads} threads per large param (--threads 1 for one)")
     print(f"  fastopt  {info['fastopt']}; {threading}, loops compiled for "
           f"{info['fastopt_simd']} (FASTOPT_SIMD to force a level)")
     print(f"  versions Python {info['python']}, NumPy {info['numpy']}, Cython {info['cython']}, "
@@ -531,7 +531,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="leave torch out")
     parser.add_argument("--threads", type=int,
                         help="fastopt threads per large param (default: fastopt's own, from "
-                             "FASTOPT_NUM_THREADS or OMP_NUM_THREADS, else 1)")
+                             "FASTOPT_NUM_THREADS or OMP_NUM_THREADS, else the CPUs it may "
+                             "use, at most 8)")
     args = parser.parse_args(argv)
     if args.budget is None:
         args.budget = 0.15 if args.quick else 1.5
