@@ -90,8 +90,10 @@ class Workload:
 
 
 def all_workloads() -> list[Workload]:
-    workloads = [Workload(f"1e{exponent}", ((10**exponent,),), f"one array of 1e{exponent}")
-                 for exponent in (2, 4, 6, 7)]
+    # one element: what a call costs apart from the arithmetic
+    workloads = [Workload("1", ((1,),), "one array of 1 element")]
+    workloads += [Workload(f"1e{exponent}", ((10**exponent,),), f"one array of 1e{exponent}")
+                  for exponent in (2, 4, 6, 7)]
     workloads += [
         Workload("two_layer_net", tuple(TWO_LAYER_NET), "the book's TwoLayerNet 784-50-10"),
         Workload("five_layer_net", tuple(FIVE_LAYER_NET),
