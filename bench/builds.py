@@ -49,9 +49,11 @@ print(json.dumps(out))
 """
 
 
-def run(build: str) -> dict:
+def run(build: str, worker: str = WORKER) -> dict:
+    """Run ``worker`` (code that prints a JSON object with "where", fastopt's file, and
+    "times") in a fresh process that imports fastopt from ``build``; return its times."""
     env = {**os.environ, "PYTHONPATH": os.path.abspath(build)}
-    completed = subprocess.run([sys.executable, "-c", WORKER], capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True,
                                env=env, cwd=tempfile.gettempdir(), check=True)
     result = json.loads(completed.stdout)
     if not result["where"].startswith(os.path.abspath(build)):

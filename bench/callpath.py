@@ -1,6 +1,6 @@
 """What one small update costs: two builds against each other, and where the time goes.
 
-    python bench/callpath.py [--before /work/main] [--after .] [--rounds 15]
+    python bench/callpath.py BEFORE AFTER [--rounds 15]
 
 Times one ``update()`` of one param of one element (a dict ``{'w': array}``, hot: after the
 first calls), where the call's fixed cost is everything, for Adam and SGD in float32 and
@@ -14,15 +14,13 @@ process and with the AFTER build, the parts of one hot call.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import timeit
 
 import numpy as np
+from builds import run
 
 WORKER = r"""
 import json, timeit
@@ -55,27 +53,6 @@ print(json.dumps(out))
 """
 
 
-def run(build: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(build)}
-    completed = subprocess.run([sys.executable, "-c", WORKER], capture_output=True, text=True,
-                               env=env, cwd=tempfile.gettempdir(), check=True)
-    result = json.loads(completed.stdout)
-    if not result["where"].startswith(os.path.abspath(build)):
-        raise SystemExit(f"{build} did not provide fastopt (got {result['where']})")
-    return result["times"]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def median_us(function, number: int = 20000) -> float:
     return float(np.median(timeit.repeat(function, number=number, repeat=15))) / number * 1e6
 
@@ -101,10 +78,12 @@ def parts(name: str, dtype: str) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", default="/work/main", help="folder with the old build")
-    parser.add_argument("--after", default=".", help="folder with the new build")
+    parser.add_argument("before", help="folder with the old build")
+    parser.add_argument("after", help="folder with the new build")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
+    sys.path.insert(0, os.path.abspath(args.after))   # this process times the AFTER build
+    from run import cpu_model  # bench/run.py imports fastopt: only once AFTER is on the path
     print(f"{cpu_model()}, Python {platform.python_version()}, NumPy {np.__version__}; "
           f"{args.rounds} rounds, BEFORE={args.before}, AFTER={args.after}")
     times: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
@@ -112,7 +91,7 @@ def main() -> None:
         order = ("before", "after") if index % 2 == 0 else ("after", "before")
         for side in order:
             build = args.before if side == "before" else args.after
-            for cell, value in run(build).items():
+            for cell, value in run(build, WORKER).items():
                 times[side].setdefault(cell, []).append(value)
     print(f"\n{'update() of 1 element':28} {'before us':>10} {'range':>11} {'after us':>9} "
           f"{'range':>11} {'after/before':>13}")
@@ -123,7 +102,6 @@ def main() -> None:
         print(f"{cell:28} {before:10.3f} {spread['before']:>11} {after:9.3f} "
               f"{spread['after']:>11} {after / before:13.2f}")
 
-    sys.path.insert(0, os.path.abspath(args.after))
     import fastopt
     print(f"\nwhere one hot call goes ({os.path.dirname(fastopt.__file__)}; medians, us)")
     print(f"{'cell':16} {'update()':>9} {'plan':>7} {'frames':>7} {'kernel entry':>13}")

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -117,21 +115,12 @@ def software_kernels():
     return kernels if kernels.can_soft_sqrt() else None
 
 
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=float, default=1e9, help="inputs in all (>= 1e9)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    from run import cpu_model  # bench/run.py, beside this script
     kernels = software_kernels()
     if kernels is None:
         print("this machine or build has no AVX-512 module: nothing to verify")

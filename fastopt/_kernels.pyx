@@ -80,7 +80,7 @@ ctypedef struct Step:
     double rectification
     double decoupled_decay   # AdamW's lr*weight_decay, Lion's weight_decay
     bint eps_inside_sqrt
-    bint soft_roots          # float64 square roots by fastopt_soft_roots (AVX-512 builds)
+    bint soft_roots          # float64 square roots by fastopt_soft_roots (set by _run)
     bint velocity_first
     bint rectified
     int targets              # the bandwidth probe's: how many arrays it reads and writes
@@ -281,6 +281,12 @@ cdef void _nesterov(floating* p, const floating* g, floating* v, floating* unuse
             v[i] = velocity - lr * grad
 
 
+cdef inline floating _adagrad_square(floating* h, intp i, floating grad) noexcept nogil:
+    """AdaGrad's sum of squares of element i, updated and returned."""
+    h[i] = h[i] + grad * grad
+    return h[i]
+
+
 cdef inline void _adagrad_loop(floating* p, const floating* g, floating* h, intp n,
                                const Step* c, bint decay, bint inside) noexcept nogil:
     cdef floating scale = <floating>c.grad_scale, wd = <floating>c.weight_decay
@@ -296,18 +302,17 @@ cdef inline void _adagrad_loop(floating* p, const floating* g, floating* h, intp
             for j in range(ROOTS):
                 i = start + j
                 grad = _grad(g[i], p[i], scale, wd, decayed)
-                h[i] = h[i] + grad * grad
-                roots[j] = _root_arg(h[i], eps, inside)
+                roots[j] = _root_arg(_adagrad_square(h, i, grad), eps, inside)
             fastopt_soft_roots(roots, ROOTS)
             for j in range(ROOTS):
                 i = start + j
                 grad = _grad(g[i], p[i], scale, wd, decayed)
-                p[i] = p[i] - lr * grad / _from_root(roots[j], eps, inside)
+                _divided_step(p, NULL, i, grad, _from_root(roots[j], eps, inside), lr, 0, False)
         start = n - n % ROOTS
     for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
-        h[i] = h[i] + grad * grad
-        p[i] = p[i] - lr * grad / _denominator(h[i], eps, inside)
+        _divided_step(p, NULL, i, grad, _denominator(_adagrad_square(h, i, grad), eps, inside),
+                      lr, 0, False)
 
 
 cdef void _adagrad(floating* p, const floating* g, floating* h, floating* unused1,
@@ -331,9 +336,10 @@ cdef inline floating _rmsprop_square(floating* h, floating* grad_avg, intp i, fl
     return h[i]
 
 
-cdef inline void _rmsprop_param(floating* p, floating* momentum_buffer, intp i, floating grad,
-                                floating denominator, floating lr, floating momentum,
-                                bint with_momentum) noexcept nogil:
+cdef inline void _divided_step(floating* p, floating* momentum_buffer, intp i, floating grad,
+                               floating denominator, floating lr, floating momentum,
+                               bint with_momentum) noexcept nogil:
+    """``p -= lr*grad/denominator`` (AdaGrad, RMSprop), or through RMSprop's momentum."""
     if with_momentum:
         momentum_buffer[i] = momentum * momentum_buffer[i] + grad / denominator
         p[i] = p[i] - lr * momentum_buffer[i]
@@ -367,14 +373,14 @@ cdef inline void _rmsprop_loop(floating* p, const floating* g, floating* h,
             for j in range(ROOTS):
                 i = start + j
                 grad = _grad(g[i], p[i], scale, wd, decayed)
-                _rmsprop_param(p, momentum_buffer, i, grad, _from_root(roots[j], eps, inside),
-                               lr, momentum, with_momentum)
+                _divided_step(p, momentum_buffer, i, grad, _from_root(roots[j], eps, inside),
+                              lr, momentum, with_momentum)
         start = n - n % ROOTS
     for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
         square = _rmsprop_square(h, grad_avg, i, grad, decay_rate, keep, centered)
-        _rmsprop_param(p, momentum_buffer, i, grad, _denominator(square, eps, inside), lr,
-                       momentum, with_momentum)
+        _divided_step(p, momentum_buffer, i, grad, _denominator(square, eps, inside), lr,
+                      momentum, with_momentum)
 
 
 cdef void _rmsprop(floating* p, const floating* g, floating* h, floating* grad_avg,
@@ -472,6 +478,12 @@ cdef inline floating _paper_moments(floating* m, floating* v, floating* v_max, i
     return v[i]
 
 
+cdef inline void _paper_step(floating* p, floating* m, intp i, floating denominator,
+                             floating lr, floating bias_correction1) noexcept nogil:
+    """Kingma & Ba's step of element i: ``p -= lr*(m/bias_correction1)/denominator``."""
+    p[i] = p[i] - lr * (m[i] / bias_correction1) / denominator
+
+
 cdef inline void _adam_paper_loop(floating* p, const floating* g, floating* m, floating* v,
                                   floating* v_max, intp n, const Step* c, bint decay,
                                   bint inside, bint amsgrad) noexcept nogil:
@@ -500,14 +512,14 @@ cdef inline void _adam_paper_loop(floating* p, const floating* g, floating* m, f
             fastopt_soft_roots(roots, ROOTS)
             for j in range(ROOTS):
                 i = start + j
-                p[i] = p[i] - lr * (m[i] / bias_correction1) / _from_root(roots[j], eps, inside)
+                _paper_step(p, m, i, _from_root(roots[j], eps, inside), lr, bias_correction1)
         start = n - n % ROOTS
     for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
         second = _paper_moments(m, v, v_max, i, grad, beta1, beta2, one_minus_beta1,
                                 one_minus_beta2, amsgrad)
-        p[i] = p[i] - lr * (m[i] / bias_correction1) / _denominator(second / bias_correction2,
-                                                                    eps, inside)
+        _paper_step(p, m, i, _denominator(second / bias_correction2, eps, inside), lr,
+                    bias_correction1)
 
 
 cdef void _adam_paper(floating* p, const floating* g, floating* m, floating* v,
@@ -525,6 +537,15 @@ cdef void _adam_paper(floating* p, const floating* g, floating* m, floating* v,
             _adam_paper_loop(p, g, m, v, v_max, n, c, decay, False, True)
 
 
+cdef inline void _adamw_step(floating* p, floating* m, intp i, floating root,
+                             floating lr_weight_decay, bint decoupled, floating step_size,
+                             floating bias_correction2_sqrt, floating eps) noexcept nogil:
+    """AdamW's step of element i from the root of its second moment: the decoupled decay
+    (a select, for params that decay), then Adam's step."""
+    cdef floating param = p[i] - lr_weight_decay * p[i] if decoupled else p[i]
+    p[i] = param - step_size * m[i] / (root / bias_correction2_sqrt + eps)
+
+
 cdef inline void _adamw_loop(floating* p, const floating* g, floating* m, floating* v,
                              floating* v_max, intp n, const Step* c, bint decay,
                              bint amsgrad) noexcept nogil:
@@ -539,7 +560,7 @@ cdef inline void _adamw_loop(floating* p, const floating* g, floating* m, floati
     cdef floating step_size = <floating>c.step_size
     cdef floating bias_correction2_sqrt = <floating>c.bias_correction2_sqrt
     cdef floating eps = <floating>c.eps
-    cdef floating grad, param, second
+    cdef floating grad, second
     cdef double roots[ROOTS]
     cdef intp i, j, block, start = 0
     # The decoupled decay only reads p[i], so it may come after the moments.
@@ -554,15 +575,15 @@ cdef inline void _adamw_loop(floating* p, const floating* g, floating* m, floati
             fastopt_soft_roots(roots, ROOTS)
             for j in range(ROOTS):
                 i = start + j
-                param = p[i] - lr_weight_decay * p[i] if decoupled else p[i]
-                p[i] = param - step_size * m[i] / (roots[j] / bias_correction2_sqrt + eps)
+                _adamw_step(p, m, i, roots[j], lr_weight_decay, decoupled, step_size,
+                            bias_correction2_sqrt, eps)
         start = n - n % ROOTS
     for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
         second = _paper_moments(m, v, v_max, i, grad, beta1, beta2, one_minus_beta1,
                                 one_minus_beta2, amsgrad)
-        param = p[i] - lr_weight_decay * p[i] if decoupled else p[i]
-        p[i] = param - step_size * m[i] / (_root(second) / bias_correction2_sqrt + eps)
+        _adamw_step(p, m, i, _root(second), lr_weight_decay, decoupled, step_size,
+                    bias_correction2_sqrt, eps)
 
 
 cdef void _adamw(floating* p, const floating* g, floating* m, floating* v, floating* v_max,
@@ -620,6 +641,14 @@ cdef inline void _nadam_param(floating* p, floating* m, intp i, floating grad,
     p[i] = param - momentum_step * m[i] / denominator
 
 
+cdef inline void _radam_step(floating* p, floating* m, intp i, floating root, floating lr,
+                             floating bias_correction1, floating bias_correction2_sqrt,
+                             floating eps, floating rectification) noexcept nogil:
+    """RAdam's rectified step of element i from the root of its second moment."""
+    p[i] = p[i] - (m[i] / bias_correction1) * lr * (
+        bias_correction2_sqrt / (root + eps)) * rectification
+
+
 cdef inline void _radam_loop(floating* p, const floating* g, floating* m, floating* v, intp n,
                              const Step* c, bint decay, bint rectified) noexcept nogil:
     cdef floating scale = <floating>c.grad_scale, wd = <floating>c.weight_decay
@@ -647,16 +676,16 @@ cdef inline void _radam_loop(floating* p, const floating* g, floating* m, floati
             fastopt_soft_roots(roots, ROOTS)
             for j in range(ROOTS):
                 i = start + j
-                p[i] = p[i] - (m[i] / bias_correction1) * lr * (
-                    bias_correction2_sqrt / (roots[j] + eps)) * rectification
+                _radam_step(p, m, i, roots[j], lr, bias_correction1, bias_correction2_sqrt, eps,
+                            rectification)
         start = n - n % ROOTS
     for i in range(start, n):
         grad = _grad(g[i], p[i], scale, wd, decayed)
         second = _paper_moments(m, v, NULL, i, grad, beta1, beta2, one_minus_beta1,
                                 one_minus_beta2, False)
         if rectified:
-            p[i] = p[i] - (m[i] / bias_correction1) * lr * (
-                bias_correction2_sqrt / (_root(second) + eps)) * rectification
+            _radam_step(p, m, i, _root(second), lr, bias_correction1, bias_correction2_sqrt, eps,
+                        rectification)
         else:
             p[i] = p[i] - (m[i] / bias_correction1) * lr
 
@@ -1397,6 +1426,7 @@ cdef bint _run(object params, object grads, tuple states, int required, object d
             for k in range(count):
                 if not _plan_entry(k, params[k], grads, states, decays, &tasks[k], keep):
                     return False
+        c.soft_roots = _soft_roots   # a run-time setting, like threads and flush
         with nogil:
             for k in range(count):
                 _run_task(&tasks[k], run_float, run_double, c, threads, parallel_min, flush)
@@ -1441,7 +1471,6 @@ cdef int _prepare(Step* c, object grad_scale, double weight_decay) except -1:
         raw[i] = 0
     c.grad_scale = 1.0 if grad_scale is None else <double>grad_scale
     c.weight_decay = weight_decay
-    c.soft_roots = _soft_roots
     return 0
 
 
@@ -1803,7 +1832,6 @@ cdef class CallPlan:
     cdef void _at(self, Step* c, double t) noexcept nogil:
         """``c`` = the scalars of step ``t``."""
         c[0] = self.base
-        c.soft_roots = _soft_roots   # may change between calls (set_soft_sqrt)
         if self.form == LR_T:
             c.lr_t = self.lr * sqrt(1.0 - pow(self.beta2, t)) / (1.0 - pow(self.beta1, t))
         elif self.form == BIAS_CORRECTIONS:
