@@ -33,6 +33,8 @@ import numpy as np
 from . import reference as reference  # fastopt.reference, not in __all__
 from . import schedules as schedules  # fastopt.schedules, not in __all__
 from ._base import SlowPathWarning as SlowPathWarning
+from ._config import register_with_threadpoolctl as _register_with_threadpoolctl
+from ._config import show_config as show_config
 from ._settings import get_flush_denormals as get_flush_denormals
 from ._settings import get_num_threads as get_num_threads
 from ._settings import get_slow_path_warning as get_slow_path_warning
@@ -66,3 +68,7 @@ from .optimizers import (
 # the optimizers beyond the book. `from fastopt.book import *` gives the book's names and no more.
 __all__ = ["SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum", "NAdam",
            "Nesterov", "RAdam", "RMSProp", "RMSprop", "np"]
+
+# With threadpoolctl installed, threadpool_info() lists fastopt's pool and threadpool_limits()
+# limits it (fastopt/_config.py); fastopt does not need threadpoolctl.
+_register_with_threadpoolctl()

@@ -19,7 +19,12 @@ mid-chunk can (0.60-1.75x), and ``FASTOPT_NUM_THREADS=1`` is the better setting 
 (docs/threads-and-subnormals.md). Builds without POSIX threads (MSVC) run on one thread.
 
 At most 256 threads: ``set_num_threads`` and ``FASTOPT_NUM_THREADS`` refuse more with a
-ValueError; ``OMP_NUM_THREADS``, which other libraries read too, is capped at 256.
+ValueError, as they refuse anything but a whole number >= 1. ``OMP_NUM_THREADS``, which other
+libraries read too, is capped at 256, and a value fastopt cannot use (``auto``, ``0``, ``1.5``)
+is ignored as OpenBLAS ignores it (threads_from_environment).
+
+With threadpoolctl installed, the pool is one of the libraries ``threadpool_info()`` lists
+(user_api "fastopt") and ``threadpool_limits`` sets (fastopt/_config.py).
 
 A forked process (``os.fork``, multiprocessing's "fork" start method) starts with no worker
 threads (its parent's do not exist in it) and starts its own on its first large update.
@@ -33,6 +38,7 @@ numbers to zero, scoped to each loop's run (see its docstring).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -59,20 +65,53 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _from_environment() -> int:
-    for name in ("FASTOPT_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if not value:
-            continue
-        first = value.split(",")[0].strip()   # OMP_NUM_THREADS may list nested levels
-        if not first.isdigit() or int(first) < 1:
-            raise ValueError(f"{name}={value!r}: expected a whole number of threads >= 1")
-        if int(first) > MAX_THREADS:
-            if name == "FASTOPT_NUM_THREADS":
-                raise ValueError(f"{name}={value!r}: fastopt uses at most {MAX_THREADS} threads")
-            return MAX_THREADS   # OMP_NUM_THREADS is shared with other libraries: capped
-        return int(first)
-    return min(available_cpus(), DEFAULT_MAX_THREADS)
+def threads_from_environment(environ: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """The thread count the environment asks for at import, and where it came from.
+
+    ``FASTOPT_NUM_THREADS`` is fastopt's own: a whole number from 1 to 256, anything else is a
+    ValueError naming it. ``OMP_NUM_THREADS`` belongs to every OpenMP library and BLAS in the
+    process, which accept values fastopt has no use for (OpenMP's nested lists such as
+    ``4,2``, or ``auto``): its first entry is used when it is a whole number >= 1 (capped at
+    256), and any other value is ignored, as OpenBLAS ignores it, never an error. Neither set:
+    the CPUs this process may run on, at most DEFAULT_MAX_THREADS.
+
+    Returns
+    -------
+    count : int
+    origin : str
+        What decided ``count``, in words: ``"FASTOPT_NUM_THREADS='2'"``,
+        ``"OMP_NUM_THREADS='4,2'"`` or ``"the default (...)"``, which names an
+        ``OMP_NUM_THREADS`` it ignored.
+    """
+    environ = os.environ if environ is None else environ
+    ignored = ""
+    own = environ.get("FASTOPT_NUM_THREADS", "").strip()
+    if own:
+        count = _whole_number(own)
+        if count is None or count < 1:
+            raise ValueError(f"FASTOPT_NUM_THREADS={own!r}: expected a whole number of threads "
+                             f">= 1 and <= {MAX_THREADS}")
+        if count > MAX_THREADS:
+            raise ValueError(f"FASTOPT_NUM_THREADS={own!r}: fastopt uses at most "
+                             f"{MAX_THREADS} threads")
+        return count, f"FASTOPT_NUM_THREADS={own!r}"
+    shared = environ.get("OMP_NUM_THREADS", "").strip()
+    if shared:
+        count = _whole_number(shared.split(",")[0])   # a list gives the nested levels
+        if count is not None and count >= 1:
+            # Shared with other libraries, so capped rather than refused.
+            return min(count, MAX_THREADS), f"OMP_NUM_THREADS={shared!r}"
+        ignored = f"; OMP_NUM_THREADS={shared!r} ignored: not a whole number >= 1"
+    return (min(available_cpus(), DEFAULT_MAX_THREADS),
+            f"the default (the CPUs this process may run on, at most {DEFAULT_MAX_THREADS})"
+            f"{ignored}")
+
+
+def _whole_number(text: str) -> int | None:
+    text = text.strip()
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
 
 
 def set_num_threads(count: int) -> None:
@@ -149,4 +188,5 @@ def slow_path_warning() -> bool:
     return _warn_slow_path
 
 
-set_num_threads(_from_environment())
+_threads, threads_origin = threads_from_environment()
+set_num_threads(_threads)
