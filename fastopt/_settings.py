@@ -21,7 +21,7 @@ mid-chunk can (0.60-1.75x), and ``FASTOPT_NUM_THREADS=1`` is the better setting 
 At most 256 threads: ``set_num_threads`` and ``FASTOPT_NUM_THREADS`` refuse more with a
 ValueError, as they refuse anything but a whole number >= 1. ``OMP_NUM_THREADS``, which other
 libraries read too, is capped at 256, and a value fastopt cannot use (``auto``, ``0``, ``1.5``)
-is ignored as OpenBLAS ignores it (threads_from_environment).
+is ignored, as GNU's OpenMP runtime ignores it (threads_from_environment).
 
 With threadpoolctl installed, the pool is one of the libraries ``threadpool_info()`` lists
 (user_api "fastopt") and ``threadpool_limits`` sets (fastopt/_config.py).
@@ -71,9 +71,15 @@ def threads_from_environment(environ: Mapping[str, str] | None = None) -> tuple[
     ``FASTOPT_NUM_THREADS`` is fastopt's own: a whole number from 1 to 256, anything else is a
     ValueError naming it. ``OMP_NUM_THREADS`` belongs to every OpenMP library and BLAS in the
     process, which accept values fastopt has no use for (OpenMP's nested lists such as
-    ``4,2``, or ``auto``): its first entry is used when it is a whole number >= 1 (capped at
-    256), and any other value is ignored, as OpenBLAS ignores it, never an error. Neither set:
-    the CPUs this process may run on, at most DEFAULT_MAX_THREADS.
+    ``4,2``, or values they ignore such as ``auto``): its first entry is used when it is a whole
+    number >= 1 (capped at 256), and any other value is ignored, as GNU's OpenMP runtime
+    ignores it (OpenBLAS reads leading digits), never an error. Neither set: the CPUs this
+    process may run on, at most DEFAULT_MAX_THREADS. An empty variable counts as unset.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The variables to read; ``os.environ`` by default.
 
     Returns
     -------
@@ -82,6 +88,11 @@ def threads_from_environment(environ: Mapping[str, str] | None = None) -> tuple[
         What decided ``count``, in words: ``"FASTOPT_NUM_THREADS='2'"``,
         ``"OMP_NUM_THREADS='4,2'"`` or ``"the default (...)"``, which names an
         ``OMP_NUM_THREADS`` it ignored.
+
+    Raises
+    ------
+    ValueError
+        If ``FASTOPT_NUM_THREADS`` is set to anything but a whole number from 1 to 256.
     """
     environ = os.environ if environ is None else environ
     ignored = ""

@@ -391,8 +391,8 @@ def test_fastopt_imports_without_threadpoolctl():
 @needs_threads
 @pytest.mark.parametrize("value", ["0", "auto", "1.5", "-1", "4:2"])
 def test_any_omp_num_threads_value_is_accepted_at_import(value):
-    # OMP_NUM_THREADS belongs to OpenMP and the BLAS as well, which accept these (OpenBLAS
-    # ignores them): fastopt ignores them too, quietly, and takes its default.
+    # OMP_NUM_THREADS belongs to OpenMP and the BLAS as well, whose imports never fail on these
+    # (GNU's OpenMP ignores them): fastopt ignores them too, quietly, and takes its default.
     code = ("import warnings; warnings.simplefilter('error')\n"
             "import fastopt; print(fastopt.get_num_threads())")
     completed = run_python(code, timeout=60, OMP_NUM_THREADS=value)
