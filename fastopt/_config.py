@@ -55,7 +55,6 @@ def _simd_section() -> dict[str, Any]:
         "level": level,
         "numpy_name": NUMPY_SIMD_NAMES[level] if _is_x86_64() else None,
         "available": list(_simd.simd_levels()),
-        "FASTOPT_SIMD": os.environ.get("FASTOPT_SIMD") or None,
         "module": _simd.kernels.__file__,
     }
 
@@ -175,7 +174,8 @@ def show_config(mode: str = "stdout") -> dict[str, Any] | None:
     Parameters
     ----------
     mode : {"stdout", "dicts"}
-        "stdout" prints the report; "dicts" returns it instead.
+        "stdout" prints the report and returns None, as ``numpy.show_config`` does (an
+        interactive session would otherwise show it twice); "dicts" returns it instead.
 
     Returns
     -------
@@ -183,10 +183,11 @@ def show_config(mode: str = "stdout") -> dict[str, Any] | None:
         With ``mode="dicts"``, a dict of:
 
         - ``fastopt``: ``version``, ``path`` (the package's folder).
-        - ``python``, ``numpy``: their versions.
+        - ``python``: ``version``, ``executable``; ``numpy``: ``version``.
         - ``simd``: ``level`` (``fastopt.simd_level()``), ``numpy_name`` (NumPy's name for that
           instruction set: ``SSE2``, ``X86_V3``, ``X86_V4``; None off x86-64), ``available``
-          (``fastopt.simd_levels()``), ``FASTOPT_SIMD`` and ``module`` (the file run).
+          (``fastopt.simd_levels()``, what FASTOPT_SIMD may choose) and ``module`` (the file
+          that runs).
         - ``sqrt_method``: ``fastopt.sqrt_method()``.
         - ``threads``: ``num_threads`` (``fastopt.get_num_threads()``), ``at_import`` (what
           set it at import: FASTOPT_NUM_THREADS, OMP_NUM_THREADS or the default),
@@ -198,7 +199,7 @@ def show_config(mode: str = "stdout") -> dict[str, Any] | None:
           ``MPI.Get_library_version()``), ``standard`` (the MPI version) and ``initialized``.
           MPI is not started to fill it in: the library is named only when the program has
           imported ``mpi4py.MPI``, else it is None (``python -m fastopt info`` imports it
-          without starting MPI).
+          without starting MPI, and reports in ``error`` why it could not).
         - ``thread_pools``: None without threadpoolctl; else the BLAS and OpenMP pools
           ``threadpoolctl.threadpool_info()`` finds (``user_api``, ``internal_api``,
           ``num_threads``, ``version``, ``filepath``). fastopt's own pool is ``threads``.
