@@ -177,10 +177,12 @@ class Optimizer:
         if self.target is None:
             raise RuntimeError(f"{type(self).__name__} has no target: call setup(model) before "
                                f"update()")
-        params = [param for param in self.target.params() if param.grad is not None]
+        listed = [(index, param) for index, param in enumerate(self.target.params())
+                  if param.grad is not None]
         self._check_hyperparameters()
-        for index, param in enumerate(params):
+        for index, param in listed:
             self._check_param(_label(index, param), param)
+        params = [param for _, param in listed]
         self._count_step()
         for hook in self.hooks:
             hook(params)
@@ -260,8 +262,8 @@ class _Compiled(Optimizer):
     def update_one(self, param: Any) -> None:
         """Update one param from ``param.grad.data``, as DeZero's ``update_one`` does.
 
-        ``update`` calls this only through a subclass that defines its own ``update_one``;
-        fastopt's classes update the whole list at once, with the same numbers.
+        ``update`` does not call it one param at a time (unless a subclass defines its own
+        ``update_one``): it updates the whole list at once, with the same numbers.
         """
         if param.grad is None:
             raise ValueError("the param's grad is None; update_one needs a grad (update() "
