@@ -22,12 +22,14 @@ is an array of the param's shape) can be a target.
 Numbers
 -------
 Every param's ``.data`` and every state array are bit for bit what DeZero's own classes
-compute under NumPy >= 2, in float64 and float32 alike, and arrays are updated in place (the
-same objects, as DeZero's ``-=`` does). The params of one ``update`` go to fastopt's compiled
-loops in one call where those loops compute DeZero's statements exactly: ``SGD``,
-``MomentumSGD``, ``AdaGrad`` (float32 and float64) and ``Adam`` (float64; DeZero's ``Adam`` is
-the first book's with ``eps = 1e-8`` and the step size computed with ``math``). Everything else
-runs DeZero's own NumPy statements, written out in each class (``_numpy_one``):
+compute under NumPy >= 2, in float64 and float32 alike (at every SIMD level and thread count;
+not with the opt-in ``fastopt.set_flush_denormals(True)``, which flushes subnormal results of
+the compiled loops), and arrays are updated in place (the same objects, as DeZero's ``-=``
+does). The params of one ``update`` go to fastopt's compiled loops in one call where those
+loops compute DeZero's statements exactly: ``SGD``, ``MomentumSGD``, ``AdaGrad`` (float32 and
+float64) and ``Adam`` (float64; DeZero's ``Adam`` is the first book's with ``eps = 1e-8`` and
+the step size computed with ``math``). Everything else runs DeZero's own NumPy statements,
+written out in each class (``_numpy_one``):
 
 - ``AdaDelta``: DeZero takes the square root of a quotient, ``sqrt((msdx + eps)/(msg + eps))``,
   where fastopt's loop (torch's Adadelta) divides two square roots; no compiled loop has
@@ -58,8 +60,8 @@ None of them changes a number DeZero computes.
   AttributeError, after updating the params before it. Here a param whose grad a hook has
   cleared leaves the list before the next hook and is not updated: that is the freezing the
   hook is for.
-- State arrays are C-contiguous zeros aligned as their param (DeZero: ``zeros_like``); the
-  values are the same.
+- A plain ndarray param's state arrays are C-contiguous zeros, aligned as the param
+  (DeZero: ``zeros_like``, of the param's layout); the values are the same.
 - NumPy arrays only, not CuPy's.
 
 This module restates the statements of DeZero's ``dezero/optimizers.py``, MIT-licensed: see
