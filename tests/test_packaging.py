@@ -65,7 +65,8 @@ def test_one_version_number():
 
 # The books' MIT notices, which must travel with every copy of the code restating theirs.
 BOOK_NOTICES = {"deep-learning-from-scratch.txt": "Copyright (c) 2016 Koki Saitoh",
-                "deep-learning-from-scratch-2.txt": "Copyright (c) 2018 Koki Saitoh"}
+                "deep-learning-from-scratch-2.txt": "Copyright (c) 2018 Koki Saitoh",
+                "deep-learning-from-scratch-3.txt": "Copyright (c) 2019 Koki Saitoh"}
 
 
 def test_the_installed_package_carries_the_books_licence_notices():
