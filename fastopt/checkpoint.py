@@ -286,6 +286,9 @@ def _check_plain(state: Mapping[str, Any]) -> None:
     # iter below 2**53: a step count a float holds exactly (bias corrections use t as one)
     if type(state["iter"]) is not int or not 0 <= state["iter"] < 2**53:
         raise _fail(f"'iter' must be an int >= 0 and < 2**53; got {state['iter']!r}")
+    for name, value in hypers.items():   # rebuilt and evaluated: a schedule that loads works
+        if isinstance(value, Mapping) and "schedule" in value:
+            _rebuild_schedule(name, value["schedule"], state["iter"])
     for name in _SCALAR_STATE:
         if name in state and not (_is_number(state[name]) and 0 <= state[name] <= 1):
             raise _fail(f"{name!r} must be a number in [0, 1] (a product of momentum "
@@ -365,7 +368,13 @@ def _plan(optimizer: reference.ReferenceOptimizer, state: Mapping[str, Any]) -> 
                 raise _fail(str(error)) from None
             changes[name] = number
         elif "schedule" in value:
-            changes[name] = _rebuild_schedule(name, value["schedule"])
+            schedule, number = _rebuild_schedule(name, value["schedule"], state["iter"])
+            try:
+                check(name, number, f" (the schedule's value at step {state['iter']}, in the "
+                                    f"checkpoint)")
+            except ValueError as error:
+                raise _fail(str(error)) from None
+            changes[name] = schedule
         elif not callable(getattr(optimizer, name)):
             raise ValueError(f"{name} was a schedule of your own when saved; pass it again: "
                              f"{cls.__name__}({name}=your_schedule) before load_state_dict")
@@ -453,8 +462,21 @@ def _float(name: str, value: Any) -> float:
         raise _fail(f"{name} is an int too large for a float") from None
 
 
-def _rebuild_schedule(name: str, described: Mapping[str, Any]) -> Callable[[int], float]:
-    """A schedule of fastopt.schedules from its ``to_dict()``; ValueError if it cannot be."""
+def _shown(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message stays short."""
+    try:
+        text = repr(value)
+    except ValueError:   # an int of more digits than Python converts to text
+        return f"<a {type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[:limit] + "...(cut)"
+
+
+def _rebuild_schedule(name: str, described: Mapping[str, Any], step: int
+                      ) -> tuple[Callable[[int], float], float]:
+    """A schedule of fastopt.schedules from its ``to_dict()``, and its value at ``step`` (the
+    coming update's), proof that it works; ValueError if it cannot be rebuilt or evaluated
+    there. fastopt's schedules check their parameters (finite, step counts at most 2**53)
+    and their nesting depth when built, so evaluating one is quick."""
     try:
         schedules = importlib.import_module(_SCHEDULES)
     except ImportError:
@@ -462,13 +484,21 @@ def _rebuild_schedule(name: str, described: Mapping[str, Any]) -> Callable[[int]
                          f"{_SCHEDULES}, which this fastopt does not have") from None
     try:
         schedule = schedules.from_dict(dict(described))
-    except (TypeError, ValueError, KeyError) as error:
-        raise _fail(f"{name}'s schedule {dict(described)!r} cannot be rebuilt: "
+    except (TypeError, ValueError, KeyError, RecursionError) as error:
+        raise _fail(f"{name}'s schedule {_shown(dict(described))} cannot be rebuilt: "
                     f"{error}") from None
     if not callable(schedule):
         raise _fail(f"{name}'s schedule rebuilt as {schedule!r}, which is not callable")
+    try:
+        number = reference.to_float(name, schedule(step))
+    except (TypeError, ValueError, ArithmeticError, RecursionError) as error:
+        raise _fail(f"{name}'s schedule {_shown(schedule)} does not work at step {step} (the "
+                    f"next update's): {type(error).__name__}: {error}") from None
+    if not math.isfinite(number):
+        raise _fail(f"{name}'s schedule {_shown(schedule)} gives {number!r} at step {step} "
+                    f"(the next update's); a hyperparameter must be finite")
     result: Callable[[int], float] = schedule
-    return result
+    return result, number
 
 
 # ---------------------------------------------------------------------------------------------
