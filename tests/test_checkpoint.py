@@ -1321,3 +1321,60 @@ def test_every_array_header_is_checked_before_any_array_is_read(good, tmp_path, 
                                          r"float32, but state m\['c'\] has shape"):
         fastopt.load(tmp_path / "bad.npz")
     assert reads == ["metadata"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules from a checkpoint are rebuilt and evaluated at its step when it is loaded: one that
+# would fail at the next update is refused then, and the optimizer is unchanged.
+
+def _nested_warmups(depth):
+    described = {"type": "Constant", "value": 0.01}
+    for _ in range(depth - 1):
+        described = {"type": "Warmup", "schedule": described, "steps": 2, "start": 0.0}
+    return described
+
+
+@pytest.mark.parametrize(("described", "message"), [
+    (_nested_warmups(500), r"lr's schedule \{'type': 'Warmup', .*\.\.\.\(cut\) cannot be "
+                           r"rebuilt: from_dict: schedules nested more than 32 deep"),
+    ({"type": "CosineDecay", "start": 0.1, "n": 10**400, "end": 0.0},
+     r"lr's schedule .* cannot be rebuilt: CosineDecay: n must be at most 2\*\*53 \(a step "
+     r"count a float holds exactly\); got an int of 1329 bits$"),
+    ({"type": "LinearRamp", "start": 0.1, "end": -0.1, "n": 2},
+     r"lr must be finite and >= 0; got -0.1 \(the schedule's value at step 3, in the "
+     r"checkpoint\)$"),
+    ({"type": "Join", "schedules": [{"type": "Constant", "value": 0.1},
+                                    {"type": "Constant", "value": 2.0}], "boundaries": [3]},
+     r"beta1 must satisfy 0 <= beta1 < 1; got 2.0 \(the schedule's value at step 3, in the "
+     r"checkpoint\)$"),
+], ids=["warmup-500-deep", "cosine-n-10**400", "lr-negative-at-step-3", "beta1-2-at-step-3"])
+def test_a_schedule_that_would_fail_is_refused_at_load(tmp_path, described, message):
+    optimizer, params, _ = _trained(("Adam", {}))
+    assert optimizer.iter == 3
+    name = "beta1" if "beta1" in message else "lr"
+    path = tmp_path / "c.npz"
+    fastopt.save(path, optimizer)
+    _with_metadata(path, path, lambda record: record["hyperparameters"].update(
+        {name: {"schedule": described}}))
+    state = optimizer.state_dict()
+    state["hyperparameters"][name] = {"schedule": described}
+    target, _, _ = _trained(("Adam", {}), steps=1)
+    before = pickle.dumps(target)
+    # fastopt.load refuses what no optimizer could use; load_state_dict, with the checks of
+    # the optimizer's own hyperparameter, the rest.
+    for load in (lambda: target.load_state_dict(fastopt.load(path)),
+                 lambda: target.load_state_dict(state)):
+        with pytest.raises(ValueError, match=message):
+            load()
+        assert pickle.dumps(target) == before
+    _continue(target, params, 7)   # still usable
+
+
+def test_a_schedule_at_the_deepest_nesting_loads_and_works(tmp_path):
+    optimizer, params, _ = _trained(("Adam", {}))
+    optimizer.lr = fastopt.schedules.from_dict(_nested_warmups(32))
+    fastopt.save(tmp_path / "c.npz", optimizer)
+    target = fastopt.Adam()
+    target.load_state_dict(fastopt.load(tmp_path / "c.npz"))
+    assert target.lr == optimizer.lr
+    _assert_same_future(optimizer, copy.deepcopy(params), target, params)
