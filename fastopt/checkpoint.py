@@ -48,6 +48,7 @@ import json
 import math
 import operator
 import os
+import stat
 import uuid
 import zipfile
 import zlib
@@ -552,7 +553,10 @@ def save(file: str | os.PathLike[str], optimizer: reference.ReferenceOptimizer) 
     The data is written to a temporary file in the same directory, flushed and fsynced, then
     renamed over ``file`` (``os.replace``): a crash or an error during the save leaves any
     previous ``file`` whole (a crash may leave the temporary ``.fastopt-<random>.tmp`` behind).
-    ``file`` is written as named: no ``.npz`` suffix is added.
+    ``file`` is written as named: no ``.npz`` suffix is added. If ``file`` is a symbolic link,
+    the file it points to is replaced (the temporary file is made beside that file) and the
+    link stays. A file that is replaced keeps its permission bits; a new file gets the
+    default ones (0o666 less the umask).
 
     Parameters
     ----------
@@ -576,11 +580,19 @@ def save(file: str | os.PathLike[str], optimizer: reference.ReferenceOptimizer) 
     if not isinstance(file, (str, os.PathLike)) or isinstance(os.fspath(file), bytes):
         raise TypeError(f"fastopt.save writes to a path (str or os.PathLike), where it can "
                         f"replace the file atomically; got {type(file).__name__}")
-    path = os.path.abspath(os.fspath(file))
+    # Through symbolic links to the file they name: the link stays a link, and the
+    # temporary file is made beside the target, in its file system, so the rename is atomic.
+    path = os.path.realpath(os.fspath(file))
     members: dict[str, Any] = _to_members(optimizer.state_dict())
     directory = os.path.dirname(path)
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)   # an existing file keeps it
+    except FileNotFoundError:
+        mode = None
     temporary, descriptor = _create_temporary(directory)
     try:
+        if mode is not None:
+            _set_mode(descriptor, temporary, mode)
         with os.fdopen(descriptor, "wb") as stream:
             np.savez(stream, **members)
             stream.flush()
@@ -606,6 +618,14 @@ def _create_temporary(directory: str) -> tuple[str, int]:
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a temporary file in {directory!r}")
+
+
+def _set_mode(descriptor: int, path: str, mode: int) -> None:
+    """Give the new file ``mode`` (the permission bits of the file it replaces)."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(descriptor, mode)
+    else:   # Windows: only the read-only bit
+        os.chmod(path, mode)
 
 
 def _sync_directory(directory: str) -> None:

@@ -1378,3 +1378,67 @@ def test_a_schedule_at_the_deepest_nesting_loads_and_works(tmp_path):
     target.load_state_dict(fastopt.load(tmp_path / "c.npz"))
     assert target.lr == optimizer.lr
     _assert_same_future(optimizer, copy.deepcopy(params), target, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving replaces the file a symbolic link names (the link stays) and keeps a replaced file's
+# permission bits.
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="symbolic links and modes: POSIX")
+
+
+@posix_only
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute-link", "relative-link"])
+def test_saving_through_a_symbolic_link_keeps_the_link(tmp_path, relative):
+    store, links = tmp_path / "store", tmp_path / "links"
+    store.mkdir()
+    links.mkdir()
+    fastopt.save(store / "target.npz", fastopt.SGD())
+    link = links / "latest.npz"
+    link.symlink_to(os.path.relpath(store / "target.npz", links) if relative
+                    else store / "target.npz")
+    optimizer, _, _ = _trained(("Adam", {}))
+    fastopt.save(link, optimizer)
+    assert link.is_symlink()
+    assert link.resolve() == (store / "target.npz").resolve()
+    assert fastopt.load(store / "target.npz")["iter"] == 3 == fastopt.load(link)["iter"]
+    assert sorted(os.listdir(links)) == ["latest.npz"]   # no temporary left anywhere
+    assert sorted(os.listdir(store)) == ["target.npz"]
+
+
+@posix_only
+def test_saving_through_a_link_to_a_link_and_a_dangling_link(tmp_path):
+    fastopt.save(tmp_path / "target.npz", fastopt.SGD())
+    (tmp_path / "one").symlink_to("target.npz")
+    (tmp_path / "two").symlink_to("one")
+    fastopt.save(tmp_path / "two", fastopt.Momentum())
+    assert (tmp_path / "two").is_symlink() and (tmp_path / "one").is_symlink()
+    assert fastopt.load(tmp_path / "target.npz")["class"]["qualname"] == "Momentum"
+    (tmp_path / "dangling").symlink_to("new.npz")
+    fastopt.save(tmp_path / "dangling", fastopt.Momentum())
+    assert (tmp_path / "dangling").is_symlink()
+    assert fastopt.load(tmp_path / "new.npz")["class"]["qualname"] == "Momentum"
+
+
+@posix_only
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444, 0o755], ids=oct)
+def test_saving_keeps_the_replaced_files_mode(tmp_path, mode):
+    path = tmp_path / "c.npz"
+    fastopt.save(path, fastopt.SGD())
+    path.chmod(mode)
+    fastopt.save(path, fastopt.Momentum())
+    assert path.stat().st_mode & 0o7777 == mode
+    assert fastopt.load(path)["class"]["qualname"] == "Momentum"
+    (tmp_path / "link").symlink_to("c.npz")   # through a link: the target's mode
+    fastopt.save(tmp_path / "link", fastopt.SGD())
+    assert path.stat().st_mode & 0o7777 == mode
+
+
+@posix_only
+def test_a_new_file_gets_the_umasks_mode(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        fastopt.save(tmp_path / "c.npz", fastopt.SGD())
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "c.npz").stat().st_mode & 0o7777 == 0o640
