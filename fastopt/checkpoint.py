@@ -649,7 +649,13 @@ def load(file: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
 
     Every member is checked before any array is read: the file must be a ``.npz`` holding a
     fastopt ``metadata`` record of this version and exactly the float arrays it names. No
-    pickle is ever loaded and no code from the file runs.
+    pickle is ever loaded and no code from the file runs. Any file is read in memory and
+    time bounded by its size: members must be stored or deflated and not encrypted, no member
+    may claim more bytes than its bytes in the file can hold, each ``.npy`` header is read
+    from its member's first bytes and checked (dtype, shape, size) before its data, the
+    metadata's descriptions are checked against the members the file has, and data is read
+    in bounded chunks. Schedules of ``fastopt.schedules`` are rebuilt and evaluated at the
+    checkpoint's ``iter``.
 
     Parameters
     ----------
@@ -665,7 +671,9 @@ def load(file: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
     ValueError
         If the file is truncated, damaged, not a fastopt checkpoint, of another version, or
         holds anything but what its metadata names (an object array, a pickle, an extra or a
-        missing member, an array of another dtype). The message says which.
+        missing member, an array of another dtype, an encrypted or bzip2/LZMA member, a bad
+        shape, a size the file cannot hold, a schedule that does not work). The message
+        names the file, and the member at fault, and says which.
     OSError
         If the file cannot be opened (FileNotFoundError, PermissionError, ...).
     """
@@ -765,7 +773,10 @@ def _read_archive(archive: zipfile.ZipFile, name: str, end: int) -> dict[str, An
     described_keys: dict[str, list[Any] | None] = {}
     expected = {_METADATA + ".npy"}
     for state_name, described in record["state"].items():
-        keys = _container_keys(described, f"state {state_name!r}", arrays)
+        try:
+            keys = _container_keys(described, f"state {state_name!r}", arrays)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
         described_keys[state_name] = keys
         if keys is None:
             continue

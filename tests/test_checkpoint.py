@@ -1238,8 +1238,9 @@ def test_a_list_longer_than_the_file_is_refused_before_anything_is_built(tmp_pat
     _with_metadata(tmp_path / "good.npz", bad,
                    lambda record: record["state"]["m"].update(length=length))
     error, peak = _peak_bytes(lambda: fastopt.load(bad))
-    assert str(error) == (f"not a usable fastopt checkpoint: state 'm' is described as a list "
-                          f"of {length} arrays, but the file holds 8 arrays in all")
+    assert str(error) == (f"{str(bad)!r}: not a usable fastopt checkpoint: state 'm' is "
+                          f"described as a list of {length} arrays, but the file holds 8 "
+                          f"arrays in all")
     assert peak < 1 << 20
 
 
