@@ -43,10 +43,12 @@ from __future__ import annotations
 
 import copy
 import importlib
+import io
 import json
 import math
 import operator
 import os
+import stat
 import uuid
 import zipfile
 import zlib
@@ -285,6 +287,9 @@ def _check_plain(state: Mapping[str, Any]) -> None:
     # iter below 2**53: a step count a float holds exactly (bias corrections use t as one)
     if type(state["iter"]) is not int or not 0 <= state["iter"] < 2**53:
         raise _fail(f"'iter' must be an int >= 0 and < 2**53; got {state['iter']!r}")
+    for name, value in hypers.items():   # rebuilt and evaluated: a schedule that loads works
+        if isinstance(value, Mapping) and "schedule" in value:
+            _rebuild_schedule(name, value["schedule"], state["iter"])
     for name in _SCALAR_STATE:
         if name in state and not (_is_number(state[name]) and 0 <= state[name] <= 1):
             raise _fail(f"{name!r} must be a number in [0, 1] (a product of momentum "
@@ -364,7 +369,13 @@ def _plan(optimizer: reference.ReferenceOptimizer, state: Mapping[str, Any]) -> 
                 raise _fail(str(error)) from None
             changes[name] = number
         elif "schedule" in value:
-            changes[name] = _rebuild_schedule(name, value["schedule"])
+            schedule, number = _rebuild_schedule(name, value["schedule"], state["iter"])
+            try:
+                check(name, number, f" (the schedule's value at step {state['iter']}, in the "
+                                    f"checkpoint)")
+            except ValueError as error:
+                raise _fail(str(error)) from None
+            changes[name] = schedule
         elif not callable(getattr(optimizer, name)):
             raise ValueError(f"{name} was a schedule of your own when saved; pass it again: "
                              f"{cls.__name__}({name}=your_schedule) before load_state_dict")
@@ -452,8 +463,21 @@ def _float(name: str, value: Any) -> float:
         raise _fail(f"{name} is an int too large for a float") from None
 
 
-def _rebuild_schedule(name: str, described: Mapping[str, Any]) -> Callable[[int], float]:
-    """A schedule of fastopt.schedules from its ``to_dict()``; ValueError if it cannot be."""
+def _shown(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message stays short."""
+    try:
+        text = repr(value)
+    except ValueError:   # an int of more digits than Python converts to text
+        return f"<a {type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[:limit] + "...(cut)"
+
+
+def _rebuild_schedule(name: str, described: Mapping[str, Any], step: int
+                      ) -> tuple[Callable[[int], float], float]:
+    """A schedule of fastopt.schedules from its ``to_dict()``, and its value at ``step`` (the
+    coming update's), proof that it works; ValueError if it cannot be rebuilt or evaluated
+    there. fastopt's schedules check their parameters (finite, step counts at most 2**53)
+    and their nesting depth when built, so evaluating one is quick."""
     try:
         schedules = importlib.import_module(_SCHEDULES)
     except ImportError:
@@ -461,13 +485,21 @@ def _rebuild_schedule(name: str, described: Mapping[str, Any]) -> Callable[[int]
                          f"{_SCHEDULES}, which this fastopt does not have") from None
     try:
         schedule = schedules.from_dict(dict(described))
-    except (TypeError, ValueError, KeyError) as error:
-        raise _fail(f"{name}'s schedule {dict(described)!r} cannot be rebuilt: "
+    except (TypeError, ValueError, KeyError, RecursionError) as error:
+        raise _fail(f"{name}'s schedule {_shown(dict(described))} cannot be rebuilt: "
                     f"{error}") from None
     if not callable(schedule):
         raise _fail(f"{name}'s schedule rebuilt as {schedule!r}, which is not callable")
+    try:
+        number = reference.to_float(name, schedule(step))
+    except (TypeError, ValueError, ArithmeticError, RecursionError) as error:
+        raise _fail(f"{name}'s schedule {_shown(schedule)} does not work at step {step} (the "
+                    f"next update's): {type(error).__name__}: {error}") from None
+    if not math.isfinite(number):
+        raise _fail(f"{name}'s schedule {_shown(schedule)} gives {number!r} at step {step} "
+                    f"(the next update's); a hyperparameter must be finite")
     result: Callable[[int], float] = schedule
-    return result
+    return result, number
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +553,10 @@ def save(file: str | os.PathLike[str], optimizer: reference.ReferenceOptimizer) 
     The data is written to a temporary file in the same directory, flushed and fsynced, then
     renamed over ``file`` (``os.replace``): a crash or an error during the save leaves any
     previous ``file`` whole (a crash may leave the temporary ``.fastopt-<random>.tmp`` behind).
-    ``file`` is written as named: no ``.npz`` suffix is added.
+    ``file`` is written as named: no ``.npz`` suffix is added. If ``file`` is a symbolic link,
+    the file it points to is replaced (the temporary file is made beside that file) and the
+    link stays. A file that is replaced keeps its permission bits; a new file gets the
+    default ones (0o666 less the umask).
 
     Parameters
     ----------
@@ -545,11 +580,19 @@ def save(file: str | os.PathLike[str], optimizer: reference.ReferenceOptimizer) 
     if not isinstance(file, (str, os.PathLike)) or isinstance(os.fspath(file), bytes):
         raise TypeError(f"fastopt.save writes to a path (str or os.PathLike), where it can "
                         f"replace the file atomically; got {type(file).__name__}")
-    path = os.path.abspath(os.fspath(file))
+    # Through symbolic links to the file they name: the link stays a link, and the
+    # temporary file is made beside the target, in its file system, so the rename is atomic.
+    path = os.path.realpath(os.fspath(file))
     members: dict[str, Any] = _to_members(optimizer.state_dict())
     directory = os.path.dirname(path)
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)   # an existing file keeps it
+    except FileNotFoundError:
+        mode = None
     temporary, descriptor = _create_temporary(directory)
     try:
+        if mode is not None:
+            _set_mode(descriptor, temporary, mode)
         with os.fdopen(descriptor, "wb") as stream:
             np.savez(stream, **members)
             stream.flush()
@@ -577,6 +620,14 @@ def _create_temporary(directory: str) -> tuple[str, int]:
     raise FileExistsError(f"could not create a temporary file in {directory!r}")
 
 
+def _set_mode(descriptor: int, path: str, mode: int) -> None:
+    """Give the new file ``mode`` (the permission bits of the file it replaces)."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(descriptor, mode)
+    else:   # Windows: only the read-only bit
+        os.chmod(path, mode)
+
+
 def _sync_directory(directory: str) -> None:
     """Make the rename durable (POSIX); a file system that cannot is not an error."""
     if os.name != "posix":
@@ -598,7 +649,13 @@ def load(file: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
 
     Every member is checked before any array is read: the file must be a ``.npz`` holding a
     fastopt ``metadata`` record of this version and exactly the float arrays it names. No
-    pickle is ever loaded and no code from the file runs.
+    pickle is ever loaded and no code from the file runs. Any file is read in memory and
+    time bounded by its size: members must be stored or deflated and not encrypted, no member
+    may claim more bytes than its bytes in the file can hold, each ``.npy`` header is read
+    from its member's first bytes and checked (dtype, shape, size) before its data, the
+    metadata's descriptions are checked against the members the file has, and data is read
+    in bounded chunks. Schedules of ``fastopt.schedules`` are rebuilt and evaluated at the
+    checkpoint's ``iter``.
 
     Parameters
     ----------
@@ -614,7 +671,9 @@ def load(file: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
     ValueError
         If the file is truncated, damaged, not a fastopt checkpoint, of another version, or
         holds anything but what its metadata names (an object array, a pickle, an extra or a
-        missing member, an array of another dtype). The message says which.
+        missing member, an array of another dtype, an encrypted or bzip2/LZMA member, a bad
+        shape, a size the file cannot hold, a schedule that does not work). The message
+        names the file, and the member at fault, and says which.
     OSError
         If the file cannot be opened (FileNotFoundError, PermissionError, ...).
     """
@@ -624,9 +683,23 @@ def load(file: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
     return _read(file, "the file")
 
 
+# What a member may be. Stored (np.savez, fastopt.save) or deflated (np.savez_compressed):
+# deflate expands at most 1032-fold (a 258-byte match costs at least two bits), so a member's
+# size is bounded by bytes that are in the file. Other methods (bzip2 expands a millionfold)
+# are refused unread.
+_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+_OTHER_METHODS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
+_DEFLATE_RATIO = 1032
+_ENCRYPTED = 0x41        # zip flag bits: encrypted (0), strongly encrypted (6)
+_MAX_HEADER = 10_000     # bytes of .npy header read at most (NumPy's own limit)
+_MAX_DIMS = 64           # NumPy's
+_CHUNK = 1 << 20         # bytes read (and decompressed) at a time
+
+
 def _read(stream: IO[bytes], name: str) -> dict[str, Any]:
     start = stream.tell()
     magic = stream.read(6)
+    end = stream.seek(0, os.SEEK_END)
     stream.seek(start)
     if magic[:2] != b"PK":
         if magic and b"PK\x03\x04".startswith(magic):
@@ -638,7 +711,7 @@ def _read(stream: IO[bytes], name: str) -> dict[str, Any]:
         raise ValueError(f"{name} is not a fastopt checkpoint: it is {what}")
     try:
         with zipfile.ZipFile(stream) as archive:
-            return _read_archive(archive, name)
+            return _read_archive(archive, name, end)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnicodeDecodeError,
             NotImplementedError) as error:
         # OSError here is a short or failing read of an open file: a damaged file.
@@ -646,14 +719,41 @@ def _read(stream: IO[bytes], name: str) -> dict[str, Any]:
                          f"fastopt checkpoint ({type(error).__name__}: {error})") from None
 
 
-def _read_archive(archive: zipfile.ZipFile, name: str) -> dict[str, Any]:
-    members = archive.namelist()
+def _check_entry(info: zipfile.ZipInfo, name: str, end: int) -> None:
+    """Refuse, before reading any of it, a member whose size is not bounded by the file:
+    encrypted, compressed otherwise than stored or deflated, or larger than its bytes in the
+    file can hold."""
+    where = f"{name}: member {info.filename!r}"
+    if info.flag_bits & _ENCRYPTED:
+        raise ValueError(f"{where} is encrypted; a fastopt checkpoint has no encrypted "
+                         f"members")
+    method = _METHODS.get(info.compress_type)
+    if method is None:
+        other = _OTHER_METHODS.get(info.compress_type,
+                                   f"compression method {info.compress_type}")
+        raise ValueError(f"{where} is compressed with {other}; fastopt reads members stored "
+                         f"or deflated, as np.savez and np.savez_compressed write them")
+    if info.header_offset + info.compress_size > end:
+        raise ValueError(f"{where} says it has {info.compress_size} bytes from offset "
+                         f"{info.header_offset}, past the end of the file ({end} bytes): "
+                         f"truncated or tampered with")
+    limit = info.compress_size * (1 if method == "stored" else _DEFLATE_RATIO)
+    if info.file_size > limit:
+        raise ValueError(f"{where} says it holds {info.file_size} bytes, more than its "
+                         f"{info.compress_size} {method} bytes can: tampered with")
+
+
+def _read_archive(archive: zipfile.ZipFile, name: str, end: int) -> dict[str, Any]:
+    infos = archive.infolist()
+    members = [info.filename for info in infos]
     if len(set(members)) != len(members):
         raise ValueError(f"{name} is not a loadable fastopt checkpoint: it has members of the "
                          f"same name twice")
     if _METADATA + ".npy" not in members:
         raise ValueError(f"{name} is not a fastopt checkpoint: it has no '{_METADATA}' record "
                          f"(its members: {members[:10]})")
+    for info in infos:
+        _check_entry(info, name, end)
     text = _read_member(archive, _METADATA, name)
     try:
         record = json.loads(text, object_pairs_hook=_no_duplicates)
@@ -667,12 +767,18 @@ def _read_archive(archive: zipfile.ZipFile, name: str) -> dict[str, Any]:
         _check_plain_in(record, name)   # the format and version messages
     if not isinstance(record.get("state"), dict):
         raise _fail(f"{name}'s 'state' must map state names to their descriptions")
-    state: dict[str, Any] = {}
+    # Every description checked, every named member present and every header read before
+    # any array's data: nothing is built for more entries than the file has members.
+    arrays = len(members) - 1
+    described_keys: dict[str, list[Any] | None] = {}
     expected = {_METADATA + ".npy"}
     for state_name, described in record["state"].items():
-        keys = _container_keys(described, f"state {state_name!r}")
+        try:
+            keys = _container_keys(described, f"state {state_name!r}", arrays)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        described_keys[state_name] = keys
         if keys is None:
-            state[state_name] = None
             continue
         expected.update(f"state.{state_name}.{index}.npy" for index in range(len(keys)))
         missing = [f"state.{state_name}.{index}" for index in range(len(keys))
@@ -680,14 +786,33 @@ def _read_archive(archive: zipfile.ZipFile, name: str) -> dict[str, Any]:
         if missing:
             raise ValueError(f"{name} is missing the arrays {missing[:10]} that its "
                              f"metadata names")
-        arrays = [_read_member(archive, f"state.{state_name}.{index}", name)
-                  for index in range(len(keys))]
-        state[state_name] = (dict(zip(keys, arrays, strict=True))
-                             if described["container"] == "dict" else arrays)
     extra = sorted(set(members) - expected)
     if extra:
         raise ValueError(f"{name} holds members its metadata does not name: {extra[:10]}; "
                          f"a fastopt checkpoint holds only its metadata and state arrays")
+    first: dict[tuple[bool, Any], tuple[str, tuple[int, ...], np.dtype[Any]]] = {}
+    for state_name, keys in described_keys.items():
+        for index, key in enumerate(keys or ()):
+            shape, dtype = _read_member(archive, f"state.{state_name}.{index}", name,
+                                        header_only=True)
+            by_key = record["state"][state_name]["container"] == "dict"
+            other, other_shape, other_dtype = first.setdefault((by_key, key),
+                                                               (state_name, shape, dtype))
+            if (other_shape, _native(other_dtype)) != (shape, _native(dtype)):
+                raise ValueError(f"{name}: " + str(_fail(
+                    f"state {state_name}[{key!r}] has shape {shape} and dtype {dtype}, but "
+                    f"state {other}[{key!r}] has shape {other_shape} and dtype "
+                    f"{other_dtype}; the state of one param must agree")))
+    state: dict[str, Any] = {}
+    for state_name, keys in described_keys.items():
+        if keys is None:
+            state[state_name] = None
+            continue
+        loaded = [_read_member(archive, f"state.{state_name}.{index}", name)
+                  for index in range(len(keys))]
+        state[state_name] = (dict(zip(keys, loaded, strict=True))
+                             if record["state"][state_name]["container"] == "dict"
+                             else loaded)
     record["state"] = state
     record["decays"] = _decode_decays(record.get("decays"))
     _check_plain_in(record, name)
@@ -709,8 +834,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _container_keys(described: Any, where: str) -> list[Any] | None:
-    """The keys (or positions) a metadata description names; None for no state."""
+def _container_keys(described: Any, where: str, limit: int | None = None
+                    ) -> list[Any] | None:
+    """The keys (or positions) a metadata description names; None for no state. A list's
+    length is checked against ``limit`` (the arrays the file has) before anything is built."""
     if described is None:
         return None
     if isinstance(described, dict) and described.get("container") == "dict":
@@ -724,6 +851,10 @@ def _container_keys(described: Any, where: str) -> list[Any] | None:
         length = described.get("length")
         if (set(described) == {"container", "length"} and type(length) is int
                 and length >= 0):
+            if limit is not None and length > limit:
+                shown = length if length < 10**30 else f"an int of {length.bit_length()} bits"
+                raise _fail(f"{where} is described as a list of {shown} arrays, but the "
+                            f"file holds {limit} arrays in all")
             return list(range(length))
     raise _fail(f"{where} is described as {described!r}; expected None, "
                 f"{{'container': 'dict', 'keys': [distinct str or int keys]}} or "
@@ -748,23 +879,63 @@ def _decode_decays(described: Any) -> Any:
                 f"'values': [...]}}")
 
 
-def _read_member(archive: zipfile.ZipFile, member: str, name: str) -> Any:
-    """One ``.npy`` member: its header checked before its data is read; the metadata as
-    str, a state array as a native-order, C-contiguous, writeable float array."""
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    """Up to ``size`` bytes (fewer only at the end of the member), read in bounded chunks."""
+    parts = []
+    while size > 0:
+        part = stream.read(min(size, _CHUNK))
+        if not part:
+            break
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+def _read_header(stream: IO[bytes], where: str
+                 ) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """A member's ``.npy`` header, from its first bytes only: (shape, fortran, dtype)."""
+    prefix = _read_exactly(stream, 8)
+    if len(prefix) < 8 or prefix[:6] != b"\x93NUMPY":
+        raise ValueError(f"{where} is not a readable .npy array (it does not start as one)")
+    version = (prefix[6], prefix[7])
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"{where} is not a readable .npy array (.npy format version "
+                         f"{version}; fastopt writes 1.0)")
+    width = 2 if version == (1, 0) else 4
+    length_bytes = _read_exactly(stream, width)
+    length = int.from_bytes(length_bytes, "little")
+    if len(length_bytes) < width or length > _MAX_HEADER:
+        raise ValueError(f"{where} is not a readable .npy array (its header is "
+                         f"{'truncated' if len(length_bytes) < width else f'{length} bytes'}; "
+                         f"at most {_MAX_HEADER} are read)")
+    header = _read_exactly(stream, length)
+    if len(header) < length:
+        raise ValueError(f"{where} is not a readable .npy array (its header is truncated)")
+    parse = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+             else np.lib.format.read_array_header_2_0)
+    try:
+        shape, fortran, dtype = parse(io.BytesIO(length_bytes + header),
+                                      max_header_size=_MAX_HEADER)
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError,
+            OverflowError) as error:
+        raise ValueError(f"{where} is not a readable .npy array ({error})") from None
+    if not (isinstance(shape, tuple) and len(shape) <= _MAX_DIMS
+            and all(type(length) is int and length >= 0 for length in shape)):
+        raise ValueError(f"{where} has the shape {shape!r} in its .npy header; expected a "
+                         f"tuple of at most {_MAX_DIMS} ints >= 0")
+    return shape, bool(fortran), dtype
+
+
+def _read_member(archive: zipfile.ZipFile, member: str, name: str,
+                 header_only: bool = False) -> Any:
+    """One ``.npy`` member: its header read and checked first (``header_only``: return its
+    (shape, dtype) then), then its data, in bounded chunks into an array of the size checked;
+    the metadata as str, a state array as a native-order, C-contiguous, writeable float
+    array."""
     info = archive.getinfo(member + ".npy")
+    where = f"{name}: member {member!r}"
     with archive.open(info) as stream:
-        try:
-            version = np.lib.format.read_magic(stream)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-            else:
-                raise ValueError(f".npy format version {version} (fastopt writes 1.0)")
-        except ValueError as error:
-            raise ValueError(f"{name}: member {member!r} is not a readable .npy array "
-                             f"({error})") from None
-        where = f"{name}: member {member!r}"
+        shape, fortran, dtype = _read_header(stream, where)
         if dtype.hasobject:
             raise ValueError(f"{where} holds pickled Python objects (dtype {dtype}); a fastopt "
                              f"checkpoint holds only numbers and text, and never loads a "
@@ -778,14 +949,25 @@ def _read_member(archive: zipfile.ZipFile, member: str, name: str) -> Any:
                              f"or float64 arrays")
         size = math.prod(shape) * dtype.itemsize
         header = stream.tell()
-        if header + size != info.file_size:
+        if header + size != info.file_size:   # file_size is bounded by the file (_check_entry)
             raise ValueError(f"{where} is {info.file_size} bytes, but its header says "
                              f"{header + size} (shape {shape}, dtype {dtype}): truncated or "
                              f"tampered with")
-        data = stream.read(size)
-        if len(data) != size or stream.read(1):   # reading to the end checks the CRC
+        if header_only:
+            return shape, dtype
+        data = np.empty(size, dtype=np.uint8)
+        done = 0
+        while done < size:
+            part = stream.read(min(size - done, _CHUNK))
+            if not part:
+                break
+            data[done:done + len(part)] = np.frombuffer(part, dtype=np.uint8)
+            done += len(part)
+        if done != size or stream.read(1):   # reading to the end checks the CRC
             raise ValueError(f"{where} is truncated")
-    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    array = data.view(dtype).reshape(shape, order="F" if fortran else "C")
     if member == _METADATA:
         return str(array[()])
+    if array.dtype.isnative and array.flags.c_contiguous:
+        return array
     return _copy_array(array, member)

@@ -26,6 +26,15 @@ Steps
 -----
 A schedule takes ``k`` as a Python or NumPy integer ``>= 0``: a bool or a float raises
 TypeError, a negative ``k`` ValueError (the optimizer always passes its ``iter``, an int >= 0).
+
+Limits
+------
+Every number of steps a constructor takes (``n``, ``steps``, ``step_size``, a boundary) is an
+int from 1 to 2**53, the step counts a float holds exactly (an optimizer's ``iter`` stays
+below 2**53), and every real parameter is finite: anything else raises ValueError when the
+schedule is built, not at an update. ``Warmup`` and ``Join`` nest at most 32 levels deep.
+``from_dict`` builds through the constructors, so the same holds for a schedule read from a
+checkpoint.
 """
 from __future__ import annotations
 
@@ -59,14 +68,47 @@ def _real(owner: str, name: str, value: Any) -> float:
     return number
 
 
+# The largest number of steps a schedule takes: a step count a float holds exactly, as an
+# optimizer's ``iter`` always is (a checkpoint's ``iter`` is below it too).
+_MAX_STEPS = 2**53
+# How deep fastopt's schedules may be nested (a ``Warmup`` of a ``Join`` of ... counts each
+# level): far more than any real schedule needs, and few enough that evaluating one stays
+# far from Python's recursion limit.
+_MAX_DEPTH = 32
+
+
 def _count(owner: str, name: str, value: Any) -> int:
-    """``value`` as a Python int >= 1, or a TypeError/ValueError naming ``owner.name``."""
+    """``value`` as a Python int in [1, _MAX_STEPS], or a TypeError/ValueError naming
+    ``owner.name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{owner}: {name} must be an int >= 1 (a number of steps); got "
                         f"{value!r} ({type(value).__name__})")
     if value < 1:
         raise ValueError(f"{owner}: {name} must be >= 1; got {value!r}")
+    if value > _MAX_STEPS:
+        shown = repr(value) if value < 10**30 else f"an int of {int(value).bit_length()} bits"
+        raise ValueError(f"{owner}: {name} must be at most 2**53 (a step count a float holds "
+                         f"exactly); got {shown}")
     return int(value)
+
+
+def _depth(value: Any) -> int:
+    """How deep fastopt's schedules are nested in ``value`` (0 for anything else)."""
+    if not isinstance(value, Schedule):
+        return 0
+    parts: list[Any] = []
+    for name in value._fields:
+        field = getattr(value, name)
+        parts.extend(field if isinstance(field, tuple) else (field,))
+    return 1 + max(map(_depth, parts), default=0)
+
+
+def _check_depth(owner: str, parts: Iterable[Any]) -> None:
+    """ValueError if ``owner`` around ``parts`` would nest deeper than _MAX_DEPTH."""
+    depth = 1 + max((_depth(part) for part in parts), default=0)
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"{owner}: schedules nested {depth} deep; at most {_MAX_DEPTH} "
+                         f"levels of Warmup and Join are allowed")
 
 
 def _step(owner: Schedule, k: Any) -> int:
@@ -204,7 +246,7 @@ class LinearRamp(Schedule):
     end : float
         The value from step ``n`` on, a finite real number.
     n : int
-        The number of steps the ramp takes, >= 1.
+        The number of steps the ramp takes, >= 1 and <= 2**53.
     """
 
     __slots__ = ("end", "n", "start")
@@ -241,7 +283,7 @@ class LinearDecay(Schedule):
     start : float
         The value at step 0 (the notes' lr_0), a finite real number.
     n : int
-        The step from which the value stays ``end``, >= 1.
+        The step from which the value stays ``end``, >= 1 and <= 2**53.
     end : float, optional
         The value from step ``n`` on (the notes' lr_n); default ``0.01*start``.
     """
@@ -302,7 +344,7 @@ class StepDecay(Schedule):
     start : float
         The value for steps 0 to ``step_size - 1``, a finite real number.
     step_size : int
-        Steps between two decays, >= 1.
+        Steps between two decays, >= 1 and <= 2**53.
     gamma : float
         The factor at each decay, 0 < gamma <= 1.
     """
@@ -342,7 +384,7 @@ class CosineDecay(Schedule):
     start : float
         The value at step 0, a finite real number.
     n : int
-        The step from which the value stays ``end``, >= 1.
+        The step from which the value stays ``end``, >= 1 and <= 2**53.
     end : float, default 0.0
         The final value, a finite real number.
     """
@@ -420,7 +462,7 @@ class Warmup(Schedule):
         What follows the warmup: one of these classes (then ``to_dict`` works) or any
         callable of the step returning a real number.
     steps : int
-        The length of the warmup, >= 1.
+        The length of the warmup, >= 1 and <= 2**53.
     start : float, default 0.0
         The value at step 0, a finite real number.
     """
@@ -433,6 +475,7 @@ class Warmup(Schedule):
 
     def __init__(self, schedule: ScheduleLike, steps: int, start: float = 0.0) -> None:
         object.__setattr__(self, "schedule", _schedule_arg("Warmup", "schedule", schedule))
+        _check_depth("Warmup", [schedule])
         object.__setattr__(self, "steps", _count("Warmup", "steps", steps))
         object.__setattr__(self, "start", _real("Warmup", "start", start))
 
@@ -466,8 +509,8 @@ class Join(Schedule):
         At least one; each one of these classes (then ``to_dict`` works) or any callable of
         the step returning a real number.
     boundaries : sequence of int
-        ``len(schedules) - 1`` steps, strictly increasing, each >= 1: where the next schedule
-        takes over.
+        ``len(schedules) - 1`` steps, strictly increasing, each >= 1 and <= 2**53: where the
+        next schedule takes over.
     """
 
     __slots__ = ("boundaries", "schedules")
@@ -496,6 +539,7 @@ class Join(Schedule):
             if not before < after:
                 raise ValueError(f"Join: boundaries must be strictly increasing; got "
                                  f"{list(steps)}")
+        _check_depth("Join", parts)
         object.__setattr__(self, "schedules", parts)
         object.__setattr__(self, "boundaries", steps)
 
@@ -536,8 +580,16 @@ def from_dict(data: Mapping[str, Any]) -> Schedule:
         If ``data`` is not a mapping, or a parameter has the wrong type.
     ValueError
         If the type is not one of fastopt's schedules, a parameter is missing or unknown,
-        or a parameter is out of range.
+        a parameter is out of range, or schedules are nested more than 32 levels deep (found
+        before building the deeper ones).
     """
+    return _from_dict(data, 1)
+
+
+def _from_dict(data: Mapping[str, Any], depth: int) -> Schedule:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"from_dict: schedules nested more than {_MAX_DEPTH} deep; at most "
+                         f"{_MAX_DEPTH} levels of Warmup and Join are allowed")
     if not isinstance(data, Mapping):
         raise TypeError(f"from_dict takes a dict from Schedule.to_dict; got {data!r} "
                         f"({type(data).__name__})")
@@ -556,11 +608,11 @@ def from_dict(data: Mapping[str, Any]) -> Schedule:
                          + (f"unknown {', '.join(unknown)}" if unknown else ""))
     fields = {field: data[field] for field in cls._fields}
     if cls is Warmup:
-        fields["schedule"] = from_dict(fields["schedule"])
+        fields["schedule"] = _from_dict(fields["schedule"], depth + 1)
     elif cls is Join:
         parts = fields["schedules"]
         if not isinstance(parts, (list, tuple)):
             raise TypeError(f"from_dict: a Join's schedules must be a list of dicts; got "
                             f"{parts!r}")
-        fields["schedules"] = [from_dict(part) for part in parts]
+        fields["schedules"] = [_from_dict(part, depth + 1) for part in parts]
     return cls(**fields)

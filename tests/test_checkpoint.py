@@ -13,7 +13,9 @@ import io
 import json
 import os
 import pickle
+import re
 import sys
+import tracemalloc
 import types
 import zipfile
 from pathlib import Path
@@ -1123,3 +1125,321 @@ def test_a_long_file_name_saves(tmp_path):
     optimizer = fastopt.SGD()
     fastopt.save(path, optimizer)
     assert fastopt.load(path)["class"]["qualname"] == "SGD"
+
+
+# ---------------------------------------------------------------------------------------------
+# Any file is read in memory and time bounded by the file: every member's zip entry and .npy
+# header are checked before its data is decompressed, and sizes against the file's.
+
+def _patch_entry(path, member, *, flag=0, compressed=None, size=None):
+    """Rewrite ``member``'s zip entry in place (its local header and its central directory
+    record): set the zip ``flag`` bits, claim ``compressed`` and ``size`` bytes."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        local = archive.getinfo(member).header_offset
+    central = data.index(b"PK\x01\x02")
+    while data[central + 46:central + 46 + len(member)] != member.encode():
+        central = data.index(b"PK\x01\x02", central + 4)
+    for start, flags, sizes in ((local, 6, 18), (central, 8, 20)):
+        bits = int.from_bytes(data[start + flags:start + flags + 2], "little") | flag
+        data[start + flags:start + flags + 2] = bits.to_bytes(2, "little")
+        for offset, value in ((sizes, compressed), (sizes + 4, size)):
+            if value is not None:
+                data[start + offset:start + offset + 4] = value.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def _npy_header(shape, descr="<f4", fortran=False):
+    """A .npy version 1.0 header (the first bytes of a member) saying ``shape``, as given."""
+    text = f"{{'descr': {descr!r}, 'fortran_order': {fortran}, 'shape': {shape}, }}"
+    text += " " * (63 - (10 + len(text)) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
+
+
+def _peak_bytes(function):
+    """(the exception ``function()`` raised, the peak of memory traced while it ran)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as error:
+            function()
+        return error.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_bzip2_bomb_is_refused_unread(tmp_path):
+    # A metadata member that declares 16 MiB of text and really holds it, bzip2'ed to a few
+    # hundred bytes: it used to be decompressed whole before anything was checked.
+    size = 16 << 20
+    member = _npy_header("()", descr=f"<U{size // 4}") + bytes(size)
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("metadata.npy", member)
+    del member
+    assert path.stat().st_size < 1000
+    error, peak = _peak_bytes(lambda: fastopt.load(path))
+    assert str(error) == (f"{str(path)!r}: member 'metadata.npy' is compressed with bzip2; "
+                          f"fastopt reads members stored or deflated, as np.savez and "
+                          f"np.savez_compressed write them")
+    assert peak < 256 << 10
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_member_cannot_claim_more_than_its_bytes_in_the_file_hold(good, tmp_path, method):
+    # The header and the zip entry both say 256 MiB; the file has a few hundred bytes. The
+    # array must not be allocated: stored data must lie in the file, deflated data expands
+    # at most 1032-fold.
+    path, _ = good
+    members = _members(path)
+    members["state.m.0.npy"] = _npy_header("(8192, 8192)") + bytes(64)
+    bad = tmp_path / "bad.npz"
+    with zipfile.ZipFile(bad, "w", method) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with zipfile.ZipFile(bad) as archive:
+        info = archive.getinfo("state.m.0.npy")
+    header = len(_npy_header("(8192, 8192)"))
+    claimed = header + 4 * 8192 * 8192
+    _patch_entry(bad, "state.m.0.npy", size=claimed,
+                 compressed=claimed if method == zipfile.ZIP_STORED else None)
+    error, peak = _peak_bytes(lambda: fastopt.load(bad))
+    if method == zipfile.ZIP_STORED:
+        assert re.fullmatch(rf"'.*bad\.npz': member 'state\.m\.0\.npy' says it has {claimed} "
+                            rf"bytes from offset {info.header_offset}, past the end of the "
+                            rf"file \(\d+ bytes\): truncated or tampered with", str(error))
+    else:
+        assert str(error).endswith(f"member 'state.m.0.npy' says it holds {claimed} bytes, "
+                                   f"more than its {info.compress_size} deflated bytes can: "
+                                   f"tampered with")
+    assert peak < 256 << 10
+
+
+def test_a_deflated_member_near_deflates_largest_expansion_loads(tmp_path):
+    # The bound is deflate's own: real zeros, compressed about a thousandfold, still load.
+    zeros = np.zeros((1000, 1000), np.float32)
+    optimizer = fastopt.Adam()
+    optimizer.update({"W": zeros}, {"W": zeros})
+    fastopt.save(tmp_path / "stored.npz", optimizer)
+    with zipfile.ZipFile(tmp_path / "deflated.npz", "w", zipfile.ZIP_DEFLATED,
+                         compresslevel=9) as archive:
+        for name, data in _members(tmp_path / "stored.npz").items():
+            archive.writestr(name, data)
+        info = archive.getinfo("state.v.0.npy")
+    assert info.file_size > 900 * info.compress_size
+    loaded = fastopt.load(tmp_path / "deflated.npz")
+    assert_same_bits(loaded["state"]["v"]["W"], optimizer.v["W"])
+
+
+@pytest.mark.parametrize("length", [10**7, 10**11, 2**64])
+def test_a_list_longer_than_the_file_is_refused_before_anything_is_built(tmp_path, length):
+    optimizer, _, _ = _trained(("Adam", {}), container=list, dtype=np.float32)
+    fastopt.save(tmp_path / "good.npz", optimizer)
+    bad = tmp_path / "bad.npz"
+    _with_metadata(tmp_path / "good.npz", bad,
+                   lambda record: record["state"]["m"].update(length=length))
+    error, peak = _peak_bytes(lambda: fastopt.load(bad))
+    assert str(error) == (f"{str(bad)!r}: not a usable fastopt checkpoint: state 'm' is "
+                          f"described as a list of {length} arrays, but the file holds 8 "
+                          f"arrays in all")
+    assert peak < 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# A member that is not a usable .npy array: a ValueError naming the file and the member.
+
+@pytest.mark.parametrize(("shape", "data", "message"), [
+    ("(True, 3)", 12, r"has the shape \(True, 3\) in its \.npy header; expected a tuple of "
+                      r"at most 64 ints >= 0"),
+    ("(-1, -1)", 4, r"has the shape \(-1, -1\) in its \.npy header"),
+    ("(2, -2)", 0, r"has the shape \(2, -2\) in its \.npy header"),
+    (str((1,) * 65), 4, r"has the shape \(1, 1, .*\) in its \.npy header; expected a tuple of "
+                     r"at most 64 ints"),
+    ("(2.0, 2)", 16, r"is not a readable \.npy array \(shape is not valid"),
+    ("[4, 3]", 48, r"is not a readable \.npy array"),
+])
+def test_a_bad_shape_names_the_file_and_the_member(good, tmp_path, shape, data, message):
+    path, _ = good
+    members = _members(path)
+    members["state.m.0.npy"] = _npy_header(shape) + bytes(data)
+    bad = tmp_path / "bad.npz"
+    _write_members(bad, members)
+    with pytest.raises(ValueError, match=rf"^'.*bad\.npz': member 'state\.m\.0' {message}"):
+        fastopt.load(bad)
+
+
+def test_an_oversized_npy_header_is_refused_unread(good, tmp_path):
+    path, _ = good
+    members = _members(path)
+    members["state.m.0.npy"] = b"\x93NUMPY\x02\x00" + (10**9).to_bytes(4, "little")
+    _write_members(tmp_path / "bad.npz", members)
+    with pytest.raises(ValueError, match=r"member 'state\.m\.0' is not a readable \.npy "
+                                         r"array \(its header is 1000000000 bytes; at most "
+                                         r"10000 are read\)"):
+        fastopt.load(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("member", ["metadata.npy", "state.v.2.npy"])
+def test_an_encrypted_member_names_the_file_and_the_member(good, tmp_path, member):
+    path, _ = good
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(path.read_bytes())
+    _patch_entry(bad, member, flag=0x1)
+    with pytest.raises(ValueError) as error:
+        fastopt.load(bad)
+    assert str(error.value) == (f"{str(bad)!r}: member {member!r} is encrypted; a fastopt "
+                                f"checkpoint has no encrypted members")
+
+
+def test_an_lzma_member_names_the_file_and_the_member(good, tmp_path):
+    path, _ = good
+    bad = tmp_path / "bad.npz"
+    with zipfile.ZipFile(bad, "w") as archive:
+        for name, data in _members(path).items():
+            archive.writestr(name, data, zipfile.ZIP_LZMA if name == "state.v.1.npy"
+                             else zipfile.ZIP_STORED)
+    with pytest.raises(ValueError, match=r"^'.*bad\.npz': member 'state\.v\.1\.npy' is "
+                                         r"compressed with LZMA; fastopt reads members stored "
+                                         r"or deflated"):
+        fastopt.load(bad)
+
+
+def test_every_array_header_is_checked_before_any_array_is_read(good, tmp_path, monkeypatch):
+    # The last member's shape disagrees with the first state's: refused with no array read.
+    path, _ = good
+    members = _members(path)
+    members["state.v_max.3.npy"] = _npy(np.ones(5, np.float32))
+    _write_members(tmp_path / "bad.npz", members)
+    reads = []
+    original = checkpoint._read_member
+
+    def counting(archive, member, name, header_only=False):
+        if not header_only:
+            reads.append(member)
+        return original(archive, member, name, header_only)
+
+    monkeypatch.setattr(checkpoint, "_read_member", counting)
+    with pytest.raises(ValueError, match=r"state v_max\['c'\] has shape \(5,\) and dtype "
+                                         r"float32, but state m\['c'\] has shape"):
+        fastopt.load(tmp_path / "bad.npz")
+    assert reads == ["metadata"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules from a checkpoint are rebuilt and evaluated at its step when it is loaded: one that
+# would fail at the next update is refused then, and the optimizer is unchanged.
+
+def _nested_warmups(depth):
+    described = {"type": "Constant", "value": 0.01}
+    for _ in range(depth - 1):
+        described = {"type": "Warmup", "schedule": described, "steps": 2, "start": 0.0}
+    return described
+
+
+@pytest.mark.parametrize(("described", "message"), [
+    (_nested_warmups(500), r"lr's schedule \{'type': 'Warmup', .*\.\.\.\(cut\) cannot be "
+                           r"rebuilt: from_dict: schedules nested more than 32 deep"),
+    ({"type": "CosineDecay", "start": 0.1, "n": 10**400, "end": 0.0},
+     r"lr's schedule .* cannot be rebuilt: CosineDecay: n must be at most 2\*\*53 \(a step "
+     r"count a float holds exactly\); got an int of 1329 bits$"),
+    ({"type": "LinearRamp", "start": 0.1, "end": -0.1, "n": 2},
+     r"lr must be finite and >= 0; got -0.1 \(the schedule's value at step 3, in the "
+     r"checkpoint\)$"),
+    ({"type": "Join", "schedules": [{"type": "Constant", "value": 0.1},
+                                    {"type": "Constant", "value": 2.0}], "boundaries": [3]},
+     r"beta1 must satisfy 0 <= beta1 < 1; got 2.0 \(the schedule's value at step 3, in the "
+     r"checkpoint\)$"),
+], ids=["warmup-500-deep", "cosine-n-10**400", "lr-negative-at-step-3", "beta1-2-at-step-3"])
+def test_a_schedule_that_would_fail_is_refused_at_load(tmp_path, described, message):
+    optimizer, params, _ = _trained(("Adam", {}))
+    assert optimizer.iter == 3
+    name = "beta1" if "beta1" in message else "lr"
+    path = tmp_path / "c.npz"
+    fastopt.save(path, optimizer)
+    _with_metadata(path, path, lambda record: record["hyperparameters"].update(
+        {name: {"schedule": described}}))
+    state = optimizer.state_dict()
+    state["hyperparameters"][name] = {"schedule": described}
+    target, _, _ = _trained(("Adam", {}), steps=1)
+    before = pickle.dumps(target)
+    # fastopt.load refuses what no optimizer could use; load_state_dict, with the checks of
+    # the optimizer's own hyperparameter, the rest.
+    for load in (lambda: target.load_state_dict(fastopt.load(path)),
+                 lambda: target.load_state_dict(state)):
+        with pytest.raises(ValueError, match=message):
+            load()
+        assert pickle.dumps(target) == before
+    _continue(target, params, 7)   # still usable
+
+
+def test_a_schedule_at_the_deepest_nesting_loads_and_works(tmp_path):
+    optimizer, params, _ = _trained(("Adam", {}))
+    optimizer.lr = fastopt.schedules.from_dict(_nested_warmups(32))
+    fastopt.save(tmp_path / "c.npz", optimizer)
+    target = fastopt.Adam()
+    target.load_state_dict(fastopt.load(tmp_path / "c.npz"))
+    assert target.lr == optimizer.lr
+    _assert_same_future(optimizer, copy.deepcopy(params), target, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving replaces the file a symbolic link names (the link stays) and keeps a replaced file's
+# permission bits.
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="symbolic links and modes: POSIX")
+
+
+@posix_only
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute-link", "relative-link"])
+def test_saving_through_a_symbolic_link_keeps_the_link(tmp_path, relative):
+    store, links = tmp_path / "store", tmp_path / "links"
+    store.mkdir()
+    links.mkdir()
+    fastopt.save(store / "target.npz", fastopt.SGD())
+    link = links / "latest.npz"
+    link.symlink_to(os.path.relpath(store / "target.npz", links) if relative
+                    else store / "target.npz")
+    optimizer, _, _ = _trained(("Adam", {}))
+    fastopt.save(link, optimizer)
+    assert link.is_symlink()
+    assert link.resolve() == (store / "target.npz").resolve()
+    assert fastopt.load(store / "target.npz")["iter"] == 3 == fastopt.load(link)["iter"]
+    assert sorted(os.listdir(links)) == ["latest.npz"]   # no temporary left anywhere
+    assert sorted(os.listdir(store)) == ["target.npz"]
+
+
+@posix_only
+def test_saving_through_a_link_to_a_link_and_a_dangling_link(tmp_path):
+    fastopt.save(tmp_path / "target.npz", fastopt.SGD())
+    (tmp_path / "one").symlink_to("target.npz")
+    (tmp_path / "two").symlink_to("one")
+    fastopt.save(tmp_path / "two", fastopt.Momentum())
+    assert (tmp_path / "two").is_symlink() and (tmp_path / "one").is_symlink()
+    assert fastopt.load(tmp_path / "target.npz")["class"]["qualname"] == "Momentum"
+    (tmp_path / "dangling").symlink_to("new.npz")
+    fastopt.save(tmp_path / "dangling", fastopt.Momentum())
+    assert (tmp_path / "dangling").is_symlink()
+    assert fastopt.load(tmp_path / "new.npz")["class"]["qualname"] == "Momentum"
+
+
+@posix_only
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444, 0o755], ids=oct)
+def test_saving_keeps_the_replaced_files_mode(tmp_path, mode):
+    path = tmp_path / "c.npz"
+    fastopt.save(path, fastopt.SGD())
+    path.chmod(mode)
+    fastopt.save(path, fastopt.Momentum())
+    assert path.stat().st_mode & 0o7777 == mode
+    assert fastopt.load(path)["class"]["qualname"] == "Momentum"
+    (tmp_path / "link").symlink_to("c.npz")   # through a link: the target's mode
+    fastopt.save(tmp_path / "link", fastopt.SGD())
+    assert path.stat().st_mode & 0o7777 == mode
+
+
+@posix_only
+def test_a_new_file_gets_the_umasks_mode(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        fastopt.save(tmp_path / "c.npz", fastopt.SGD())
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "c.npz").stat().st_mode & 0o7777 == 0o640

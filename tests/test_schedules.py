@@ -500,3 +500,73 @@ def test_a_bad_value_names_the_hyperparameter_and_step_and_changes_nothing(
 def test_an_int_too_large_for_a_float_is_a_value_error():
     with pytest.raises(ValueError, match="LinearDecay: start must be finite"):
         schedules.LinearDecay(10**400, 5)
+
+
+# --- limits checked when a schedule is built: none that builds fails at a call -----------------
+
+COUNTS = [
+    ("LinearRamp", lambda n: LinearRamp(0.5, 0.9, n), "n"),
+    ("LinearDecay", lambda n: LinearDecay(0.1, n), "n"),
+    ("StepDecay", lambda n: StepDecay(0.1, n, 0.5), "step_size"),
+    ("CosineDecay", lambda n: CosineDecay(0.1, n), "n"),
+    ("Warmup", lambda n: Warmup(Constant(0.1), n), "steps"),
+    ("Join", lambda n: Join([Constant(0.1), Constant(0.2)], [n]), r"boundaries\[0\]"),
+]
+
+
+@pytest.mark.parametrize(("owner", "build", "name"), COUNTS, ids=[c[0] for c in COUNTS])
+def test_a_step_count_beyond_2_53_is_a_value_error(owner, build, name):
+    for value, shown in [(2**53 + 1, "9007199254740993"), (10**400, "an int of 1329 bits"),
+                         (np.uint64(2**64 - 1), r"np\.uint64\(18446744073709551615\)")]:
+        with pytest.raises(ValueError, match=rf"^{owner}: {name} must be at most 2\*\*53 \(a "
+                                             rf"step count a float holds exactly\); got "
+                                             rf"{shown}$"):
+            build(value)
+    largest = build(2**53)   # the largest works at every step an optimizer reaches
+    for k in (0, 1, 2**52, 2**53 - 1, 2**53):
+        assert math.isfinite(largest(k))
+
+
+def test_cosine_decay_with_a_huge_n_is_refused_when_built():
+    with pytest.raises(ValueError, match="CosineDecay: n must be at most 2"):
+        CosineDecay(0.1, 10**400)
+
+
+def _nest(depth, wrap):
+    schedule = Constant(0.1)
+    for _ in range(depth - 1):
+        schedule = wrap(schedule)
+    return schedule
+
+
+NESTINGS = [
+    ("Warmup", lambda s: Warmup(s, 2)),
+    ("Join", lambda s: Join([Constant(0.2), s], [1])),
+    ("Join", lambda s: Join([s, Constant(0.2)], [1])),
+]
+
+
+@pytest.mark.parametrize(("owner", "wrap"), NESTINGS, ids=["warmup", "join-last", "join-first"])
+def test_nesting_deeper_than_32_is_refused_when_built(owner, wrap):
+    deepest = _nest(32, wrap)
+    for k in range(40):
+        assert math.isfinite(deepest(k))
+    with pytest.raises(ValueError, match=rf"^{owner}: schedules nested 33 deep; at most 32 "
+                                         rf"levels of Warmup and Join are allowed$"):
+        wrap(deepest)
+    assert schedules.from_dict(deepest.to_dict()) == deepest
+
+
+@pytest.mark.parametrize("depth", [33, 500, 5000])
+def test_from_dict_refuses_deep_nesting_before_building_it(depth):
+    described = Constant(0.1).to_dict()
+    for _ in range(depth - 1):
+        described = {"type": "Warmup", "schedule": described, "steps": 2, "start": 0.0}
+    with pytest.raises(ValueError, match=r"^from_dict: schedules nested more than 32 deep"):
+        schedules.from_dict(described)
+
+
+def test_a_users_callable_is_not_counted_as_nesting():
+    # Only fastopt's schedules are seen through; a callable of the user's is one level.
+    deepest = _nest(31, lambda s: Warmup(s, 2))
+    assert Warmup(lambda k: deepest(k), 2)(5) == deepest(3)
