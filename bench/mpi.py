@@ -9,7 +9,7 @@ and rank count, the median over repeats (after a Barrier, so each repeat starts 
 the slowest rank's time for:
 
 - ``fused allreduce``: ``GradientAverager.average(grads)``: pack, one ``Allreduce`` per
-  dtype, divide, unpack (plus the one-int error agreement);
+  dtype, divide, unpack (plus the agreement: one Allreduce of nine int64);
 - ``allreduce per key``: ``comm.Allreduce(MPI.IN_PLACE, g)`` then ``g /= W`` for each grad;
 - ``averaged + Adam``: the fused allreduce, then a full ``fastopt.Adam`` update on every rank;
 - ``sharded Adam``: ``ShardedOptimizer(fastopt.Adam()).update``: reduce-scatter, the update
