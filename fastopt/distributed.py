@@ -86,7 +86,9 @@ while the others train would hang the whole job. Importing this module therefore
 
 Not covered (the job hangs, as it would without fastopt): a rank that leaves before any
 collective operation of this module, or while the others wait in a collective of the
-program's own (``comm.Barrier()``, ``comm.gather``...).
+program's own (``comm.Barrier()``, ``comm.gather``...), or while they train on a
+communicator this module first used after another one (the exit agreements go in that
+order).
 """
 from __future__ import annotations
 
