@@ -724,6 +724,28 @@ def test_ranks_that_end_at_different_times_end_normally(tmp_path):
     assert seconds >= 3
 
 
+@needs_mpi
+def test_a_single_process_is_left_alone():
+    """One process (no mpiexec): an uncaught exception ends it as usual, without an abort, and
+    a normal end takes its exit agreement alone."""
+    code = ("import numpy as np, fastopt\n"
+            "from fastopt import distributed\n"
+            "params = {'w': np.ones(3)}\n"
+            "sharded = distributed.ShardedOptimizer(fastopt.Adam(), params)\n"
+            "sharded.update(params, {'w': np.ones(3)})\n"
+            "print('stepped', flush=True)\n"
+            "import sys\n"
+            "if sys.argv[1] == 'raise':\n"
+            "    raise ValueError('on purpose')\n")
+    for how, status in (("raise", 1), ("end", 0)):
+        completed = subprocess.run([sys.executable, "-c", code, how], capture_output=True,
+                                   text=True, timeout=60, cwd=NEUTRAL, env=environment())
+        assert completed.returncode == status, completed.stderr
+        assert completed.stdout == "stepped\n"
+        assert "aborting" not in completed.stderr and "Abort" not in completed.stderr
+        assert ("ValueError: on purpose" in completed.stderr) == (how == "raise")
+
+
 _MISMATCH = {}
 
 
