@@ -9,14 +9,17 @@ and rank count, the median over repeats (after a Barrier, so each repeat starts 
 the slowest rank's time for:
 
 - ``fused allreduce``: ``GradientAverager.average(grads)``: pack, one ``Allreduce`` per
-  dtype, divide, unpack (plus the one-int error agreement);
+  dtype, divide, unpack (plus the agreement: one Allreduce of nine int64);
 - ``allreduce per key``: ``comm.Allreduce(MPI.IN_PLACE, g)`` then ``g /= W`` for each grad;
 - ``averaged + Adam``: the fused allreduce, then a full ``fastopt.Adam`` update on every rank;
 - ``sharded Adam``: ``ShardedOptimizer(fastopt.Adam()).update``: reduce-scatter, the update
   of this rank's share, allgather of the params (ZeRO stage 1);
 
-and each rank's Adam state in bytes, full and sharded. On a machine with fewer cores than
-ranks (3 ranks on this 2-core one), ranks share cores: times then measure oversubscription.
+and each rank's Adam state in bytes, full and sharded. Each rank first limits its threads
+(fastopt's, which split a param of 1e6 elements, and BLAS's) to its share of the machine's
+CPUs, so that ranks x threads <= CPUs where there are at least as many CPUs as ranks. On a
+machine with fewer CPUs than ranks (3 ranks on this 2-core one), ranks share CPUs even with
+one thread each: times then measure oversubscription.
 """
 from __future__ import annotations
 
@@ -56,6 +59,29 @@ def workloads():
     return {"digits net": (digits, 300), "1e7 params": (large, 7)}
 
 
+def share_the_cpus(comm) -> int:
+    """Limit this rank's fastopt and BLAS threads to its share of its machine's CPUs."""
+    from mpi4py import MPI
+
+    import fastopt
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    ranks_here = node.Get_size()
+    node.Free()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share = max(1, (cpus or 1) // ranks_here)
+    if fastopt.get_num_threads() > share:
+        fastopt.set_num_threads(share)
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:
+        return share
+    if any(pool["num_threads"] > share for pool in threadpool_info()
+           if pool["user_api"] == "blas"):
+        threadpool_limits(limits=share, user_api="blas")
+    return share
+
+
 def worker() -> None:
     from mpi4py import MPI
 
@@ -64,6 +90,7 @@ def worker() -> None:
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
+    share_the_cpus(comm)
 
     def timed(repeats, step):
         seconds = []
@@ -132,7 +159,8 @@ def main(argv=None) -> int:
     lines = [f"python bench/mpi.py --ranks {' '.join(map(str, args.ranks))}",
              f"fastopt {fastopt.__version__} ({fastopt.simd_level()}), {cpu_model()}, "
              f"{os.cpu_count()} CPUs, Python {platform.python_version()}, NumPy {np.__version__}",
-             "median µs per step, slowest rank; state = Adam's state bytes per rank",
+             "median µs per step, slowest rank; state = Adam's state bytes per rank; each "
+             "rank's fastopt and BLAS threads at most its machine's CPUs // its ranks there",
              f"{'workload':11} {'ranks':>5} {'fused allreduce':>16} {'allreduce per key':>18} "
              f"{'averaged + Adam':>16} {'sharded Adam':>13} {'state full':>11} "
              f"{'state sharded':>14}"]

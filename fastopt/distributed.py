@@ -3,6 +3,7 @@
 Install the extra (``pip install "fastopt[mpi]"``: mpi4py and MPICH from wheels) and launch
 the usual way, ``mpiexec -n 4 python train.py``. ``import fastopt`` never imports this module
 or mpi4py; importing it without mpi4py raises an ImportError that says what to install.
+Importing it installs the safety net described under "A rank that leaves" below.
 
 Two tools, both collective (every rank of the communicator calls them, with the same keys,
 shapes and dtypes, in the same order):
@@ -52,19 +53,57 @@ Bits and bounds
 Errors
 ------
 Each rank validates its inputs before any collective on data, then the ranks agree on the
-outcome with one small ``Allreduce`` of three integers: the lowest failing rank and a
-fingerprint of the keys, shapes and dtypes. If any rank failed, or the ranks' layouts differ,
+outcome with one small ``Allreduce`` of nine integers: the lowest failing rank, a
+fingerprint of the keys, shapes and dtypes, a digest of the sharded optimizer's
+configuration (class, hyperparameters and schedules, options, ``max_grad_norm``, the
+``weight_decay_filter``'s answers, ``set_flush_denormals``) and its step count, and whether a
+rank is leaving (below). If any rank failed, or the ranks' layouts or configurations differ,
 every rank raises and nothing changes anywhere (a failing rank raises its own error, the
-others a RuntimeError naming it), instead of the others waiting for it forever. An error
-after that point (none is expected: everything was checked) would leave the ranks' params
-inconsistent, so it aborts the job with ``comm.Abort``.
+others a RuntimeError naming it; a configuration mismatch is a ValueError on every rank that
+names each setting that differs and its value on each rank, exchanged as text only then),
+instead of the others waiting forever or each rank stepping with its own settings. The
+digest is recomputed only when a setting is no longer the same object or an equal value, so
+the check adds no collective, and per step only a comparison of the settings with the last
+step's. An error after that point (none is expected: everything was checked) would leave the
+ranks' params inconsistent, so it aborts the job with ``comm.Abort``.
+
+A rank that leaves
+------------------
+A collective waits for every rank, and so does ``MPI_Finalize`` at exit: one rank that stops
+while the others train would hang the whole job. Importing this module therefore installs:
+
+- a ``sys.excepthook`` that, after printing the traceback as usual, aborts the job
+  (``MPI_Abort``) when a rank of a job of several ranks ends with an uncaught exception;
+  ``python -m mpi4py train.py`` does the same, and is not needed;
+- an exit handler: a rank whose program ends any other way (it returns, or calls
+  ``sys.exit`` with any status) takes part in one last agreement on each communicator this
+  module has used, marked "leaving". At a normal end every rank does the same, the last
+  agreement completes when the last rank gets there (as ``MPI_Finalize`` would) and the job
+  exits as usual, however long a rank works on alone. A rank still training is waiting in,
+  or will next call, the agreement that starts every collective operation here, so it meets
+  the leaving rank's: both see that one rank left while another did not, print which, and
+  abort the job with status 1.
+
+Not covered (the job hangs, as it would without fastopt): a rank that leaves before any
+collective operation of this module, or while the others wait in a collective of the
+program's own (``comm.Barrier()``, ``comm.gather``...), or while they train on a
+communicator this module first used after another one (the exit agreements go in that
+order).
 """
 from __future__ import annotations
 
+import atexit
 import copy
+import hashlib
+import json
 import math
+import numbers
+import os
+import re
 import sys
+import time
 import traceback
+import types
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -73,8 +112,10 @@ import numpy as np
 
 from . import reference
 from ._base import Optimizer
+from ._settings import get_flush_denormals
 from ._simd import kernels as _kernels
 from .clipping import clip_coefficient
+from .schedules import Schedule
 
 try:
     # mpi4py ships its own stubs; the ignore is for type-checking without the extra.
@@ -89,7 +130,8 @@ __all__ = ["GradientAverager", "ShardedOptimizer", "gather_state", "load_gathere
            "scatter_state"]
 
 # An mpi4py communicator (``MPI.COMM_WORLD``, a ``Split`` of it), or an object with the same
-# uppercase methods: Get_rank, Get_size, Allreduce, Reduce_scatter_block, Allgather, Abort.
+# uppercase methods: Get_rank, Get_size, Allreduce, Reduce_scatter_block, Allgather, Abort
+# (and Allgatherv, only to describe a configuration mismatch).
 Comm = Any
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -112,24 +154,203 @@ def _fingerprint(layout: Sequence[tuple[Any, tuple[int, ...], np.dtype[Any]]]) -
     return zlib.crc32(text.encode("utf-8", "backslashreplace")) & 0x7FFFFFFF
 
 
-def _agree(comm: Comm, failure: BaseException | None, fingerprint: int, what: str) -> None:
-    """Make every rank raise if any rank failed its local checks or the layouts differ.
+# --- the agreement before every collective operation ---------------------------------------
+#
+# Every collective operation of this module (constructing a ShardedOptimizer, its update and
+# state_dict, GradientAverager.average) starts with one Allreduce (MIN) of these int64 flags,
+# before any data is exchanged. A pair (x, -x) gives the minimum and the maximum of x over the
+# ranks in the same reduction, so "every rank has the same x" is min == -min(-x).
+_FAILED = 0              # the lowest rank whose local checks failed, else the size
+_LAYOUT = 1              # fingerprint of keys, shapes and dtypes; 2: its negative
+_CONFIG = 3              # digest of the optimizer's configuration (0 for the averager); 4: -
+_STEP = 5                # the wrapped optimizer's ``iter`` (0 for the averager); 6: -
+_LEFT = 7                # the lowest rank whose program is ending (see _leave), else the size
+_WORKING = 8             # -1 from a rank that is working, 0 from one that is ending
+_FLAGS = 9
 
-    One ``Allreduce`` (MIN) of three int64: the failing rank (or the size), the fingerprint
-    and its negative (so the minimum of the negatives gives the maximum).
+
+def _agree(comm: Comm, failure: BaseException | None, fingerprint: int, what: str,
+           config: ShardedOptimizer | None = None) -> None:
+    """Make every rank raise if any rank failed its local checks, the layouts differ or the
+    sharded optimizers are configured differently; abort the job if a rank's program ended.
+
+    One ``Allreduce`` (MIN) of ``_FLAGS`` int64. Every rank sees the same reduced flags, so
+    every rank takes the same branch below (only the configurations' details, on a mismatch,
+    need a second exchange).
     """
     rank, size = comm.Get_rank(), comm.Get_size()
-    flags = np.array([rank if failure is not None else size, fingerprint, -fingerprint],
-                     dtype=np.int64)
+    digest = step = 0
+    if config is not None:
+        try:
+            digest, step = config._config_digest(), min(int(config.optimizer.iter), 1 << 62)
+        except Exception as error:   # an unusable setting: this rank fails, the others wait
+            failure = failure or error
+    flags = np.array([rank if failure is not None else size, fingerprint, -fingerprint,
+                      digest, -digest, step, -step, size, -1], dtype=np.int64)
     comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MIN)
+    _remember(comm)
+    if flags[_LEFT] < size:
+        _abort(comm, f"rank {flags[_LEFT]} of {size} ended (its program returned or called "
+                     f"sys.exit) while rank {rank} waits for it in a collective operation of "
+                     f"fastopt.distributed; aborting the MPI job so that it does not wait "
+                     f"forever")
+        raise RuntimeError(f"rank {flags[_LEFT]} has ended; the other ranks cannot continue")
     if failure is not None:
         raise failure
-    if flags[0] < size:
-        raise RuntimeError(f"rank {flags[0]} rejected its {what} (its own error says why), so "
-                           f"every rank stopped before exchanging data; nothing was changed")
-    if flags[1] != -flags[2]:
+    if flags[_FAILED] < size:
+        raise RuntimeError(f"rank {flags[_FAILED]} rejected its {what} (its own error says "
+                           f"why), so every rank stopped before exchanging data; nothing was "
+                           f"changed")
+    if flags[_LAYOUT] != -flags[_LAYOUT + 1]:
         raise ValueError(f"the ranks passed different {what}: the keys, their order, shapes or "
                          f"dtypes differ between ranks; every rank must pass the same layout")
+    if config is not None and (flags[_CONFIG] != -flags[_CONFIG + 1]
+                               or flags[_STEP] != -flags[_STEP + 1]):
+        raise ValueError(_differences(comm, config._describe()))
+
+
+def _differences(comm: Comm, fields: dict[str, str]) -> str:
+    """What differs between the ranks' configurations (collective: every rank calls it).
+
+    Each rank's ``fields`` travel as UTF-8 JSON text, with one ``Allgather`` of the lengths
+    and one ``Allgatherv`` of the bytes (nothing is pickled).
+    """
+    data = np.frombuffer(json.dumps(list(fields.items())).encode("utf-8"), dtype=np.uint8)
+    lengths = np.zeros(comm.Get_size(), dtype=np.int64)
+    comm.Allgather(np.array([data.size], dtype=np.int64), lengths)
+    received = np.empty(int(lengths.sum()), dtype=np.uint8)
+    comm.Allgatherv(data, [received, lengths.tolist()])
+    everyone = []
+    offset = 0
+    for length in lengths.tolist():
+        everyone.append(dict(json.loads(received[offset:offset + length].tobytes())))
+        offset += length
+    names = list(dict.fromkeys(name for each in everyone for name in each))
+    if len({each["class"] for each in everyone}) > 1:
+        # Other classes have other hyperparameters: name the class, and what they share.
+        names = [name for name in names if name == "class"
+                 or all(name in each for each in everyone)]
+    parts = []
+    for name in names:
+        ranks: dict[str, list[int]] = {}
+        for rank, each in enumerate(everyone):
+            ranks.setdefault(each.get(name, "(none)"), []).append(rank)
+        if len(ranks) > 1:
+            parts.append(f"{name}: " + ", ".join(
+                f"{_shorten(text)} on {_rank_list(members)}" for text, members in ranks.items()))
+    return (f"the ranks' sharded optimizers are configured differently, so a step would mix "
+            f"their updates: {'; '.join(parts)}. Every rank must wrap the same optimizer class "
+            f"with the same hyperparameters, schedules, options, max_grad_norm and "
+            f"weight_decay_filter answers, at the same step, with the same "
+            f"set_flush_denormals setting; nothing was changed on any rank")
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _rank_list(ranks: list[int]) -> str:
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    shown = ", ".join(map(str, ranks[:8])) + (", ..." if len(ranks) > 8 else "")
+    return f"ranks {shown}"
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _text(value: Any) -> str:
+    """A setting as text that is the same in every process for the same setting: numbers as
+    their float's repr, fastopt's schedules as their repr, a function as its module, name and
+    line, any other object as its repr without memory addresses."""
+    try:
+        if value is None or isinstance(value, (bool, np.bool_)):
+            return repr(None if value is None else bool(value))
+        if isinstance(value, numbers.Real):
+            try:
+                return repr(float(value))
+            except OverflowError:
+                return repr(value)
+        if isinstance(value, types.FunctionType):
+            return (f"{value.__module__}.{value.__qualname__} (line "
+                    f"{value.__code__.co_firstlineno})")
+        if isinstance(value, Schedule):
+            return repr(value)
+        return _ADDRESS.sub("", repr(value))
+    except Exception:   # a repr that fails (or recurses too deep): its type is what is left
+        return f"a {type(value).__module__}.{type(value).__qualname__}"
+
+
+# --- the safety net: a rank that leaves ends the job (the module docstring says how) ------
+_comms: list[Comm] = []
+_aborting = False
+
+
+def _remember(comm: Comm) -> None:
+    """Record a communicator on which every rank has taken part in an agreement."""
+    if not any(known is comm for known in _comms):
+        _comms.append(comm)
+
+
+def _abort(comm: Comm, message: str, status: int = 1) -> None:
+    """Print ``message`` and abort the MPI job with ``status``."""
+    global _aborting
+    _aborting = True
+    print(f"fastopt.distributed: {message}", file=sys.stderr, flush=True)
+    time.sleep(0.2)   # so that the launcher can forward the message before it ends the job
+    comm.Abort(status)
+    if isinstance(comm, MPI.Comm):
+        # MPICH's MPI_Abort can return before the launcher ends the process; run no more
+        # Python code here (a process that exits without MPI_Finalize ends the job too).
+        os._exit(status)
+    _aborting = False   # only reached with a communicator object whose Abort returns
+
+
+def _mpi_running() -> bool:
+    return bool(MPI.Is_initialized() and not MPI.Is_finalized())
+
+
+def _leave() -> None:
+    """At exit: the last agreement on every communicator used, marked "ending" (see above)."""
+    if _aborting or not _mpi_running():
+        return
+    for comm in list(_comms):
+        try:
+            if isinstance(comm, MPI.Comm) and comm == MPI.COMM_NULL:   # freed
+                continue
+            rank, size = comm.Get_rank(), comm.Get_size()
+            flags = np.zeros(_FLAGS, dtype=np.int64)
+            flags[_FAILED] = size
+            flags[_LEFT] = rank
+            comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MIN)
+        except Exception as error:   # an MPI error at exit: nothing left to protect
+            print(f"fastopt.distributed: the exit agreement failed ({error})", file=sys.stderr)
+            continue
+        if flags[_WORKING] < 0:
+            _abort(comm, f"rank {rank} of {size} ended (its program returned or called "
+                         f"sys.exit) while other ranks still wait for it in a collective "
+                         f"operation of fastopt.distributed; aborting the MPI job so that they "
+                         f"do not wait forever")
+            return
+
+
+_previous_excepthook = sys.excepthook
+
+
+def _excepthook(kind: type[BaseException], value: BaseException, trace: Any) -> None:
+    """Print the exception as usual; then, in a job of several ranks, abort it."""
+    _previous_excepthook(kind, value, trace)
+    if _aborting or not _mpi_running():
+        return
+    world = MPI.COMM_WORLD
+    if world.Get_size() > 1:
+        _abort(world, f"rank {world.Get_rank()} of {world.Get_size()} ended with an uncaught "
+                      f"{kind.__name__}; aborting the MPI job so that the other ranks do not "
+                      f"wait for it forever", 130 if issubclass(kind, KeyboardInterrupt) else 1)
+
+
+sys.excepthook = _excepthook
+atexit.register(_leave)
 
 
 def _check_grads_layout(grads: Any) -> list[tuple[Any, np.ndarray[Any, Any]]]:
@@ -294,7 +515,14 @@ class ShardedOptimizer:
     float multiplication the fused path uses, and the wrapped optimizer runs that step with
     ``max_grad_norm`` set to None (restored afterwards).
 
-    Construction is collective: the ranks check that they passed the same layout.
+    Construction is collective: the ranks check that they passed the same layout, and that
+    their optimizers are configured the same (class, hyperparameters and schedules, options,
+    ``max_grad_norm``, the ``weight_decay_filter``'s answers, ``set_flush_denormals``). Every
+    ``update`` and ``state_dict`` checks the configuration and the step count again, in the
+    Allreduce that starts it; a setting changed on some ranks only makes every rank raise a
+    ValueError naming it, before anything changes. A schedule of your own is compared by its
+    module, name and line (fastopt's schedules by their parameters), any other object by its
+    repr.
     """
 
     def __init__(self, optimizer: Optimizer, params: Mapping[Any, Any] | Sequence[Any],
@@ -304,6 +532,8 @@ class ShardedOptimizer:
         self.grad_norm: float | None = None
         self._rank = self.comm.Get_rank()
         self._size = self.comm.Get_size()
+        self._config_values: tuple[Any, ...] | None = None
+        self._digest = 0
         failure: BaseException | None = None
         fingerprint = 0
         try:
@@ -313,7 +543,7 @@ class ShardedOptimizer:
                                                               strict=True)])
         except (TypeError, ValueError) as error:
             failure = error
-        _agree(self.comm, failure, fingerprint, "params")
+        _agree(self.comm, failure, fingerprint, "params", self if failure is None else None)
         self._fingerprint = fingerprint
         if self._decisions is not None:
             optimizer._decays = [self._decisions[position] for position, _, _ in self._pieces]
@@ -429,20 +659,24 @@ class ShardedOptimizer:
         TypeError, ValueError, KeyError
             On a rank whose inputs are not usable (RuntimeError on the others). Every rank
             raises, and nothing changes on any rank.
+        ValueError
+            On every rank, if the ranks' optimizers are configured differently or are at
+            different steps: the message names each setting that differs and its value on each
+            rank. Nothing changes on any rank.
         """
         failure: BaseException | None = None
         try:
             self._check(params, grads)
         except (TypeError, ValueError, KeyError) as error:
             failure = error
-        _agree(self.comm, failure, self._fingerprint, "grads")
+        _agree(self.comm, failure, self._fingerprint, "grads", self)
         try:
             self._step(grads)
-        except Exception:   # the ranks agreed to go ahead; a failure now would hang them
+        except BaseException:   # the ranks agreed to go ahead; a failure now would hang them
             traceback.print_exc()
-            print(f"fastopt.distributed: rank {self._rank} failed during a step after every "
-                  f"rank's inputs were checked; aborting the job", file=sys.stderr, flush=True)
-            self.comm.Abort(1)
+            _abort(self.comm, f"rank {self._rank} failed during a step after every rank's "
+                              f"inputs were checked (the ranks' params would differ); aborting "
+                              f"the MPI job")
             raise   # only reached with a communicator whose Abort returns
 
     def _step(self, grads: Any) -> None:
@@ -487,6 +721,42 @@ class ShardedOptimizer:
         if factor is not None and not _kernels.scale_in_place(self._grad_views, factor):
             raise AssertionError("the share grads are always C-contiguous float arrays")
 
+    # --- the configuration the ranks must share ----------------------------------------------
+
+    def _config_digest(self) -> int:
+        """A 62-bit digest of ``_describe()`` without the step count, recomputed only when a
+        setting is no longer the same object or an equal value of the same type."""
+        inner = self.optimizer
+        values = (type(inner), get_flush_denormals(), inner.max_grad_norm, self._decisions,
+                  *[getattr(inner, name) for name in inner._all_hyperparameters()],
+                  *[getattr(inner, name) for name in inner._options])
+        if not _same_values(values, self._config_values):
+            fields = self._describe()
+            del fields["iter"]   # compared on its own (two flags): it changes every step
+            text = json.dumps(list(fields.items())).encode("utf-8")
+            self._digest = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(),
+                                          "little") >> 2
+            self._config_values = values
+        return self._digest
+
+    def _describe(self) -> dict[str, str]:
+        """Every setting that changes what a step computes, as text (``_text``)."""
+        inner = self.optimizer
+        kind = type(inner)
+        fields = {"class": kind.__qualname__ if kind.__module__.startswith("fastopt.")
+                  else f"{kind.__module__}.{kind.__qualname__}"}
+        for name in (*inner._all_hyperparameters(), *inner._options, "max_grad_norm"):
+            fields[name] = _text(getattr(inner, name))
+        if self._decisions is None:
+            fields["weight_decay_filter"] = "None"
+        else:
+            fields["weight_decay_filter"] = "set"
+            for key, decision in zip(self._keys, self._decisions, strict=True):
+                fields[f"weight_decay_filter({key!r}, param)"] = repr(decision)
+        fields["set_flush_denormals"] = repr(get_flush_denormals())
+        fields["iter"] = repr(inner.iter)
+        return fields
+
     # --- introspection -----------------------------------------------------------------------
 
     def state_nbytes(self) -> int:
@@ -501,7 +771,8 @@ class ShardedOptimizer:
         The shares are gathered into the state a single-process optimizer of the wrapped class
         would have, and returned as its ``state_dict()``: ``fastopt.save`` writes it (from one
         rank), and a single process loads it with ``load_state_dict``, or a sharded optimizer
-        of any rank count with ``ShardedOptimizer.load_state_dict``.
+        of any rank count with ``ShardedOptimizer.load_state_dict``. Raises ValueError on
+        every rank if the ranks' configurations or step counts differ (see ``update``).
         """
         full = self._unsharded()
         load_gathered_state(full, gather_state(self))
@@ -528,6 +799,17 @@ class ShardedOptimizer:
         return (f"ShardedOptimizer({self.optimizer!r}, rank {self._rank} of {self._size}, "
                 f"{sum(stop - start for _, start, stop in self._pieces)} of "
                 f"{sum(group.total for group in self._groups)} elements)")
+
+
+def _same_values(values: tuple[Any, ...], known: tuple[Any, ...] | None) -> bool:
+    """Whether each setting is the same object, or an equal value of the same type."""
+    if known is None or len(values) != len(known):
+        return False
+    try:
+        return all(value is old or (type(value) is type(old) and bool(value == old))
+                   for value, old in zip(values, known, strict=True))
+    except Exception:   # an __eq__ that raises or gives no truth value: compare by digest
+        return False
 
 
 def _state_nbytes(optimizer: reference.ReferenceOptimizer) -> int:
@@ -565,10 +847,13 @@ def gather_state(sharded: ShardedOptimizer) -> dict[str, Any]:
                                                          # None before the first step
          "decays": None}                        # or the filter's answer per key
 
-    Every rank receives all of it (one ``Allgather`` per state attribute and dtype). Load it
+    Every rank receives all of it (one ``Allgather`` per state attribute and dtype, after the
+    agreement ``update`` starts with: every rank raises ValueError if the ranks' configurations
+    or step counts differ, instead of waiting for a state another class does not have). Load it
     into a single-process optimizer with ``load_gathered_state``, then save it as any other
     (``fastopt.save``, where available).
     """
+    _agree(sharded.comm, None, sharded._fingerprint, "params", sharded)
     inner = sharded.optimizer
     state: dict[str, Any] = {}
     for name in inner.state_names:

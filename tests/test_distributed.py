@@ -23,10 +23,12 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +299,152 @@ def _worker_errors(out):
         Path(out).write_text(json.dumps(everyone))
 
 
+def _worker_leave(out, mode):
+    """Rank 1 leaves at step 2 of 6 (``mode``: raise, exit0, exit3, return, or ``averager``:
+    exit0 while rank 0 averages); or, with ``end``, every rank trains to the end and rank 0
+    works on alone for 3 s before it writes ``out``."""
+    from mpi4py import MPI
+
+    import fastopt
+    from fastopt import distributed
+
+    rank = MPI.COMM_WORLD.Get_rank()
+    params = initial_params(dict.fromkeys(SHAPES, "float64"), True)
+    if mode == "averager":
+        averager = distributed.GradientAverager()
+    else:
+        sharded = distributed.ShardedOptimizer(fastopt.Adam(), params)
+    for step in range(6):
+        if rank == 1 and step == 2:
+            if mode == "raise":
+                raise ValueError("a bug on rank 1")
+            if mode in ("exit0", "averager"):
+                sys.exit(0)
+            if mode == "exit3":
+                sys.exit(3)
+            if mode == "return":
+                return
+        grads = rank_grads(params, step, rank)
+        if mode == "averager":
+            averager.average(grads)
+        else:
+            sharded.update(params, grads)
+    if mode == "end" and rank == 0:
+        time.sleep(3)   # not in a collective: rank 1, already at its end, waits for it
+        Path(out).write_text("finished")
+
+
+def _own_schedule(step):
+    return 1e-2 / (1 + step)
+
+
+def _worker_mismatch(out):
+    """Each kind of configuration mismatch between rank 0 and rank 1: what every rank raised,
+    and whether anything changed. The ranks stay in step throughout."""
+    from mpi4py import MPI
+
+    import fastopt
+    from fastopt import distributed
+    from fastopt.schedules import CosineDecay
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+
+    def snapshot(params, sharded):
+        inner = sharded.optimizer
+        return ({key: value.copy() for key, value in params.items()}, inner.iter,
+                None if inner.m is None else [share.copy() for share in inner.m])
+
+    def same(params, sharded, before):
+        inner = sharded.optimizer
+        arrays, step, m = before
+        return (all(np.array_equal(params[key], arrays[key]) for key in params)
+                and inner.iter == step
+                and (m is None) == (inner.m is None)
+                and (m is None or all(np.array_equal(a, b) for a, b in zip(m, inner.m,
+                                                                           strict=True))))
+
+    def attempt(call):
+        try:
+            call()
+            return "no error"
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+
+    # Mismatches at construction: (rank 0's optimizer, rank 1's).
+    at_construction = {
+        "lr": (lambda: fastopt.Adam(lr=0.1), lambda: fastopt.Adam(lr=0.001)),
+        "class": (lambda: fastopt.Adam(), lambda: fastopt.SGD()),
+        "max_grad_norm": (lambda: fastopt.Adam(max_grad_norm=1.0), lambda: fastopt.Adam()),
+        "schedule": (lambda: fastopt.Adam(lr=CosineDecay(0.1, 100)),
+                     lambda: fastopt.Adam(lr=CosineDecay(0.1, 200))),
+        "own schedule": (lambda: fastopt.Adam(lr=_own_schedule),
+                         lambda: fastopt.Adam(lr=0.01)),
+        "option": (lambda: fastopt.Adam(amsgrad=True), lambda: fastopt.Adam()),
+        "filter": (lambda: fastopt.Adam(weight_decay=0.1, weight_decay_filter=_not_bias),
+                   lambda: fastopt.Adam(weight_decay=0.1,
+                                        weight_decay_filter=lambda key, param: True)),
+    }
+    report = {}
+    for kind, makers in at_construction.items():
+        params = initial_params(dict.fromkeys(SHAPES, "float64"), True)
+        kept = {key: value.copy() for key, value in params.items()}
+        optimizer = makers[rank]()
+        report[kind] = attempt(lambda optimizer=optimizer, params=params:
+                               distributed.ShardedOptimizer(optimizer, params))
+        report[kind + "/unchanged"] = (optimizer.iter == 0 and all(
+            np.array_equal(params[key], kept[key]) for key in params))
+
+    # Mismatches that appear after two steps: rank 1 changes something, then every rank calls
+    # update (or state_dict); rank 1 puts it back and the ranks step on together.
+    def set_attribute(name, value):
+        def change(sharded):
+            old = getattr(sharded.optimizer, name)
+            setattr(sharded.optimizer, name, value)
+            return lambda: setattr(sharded.optimizer, name, old)
+        return change
+
+    def flush(sharded):
+        fastopt.set_flush_denormals(True)
+        return lambda: fastopt.set_flush_denormals(False)
+
+    def restart(sharded):
+        inner = sharded.optimizer
+        saved = (inner.iter, inner.m, inner.v)
+        sharded.load_state_dict(fastopt.Adam().state_dict())
+
+        def back():
+            inner.iter, inner.m, inner.v = saved
+        return back
+
+    later = {
+        "changed lr": ("update", set_attribute("lr", 0.5)),
+        "changed max_grad_norm": ("update", set_attribute("max_grad_norm", 1.0)),
+        "changed beta1 before state_dict": ("state_dict", set_attribute("beta1", 0.5)),
+        "flush denormals": ("update", flush),
+        "step count": ("update", restart),
+    }
+    for kind, (call, change) in later.items():
+        params = initial_params(dict.fromkeys(SHAPES, "float64"), True)
+        sharded = distributed.ShardedOptimizer(fastopt.Adam(), params)
+        for step in range(2):
+            sharded.update(params, rank_grads(params, step, rank))
+        undo = change(sharded) if rank == 1 else None
+        before = snapshot(params, sharded)
+        grads = rank_grads(params, 2, rank)
+        report[kind] = attempt(sharded.state_dict if call == "state_dict" else
+                               lambda params=params, grads=grads, sharded=sharded:
+                               sharded.update(params, grads))
+        report[kind + "/unchanged"] = same(params, sharded, before)
+        if undo is not None:
+            undo()
+        sharded.update(params, grads)   # the ranks are in step again
+        report[kind + "/after"] = sharded.optimizer.iter
+    everyone = comm.gather(report, root=0)
+    if rank == 0:
+        Path(out).write_text(json.dumps(everyone))
+
+
 # ----------------------------------------------------------------------------------------------
 # The pytest side.
 
@@ -520,6 +668,125 @@ def test_the_example_trains_on_two_ranks_with_half_the_state_and_one_process_bit
     # Two ranks sum in the one order there is: the same bits as one process.
     assert "against one process on the same global batches: bit-identical" in completed.stdout
     assert "optimizer state per rank: rank 0 295.4 KiB, rank 1 295.4 KiB" in completed.stdout
+    # Each rank's BLAS and fastopt threads are limited to its share of the CPUs.
+    threads = re.search(r"threads of rank 0: BLAS (\d+), fastopt (\d+) \(2 ranks on (\d+) "
+                        r"CPUs\)", completed.stdout)
+    assert threads, completed.stdout
+    blas, own, cpus = map(int, threads.groups())
+    assert 1 <= own <= max(1, cpus // 2) and blas <= max(1, cpus // 2), completed.stdout
+
+
+def launch_until_it_ends(ranks, scenario, *args, timeout=30):
+    """Run a job that may fail; if it has not ended after ``timeout`` seconds, kill every
+    process of it (the launcher and its ranks) and fail the test."""
+    process = subprocess.Popen(
+        [MPIEXEC, "-n", str(ranks), sys.executable, str(HERE), scenario, *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=NEUTRAL,
+        env=environment(HERE.parent), start_new_session=True)
+    start = time.monotonic()
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        output, _ = process.communicate()
+        pytest.fail(f"the job was still running after {timeout} s:\n{output}")
+    return process.returncode, output, time.monotonic() - start
+
+
+# What the ranks print when rank 1 leaves mid-training: its own uncaught exception, or (from
+# rank 1 at exit, or rank 0 in its next update, whichever aborts first) that it ended.
+ENDED = ("fastopt.distributed: rank 1 of 2 ended (its program returned or called sys.exit) "
+         "while")
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode, message", [
+    ("raise", "fastopt.distributed: rank 1 of 2 ended with an uncaught ValueError; aborting "
+              "the MPI job"),
+    ("exit0", ENDED), ("exit3", ENDED), ("return", ENDED), ("averager", ENDED)])
+def test_a_rank_that_leaves_mid_training_ends_the_job_with_an_error(mode, message, tmp_path):
+    status, output, _ = launch_until_it_ends(2, "leave", tmp_path / "unused", mode)
+    assert status != 0, output
+    assert message in output, output
+    if mode == "raise":
+        assert "ValueError: a bug on rank 1" in output, output
+
+
+@needs_mpi
+def test_ranks_that_end_at_different_times_end_normally(tmp_path):
+    """The end of a job is not a departure: rank 1 waits at its exit for rank 0, which works
+    on for 3 s outside any collective, and nothing is aborted."""
+    out = tmp_path / "finished.txt"
+    status, output, seconds = launch_until_it_ends(2, "leave", out, "end")
+    assert status == 0, output
+    assert out.read_text() == "finished"
+    assert "fastopt.distributed" not in output, output
+    assert seconds >= 3
+
+
+@needs_mpi
+def test_a_single_process_is_left_alone():
+    """One process (no mpiexec): an uncaught exception ends it as usual, without an abort, and
+    a normal end takes its exit agreement alone."""
+    code = ("import numpy as np, fastopt\n"
+            "from fastopt import distributed\n"
+            "params = {'w': np.ones(3)}\n"
+            "sharded = distributed.ShardedOptimizer(fastopt.Adam(), params)\n"
+            "sharded.update(params, {'w': np.ones(3)})\n"
+            "print('stepped', flush=True)\n"
+            "import sys\n"
+            "if sys.argv[1] == 'raise':\n"
+            "    raise ValueError('on purpose')\n")
+    for how, status in (("raise", 1), ("end", 0)):
+        completed = subprocess.run([sys.executable, "-c", code, how], capture_output=True,
+                                   text=True, timeout=60, cwd=NEUTRAL, env=environment())
+        assert completed.returncode == status, completed.stderr
+        assert completed.stdout == "stepped\n"
+        assert "aborting" not in completed.stderr and "Abort" not in completed.stderr
+        assert ("ValueError: on purpose" in completed.stderr) == (how == "raise")
+
+
+_MISMATCH = {}
+
+
+def mismatch_reports(tmp_path_factory):
+    if not _MISMATCH:
+        out = tmp_path_factory.mktemp("mismatch") / "reports.json"
+        launch(2, "mismatch", out)
+        _MISMATCH["reports"] = json.loads(out.read_text())
+    return _MISMATCH["reports"]
+
+
+@needs_mpi
+@pytest.mark.parametrize("kind, difference", [
+    ("lr", "lr: 0.1 on rank 0, 0.001 on rank 1"),
+    ("class", "class: Adam on rank 0, SGD on rank 1; lr: 0.001 on rank 0, 0.01 on rank 1"),
+    ("max_grad_norm", "max_grad_norm: 1.0 on rank 0, None on rank 1"),
+    ("schedule", "lr: CosineDecay(start=0.1, n=100, end=0.0) on rank 0, "
+                 "CosineDecay(start=0.1, n=200, end=0.0) on rank 1"),
+    ("own schedule", "lr: __main__._own_schedule (line "),
+    ("option", "amsgrad: True on rank 0, False on rank 1"),
+    ("filter", "weight_decay_filter('b1', param): False on rank 0, True on rank 1"),
+    ("changed lr", "lr: 0.001 on rank 0, 0.5 on rank 1"),
+    ("changed max_grad_norm", "max_grad_norm: None on rank 0, 1.0 on rank 1"),
+    ("changed beta1 before state_dict", "beta1: 0.9 on rank 0, 0.5 on rank 1"),
+    ("flush denormals", "set_flush_denormals: False on rank 0, True on rank 1"),
+    ("step count", "iter: 2 on rank 0, 0 on rank 1"),
+])
+def test_ranks_configured_differently_all_raise_naming_the_difference(kind, difference,
+                                                                      tmp_path_factory):
+    reports = mismatch_reports(tmp_path_factory)
+    assert len(reports) == 2
+    for report in reports:
+        error = report[kind]
+        assert error.startswith("ValueError: the ranks' sharded optimizers are configured "
+                                "differently"), (kind, error)
+        assert difference in error, (kind, error)
+        assert "nothing was changed on any rank" in error, (kind, error)
+        assert report[kind + "/unchanged"] is True, kind
+        if kind + "/after" in report:
+            assert report[kind + "/after"] == 3, kind   # and then they stepped on together
+    assert reports[0][kind] == reports[1][kind]
 
 
 def test_import_fastopt_does_not_import_mpi4py():
@@ -537,4 +804,5 @@ def test_without_mpi4py_the_import_error_says_what_to_install():
 
 
 if __name__ == "__main__":
-    {"run": _worker_run, "spy": _worker_spy, "errors": _worker_errors}[sys.argv[1]](sys.argv[2])
+    {"run": _worker_run, "spy": _worker_spy, "errors": _worker_errors, "leave": _worker_leave,
+     "mismatch": _worker_mismatch}[sys.argv[1]](*sys.argv[2:])
