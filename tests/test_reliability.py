@@ -901,3 +901,80 @@ def test_one_optimizer_from_two_threads_loses_no_update(config, container):
     for state in ref.state_names:
         assert_same_bits(getattr(fast, state)[0 if container == "list" else "w"],
                          getattr(ref, state)[0 if container == "list" else "w"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A child forked while another thread is inside an update: the optimizer's lock, held at the
+# fork by a thread the child does not have, must not make the child's updates wait forever.
+
+FORK_DURING_UPDATE = r"""
+import copy, json, multiprocessing, os, sys, threading
+import numpy as np
+import fastopt
+
+def child(optimizer, params, grads, before):
+    optimizer.lr = 0.01   # a number: the checked update, then the plan, then the plan's call
+    for _ in range(3):
+        optimizer.update(params, grads)
+    os._exit(0 if optimizer.iter == before + 3 else 3)
+
+results = {}
+for name in sys.argv[1:]:
+    for made in ("constructed", "copied"):
+        hold, inside, release = threading.Event(), threading.Event(), threading.Event()
+
+        def lr(step):
+            if hold.is_set():
+                inside.set()
+                release.wait()
+            return 0.01
+
+        optimizer = getattr(fastopt, name)(lr=lr)
+        if made == "copied":
+            optimizer = copy.deepcopy(optimizer)
+        params = {"w": np.ones(1000), "b": np.ones(10)}
+        grads = {"w": np.full(1000, 0.5), "b": np.full(10, 0.25)}
+        optimizer.update(params, grads)   # the state exists
+        hold.set()
+        worker = threading.Thread(target=optimizer.update, args=(params, grads))
+        worker.start()
+        inside.wait()   # the worker holds the lock, inside the update's checks
+        assert optimizer._lock.locked()
+        process = multiprocessing.get_context("fork").Process(
+            target=child, args=(optimizer, params, grads, optimizer.iter))
+        process.start()
+        process.join(20)
+        if process.exitcode is None:   # it hangs: one is enough
+            process.kill()
+            process.join()
+            results[f"{name} {made}"] = "hung"
+            print(json.dumps(results))
+            os._exit(0)
+        else:
+            results[f"{name} {made}"] = process.exitcode
+        hold.clear()
+        release.set()
+        worker.join()
+        assert optimizer.iter == 2
+print(json.dumps(results))
+"""
+
+
+@needs_fork
+def test_a_child_forked_during_another_threads_update_can_update():
+    completed = run_python(FORK_DURING_UPDATE, *CLASS_NAMES, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout.splitlines()[-1])
+    assert results == {f"{name} {made}": 0 for name in CLASS_NAMES
+                       for made in ("constructed", "copied")}, results
+
+
+def test_a_lock_held_at_a_fork_is_replaced_in_the_child_and_no_other():
+    # What the fork handler does, called directly: a held lock gets a new, free lock; a free
+    # one is left as it is (so nothing else changes in the child).
+    held, free = fastopt.Adam(), fastopt.SGD()
+    held_lock, free_lock = held._lock, free._lock
+    with held_lock:
+        reference._free_locks_in_child()
+        assert held._lock is not held_lock and not held._lock.locked()
+        assert free._lock is free_lock
