@@ -21,10 +21,17 @@ rejected call changes nothing:
    (``_kernels.ready``) go to the kernel in one call; any other key goes through the same
    pure-NumPy rule as ``fastopt.reference``. An array param is only ever updated in place;
    only a scalar param's new value is stored back.
+
+The kernel call and the checked path run with SIGINT held in the main thread
+(``_InterruptHeld``): a Ctrl-C meanwhile raises KeyboardInterrupt just after the update, which
+is whole. An exception nothing holds that stops the writes part way carries a note saying
+what was done.
 """
 from __future__ import annotations
 
 import numbers
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
@@ -168,6 +175,60 @@ def _slow_reason(param: Any, grad: Any) -> str:
     return "it shares memory with its grad or its state"
 
 
+class _InterruptHeld:
+    """Holds SIGINT (Ctrl-C) for the span of an update's writes, then delivers it.
+
+    An update that writes in several Python steps (NumPy's path: a few statements per param and
+    state array; a kernel call followed by setting ``iter``) would be left partly done by a
+    KeyboardInterrupt raised between two of them. In the main thread, while SIGINT's handler is
+    a Python function (by default ``signal.default_int_handler``, which raises
+    KeyboardInterrupt), this swaps in a handler that only notes the signal, and on leaving puts
+    the handler back and calls it if the signal came: the update is whole and the interrupt is
+    raised just after it. Other threads run no signal handlers, so nothing needs holding there;
+    a handler that is not a Python function (``SIG_IGN``, ``SIG_DFL``) is left alone.
+    """
+
+    __slots__ = ("came", "frame", "previous")
+
+    def __enter__(self) -> None:
+        self.previous: Any = None
+        self.came = False
+        if threading.current_thread() is not threading.main_thread():
+            return
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            return
+        try:
+            signal.signal(signal.SIGINT, self._note)
+        except ValueError:   # the main thread of another interpreter than the main one
+            return
+        self.previous = handler
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.came = True
+        self.frame = frame
+
+    def __exit__(self, *exception: object) -> None:
+        handler = self.previous
+        if handler is None:
+            return
+        signal.signal(signal.SIGINT, handler)
+        if self.came:
+            handler(signal.SIGINT, self.frame)
+
+
+def _partial_note(optimizer: Any, keys: list[Any], finished: int) -> str:
+    """What an exception that stopped an update's writes left behind, for its notes."""
+    if finished < len(keys):
+        where = (f"params {keys[:finished]!r} were updated, {keys[finished]!r} partly or not at "
+                 f"all, the others not")
+    else:
+        where = "every param was updated"
+    return (f"fastopt: this {type(optimizer).__name__}.update was stopped part way: {where}, "
+            f"and iter is now {optimizer.iter}: continue from a checkpoint taken "
+            f"before")
+
+
 def _pad(states: list[Any]) -> list[Any]:
     return states + [None] * (SLOTS - len(states))
 
@@ -240,8 +301,9 @@ class Optimizer(reference.ReferenceOptimizer):
                     return
             values = self._checked_values()
             step = self._next_step(values)
-            if not self._update_kernel(params, grads, values, *step):
-                self._update_checked(params, grads, values, *step)
+            with _InterruptHeld():   # a Ctrl-C meanwhile is raised after the update, whole
+                if not self._update_kernel(params, grads, values, *step):
+                    self._update_checked(params, grads, values, *step)
 
     _global_norm = staticmethod(global_norm)   # compiled; the reference's bits
 
@@ -340,8 +402,18 @@ class Optimizer(reference.ReferenceOptimizer):
                     params if kind is dict else range(len(params)))])
             except (KeyError, IndexError, TypeError, ValueError):
                 return False   # the checked path explains what is wrong
-        if not _KERNEL_FOR_RULE[rule](params, grads, *states, decays, grad_scale,
-                                      self._coupled_decay(values), *scalars):
+        try:
+            done = _KERNEL_FOR_RULE[rule](params, grads, *states, decays, grad_scale,
+                                          self._coupled_decay(values), *scalars)
+        except BaseException as error:
+            # The entry raises only these, and before it writes; anything else came from a
+            # signal handler (not SIGINT's, which update holds) as the loops returned.
+            if not isinstance(error, (TypeError, ValueError, MemoryError)):
+                error.add_note(f"fastopt: this {type(self).__name__}.update may have updated "
+                               f"every param and its state without counting the step in "
+                               f"iter ({self.iter}): continue from a checkpoint taken before")
+            raise
+        if not done:
             return False
         for name, value in after.items():
             setattr(self, name, value)
@@ -432,25 +504,33 @@ class Optimizer(reference.ReferenceOptimizer):
                                   stacklevel=4)
 
         # --- apply ---------------------------------------------------------------------------
-        self._add_zero_state(params)
-        self._decays = decays
-        for name, value in after.items():
-            setattr(self, name, value)
-        states = self._rule_states()
-        kernel = _KERNEL_FOR_RULE[rule]
-        coupled = self._coupled_decay(values)
-        for fast, group in _runs(compiled):
-            run = [keys[index] for index in group]
-            read = [grad_list[index] for index in group]
-            done = fast and kernel(
-                [param_list[index] for index in group], read,
-                *[None if state is None else [state[key] for key in run]
-                  for state in _pad(states)],
-                None if decays is None else [decays[key] for key in run],
-                grad_scale, coupled, *scalars)
-            if not done:   # NumPy's path (also if another thread changed an array meanwhile)
-                self._apply(rule, scalars, values, grad_scale, decays, params, grads, states,
-                            run, read)
+        finished = 0   # keys updated, in order
+        try:
+            self._add_zero_state(params)
+            self._decays = decays
+            for name, value in after.items():
+                setattr(self, name, value)
+            states = self._rule_states()
+            kernel = _KERNEL_FOR_RULE[rule]
+            coupled = self._coupled_decay(values)
+            for fast, group in _runs(compiled):
+                run = [keys[index] for index in group]
+                read = [grad_list[index] for index in group]
+                done = fast and kernel(
+                    [param_list[index] for index in group], read,
+                    *[None if state is None else [state[key] for key in run]
+                      for state in _pad(states)],
+                    None if decays is None else [decays[key] for key in run],
+                    grad_scale, coupled, *scalars)
+                if not done:   # NumPy's path (also if another thread changed an array meanwhile)
+                    self._apply(rule, scalars, values, grad_scale, decays, params, grads,
+                                states, run, read)
+                finished += len(group)
+        except BaseException as error:
+            # Only an exception from a signal handler (not SIGINT's, which update holds) or
+            # from NumPy (MemoryError; a floating-point warning made an error) gets here.
+            error.add_note(_partial_note(self, list(keys), finished))
+            raise
 
     @staticmethod
     def _zeros(param: Any) -> Any:
