@@ -117,10 +117,20 @@ def _is_real_scalar(value: Any) -> bool:
 def _check_param(key: Any, param: Any, grad: Any, fixed: str | None) -> tuple[int, ...]:
     """Raise if ``param`` and ``grad`` are not a pair fastopt can update under ``key``;
     ``fixed`` names the container if it cannot be written (a tuple, a read-only mapping).
+    An ``np.matrix`` param or grad is refused: its ``*`` is a matrix product.
 
     Returns the param's shape, ``()`` for a scalar param.
     """
     if isinstance(param, np.ndarray):
+        # np.matrix is refused rather than viewed as an ndarray: the book's statements, which
+        # fastopt.reference runs, compute g*g as a matrix product for it, and fastopt's numbers
+        # are the reference's; np.asarray is a one-line fix over the same memory.
+        for role, array in (("param", param), ("grad", grad)):
+            if isinstance(array, np.matrix):
+                raise TypeError(
+                    f"{role} {key!r} is a numpy.matrix, whose * is a matrix product: the "
+                    f"update's elementwise statements (g*g) would compute something else; "
+                    f"pass np.asarray({role}), a plain ndarray of the same memory")
         if param.dtype.kind != "f":
             raise TypeError(f"param {key!r} has dtype {param.dtype}; expected a floating-point "
                             f"array (float16, float32 or float64)")
@@ -156,10 +166,15 @@ def _check_param(key: Any, param: Any, grad: Any, fixed: str | None) -> tuple[in
                     f"ndarray, or a float scalar like the book's params['x'] = -7.0")
 
 
-def _slow_reason(param: Any, grad: Any) -> str:
-    """Why the compiled loops do not take this param, for SlowPathWarning."""
+def _slow_reason(param: Any, grad: Any, states: list[tuple[str, Any]]) -> str:
+    """Why the compiled loops do not take this param, for SlowPathWarning: the first of the
+    conditions ``_kernels.ready`` checks that fails. ``states`` holds the param's existing
+    state arrays by name."""
     if not isinstance(param, np.ndarray):
         return "it is a scalar"
+    if type(param) is not np.ndarray:
+        return (f"it is a {_class_name(param)}, a subclass of ndarray (the loops take plain "
+                f"ndarrays; param.view(np.ndarray) is one over the same memory)")
     if param.dtype not in (np.float32, np.float64):
         return f"its dtype is {param.dtype} (the loops take float32 and float64)"
     if not param.dtype.isnative:
@@ -168,11 +183,35 @@ def _slow_reason(param: Any, grad: Any) -> str:
         return "it is not C-contiguous (a transposed view or a slice)"
     if not param.flags.aligned:
         return "it is not aligned"
+    if type(grad) is not np.ndarray:
+        return (f"its grad is a {_class_name(grad)}, a subclass of ndarray (the loops take "
+                f"plain ndarrays; grad.view(np.ndarray) is one over the same memory)")
     if grad.dtype != param.dtype:
         return f"its grad has dtype {grad.dtype}, not the param's {param.dtype}"
     if not (grad.flags.c_contiguous and grad.flags.aligned and grad.dtype.isnative):
         return "its grad is not a C-contiguous, aligned, native-order array"
-    return "it shares memory with its grad or its state"
+    if np.may_share_memory(param, grad):
+        return "it shares memory with its grad"
+    for index, (name, state) in enumerate(states):
+        if state is None:
+            continue
+        if type(state) is not np.ndarray:
+            return f"its state {name} is a {_class_name(state)}, not a plain ndarray"
+        if not (state.flags.c_contiguous and state.flags.aligned and state.flags.writeable
+                and state.dtype.isnative):
+            return (f"its state {name} is not a C-contiguous, aligned, writeable, "
+                    f"native-order array")
+        for other, array in (("the param", param), ("its grad", grad),
+                             *((f"its state {before}", earlier)
+                               for before, earlier in states[:index] if earlier is not None)):
+            if np.may_share_memory(state, array):
+                return f"its state {name} shares memory with {other}"
+    return "the compiled loops do not take it"
+
+
+def _class_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
 
 
 class _InterruptHeld:
@@ -461,6 +500,7 @@ class Optimizer(reference.ReferenceOptimizer):
         param_list = []
         grad_list = []
         compiled = []
+        owns = []   # each key's existing state arrays, in state_names' order
         for key in keys:
             param = params[key]
             try:
@@ -492,16 +532,18 @@ class Optimizer(reference.ReferenceOptimizer):
             param_list.append(param)
             grad_list.append(grad)
             compiled.append(_kernels.ready(param, grad, *own))
+            owns.append(own)
         decays = self._key_decays(params)
         grad_scale = self._clip_factor(grad_list)
         if _settings.slow_path_warning():
-            for key, param, grad, fast in zip(keys, param_list, grad_list, compiled,
-                                              strict=True):
+            names = [name for name, _ in used]
+            for key, param, grad, own, fast in zip(keys, param_list, grad_list, owns,
+                                                   compiled, strict=True):
                 if not fast:
+                    reason = _slow_reason(param, grad, list(zip(names, own, strict=True)))
                     warnings.warn(f"param {key!r} is updated by NumPy's path, several times "
-                                  f"slower than the compiled loops, because "
-                                  f"{_slow_reason(param, grad)}", SlowPathWarning,
-                                  stacklevel=4)
+                                  f"slower than the compiled loops, because {reason}",
+                                  SlowPathWarning, stacklevel=4)
 
         # --- apply ---------------------------------------------------------------------------
         finished = 0   # keys updated, in order
