@@ -4,6 +4,10 @@ Each case checks the exception type, that the message names the offending key, a
 rejected call changed nothing: no param, no state (no new keys either) and no step count.
 """
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,3 +370,23 @@ def test_the_slow_path_warning_gives_the_real_reason(tmp_path):
                                 f"than the compiled loops, {reason}"], case
     finally:
         fastopt.set_slow_path_warning(saved)
+
+
+def test_pytest_without_fastopt_says_how_to_install_it(tmp_path):
+    # A pytest whose Python has no fastopt (one from another environment than fastopt's) stops
+    # with one error naming that Python and the install line, not one per test module.
+    root = Path(__file__).resolve().parents[1]
+    shadow = tmp_path / "fastopt"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'fastopt'\", name='fastopt')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    completed = subprocess.run(
+        [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))",
+         "-q", "-p", "no:cacheprovider", "--rootdir", str(root),
+         "-c", str(root / "pyproject.toml"), str(root / "tests" / "test_formulas.py")],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert completed.returncode == 4, completed.stdout + completed.stderr
+    assert (f"fastopt cannot be imported (No module named 'fastopt') in the Python that runs "
+            f"pytest, {sys.executable}." in completed.stderr)
+    assert f"{sys.executable} -m pip install \".[test,mpi]\"" in completed.stderr
