@@ -32,10 +32,16 @@ def test_typed_usage_takes_help_and_steps():
     assert run("typed_usage.py", "--steps", "1").startswith("{'W1': ")
 
 
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+def load_module(path):
+    """The script at ``path`` as a module (its main() not run)."""
+    name = f"_script_{path.parent.name}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module   # (dataclasses look their module up)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
     return module
 
 
@@ -43,7 +49,7 @@ def load_example(name):
 def test_the_digits_pictures_tick_whole_epochs(epochs):
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
-    digits = load_example("train_digits")
+    digits = load_module(EXAMPLES / "train_digits.py")
     run = {"fastopt": {"losses": list(np.linspace(2, 0.1, 11 * epochs)),
                        "accuracies": list(np.linspace(0.3, 0.9, epochs)),
                        "hyperparameters": [{"lr": 0.1, "momentum": 0.9}] * (11 * epochs)}}
@@ -56,6 +62,26 @@ def test_the_digits_pictures_tick_whole_epochs(epochs):
         plt.close(figure)
         assert figure.axes[axis].get_xlabel() == "epoch"
         assert len(ticks) >= 2 and all(tick == int(tick) for tick in ticks), ticks
+
+
+def test_the_speedup_pictures_legend_covers_no_axis_text():
+    # bench/run.py --plot (bench/results/speedup.png), drawn from the committed run's cells.
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    bench = EXAMPLES.parent / "bench"
+    run = json.loads((bench / "results" / "full.json").read_text())
+    figure = load_module(bench / "run.py").speedup_figure(
+        run["cells"], {"cpu": "a CPU", "date_utc": "2026-01-01 00:00"})
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legend = figure.legends[0].get_window_extent(renderer)
+    plt.close(figure)
+    assert len(figure.axes) == 2
+    for axis in figure.axes:
+        assert axis.get_xlabel() == "elements in the parameter array"
+        # the panel with its tick labels and axis titles
+        assert not legend.overlaps(axis.get_tightbbox(renderer)), axis.get_title()
+    assert legend.y0 >= 0 and legend.x0 >= 0 and legend.x1 <= figure.bbox.x1
 
 
 def test_paths(tmp_path):
