@@ -259,10 +259,10 @@ class _InterruptHeld:
 def _partial_note(optimizer: Any, keys: list[Any], finished: int) -> str:
     """What an exception that stopped an update's writes left behind, for its notes."""
     if finished < len(keys):
-        where = (f"params {keys[:finished]!r} were updated, {keys[finished]!r} partly or not at "
-                 f"all, the others not")
+        where = (f"the first {finished} of its {len(keys)} params were updated (in order), "
+                 f"{keys[finished]!r} partly or not at all, the others not")
     else:
-        where = "every param was updated"
+        where = f"all {len(keys)} params were updated"
     return (f"fastopt: this {type(optimizer).__name__}.update was stopped part way: {where}, "
             f"and iter is now {optimizer.iter}: continue from a checkpoint taken "
             f"before")

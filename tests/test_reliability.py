@@ -1096,6 +1096,26 @@ def test_an_update_stopped_part_way_says_so():
             pytest.raises(FloatingPointError) as raised:
         optimizer.update(params, grads)
     assert raised.value.__notes__ == [
-        "fastopt: this Adam.update was stopped part way: params ['a'] were updated, 'b' partly "
-        "or not at all, the others not, and iter is now 2: continue from a checkpoint taken "
-        "before"]
+        "fastopt: this Adam.update was stopped part way: the first 1 of its 3 params were "
+        "updated (in order), 'b' partly or not at all, the others not, and iter is now 2: "
+        "continue from a checkpoint taken before"]
+
+
+def test_an_exception_as_a_checked_kernel_call_returns_says_so():
+    # A handler of another signal (here a SIGALRM-style timeout) raising as the compiled loops
+    # return: the step is applied, iter does not count it, and the exception says so.
+    optimizer = fastopt.Adam(lr=lambda step: 0.001)   # a schedule: the checked kernel call
+    params = {"w": np.ones(8)}
+    grads = {"w": np.ones(8)}
+    optimizer.update(params, grads)
+    kernel = _base._KERNEL_FOR_RULE[reference.adam_rule]
+
+    def timed_out(*args):
+        kernel(*args)
+        raise TimeoutError("the step took too long")
+    with mock.patch.dict(_base._KERNEL_FOR_RULE, {reference.adam_rule: timed_out}), \
+            pytest.raises(TimeoutError) as raised:
+        optimizer.update(params, grads)
+    assert raised.value.__notes__ == [
+        "fastopt: this Adam.update may have updated every param and its state without "
+        "counting the step in iter (1): continue from a checkpoint taken before"]
