@@ -420,6 +420,14 @@ def print_row(cell: dict, first: bool) -> None:
 # The plot.
 
 def plot(cells: list, path: str, info: dict) -> None:
+    figure = speedup_figure(cells, info)
+    figure.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
+def speedup_figure(cells: list, info: dict):
+    """The speedups of the single-array workloads by size, one panel per dtype; the legend
+    below the panels, in space of its own (constrained layout), clear of the axis titles."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -430,8 +438,8 @@ def plot(cells: list, path: str, info: dict) -> None:
     dtypes = sorted({cell["dtype"] for cell in singles})
     if not singles:
         raise SystemExit("--plot needs single-array workloads (1e2 ... 1e7) in the run")
-    figure, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 4.8), sharey=True,
-                                squeeze=False)
+    figure, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 5.6), sharey=True,
+                                squeeze=False, layout="constrained")
     colors = dict(zip(OPTIMIZERS, plt.get_cmap("tab20").colors, strict=False))  # 20 colours
     for axis, dtype in zip(axes[0], dtypes, strict=True):
         for optimizer in OPTIMIZERS:
@@ -454,12 +462,10 @@ def plot(cells: list, path: str, info: dict) -> None:
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("speedup over the book's NumPy code (x)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, fontsize=8, ncol=6, loc="lower center")
+    figure.legend(handles, labels, fontsize=8, ncol=6, loc="outside lower center")
     figure.suptitle(f"fastopt vs pure NumPy (solid) and torch.optim (dashed), higher is "
                     f"better\n{info['cpu']}, {info['date_utc']} UTC", fontsize=10)
-    figure.tight_layout(rect=(0, 0.1, 1, 1))
-    figure.savefig(path, dpi=110)
-    print(f"plot written to {path}")
+    return figure
 
 
 # --------------------------------------------------------------------------------------------

@@ -140,7 +140,23 @@ def train(module: ModuleType, name: str, data: Data, epochs: int, seed: int, pro
             "hyperparameters": hyperparameters}
 
 
+def epoch_axis(axis: Any) -> None:
+    """Label ``axis``'s x axis in epochs, ticked at whole epochs only (3 epochs would
+    otherwise be ticked at 1.0, 1.25, 1.5, ...)."""
+    from matplotlib.ticker import MaxNLocator
+    axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def draw(results: dict[str, Any], out: Path, epochs: int) -> None:
+    figure = digits_figure(results, epochs)
+    figure.savefig(out, dpi=90, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+    plt.close(figure)
+
+
+def digits_figure(results: dict[str, Any], epochs: int) -> Any:
+    """The picture: each optimizer's training loss and test accuracy."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -156,7 +172,7 @@ def draw(results: dict[str, Any], out: Path, epochs: int) -> None:
     left.set_yscale("log")
     left.set_xlabel("iteration (mini-batch of 128)")
     left.set_ylabel("training loss (moving average)")
-    right.set_xlabel("epoch")
+    epoch_axis(right)
     right.set_ylabel("test accuracy (360 held-out digits)")
     right.set_ylim(0, 1)
     for axis in (left, right):
@@ -166,8 +182,7 @@ def draw(results: dict[str, Any], out: Path, epochs: int) -> None:
                     "hyperparameters (fastopt; losses identical to the book's NumPy code)",
                     fontsize=10)
     figure.tight_layout()
-    figure.savefig(out, dpi=90, metadata={"Software": None})
-    plt.close(figure)
+    return figure
 
 
 def scheduled_options(steps: int) -> dict[str, Any]:
@@ -205,6 +220,14 @@ def compare_schedules(data: Data, epochs: int, seed: int, progress: bool) -> dic
 
 
 def draw_schedules(results: dict[str, Any], out: Path, epochs: int) -> None:
+    figure = schedule_figure(results, epochs)
+    figure.savefig(out, dpi=90, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+    plt.close(figure)
+
+
+def schedule_figure(results: dict[str, Any], epochs: int) -> Any:
+    """--schedule's picture: loss, accuracy, and the schedules' values."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -220,7 +243,7 @@ def draw_schedules(results: dict[str, Any], out: Path, epochs: int) -> None:
     left.set_yscale("log")
     left.set_xlabel("iteration (mini-batch of 128)")
     left.set_ylabel("training loss (moving average)")
-    middle.set_xlabel("epoch")
+    epoch_axis(middle)
     middle.set_ylabel("test accuracy (360 held-out digits)")
     middle.set_ylim(0, 1)
     used = results["schedules"]["fastopt"]["hyperparameters"]
@@ -246,8 +269,7 @@ def draw_schedules(results: dict[str, Any], out: Path, epochs: int) -> None:
                     f"book's constants (fastopt; losses identical to fastopt.reference)",
                     fontsize=10)
     figure.tight_layout()
-    figure.savefig(out, dpi=90, metadata={"Software": None})
-    plt.close(figure)
+    return figure
 
 
 def main(argv: list[str] | None = None) -> int:

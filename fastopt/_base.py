@@ -21,10 +21,17 @@ rejected call changes nothing:
    (``_kernels.ready``) go to the kernel in one call; any other key goes through the same
    pure-NumPy rule as ``fastopt.reference``. An array param is only ever updated in place;
    only a scalar param's new value is stored back.
+
+The kernel call and the checked path run with SIGINT held in the main thread
+(``_InterruptHeld``): a Ctrl-C meanwhile raises KeyboardInterrupt just after the update, which
+is whole. An exception nothing holds that stops the writes part way carries a note saying
+what was done.
 """
 from __future__ import annotations
 
 import numbers
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
@@ -110,10 +117,20 @@ def _is_real_scalar(value: Any) -> bool:
 def _check_param(key: Any, param: Any, grad: Any, fixed: str | None) -> tuple[int, ...]:
     """Raise if ``param`` and ``grad`` are not a pair fastopt can update under ``key``;
     ``fixed`` names the container if it cannot be written (a tuple, a read-only mapping).
+    An ``np.matrix`` param or grad is refused: its ``*`` is a matrix product.
 
     Returns the param's shape, ``()`` for a scalar param.
     """
     if isinstance(param, np.ndarray):
+        # np.matrix is refused rather than viewed as an ndarray: the book's statements, which
+        # fastopt.reference runs, compute g*g as a matrix product for it, and fastopt's numbers
+        # are the reference's; np.asarray is a one-line fix over the same memory.
+        for role, array in (("param", param), ("grad", grad)):
+            if isinstance(array, np.matrix):
+                raise TypeError(
+                    f"{role} {key!r} is a numpy.matrix, whose * is a matrix product: the "
+                    f"update's elementwise statements (g*g) would compute something else; "
+                    f"pass np.asarray({role}), a plain ndarray of the same memory")
         if param.dtype.kind != "f":
             raise TypeError(f"param {key!r} has dtype {param.dtype}; expected a floating-point "
                             f"array (float16, float32 or float64)")
@@ -149,10 +166,15 @@ def _check_param(key: Any, param: Any, grad: Any, fixed: str | None) -> tuple[in
                     f"ndarray, or a float scalar like the book's params['x'] = -7.0")
 
 
-def _slow_reason(param: Any, grad: Any) -> str:
-    """Why the compiled loops do not take this param, for SlowPathWarning."""
+def _slow_reason(param: Any, grad: Any, states: list[tuple[str, Any]]) -> str:
+    """Why the compiled loops do not take this param, for SlowPathWarning: the first of the
+    conditions ``_kernels.ready`` checks that fails. ``states`` holds the param's existing
+    state arrays by name."""
     if not isinstance(param, np.ndarray):
         return "it is a scalar"
+    if type(param) is not np.ndarray:
+        return (f"it is a {_class_name(param)}, a subclass of ndarray (the loops take plain "
+                f"ndarrays; param.view(np.ndarray) is one over the same memory)")
     if param.dtype not in (np.float32, np.float64):
         return f"its dtype is {param.dtype} (the loops take float32 and float64)"
     if not param.dtype.isnative:
@@ -161,11 +183,89 @@ def _slow_reason(param: Any, grad: Any) -> str:
         return "it is not C-contiguous (a transposed view or a slice)"
     if not param.flags.aligned:
         return "it is not aligned"
+    if type(grad) is not np.ndarray:
+        return (f"its grad is a {_class_name(grad)}, a subclass of ndarray (the loops take "
+                f"plain ndarrays; grad.view(np.ndarray) is one over the same memory)")
     if grad.dtype != param.dtype:
         return f"its grad has dtype {grad.dtype}, not the param's {param.dtype}"
     if not (grad.flags.c_contiguous and grad.flags.aligned and grad.dtype.isnative):
         return "its grad is not a C-contiguous, aligned, native-order array"
-    return "it shares memory with its grad or its state"
+    if np.may_share_memory(param, grad):
+        return "it shares memory with its grad"
+    for index, (name, state) in enumerate(states):
+        if state is None:
+            continue
+        if type(state) is not np.ndarray:
+            return f"its state {name} is a {_class_name(state)}, not a plain ndarray"
+        if not (state.flags.c_contiguous and state.flags.aligned and state.flags.writeable
+                and state.dtype.isnative):
+            return (f"its state {name} is not a C-contiguous, aligned, writeable, "
+                    f"native-order array")
+        for other, array in (("the param", param), ("its grad", grad),
+                             *((f"its state {before}", earlier)
+                               for before, earlier in states[:index] if earlier is not None)):
+            if np.may_share_memory(state, array):
+                return f"its state {name} shares memory with {other}"
+    return "the compiled loops do not take it"
+
+
+def _class_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+class _InterruptHeld:
+    """Holds SIGINT (Ctrl-C) for the span of an update's writes, then delivers it.
+
+    An update that writes in several Python steps (NumPy's path: a few statements per param and
+    state array; a kernel call followed by setting ``iter``) would be left partly done by a
+    KeyboardInterrupt raised between two of them. In the main thread, while SIGINT's handler is
+    a Python function (by default ``signal.default_int_handler``, which raises
+    KeyboardInterrupt), this swaps in a handler that only notes the signal, and on leaving puts
+    the handler back and calls it if the signal came: the update is whole and the interrupt is
+    raised just after it. Other threads run no signal handlers, so nothing needs holding there;
+    a handler that is not a Python function (``SIG_IGN``, ``SIG_DFL``) is left alone.
+    """
+
+    __slots__ = ("came", "frame", "previous")
+
+    def __enter__(self) -> None:
+        self.previous: Any = None
+        self.came = False
+        if threading.current_thread() is not threading.main_thread():
+            return
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            return
+        try:
+            signal.signal(signal.SIGINT, self._note)
+        except ValueError:   # the main thread of another interpreter than the main one
+            return
+        self.previous = handler
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.came = True
+        self.frame = frame
+
+    def __exit__(self, *exception: object) -> None:
+        handler = self.previous
+        if handler is None:
+            return
+        signal.signal(signal.SIGINT, handler)
+        if self.came:
+            handler(signal.SIGINT, self.frame)
+
+
+def _partial_note(optimizer: Any, keys: list[Any], finished: int) -> str:
+    """What an exception that stopped an update's writes left behind, for its notes."""
+    if finished < len(keys):
+        where = (f"the first {finished} of its {len(keys)} params were updated (in order), "
+                 f"{keys[finished]!r} partly or not at all, the others not")
+    else:
+        where = f"all {len(keys)} params were updated"
+    return (f"fastopt: this {type(optimizer).__name__}.update was stopped part way: {where}, "
+            f"and iter is now {optimizer.iter}: continue from a checkpoint taken "
+            f"before")
 
 
 def _pad(states: list[Any]) -> list[Any]:
@@ -240,8 +340,9 @@ class Optimizer(reference.ReferenceOptimizer):
                     return
             values = self._checked_values()
             step = self._next_step(values)
-            if not self._update_kernel(params, grads, values, *step):
-                self._update_checked(params, grads, values, *step)
+            with _InterruptHeld():   # a Ctrl-C meanwhile is raised after the update, whole
+                if not self._update_kernel(params, grads, values, *step):
+                    self._update_checked(params, grads, values, *step)
 
     _global_norm = staticmethod(global_norm)   # compiled; the reference's bits
 
@@ -340,8 +441,18 @@ class Optimizer(reference.ReferenceOptimizer):
                     params if kind is dict else range(len(params)))])
             except (KeyError, IndexError, TypeError, ValueError):
                 return False   # the checked path explains what is wrong
-        if not _KERNEL_FOR_RULE[rule](params, grads, *states, decays, grad_scale,
-                                      self._coupled_decay(values), *scalars):
+        try:
+            done = _KERNEL_FOR_RULE[rule](params, grads, *states, decays, grad_scale,
+                                          self._coupled_decay(values), *scalars)
+        except BaseException as error:
+            # The entry raises only these, and before it writes; anything else came from a
+            # signal handler (not SIGINT's, which update holds) as the loops returned.
+            if not isinstance(error, (TypeError, ValueError, MemoryError)):
+                error.add_note(f"fastopt: this {type(self).__name__}.update may have updated "
+                               f"every param and its state without counting the step in "
+                               f"iter ({self.iter}): continue from a checkpoint taken before")
+            raise
+        if not done:
             return False
         for name, value in after.items():
             setattr(self, name, value)
@@ -389,6 +500,7 @@ class Optimizer(reference.ReferenceOptimizer):
         param_list = []
         grad_list = []
         compiled = []
+        owns = []   # each key's existing state arrays, in state_names' order
         for key in keys:
             param = params[key]
             try:
@@ -420,37 +532,47 @@ class Optimizer(reference.ReferenceOptimizer):
             param_list.append(param)
             grad_list.append(grad)
             compiled.append(_kernels.ready(param, grad, *own))
+            owns.append(own)
         decays = self._key_decays(params)
         grad_scale = self._clip_factor(grad_list)
         if _settings.slow_path_warning():
-            for key, param, grad, fast in zip(keys, param_list, grad_list, compiled,
-                                              strict=True):
+            names = [name for name, _ in used]
+            for key, param, grad, own, fast in zip(keys, param_list, grad_list, owns,
+                                                   compiled, strict=True):
                 if not fast:
+                    reason = _slow_reason(param, grad, list(zip(names, own, strict=True)))
                     warnings.warn(f"param {key!r} is updated by NumPy's path, several times "
-                                  f"slower than the compiled loops, because "
-                                  f"{_slow_reason(param, grad)}", SlowPathWarning,
-                                  stacklevel=4)
+                                  f"slower than the compiled loops, because {reason}",
+                                  SlowPathWarning, stacklevel=4)
 
         # --- apply ---------------------------------------------------------------------------
-        self._add_zero_state(params)
-        self._decays = decays
-        for name, value in after.items():
-            setattr(self, name, value)
-        states = self._rule_states()
-        kernel = _KERNEL_FOR_RULE[rule]
-        coupled = self._coupled_decay(values)
-        for fast, group in _runs(compiled):
-            run = [keys[index] for index in group]
-            read = [grad_list[index] for index in group]
-            done = fast and kernel(
-                [param_list[index] for index in group], read,
-                *[None if state is None else [state[key] for key in run]
-                  for state in _pad(states)],
-                None if decays is None else [decays[key] for key in run],
-                grad_scale, coupled, *scalars)
-            if not done:   # NumPy's path (also if another thread changed an array meanwhile)
-                self._apply(rule, scalars, values, grad_scale, decays, params, grads, states,
-                            run, read)
+        finished = 0   # keys updated, in order
+        try:
+            self._add_zero_state(params)
+            self._decays = decays
+            for name, value in after.items():
+                setattr(self, name, value)
+            states = self._rule_states()
+            kernel = _KERNEL_FOR_RULE[rule]
+            coupled = self._coupled_decay(values)
+            for fast, group in _runs(compiled):
+                run = [keys[index] for index in group]
+                read = [grad_list[index] for index in group]
+                done = fast and kernel(
+                    [param_list[index] for index in group], read,
+                    *[None if state is None else [state[key] for key in run]
+                      for state in _pad(states)],
+                    None if decays is None else [decays[key] for key in run],
+                    grad_scale, coupled, *scalars)
+                if not done:   # NumPy's path (also if another thread changed an array meanwhile)
+                    self._apply(rule, scalars, values, grad_scale, decays, params, grads,
+                                states, run, read)
+                finished += len(group)
+        except BaseException as error:
+            # Only an exception from a signal handler (not SIGINT's, which update holds) or
+            # from NumPy (MemoryError; a floating-point warning made an error) gets here.
+            error.add_note(_partial_note(self, list(keys), finished))
+            raise
 
     @staticmethod
     def _zeros(param: Any) -> Any:

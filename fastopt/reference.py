@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -367,6 +369,7 @@ class ReferenceOptimizer:
     weight_decay_filter: DecayFilter | None
     max_grad_norm: float | None
     iter: int
+    _lock: threading.Lock
 
     def _setup(self, weight_decay: Hyper, weight_decay_filter: DecayFilter | None,
                max_grad_norm: float | None) -> None:
@@ -378,7 +381,7 @@ class ReferenceOptimizer:
         self._decays: State = None
         for name in self.state_names:
             setattr(self, name, None)
-        self._lock = threading.Lock()
+        _new_lock(self)
         self.check_hyperparameters()
 
     _states: tuple[str, ...] = ()
@@ -564,7 +567,7 @@ class ReferenceOptimizer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        _new_lock(self)
 
     # --- checkpoints: the logic is in fastopt/checkpoint.py --------------------------------
 
@@ -596,6 +599,40 @@ class ReferenceOptimizer:
         """
         from . import checkpoint
         checkpoint.load_state_dict(self, state)
+
+
+# Every optimizer that has a lock, by id (a weak reference: the registry keeps none alive, and
+# needs no hash of the optimizer, which a subclass may make unhashable).
+_LOCKED: weakref.WeakValueDictionary[int, ReferenceOptimizer] = weakref.WeakValueDictionary()
+
+
+def _new_lock(optimizer: ReferenceOptimizer) -> None:
+    """Give ``optimizer`` a lock of its own (``update`` and checkpoints hold it) and register
+    it, so that a forked child can free it (``_free_locks_in_child``)."""
+    optimizer._lock = threading.Lock()
+    _LOCKED[id(optimizer)] = optimizer
+
+
+def _free_locks_in_child() -> None:
+    """Runs in a forked child (``os.fork``, multiprocessing's "fork"): replace every lock
+    that was held at the fork with a new, free one.
+
+    Only the forking thread exists in the child, so a lock held then was held by a thread the
+    child does not have, in the middle of an update (or a checkpoint), and would never be
+    released: the child's first update of that optimizer would wait forever. The update that
+    thread was making is not finished in the child: its params and state are as it had left
+    them at the instant of the fork. (A fork from inside an update, from a schedule or a
+    filter that the update calls, is not supported: that update's own lock is replaced too.)
+    """
+    for optimizer in list(_LOCKED.values()):
+        own = vars(optimizer)
+        lock = own.get("_lock")
+        if lock is not None and lock.locked():
+            own["_lock"] = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_free_locks_in_child)
 
 
 def _same(value: Any, default: Any) -> bool:

@@ -4,6 +4,10 @@ Each case checks the exception type, that the message names the offending key, a
 rejected call changed nothing: no param, no state (no new keys either) and no step count.
 """
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +52,11 @@ BAD_PAIRS = [
     ("scalar-param-complex-grad", -7.0, 1j, TypeError, ["real scalar"]),
     ("scalar-param-bool-grad", -7.0, True, TypeError, ["real scalar"]),
     ("scalar-param-string-grad", -7.0, "0.5", TypeError, ["real scalar"]),
+    # np.matrix's * is a matrix product: g*g in a rule would not be elementwise
+    ("param-matrix", good().view(np.matrix), good(), TypeError,
+     ["param", "numpy.matrix", "matrix product", "np.asarray(param)"]),
+    ("grad-matrix", good(), good().view(np.matrix), TypeError,
+     ["grad", "numpy.matrix", "matrix product", "np.asarray(grad)"]),
 ]
 
 
@@ -302,3 +311,82 @@ def test_state_of_another_dtype_than_its_param_is_rejected_and_changes_nothing()
                                          r"dtype float32"):
         optimizer.update(params, {"W": good(dtype=np.float32)})
     assert_unchanged(optimizer, params, before)
+
+
+class Tagged(np.ndarray):
+    """An ndarray subclass of the user's."""
+
+
+def slow_path_cases(tmp_path):
+    """(case, params, grads, a change to the optimizer after its first update, the reason)."""
+    def memmap(name):
+        array = np.memmap(tmp_path / name, np.float64, "w+", shape=(4, 3))
+        array[...] = good()
+        return array
+
+    shared = good()
+
+    def state_view_of_another(optimizer):
+        optimizer.v["w"] = optimizer.m["w"]
+
+    def strided_state(optimizer):
+        optimizer.m["w"] = np.zeros((4, 6))[:, ::2]
+    return [
+        ("transposed", {"w": good((3, 4)).T}, {"w": good()}, None,
+         "because it is not C-contiguous (a transposed view or a slice)"),
+        ("memmap param", {"w": memmap("p.dat")}, {"w": good()}, None,
+         "because it is a numpy.memmap, a subclass of ndarray (the loops take plain ndarrays; "
+         "param.view(np.ndarray) is one over the same memory)"),
+        ("memmap grad", {"w": good()}, {"w": memmap("g.dat")}, None,
+         "because its grad is a numpy.memmap, a subclass of ndarray (the loops take plain "
+         "ndarrays; grad.view(np.ndarray) is one over the same memory)"),
+        ("subclass param", {"w": good().view(Tagged)}, {"w": good()}, None,
+         f"because it is a {__name__}.Tagged, a subclass of ndarray (the loops take plain "
+         f"ndarrays; param.view(np.ndarray) is one over the same memory)"),
+        ("grad is the param", {"w": shared}, {"w": shared}, None,
+         "because it shares memory with its grad"),
+        ("state shares memory", {"w": good()}, {"w": good()}, state_view_of_another,
+         "because its state v shares memory with its state m"),
+        ("strided state", {"w": good()}, {"w": good()}, strided_state,
+         "because its state m is not a C-contiguous, aligned, writeable, native-order array"),
+    ]
+
+
+def test_the_slow_path_warning_gives_the_real_reason(tmp_path):
+    saved = fastopt.get_slow_path_warning()
+    try:
+        for case, params, grads, change, reason in slow_path_cases(tmp_path):
+            optimizer = fastopt.Adam()
+            if change is not None:
+                optimizer.update(params, grads)
+                change(optimizer)
+            fastopt.set_slow_path_warning(True)
+            # (state arrays that share memory compute nonsense: NaN is no concern here)
+            with pytest.warns(fastopt.SlowPathWarning) as caught, np.errstate(all="ignore"):
+                optimizer.update(params, grads)
+            fastopt.set_slow_path_warning(False)
+            messages = [str(warning.message) for warning in caught]
+            assert messages == [f"param 'w' is updated by NumPy's path, several times slower "
+                                f"than the compiled loops, {reason}"], case
+    finally:
+        fastopt.set_slow_path_warning(saved)
+
+
+def test_pytest_without_fastopt_says_how_to_install_it(tmp_path):
+    # A pytest whose Python has no fastopt (one from another environment than fastopt's) stops
+    # with one error naming that Python and the install line, not one per test module.
+    root = Path(__file__).resolve().parents[1]
+    shadow = tmp_path / "fastopt"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'fastopt'\", name='fastopt')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    completed = subprocess.run(
+        [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))",
+         "-q", "-p", "no:cacheprovider", "--rootdir", str(root),
+         "-c", str(root / "pyproject.toml"), str(root / "tests" / "test_formulas.py")],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert completed.returncode == 4, completed.stdout + completed.stderr
+    assert (f"fastopt cannot be imported (No module named 'fastopt') in the Python that runs "
+            f"pytest, {sys.executable}." in completed.stderr)
+    assert f"{sys.executable} -m pip install \".[test,mpi]\"" in completed.stderr

@@ -1,10 +1,12 @@
 """The examples in --quick mode: their own assertions hold and they write what they promise."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -21,6 +23,65 @@ def run(script, *args, timeout=600, env=None):
 @pytest.mark.parametrize("script", ["paths.py", "train_digits.py"])
 def test_help(script):
     assert "--quick" in run(script, "--help") and "--out" in run(script, "--help")
+
+
+def test_typed_usage_takes_help_and_steps():
+    usage = run("typed_usage.py", "--help")
+    assert usage.startswith("usage: typed_usage.py") and "--steps" in usage
+    assert "W1" not in usage   # --help trains nothing
+    assert run("typed_usage.py", "--steps", "1").startswith("{'W1': ")
+
+
+def load_module(path):
+    """The script at ``path`` as a module (its main() not run)."""
+    name = f"_script_{path.parent.name}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # (dataclasses look their module up)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
+
+
+@pytest.mark.parametrize("epochs", [2, 3, 5, 30])
+def test_the_digits_pictures_tick_whole_epochs(epochs):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    digits = load_module(EXAMPLES / "train_digits.py")
+    run = {"fastopt": {"losses": list(np.linspace(2, 0.1, 11 * epochs)),
+                       "accuracies": list(np.linspace(0.3, 0.9, epochs)),
+                       "hyperparameters": [{"lr": 0.1, "momentum": 0.9}] * (11 * epochs)}}
+    for figure, axis in ((digits.digits_figure({"SGD": run}, epochs), 1),
+                         (digits.schedule_figure({"constants": run, "schedules": run}, epochs),
+                          1)):
+        figure.canvas.draw()
+        low, high = figure.axes[axis].get_xlim()
+        ticks = [tick for tick in figure.axes[axis].get_xticks() if low <= tick <= high]
+        plt.close(figure)
+        assert figure.axes[axis].get_xlabel() == "epoch"
+        assert len(ticks) >= 2 and all(tick == int(tick) for tick in ticks), ticks
+
+
+def test_the_speedup_pictures_legend_covers_no_axis_text():
+    # bench/run.py --plot (bench/results/speedup.png), drawn from the committed run's cells.
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    bench = EXAMPLES.parent / "bench"
+    run = json.loads((bench / "results" / "full.json").read_text())
+    figure = load_module(bench / "run.py").speedup_figure(
+        run["cells"], {"cpu": "a CPU", "date_utc": "2026-01-01 00:00"})
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legend = figure.legends[0].get_window_extent(renderer)
+    plt.close(figure)
+    assert len(figure.axes) == 2
+    for axis in figure.axes:
+        assert axis.get_xlabel() == "elements in the parameter array"
+        # the panel with its tick labels and axis titles
+        assert not legend.overlaps(axis.get_tightbbox(renderer)), axis.get_title()
+    assert legend.y0 >= 0 and legend.x0 >= 0 and legend.x1 <= figure.bbox.x1
 
 
 def test_paths(tmp_path):

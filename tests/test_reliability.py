@@ -5,23 +5,26 @@ Whatever can crash or hang the interpreter runs in a subprocess, so that a segfa
 fails one test instead of killing pytest.
 """
 import collections.abc
+import copy
 import decimal
 import fractions
 import inspect
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import types
+from unittest import mock
 
 import numpy as np
 import pytest
 
 import fastopt
-from fastopt import _kernels, reference
+from fastopt import _base, _kernels, reference
 
 from _helpers import CONFIGS, LEARNING_RATES, assert_same_bits, config_id, make_pair, run_python
 
@@ -901,3 +904,218 @@ def test_one_optimizer_from_two_threads_loses_no_update(config, container):
     for state in ref.state_names:
         assert_same_bits(getattr(fast, state)[0 if container == "list" else "w"],
                          getattr(ref, state)[0 if container == "list" else "w"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A child forked while another thread is inside an update: the optimizer's lock, held at the
+# fork by a thread the child does not have, must not make the child's updates wait forever.
+
+FORK_DURING_UPDATE = r"""
+import copy, json, multiprocessing, os, sys, threading
+import numpy as np
+import fastopt
+
+def child(optimizer, params, grads, before):
+    optimizer.lr = 0.01   # a number: the checked update, then the plan, then the plan's call
+    for _ in range(3):
+        optimizer.update(params, grads)
+    os._exit(0 if optimizer.iter == before + 3 else 3)
+
+results = {}
+for name in sys.argv[1:]:
+    for made in ("constructed", "copied"):
+        hold, inside, release = threading.Event(), threading.Event(), threading.Event()
+
+        def lr(step):
+            if hold.is_set():
+                inside.set()
+                release.wait()
+            return 0.01
+
+        optimizer = getattr(fastopt, name)(lr=lr)
+        if made == "copied":
+            optimizer = copy.deepcopy(optimizer)
+        params = {"w": np.ones(1000), "b": np.ones(10)}
+        grads = {"w": np.full(1000, 0.5), "b": np.full(10, 0.25)}
+        optimizer.update(params, grads)   # the state exists
+        hold.set()
+        worker = threading.Thread(target=optimizer.update, args=(params, grads))
+        worker.start()
+        inside.wait()   # the worker holds the lock, inside the update's checks
+        assert optimizer._lock.locked()
+        process = multiprocessing.get_context("fork").Process(
+            target=child, args=(optimizer, params, grads, optimizer.iter))
+        process.start()
+        process.join(20)
+        if process.exitcode is None:   # it hangs: one is enough
+            process.kill()
+            process.join()
+            results[f"{name} {made}"] = "hung"
+            print(json.dumps(results))
+            os._exit(0)
+        else:
+            results[f"{name} {made}"] = process.exitcode
+        hold.clear()
+        release.set()
+        worker.join()
+        assert optimizer.iter == 2
+print(json.dumps(results))
+"""
+
+
+@needs_fork
+def test_a_child_forked_during_another_threads_update_can_update():
+    completed = run_python(FORK_DURING_UPDATE, *CLASS_NAMES, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout.splitlines()[-1])
+    assert results == {f"{name} {made}": 0 for name in CLASS_NAMES
+                       for made in ("constructed", "copied")}, results
+
+
+def test_a_lock_held_at_a_fork_is_replaced_in_the_child_and_no_other():
+    # What the fork handler does, called directly: a held lock gets a new, free lock; a free
+    # one is left as it is (so nothing else changes in the child).
+    held, free = fastopt.Adam(), fastopt.SGD()
+    held_lock, free_lock = held._lock, free._lock
+    with held_lock:
+        reference._free_locks_in_child()
+        assert held._lock is not held_lock and not held._lock.locked()
+        assert free._lock is free_lock
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C during an update: the update is whole (the interrupt is raised just after it), on
+# NumPy's path, where an update is several Python statements per param, and after a checked
+# update's kernel call, before iter counts the step.
+
+def strided_params(seed):
+    rng = np.random.default_rng(seed)
+    return {key: rng.standard_normal((9, 14))[:, ::2] for key in ("a", "b", "c")}
+
+
+def state_of(optimizer, params):
+    """Copies of every param, state array and the step count (and NAdam's mu_product)."""
+    params_now, state, iteration = snapshot(optimizer, params)
+    return params_now, state, iteration, vars(optimizer).get("mu_product")
+
+
+def assert_same_state_of(actual, expected):
+    (params_a, state_a, iter_a, mu_a), (params_e, state_e, iter_e, mu_e) = actual, expected
+    assert iter_a == iter_e and mu_a == mu_e
+    for key, value in params_e.items():
+        assert_same_bits(params_a[key], value)
+    for name, value in state_e.items():
+        for key, array in value.items():
+            assert_same_bits(state_a[name][key], array)
+
+
+def interrupted_update(config, interrupt, schedule=False, contiguous=False):
+    """One update of ``config``'s optimizer (after a first one), with ``interrupt`` patched
+    in; returns (the state it left, the state an uninterrupted update leaves)."""
+    name, options = config
+    lr = LEARNING_RATES[name]
+    options = {**options, "lr": (lambda step: lr) if schedule else lr}
+    optimizer = getattr(fastopt, name)(**options)
+    params = strided_params(1)
+    if contiguous:
+        params = {key: value.copy() for key, value in params.items()}
+    grads = {key: np.full(value.shape, 0.5) for key, value in params.items()}
+    optimizer.update(params, grads)
+    twin, twin_params = copy.deepcopy(optimizer), copy.deepcopy(params)
+    twin.update(twin_params, grads)
+    with interrupt, pytest.raises(KeyboardInterrupt):
+        optimizer.update(params, grads)
+    return state_of(optimizer, params), state_of(twin, twin_params)
+
+
+def sigint_after(function):
+    """``function`` that raises SIGINT after it returns (the handler runs at the caller's next
+    instruction boundary: in the middle of a NumPy rule, or before iter is set)."""
+
+    def call(*args, **kwargs):
+        result = function(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+    return call
+
+
+def test_ctrl_c_on_numpys_path_leaves_the_update_whole(config):
+    # SIGINT as the first param's grad is transformed: the handler would raise in the middle
+    # of its rule (m stepped, v and p not), with iter already counting the step.
+    patch = mock.patch.object(reference, "transform_grad",
+                              sigint_after(reference.transform_grad))
+    left, whole = interrupted_update(config, patch)
+    assert_same_state_of(left, whole)
+
+
+def test_ctrl_c_after_a_checked_kernel_call_leaves_the_update_whole(config):
+    # A schedule makes every update a checked one, which runs the kernel and then counts the
+    # step: SIGINT as the kernel returns would raise before iter counts it.
+    name, options = config
+    rule = getattr(fastopt, name)(**options)._next_step(
+        getattr(fastopt, name)(**options).hyperparameter_values())[0]
+    kernels = {**_base._KERNEL_FOR_RULE, rule: sigint_after(_base._KERNEL_FOR_RULE[rule])}
+    patch = mock.patch.object(_base, "_KERNEL_FOR_RULE", kernels)
+    left, whole = interrupted_update(config, patch, schedule=True, contiguous=True)
+    assert_same_state_of(left, whole)
+
+
+def test_the_sigint_handler_is_put_back_after_an_update():
+    calls = []
+    handler = mock.Mock(side_effect=lambda signum, frame: calls.append(signum))
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        optimizer, params = fastopt.Adam(), strided_params(2)
+        grads = {key: np.ones(value.shape) for key, value in params.items()}
+        optimizer.update(params, grads)
+        assert signal.getsignal(signal.SIGINT) is handler and calls == []
+        with mock.patch.object(reference, "transform_grad",
+                               sigint_after(reference.transform_grad)):
+            optimizer.update(params, grads)   # the handler of the user's, once, after
+        assert calls == [signal.SIGINT] and optimizer.iter == 2
+        assert signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_an_update_stopped_part_way_says_so():
+    # An exception that no handler holds (here a floating-point warning made an error, as
+    # under -W error) stops NumPy's path between params: the exception says what was done.
+    optimizer, params = fastopt.Adam(), strided_params(3)
+    grads = {key: np.ones(value.shape) for key, value in params.items()}
+    optimizer.update(params, grads)
+    seen = []
+    transform_grad = reference.transform_grad
+
+    def fail_on_the_second(grad, *args):
+        seen.append(grad)
+        if len(seen) == 2:
+            raise FloatingPointError("overflow encountered in multiply")
+        return transform_grad(grad, *args)
+    with mock.patch.object(reference, "transform_grad", fail_on_the_second), \
+            pytest.raises(FloatingPointError) as raised:
+        optimizer.update(params, grads)
+    assert raised.value.__notes__ == [
+        "fastopt: this Adam.update was stopped part way: the first 1 of its 3 params were "
+        "updated (in order), 'b' partly or not at all, the others not, and iter is now 2: "
+        "continue from a checkpoint taken before"]
+
+
+def test_an_exception_as_a_checked_kernel_call_returns_says_so():
+    # A handler of another signal (here a SIGALRM-style timeout) raising as the compiled loops
+    # return: the step is applied, iter does not count it, and the exception says so.
+    optimizer = fastopt.Adam(lr=lambda step: 0.001)   # a schedule: the checked kernel call
+    params = {"w": np.ones(8)}
+    grads = {"w": np.ones(8)}
+    optimizer.update(params, grads)
+    kernel = _base._KERNEL_FOR_RULE[reference.adam_rule]
+
+    def timed_out(*args):
+        kernel(*args)
+        raise TimeoutError("the step took too long")
+    with mock.patch.dict(_base._KERNEL_FOR_RULE, {reference.adam_rule: timed_out}), \
+            pytest.raises(TimeoutError) as raised:
+        optimizer.update(params, grads)
+    assert raised.value.__notes__ == [
+        "fastopt: this Adam.update may have updated every param and its state without "
+        "counting the step in iter (1): continue from a checkpoint taken before"]
