@@ -1,7 +1,33 @@
 # cython: language_level=3, cdivision=True, autotestdict=False
+# cython: freethreading_compatible=True
 # cdivision=True is part of the meaning here: x/0 must give inf or nan as in NumPy, never
 # ZeroDivisionError. Safety directives (boundscheck, wraparound, initializedcheck) come from
 # setup.py so FASTOPT_DEBUG_BUILD=1 can turn them back on.
+#
+# freethreading_compatible: the module declares that it runs without the GIL, so importing it
+# into a free-threaded CPython (3.13t, 3.14t) leaves the GIL off (tools/freethreaded.sh runs the
+# tests so, tests/test_freethreaded.py). What that rests on, module state by module state:
+# - The run-time settings (thread count, square-root method, flush-to-zero) are C ints, each
+#   set by one call and read once per update into a local (``_run``, ``sum_of_squares``), so
+#   an update runs with one consistent value of each; they are read and written with atomic
+#   loads and stores (``fastopt_setting_*``), never plain ones: without the GIL a setter and
+#   an update can run at the same instant. No two settings change together.
+# - The thread pool was already shared by callers running without the GIL (the loops release
+#   it): one job at a time, owned by a compare-and-swap on ``busy``; its job fields are
+#   published by the atomic word; the counters read from Python (workers started, chunks run)
+#   are atomic. Its mutex and condition variables only put threads to sleep.
+# - ``CallPlan`` objects never change after construction (``__init__``, ``note``), so any
+#   number of threads may read one; the optimizer's lock (a Python ``threading.Lock``)
+#   serialises the updates of one optimizer. ``_holds`` compares borrowed pointers without
+#   dereferencing them; the plan's own references keep the planned objects alive.
+# - The caller's lists and dicts are read through Cython's free-threading-safe accessors
+#   (bounds-checked strong references for lists, a critical section while iterating a dict),
+#   and every planned array is held (``keep``) until its loop has run, as with the GIL.
+# - The Python-level module globals (``_KERNELS``, ``_FORMS``; fastopt/_simd.py's chosen level
+#   and square-root method) are written only while the module is imported, which CPython
+#   serialises; fastopt/_settings.py's slow-path flag is one module-global bool, whose reads
+#   and writes are atomic in CPython with or without the GIL.
+# - Flush-to-zero is each thread's own MXCSR, set and restored around each loop.
 """Compiled update loops of fastopt: every optimizer's arithmetic lives here.
 
 Design rules of this module:
@@ -928,7 +954,7 @@ cdef extern from *:
         /* The caller's side, under `busy`. */
         uint32_t generation;
         int backoff, skip;    /* jobs to run on the caller alone after a worker was late */
-        int started;          /* workers running */
+        int started;          /* workers running (stored atomically: read from Python) */
         int atfork;           /* the fork handler is registered */
         pthread_mutex_t lock;
         pthread_cond_t wake, finished;
@@ -1064,7 +1090,9 @@ cdef extern from *:
             if (pthread_create(&thread, &attr, fastopt_worker,
                                (void*)(intptr_t)fastopt_pool.started) != 0)
                 break;
-            fastopt_pool.started++;
+            /* atomic: pool_workers() reads it without owning the pool */
+            __atomic_store_n(&fastopt_pool.started, fastopt_pool.started + 1,
+                             __ATOMIC_SEQ_CST);
         }
         pthread_sigmask(SIG_SETMASK, &previous, NULL);
         pthread_attr_destroy(&attr);
@@ -1143,7 +1171,9 @@ cdef extern from *:
     static long long fastopt_pool_worker_chunks(void) {
         return __atomic_load_n(&fastopt_pool.worker_chunks, __ATOMIC_SEQ_CST);
     }
-    static int fastopt_pool_workers(void) { return fastopt_pool.started; }
+    static int fastopt_pool_workers(void) {
+        return __atomic_load_n(&fastopt_pool.started, __ATOMIC_SEQ_CST);
+    }
     #else
     #define FASTOPT_POOL 0
     typedef void (*fastopt_chunk_fn)(void* job, npy_intp start, npy_intp stop);
@@ -1187,8 +1217,33 @@ cdef enum:
     # one param.
     MAX_THREADS = 256
 
-cdef int _threads = 1
-cdef bint _soft_roots = False   # see set_soft_sqrt
+
+# The run-time settings, read by every update: atomic loads and stores (see the header).
+# Relaxed order is enough: each is one value on its own, and publishes no other memory.
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FASTOPT_LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+    #define FASTOPT_STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+    #else
+    /* MSVC: an aligned int is loaded and stored in one instruction; volatile makes the
+       compiler emit exactly one load or store per access. */
+    #define FASTOPT_LOAD(x) (*(volatile int*)&(x))
+    #define FASTOPT_STORE(x, v) (*(volatile int*)&(x) = (v))
+    #endif
+    enum { FASTOPT_THREADS, FASTOPT_SOFT_ROOTS, FASTOPT_FLUSH, FASTOPT_SETTINGS };
+    static int fastopt_settings[FASTOPT_SETTINGS] = {1, 0, 0};
+    static int fastopt_setting_get(int which) { return FASTOPT_LOAD(fastopt_settings[which]); }
+    static void fastopt_setting_set(int which, int value) {
+        FASTOPT_STORE(fastopt_settings[which], value);
+    }
+    """
+    enum:
+        FASTOPT_THREADS     # threads per large param (set_threads)
+        FASTOPT_SOFT_ROOTS  # float64 square roots by the software sequence (set_soft_sqrt)
+        FASTOPT_FLUSH       # flush subnormals to zero in the loops (set_flush_denormals)
+    int fastopt_setting_get(int which) noexcept nogil
+    void fastopt_setting_set(int which, int value) noexcept nogil
 
 
 def threads_supported() -> bool:
@@ -1204,16 +1259,15 @@ def max_threads() -> int:
 def set_threads(int count):
     """Use up to ``count`` threads per large param (1 <= count <= 256); 1 in builds without
     threads."""
-    global _threads
     if not 1 <= count <= MAX_THREADS:
         raise ValueError(f"the number of threads must be >= 1 and <= {MAX_THREADS}; "
                          f"got {count}")
-    _threads = count if FASTOPT_POOL else 1
+    fastopt_setting_set(FASTOPT_THREADS, count if FASTOPT_POOL else 1)
 
 
 def get_threads() -> int:
     """The number of threads a large param's update is split into."""
-    return _threads
+    return fastopt_setting_get(FASTOPT_THREADS)
 
 
 def pool_workers() -> int:
@@ -1268,8 +1322,6 @@ cdef extern from *:
     unsigned int fastopt_flush_begin() noexcept nogil
     void fastopt_flush_end(unsigned int saved) noexcept nogil
 
-cdef bint _flush = False
-
 
 def can_flush_denormals() -> bool:
     """Whether this build can flush subnormals to zero inside its loops (x86-64)."""
@@ -1278,14 +1330,13 @@ def can_flush_denormals() -> bool:
 
 def set_flush_denormals(bint enabled):
     """Flush subnormal inputs and results to zero inside the compiled loops, or stop."""
-    global _flush
     if enabled and not FASTOPT_CAN_FLUSH:
         raise ValueError("flushing subnormals is only available on x86-64 builds")
-    _flush = enabled
+    fastopt_setting_set(FASTOPT_FLUSH, enabled)
 
 
 def get_flush_denormals() -> bool:
-    return _flush
+    return fastopt_setting_get(FASTOPT_FLUSH) != 0
 
 
 cdef inline void* _at(void* buffer, intp offset, intp itemsize) noexcept nogil:
@@ -1382,8 +1433,8 @@ cdef bint _run(object params, object grads, tuple states, int required, object d
     cdef Py_ssize_t k, count
     cdef Task stack[STACK_TASKS]
     cdef Task* tasks = stack
-    cdef int threads = _threads
-    cdef bint flush = _flush
+    cdef int threads = fastopt_setting_get(FASTOPT_THREADS)
+    cdef bint flush = fastopt_setting_get(FASTOPT_FLUSH)
     cdef bint by_key = type(params) is dict
     cdef type kind = dict if by_key else list
     cdef list keep = []
@@ -1426,7 +1477,7 @@ cdef bint _run(object params, object grads, tuple states, int required, object d
             for k in range(count):
                 if not _plan_entry(k, params[k], grads, states, decays, &tasks[k], keep):
                     return False
-        c.soft_roots = _soft_roots   # a run-time setting, like threads and flush
+        c.soft_roots = fastopt_setting_get(FASTOPT_SOFT_ROOTS)   # like threads and flush
         with nogil:
             for k in range(count):
                 _run_task(&tasks[k], run_float, run_double, c, threads, parallel_min, flush)
@@ -2067,7 +2118,7 @@ def sum_of_squares(array):
     cdef Task task
     cdef double result
     cdef int status
-    cdef int threads = _threads
+    cdef int threads = fastopt_setting_get(FASTOPT_THREADS)
     if not _readable(array, &task):
         return None
     with nogil:
@@ -2162,14 +2213,13 @@ def can_soft_sqrt() -> bool:
 def set_soft_sqrt(bint enabled):
     """Take float64 square roots in the update loops by the software sequence (True) or the
     hardware instruction (False). Both give the same bits; only the speed differs."""
-    global _soft_roots
     if enabled and not FASTOPT_SOFT_SQRT:
         raise ValueError("the software square root is only in the AVX-512 build")
-    _soft_roots = enabled
+    fastopt_setting_set(FASTOPT_SOFT_ROOTS, enabled)
 
 
 def get_soft_sqrt() -> bool:
-    return _soft_roots
+    return fastopt_setting_get(FASTOPT_SOFT_ROOTS) != 0
 
 
 def soft_sqrt(double[::1] x not None):
