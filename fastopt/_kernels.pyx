@@ -73,7 +73,7 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from cython cimport floating
 from libc.math cimport fabs, fabsf, pow, sqrt, sqrtf
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, qsort
 
 cimport numpy as cnp
 
@@ -842,6 +842,7 @@ ctypedef struct Task:
     void* grad
     void* state[STATES]
     intp size
+    intp offset   # where its elements start in the update's region (_run_all)
     bint single   # float32 rather than float64
     bint decay    # this param decays (weight_decay_filter)
 
@@ -897,8 +898,10 @@ cdef enum:
 
 # ---------------------------------------------------------------------------------------------
 # Threads: a small pool of POSIX threads of fastopt's own, started on the first update that
-# uses more than one thread. A large param's elements are cut into chunks of whole 64-byte
-# lines, and the calling thread and the pool's workers claim chunks one at a time from one
+# uses more than one thread. A large update's elements (all its params laid end to end, each
+# from a whole CHUNK_ALIGN: one region per update, see ``_run_all``) are cut into chunks of
+# whole 64-byte lines, so a chunk may cover the end of one param and the start of the next,
+# and the calling thread and the pool's workers claim chunks one at a time from one
 # shared atomic word. The caller works from the start and never waits for a worker that has
 # not claimed a chunk: when the last chunk is taken it waits only for the chunks other threads
 # are running. A worker that wakes late, or never gets a core, finds nothing left to claim.
@@ -917,8 +920,9 @@ cdef enum:
 # Workers spin briefly after a job (consecutive params of one update find them awake), then
 # sleep on a condition variable; they yield the CPU while they spin, so that a core shared
 # with other work is not held. The caller's own wait (for claimed chunks) spins without
-# yielding, then sleeps; when it had to sleep, a worker lost its CPU, and the next few jobs
-# (4, 8, ... at most 64) run on the caller alone. In a forked child the pool is empty (a
+# yielding for up to twice its own time per chunk (a worker on a core of its own finishes its
+# last chunk within about one chunk's time of the caller), then sleeps; when it had to sleep,
+# a worker lost its CPU, and the next few jobs (4, 8, ... at most 64) run on the caller alone. In a forked child the pool is empty (a
 # pthread_atfork handler forgets the parent's workers) and starts again on its first threaded
 # update. Builds without POSIX threads (MSVC) run on one thread.
 
@@ -1133,12 +1137,20 @@ cdef extern from *:
             pthread_cond_broadcast(&fastopt_pool.wake);
             pthread_mutex_unlock(&fastopt_pool.lock);
         }
-        fastopt_claim();
+        long long began = fastopt_now_ns();
+        npy_intp mine = fastopt_claim();
         /* Every chunk is claimed: wait for those other threads are running. */
         if (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
-            /* Spin without yielding: sched_yield would hand this CPU to another process
-               for the rest of its time slice, milliseconds. */
-            long long until = fastopt_now_ns() + FASTOPT_SPIN_NS;
+            /* A worker on a core of its own finishes the chunk it holds within about one
+               chunk's time of this thread's last, so that is how long the wait may take
+               before the worker counts as late: twice the caller's own time per chunk, plus
+               the spin. (Timed against a fixed spin alone, every chunk longer than the spin
+               counted as late, and a large update ran on the caller alone most of the time.)
+               Spin without yielding: sched_yield would hand this CPU to another process for
+               the rest of its time slice, milliseconds. */
+            long long ended = fastopt_now_ns();
+            long long per_chunk = mine > 0 ? (ended - began) / mine : 0;
+            long long until = ended + FASTOPT_SPIN_NS + 2 * per_chunk;
             int spins = 0;
             while (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
                 if (++spins % 64 == 0 && fastopt_now_ns() > until)
@@ -1196,7 +1208,8 @@ cdef extern from *:
     int fastopt_pool_workers() noexcept nogil
 
 cdef enum:
-    # From how many elements a param is shared out to the pool, measured with bench/threads.py
+    # From how many elements an update (all its params) is shared out to the pool, measured
+    # per param with bench/threads.py
     # and bench/digits_threads.py on 2 shared cores (bench/results/threads.txt and
     # digits_threads.txt): loops that only stream memory (SGD, Momentum, Nesterov, Lion) lose
     # 1-3% from 2**14 to 2**18 elements when no core is free, and gain 1.1-1.6x from 2**18
@@ -1416,6 +1429,133 @@ cdef void _run_task(Task* task, loop_float run_float, loop_double run_double, co
                      threads)
 
 
+ctypedef struct Region:
+    # One update's params as one range of elements, which the pool cuts into chunks: param k
+    # covers [tasks[k].offset, tasks[k].offset + tasks[k].size), each starting on a whole
+    # CHUNK_ALIGN; the gaps between params belong to none. It lives on ``_run_all``'s stack.
+    Task* tasks
+    Py_ssize_t count
+    loop_float run_float
+    loop_double run_double
+    const Step* c
+    bint flush
+
+
+cdef void _run_region_chunk(void* job, intp start, intp stop) noexcept nogil:
+    """Run elements [start, stop) of the region: the parts of every param they cover."""
+    cdef Region* r = <Region*>job
+    cdef Py_ssize_t low = 0, high = r.count - 1, middle, k
+    cdef Task* task
+    cdef intp first, last
+    while low < high:   # the last param that starts at or before ``start``
+        middle = (low + high + 1) // 2
+        if r.tasks[middle].offset <= start:
+            low = middle
+        else:
+            high = middle - 1
+    k = low
+    while k < r.count and r.tasks[k].offset < stop:
+        task = &r.tasks[k]
+        first = max(start, task.offset) - task.offset
+        last = min(stop, task.offset + task.size) - task.offset
+        if first < last:
+            _run_aligned(task, r.run_float, r.run_double, r.c, first, last, r.flush)
+        k += 1
+
+
+ctypedef struct Span:
+    size_t start, stop   # a buffer's bytes
+    Py_ssize_t owner     # the param it belongs to
+
+
+cdef int _span_order(const void* a, const void* b) noexcept nogil:
+    cdef size_t x = (<const Span*>a).start, y = (<const Span*>b).start
+    return (x > y) - (x < y)
+
+
+cdef bint _disjoint(Task* tasks, Py_ssize_t count) noexcept nogil:
+    """Whether no buffer of one param (the param, its grad, its state) shares memory with a
+    buffer of another, so that their chunks may run at once in any order; one param's own
+    buffers were checked by ``_plan``. Sorted by start, a buffer overlaps an earlier one of
+    another param exactly when it starts before the furthest end among those: that is the
+    furthest end of all if another param owns it, else the furthest of the other params'."""
+    cdef Span stack[STACK_TASKS * (2 + STATES)]
+    cdef Span* spans = stack
+    cdef Py_ssize_t n = 0, k, j, best_owner = -1
+    cdef size_t best = 0, other = 0, limit, width
+    cdef void* buffers[2 + STATES]
+    cdef bint disjoint = True
+    if count < 2:
+        return True
+    if count > STACK_TASKS:
+        spans = <Span*>malloc(count * (2 + STATES) * sizeof(Span))
+        if spans == NULL:
+            return False
+    for k in range(count):
+        width = <size_t>tasks[k].size * (4 if tasks[k].single else 8)
+        if width == 0:
+            continue
+        buffers[0] = tasks[k].param
+        buffers[1] = tasks[k].grad
+        for j in range(STATES):
+            buffers[2 + j] = tasks[k].state[j]
+        for j in range(2 + STATES):
+            if buffers[j] != NULL:
+                spans[n].start = <size_t>buffers[j]
+                spans[n].stop = <size_t>buffers[j] + width
+                spans[n].owner = k
+                n += 1
+    qsort(spans, n, sizeof(Span), _span_order)
+    for j in range(n):
+        limit = best if best_owner != spans[j].owner else other
+        if spans[j].start < limit:
+            disjoint = False
+            break
+        if spans[j].stop > best:
+            if best_owner != spans[j].owner:
+                other = best
+            best = spans[j].stop
+            best_owner = spans[j].owner
+        elif spans[j].owner != best_owner and spans[j].stop > other:
+            other = spans[j].stop
+    if spans != stack:
+        free(spans)
+    return disjoint
+
+
+cdef void _run_all(Task* tasks, Py_ssize_t count, loop_float run_float, loop_double run_double,
+                   const Step* c, int threads, intp parallel_min, bint flush) noexcept nogil:
+    """Run every param's loop: on this thread when the whole update has fewer than
+    ``parallel_min`` elements; otherwise as one region of the pool, whose chunks are claimed
+    across params, so that a network of many mid-size params uses every thread (see Threads).
+    Params that share memory with one another run one after the other, each split alone."""
+    cdef Region region
+    cdef intp total = 0, end = 0
+    cdef Py_ssize_t k
+    if threads >= 2:
+        for k in range(count):
+            total += tasks[k].size
+    if threads < 2 or total < parallel_min:
+        for k in range(count):
+            _run_aligned(&tasks[k], run_float, run_double, c, 0, tasks[k].size, flush)
+        return
+    if not _disjoint(tasks, count):
+        for k in range(count):
+            _run_task(&tasks[k], run_float, run_double, c, threads, parallel_min, flush)
+        return
+    for k in range(count):
+        tasks[k].offset = end
+        end = (end + tasks[k].size + CHUNK_ALIGN - 1) // CHUNK_ALIGN * CHUNK_ALIGN
+    region.tasks = tasks
+    region.count = count
+    region.run_float = run_float
+    region.run_double = run_double
+    region.c = c
+    region.flush = flush
+    fastopt_pool_run(_run_region_chunk, &region, end, _chunk_size(end, threads, CHUNK_MIN),
+                     threads)
+
+
 cdef bint _run(object params, object grads, tuple states, int required, object decays,
                loop_float run_float, loop_double run_double, Step* c,
                intp parallel_min) except -1:
@@ -1479,8 +1619,7 @@ cdef bint _run(object params, object grads, tuple states, int required, object d
                     return False
         c.soft_roots = fastopt_setting_get(FASTOPT_SOFT_ROOTS)   # like threads and flush
         with nogil:
-            for k in range(count):
-                _run_task(&tasks[k], run_float, run_double, c, threads, parallel_min, flush)
+            _run_all(tasks, count, run_float, run_double, c, threads, parallel_min, flush)
         return True
     finally:
         if tasks != stack:

@@ -2,6 +2,7 @@
 the caller never waits for a worker that has not started."""
 import multiprocessing
 import os
+import time
 import warnings
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 import fastopt
 from fastopt import _kernels
+from fastopt._simd import kernels as active
 
 from _helpers import assert_same_bits, assert_same_state, copy_params, make_pair, run_python
 
@@ -287,3 +289,65 @@ def test_optimizers_in_several_python_threads_at_once_keep_their_bits(restore_th
         assert not any(worker.is_alive() for worker in workers), "an update hung"
         for i in range(len(seeds)):
             assert results[i] == expected[i], f"thread {i} got other bits"
+
+
+# One region per update: a network of many mid-size params, none large enough to be split on
+# its own, shares one parallel region whose chunks span params.
+MANY_MID_SIZE = [(4_099,)] * 80 + [(1_031, 3), (5,), ()]
+
+
+@needs_threads
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_many_mid_size_params_share_one_region_over_the_threads(name, restore_threads):
+    rng = np.random.default_rng(3)
+    start = {f"p{i}": rng.standard_normal(shape) for i, shape in enumerate(MANY_MID_SIZE)}
+    grads = {key: rng.standard_normal(value.shape) for key, value in start.items()}
+    serial, threaded = copy_params(start), copy_params(start)
+    fastopt.set_num_threads(1)
+    one = getattr(fastopt, name)()
+    for _ in range(3):
+        one.update(serial, grads)
+    fastopt.set_num_threads(2)
+    two = getattr(fastopt, name)()
+    for _ in range(3):
+        two.update(threaded, grads)
+    for key in start:
+        assert_same_bits(threaded[key], serial[key])
+    assert_same_state(two, one)
+    # Each param alone is below the size from which a param was ever split; together they
+    # are not, so the pool's worker must take part (it may start late: try for a while).
+    before = active.pool_worker_chunks()
+    deadline = time.monotonic() + 20
+    while active.pool_worker_chunks() == before and time.monotonic() < deadline:
+        two.update(threaded, grads)
+    assert active.pool_worker_chunks() > before, "the worker never took a chunk"
+
+
+@needs_threads
+def test_params_that_share_memory_keep_the_books_order(restore_threads):
+    # The same array under two keys, a view that overlaps another param, and a grad that is
+    # another key's param: the book updates them one key after another, so an update whose
+    # params share memory runs them one after the other (each split alone), never as one
+    # region. (A race would only show when two threads happen to meet on the same elements.)
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal(900_000)
+
+    def network():
+        shared = base[:300_000].copy()
+        tail = base[300_000:].copy()
+        params = {"a": shared, "b": shared, "d": tail, "e": tail[100_000:],
+                  "f": base[:400_000].copy()}
+        grads = {key: np.full(value.shape, 0.5) for key, value in params.items()}
+        grads["f"] = params["d"][:400_000]
+        return params, grads
+
+    ref_params, ref_grads = network()
+    for _ in range(3):
+        fastopt.reference.SGD(lr=0.1).update(ref_params, ref_grads)
+    for threads in (1, 2):
+        fastopt.set_num_threads(threads)
+        params, grads = network()
+        for _ in range(3):
+            fastopt.SGD(lr=0.1).update(params, grads)
+        for key in params:
+            assert_same_bits(params[key], ref_params[key])
