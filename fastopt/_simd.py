@@ -28,9 +28,7 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -264,6 +262,8 @@ class SqrtCache:
         return None
 
     def store(self, method: str, ratio: float) -> tuple[str, float]:
+        import tempfile  # only the first process on a machine writes
+
         directory = os.path.dirname(self.path)
         text = json.dumps({"key": self.key, "method": method, "ratio": ratio}, indent=1)
         handle, temporary = tempfile.mkstemp(prefix=".sqrt-", suffix=".tmp", dir=directory)
@@ -322,7 +322,9 @@ def measure_sqrt(timer: Callable[[], tuple[float, float]], rounds: int = SQRT_RO
     for _ in range(rounds):
         hardware, software = timer()
         ratios.append(hardware / software if software > 0 else 1.0)
-    return statistics.median(ratios)
+    ratios.sort()
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
 
 
 def decide_sqrt(cpu: CpuIdentity, can_soft: bool, forced: str | None,
