@@ -131,7 +131,7 @@ class SqrtEntry(NamedTuple):
 
 
 SQRT_TABLE = (
-    # Golden Cove cores: the float64 square root is slow next to two FMA units.
+    # One model only: Intel's family 6 spans cores whose square-root units differ.
     SqrtEntry("GenuineIntel", 6, 207, "software",
               "Intel Xeon (Emerald Rapids): the software root 1.4-1.8x as fast on cache-resident "
               "float64 loops (TwoLayerNet, one thread: AdaGrad 71 -> 40 us, Adam 73 -> 50 us, "
