@@ -7,8 +7,11 @@ one process updates the book's TwoLayerNet (784x50, 50, 50x10, 10) and a 1e6 arr
 the hardware root and with fastopt's exactly rounded software one, switching between the two
 every call (``set_soft_sqrt``), and prints median us per update and hardware/software (above
 1: the software root is faster). It first checks that both give the same bits. Also printed:
-what the import-time choice measured (``time_soft_sqrt``: the book's Adam loop on 4096 cached
-elements, least of 15 runs each) and the method this process uses.
+the CPU's identity (the key of fastopt's table of measured CPUs, ``SQRT_TABLE`` in
+fastopt/_simd.py), the method this process uses and why (``sqrt_reason``), and what the
+measurement for a CPU outside the table gives here (the book's Adam loop on 4096 cached
+elements, the median ratio of ``SQRT_ROUNDS`` interleaved rounds). Run it on an idle machine
+to add a CPU to the table.
 """
 from __future__ import annotations
 
@@ -35,12 +38,16 @@ def main() -> None:
         raise SystemExit("bench/sqrt.py needs the AVX-512 build running (FASTOPT_SIMD unset)")
     kernels = importlib.import_module("fastopt._kernels_avx512")
     chosen = fastopt.sqrt_method()
-    hardware, software = kernels.time_soft_sqrt()
-    print(f"fastopt {fastopt.__version__} on {cpu_model()}, 1 thread; this process uses the "
-          f"{chosen} square root")
-    print(f"import-time check (book's Adam, 4096 cached float64): hardware "
-          f"{hardware * 1e6:.2f} us, software {software * 1e6:.2f} us, ratio "
-          f"{hardware / software:.2f} (software used from {fastopt._simd.SOFT_SQRT_GAIN})")
+    simd = fastopt._simd
+    cpu = simd.cpu_identity()
+    ratio = simd.measure_sqrt(lambda: kernels.time_soft_sqrt(simd.SQRT_RUNS))
+    print(f"fastopt {fastopt.__version__} on {cpu_model()}, 1 thread")
+    print(f"CPU identity: vendor {cpu.vendor!r}, family {cpu.family}, model {cpu.model}, "
+          f"name {cpu.name!r}")
+    print(f"this process uses the {chosen} square root: {simd.sqrt_reason()}")
+    print(f"measurement for CPUs outside the table (book's Adam, 4096 cached float64, median "
+          f"of {simd.SQRT_ROUNDS} rounds): hardware/software {ratio:.2f} (software from "
+          f"{simd.SOFT_SQRT_GAIN})")
     print(f"{'optimizer':26} {'workload':14} {'hardware us':>12} {'software us':>12} "
           f"{'hw/sw':>6}")
     default_threads = fastopt.get_num_threads()

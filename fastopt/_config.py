@@ -56,6 +56,7 @@ def _simd_section() -> dict[str, Any]:
         "numpy_name": NUMPY_SIMD_NAMES[level] if _is_x86_64() else None,
         "available": list(_simd.simd_levels()),
         "module": _simd.kernels.__file__,
+        "sqrt_reason": _simd.sqrt_reason(),
     }
 
 
@@ -186,8 +187,9 @@ def show_config(mode: str = "stdout") -> dict[str, Any] | None:
         - ``python``: ``version``, ``executable``; ``numpy``: ``version``.
         - ``simd``: ``level`` (``fastopt.simd_level()``), ``numpy_name`` (NumPy's name for that
           instruction set: ``SSE2``, ``X86_V3``, ``X86_V4``; None off x86-64), ``available``
-          (``fastopt.simd_levels()``, what FASTOPT_SIMD may choose) and ``module`` (the file
-          that runs).
+          (``fastopt.simd_levels()``, what FASTOPT_SIMD may choose), ``module`` (the file
+          that runs) and ``sqrt_reason`` (``fastopt._simd.sqrt_reason()``: why the
+          square-root method below was chosen).
         - ``sqrt_method``: ``fastopt.sqrt_method()``.
         - ``threads``: ``num_threads`` (``fastopt.get_num_threads()``), ``at_import`` (what
           set it at import: FASTOPT_NUM_THREADS, OMP_NUM_THREADS or the default),
