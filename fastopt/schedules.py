@@ -86,7 +86,8 @@ def _count(owner: str, name: str, value: Any) -> int:
     if value < 1:
         raise ValueError(f"{owner}: {name} must be >= 1; got {value!r}")
     if value > _MAX_STEPS:
-        shown = repr(value) if value < 10**30 else f"an int of {int(value).bit_length()} bits"
+        number = int(value)
+        shown = repr(value) if number < 10**30 else f"an int of {number.bit_length()} bits"
         raise ValueError(f"{owner}: {name} must be at most 2**53 (a step count a float holds "
                          f"exactly); got {shown}")
     return int(value)
