@@ -83,14 +83,14 @@ def _count(owner: str, name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{owner}: {name} must be an int >= 1 (a number of steps); got "
                         f"{value!r} ({type(value).__name__})")
-    if value < 1:
+    number = int(value)
+    if number < 1:
         raise ValueError(f"{owner}: {name} must be >= 1; got {value!r}")
-    if value > _MAX_STEPS:
-        number = int(value)
+    if number > _MAX_STEPS:
         shown = repr(value) if number < 10**30 else f"an int of {number.bit_length()} bits"
         raise ValueError(f"{owner}: {name} must be at most 2**53 (a step count a float holds "
                          f"exactly); got {shown}")
-    return int(value)
+    return number
 
 
 def _depth(value: Any) -> int:
