@@ -2371,8 +2371,8 @@ def soft_sqrt(double[::1] x not None):
 def time_soft_sqrt(int rounds=15):
     """Seconds for the book's float64 Adam loop over 4096 cached elements with the hardware
     square root and with the software one: the least of ``rounds`` alternated timings of each
-    (the least is the run the rest of the machine disturbed least). fastopt/_simd.py uses the
-    software one only where this shows it faster."""
+    (the least is the run the rest of the machine disturbed least). fastopt/_simd.py reads it
+    for CPUs its table does not know, over several rounds, and keeps the answer per machine."""
     cdef intp n = 4096, i
     cdef int r, k
     cdef Step c
