@@ -1,6 +1,7 @@
 """The performance targets, read off bench/run.py's JSON: each target, what was measured, met.
 
     python bench/targets.py bench/results/full.json [--one-thread FILE.json] [--markdown FILE]
+    python bench/targets.py bench/results/full.json --readme README.md   # headline up to date?
 
 Targets (medians of one run; ratios of medians measured in the same interleaved rounds):
 
@@ -11,12 +12,15 @@ Targets (medians of one run; ratios of medians measured in the same interleaved 
 - 1e7 elements, every such optimizer and dtype, fastopt at its default threads: >= 1.0x
   torch.optim's fused kernels at torch's default threads, and >= 90% of the bandwidth probe
 
-Prints one row per target with the worst cell and how many cells meet it.
+Prints one row per target with the worst cell and how many cells meet it, and the README's
+headline as read off the run (``headline``); ``--readme`` fails when README.md does not say it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +52,45 @@ def _target(name: str, cells: list[Cell], value: Callable[[Cell], float | None],
         return [name, f"{show(worst_value)} ({_label(worst)})", verdict]
     return [name, f"worst {show(worst_value)} ({_label(worst)}); {sum(meets)} of "
             f"{len(measured)} cells meet it", verdict]
+
+
+BOOK_OPTIMIZERS = ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam")
+BOOK_NETWORKS = ("two_layer_net", "five_layer_net")
+
+
+def short_cpu(name: str) -> str:
+    """The CPU as a reader knows it: ``AMD EPYC 7B13``, ``Intel Xeon Platinum 8481C``."""
+    name = re.sub(r"\((R|TM|tm|r)\)", "", name)
+    name = re.sub(r"\b(CPU|Processor|\d+-Core)\b", "", name)
+    name = re.sub(r"@.*$", "", name)
+    return " ".join(name.split()) or "an unnamed CPU"
+
+
+def headline(data: dict[str, Any]) -> str | None:
+    """The README's headline read off a run: the range of fastopt's speedups over the book's
+    NumPy code on the book's networks (TwoLayerNet and the five-layer comparison net, the
+    book's six optimizers, every dtype in the run), with the CPU and thread count.
+
+    Returns None when the run has no such cell. The bounds are the lowest and highest ratio
+    of medians, rounded to one decimal.
+    """
+    speedups = [cell["speedup_vs_numpy"]["fastopt"] for cell in data["cells"]
+                if cell["workload"] in BOOK_NETWORKS and cell["optimizer"] in BOOK_OPTIMIZERS
+                and "fastopt" in cell.get("speedup_vs_numpy", {})]
+    if not speedups:
+        return None
+    machine = data.get("machine", {})
+    threads = machine.get("threads", machine.get("fastopt_threads"))
+    where = short_cpu(machine.get("cpu", ""))
+    if threads is not None:
+        where += f", {threads} thread{'s' if threads != 1 else ''}"
+    return (f"{min(speedups):.1f}–{max(speedups):.1f}× faster than that code on the book's "
+            f"networks ({where})")
+
+
+def readme_says(readme: str, summary: str) -> bool:
+    """Whether ``readme`` carries the headline ``summary`` (line breaks and spacing aside)."""
+    return " ".join(summary.split()) in " ".join(readme.split())
 
 
 def rows(data: dict[str, Any], one_thread: dict[str, Any] | None) -> list[list[str]]:
@@ -84,6 +127,8 @@ def main() -> None:
     parser.add_argument("json", help="bench/run.py --json output")
     parser.add_argument("--one-thread", metavar="FILE", help="a --threads 1 run's JSON")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    parser.add_argument("--readme", metavar="README.md",
+                        help="exit with status 1 unless this file carries the run's headline")
     args = parser.parse_args()
     with open(args.json) as file:
         data = json.load(file)
@@ -98,11 +143,19 @@ def main() -> None:
           f"thread(s), torch on {machine.get('torch_threads', '?')}")
     for name, measured, verdict in table:
         print(f"  {verdict:8} {name}: {measured}")
+    summary = headline(data)
+    print(f"headline: {summary or 'no cell of the book networks in this run'}")
     if args.markdown:
         with open(args.markdown, "w") as file:
             file.write("| target | measured | |\n|---|---|---|\n")
             for name, measured, verdict in table:
                 file.write(f"| {name} | {measured} | {verdict} |\n")
+    if args.readme:
+        with open(args.readme) as file:
+            if summary is None or not readme_says(file.read(), summary):
+                sys.exit(f"{args.readme} does not carry the headline of {args.json}: "
+                         f"expected \"{summary}\"")
+        print(f"{args.readme} carries it")
 
 
 if __name__ == "__main__":
