@@ -5,19 +5,28 @@
     python bench/run.py --optimizer Adam --dtype float32 --workload 1e7
 
 Method. For each cell (optimizer x dtype x workload) every contender gets its own copy of the
-same params and grads, is called a few times to allocate its state and warm up, and is then
-timed in rounds: in each round every contender runs one sample (the same number of
-``update()`` calls for all, one call unless the fastest contender needs more to span 20 us), in
-an order that rotates from round to round, until the cell's time budget is spent.
-Interleaving makes drift on a shared machine hit all contenders alike. Only the update calls
-are inside the timed region. Reported: the median time per update with min and max, ns per
-element, effective GB/s (the bytes one fused pass must read and write, over the time),
-speedups computed from those medians, and the bytes allocated by one update as tracemalloc
-sees them (NumPy's temporaries; torch allocates outside Python's view, so n/a).
+same params and grads and runs at the same thread count N (``--threads``, default fastopt's
+own): fastopt's pool through ``fastopt.set_num_threads``, torch through
+``torch.set_num_threads``, NumPy's BLAS through threadpoolctl when it is installed. fastopt,
+the book's NumPy code and the bandwidth probe are timed in this process, interleaved round by
+round (their only threads are fastopt's pool); torch.optim is timed in a worker process of its
+own (its OpenMP threads spin after each parallel region and would otherwise run during
+fastopt's samples). The timing blocks alternate ``--blocks`` times per cell: this process at N
+threads, torch at N, then fastopt, the probe and torch at 1 thread for the scaling columns;
+before each block the machine is left idle for ``--settle`` seconds so that the previous
+block's spinning threads go to sleep, and each block starts with two untimed calls per
+contender, which wake its threads. Every contender gets the same number of samples, each the
+same number of ``update()`` calls (one, unless the fastest contender needs more to span
+20 us). Only the update calls are timed. Reported: the median time per update with min, max
+and the 10th, 25th, 75th and 90th percentiles, ns per element, effective GB/s (the bytes one
+fused pass must read and write, over the time), speedups computed from those medians, time on
+1 thread over time on N, and the bytes allocated by one update as tracemalloc sees them
+(NumPy's temporaries; torch allocates outside Python's view, so n/a).
 
 The bandwidth probe is a compiled streaming pass with the same reads and writes as the
-optimizer (``bandwidth_probe`` at the SIMD level fastopt runs), timed in the same rounds; on
-large arrays the "of probe" column is how close each contender comes to that memory limit.
+optimizer (``bandwidth_probe`` at the SIMD level fastopt runs), on fastopt's threads and timed
+in the same rounds; on large arrays the "of probe" column is how close each contender comes to
+that memory limit, at N threads and at 1.
 """
 from __future__ import annotations
 

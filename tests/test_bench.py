@@ -376,3 +376,12 @@ def test_the_table_carries_the_headline(two_thread_run):
     _, data, table = two_thread_run
     targets = load(TARGETS, "fastopt_bench_targets")
     assert f"Headline: fastopt is {targets.headline(data)}." in table
+
+
+def test_the_one_thread_target_reads_the_runs_own_one_thread_timing(two_thread_run):
+    _, data, _ = two_thread_run
+    targets = load(TARGETS, "fastopt_bench_targets")
+    (cell,) = [c for c in data["cells"] if c["workload"] == "two_layer_net"]
+    expected = cell["results"]["numpy"]["median_us"] / cell["one_thread"]["fastopt"]["median_us"]
+    row = next(row for row in targets.rows(data, None) if "one thread" in row[0])
+    assert row[1] == f"{expected:.2f}x (Adam float64)"
