@@ -1,6 +1,6 @@
 """Benchmark fastopt against the book's pure-NumPy optimizers and torch.optim.
 
-    python bench/run.py --quick                 # the README's main command, under a minute
+    python bench/run.py --quick                 # the README's main command, about a minute
     python bench/run.py --json results.json --plot speedup.png
     python bench/run.py --optimizer Adam --dtype float32 --workload 1e7
 
@@ -762,7 +762,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="small budget, no 1e7 arrays: the whole run in under a minute")
+                        help="small budget, two alternations, no 1e7 arrays: about a minute")
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="plot speedup vs size (matplotlib)")
     parser.add_argument("--markdown", metavar="FILE.md", help="write the README's table")
@@ -776,8 +776,9 @@ def parse_args(argv=None):
                         help="seconds of timing per cell (default 0.15 with --quick, else 1.5)")
     parser.add_argument("--min-rounds", type=int, default=5,
                         help="samples per contender and cell even past the budget (default 5)")
-    parser.add_argument("--blocks", type=int, default=3,
-                        help="alternations of the timing blocks per cell (default 3)")
+    parser.add_argument("--blocks", type=int,
+                        help="alternations of the timing blocks per cell (default 2 with "
+                             "--quick, else 3)")
     parser.add_argument("--settle", type=float, default=0.05,
                         help="seconds of idleness before each timing block, for the last "
                              "block's spinning threads to go to sleep (default 0.05)")
@@ -799,6 +800,8 @@ def parse_args(argv=None):
         parser.error(f"--settle must be at least 0 seconds, got {args.settle}")
     if args.budget is None:
         args.budget = 0.15 if args.quick else 1.5
+    if args.blocks is None:
+        args.blocks = 2 if args.quick else 3
     if args.workload is None:
         args.workload = QUICK_WORKLOADS if args.quick else names
     return args
