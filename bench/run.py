@@ -692,13 +692,15 @@ def markdown(cells: list, info: dict, command: str) -> str:
     optimizers = [name for name in OPTIMIZERS if any(c["optimizer"] == name for c in cells)]
     with_torch = any("fastopt" in cell["speedup_vs_torch"] for cell in cells)
     threads = info.get("threads", info["fastopt_threads"])
+    same = "threads" in info             # runs before it: each contender at its own default
     with_scaling = any("fastopt" in cell.get("scaling", {}) for cell in cells)
     summary = targets_module().headline({"machine": info, "cells": cells})
     lines = [
         f"Measured {info['date_utc']} UTC on {info['cpu']} ({info['logical_cpus']} CPUs, loops "
         f"compiled for {info['fastopt_simd']}), Python {info['python']}, NumPy {info['numpy']}"
         + (f", torch {info['torch']}" if info["torch"] else "")
-        + f"; every contender at {threads} thread{'s' if threads > 1 else ''}"
+        + (f"; every contender at {threads} thread{'s' if threads > 1 else ''}" if same
+           else f"; fastopt up to {threads} threads, torch at {info.get('torch_threads')}")
         + f", with `{command}`.",
         "",
     ]
@@ -707,8 +709,8 @@ def markdown(cells: list, info: dict, command: str) -> str:
     lines += [
         "Each cell: fastopt's median time per `update()` and the interquartile range of its "
         "samples over the median, then its speedup over the book's NumPy code"
-        + (" and over torch.optim" if with_torch else "") + " (ratios of medians, every "
-        "contender at the same thread count)"
+        + (" and over torch.optim" if with_torch else "") + " (ratios of medians"
+        + (", every contender at the same thread count)" if same else ")")
         + (f", then fastopt's time on 1 thread over its time on {threads} (1→{threads})"
            if with_scaling else "") + ".",
         "",

@@ -89,8 +89,9 @@ def headline(data: dict[str, Any]) -> str | None:
 
 
 def readme_says(readme: str, summary: str) -> bool:
-    """Whether ``readme`` carries the headline ``summary`` (line breaks and spacing aside)."""
-    return " ".join(summary.split()) in " ".join(readme.split())
+    """Whether ``readme`` carries the headline ``summary``, line breaks and spacing aside; the
+    parenthesis may go on (``(AMD EPYC 7B13, 2 threads, [performance](#performance))``)."""
+    return " ".join(summary.removesuffix(")").split()) in " ".join(readme.split())
 
 
 def rows(data: dict[str, Any], one_thread: dict[str, Any] | None) -> list[list[str]]:

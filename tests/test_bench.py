@@ -362,7 +362,8 @@ def test_the_headline_check_of_a_readme(tmp_path):
     saved.write_text(json.dumps(headline_data()))
     good, stale = tmp_path / "good.md", tmp_path / "stale.md"
     good.write_text("same numbers as the book, 2.8–7.0× faster than that code\non the book's "
-                    "networks (Intel Xeon Platinum 8481C, 2 threads), and more\n")
+                    "networks (Intel Xeon Platinum 8481C, 2 threads, [performance]"
+                    "(#performance)), and more\n")
     stale.write_text("2.2–6.0× faster than that code on the book's networks (AMD EPYC)\n")
     for readme, status in ((good, 0), (stale, 1)):
         completed = subprocess.run([sys.executable, str(TARGETS), str(saved), "--readme",
