@@ -1,29 +1,39 @@
 """Benchmark fastopt against the book's pure-NumPy optimizers and torch.optim.
 
-    python bench/run.py --quick                 # the README's main command, under a minute
+    python bench/run.py --quick                 # the README's main command, about a minute
     python bench/run.py --json results.json --plot speedup.png
     python bench/run.py --optimizer Adam --dtype float32 --workload 1e7
 
 Method. For each cell (optimizer x dtype x workload) every contender gets its own copy of the
-same params and grads, is called a few times to allocate its state and warm up, and is then
-timed in rounds: in each round every contender runs one sample (the same number of
-``update()`` calls for all, one call unless the fastest contender needs more to span 20 us), in
-an order that rotates from round to round, until the cell's time budget is spent.
-Interleaving makes drift on a shared machine hit all contenders alike. Only the update calls
-are inside the timed region. Reported: the median time per update with min and max, ns per
-element, effective GB/s (the bytes one fused pass must read and write, over the time),
-speedups computed from those medians, and the bytes allocated by one update as tracemalloc
-sees them (NumPy's temporaries; torch allocates outside Python's view, so n/a).
+same params and grads and runs at the same thread count N (``--threads``, default fastopt's
+own): fastopt's pool through ``fastopt.set_num_threads``, torch through
+``torch.set_num_threads``, NumPy's BLAS through threadpoolctl when it is installed. fastopt,
+the book's NumPy code and the bandwidth probe are timed in this process, interleaved round by
+round (their only threads are fastopt's pool); torch.optim is timed in a worker process of its
+own (its OpenMP threads spin after each parallel region and would otherwise run during
+fastopt's samples). The timing blocks alternate ``--blocks`` times per cell: this process at N
+threads, torch at N, then fastopt, the probe and torch at 1 thread for the scaling columns;
+before each block the machine is left idle for ``--settle`` seconds so that the previous
+block's spinning threads go to sleep, and each block starts with two untimed calls per
+contender, which wake its threads. Every contender gets the same number of samples, each the
+same number of ``update()`` calls (one, unless the fastest contender needs more to span
+20 us). Only the update calls are timed. Reported: the median time per update with min, max
+and the 10th, 25th, 75th and 90th percentiles, ns per element, effective GB/s (the bytes one
+fused pass must read and write, over the time), speedups computed from those medians, time on
+1 thread over time on N, and the bytes allocated by one update as tracemalloc sees them
+(NumPy's temporaries; torch allocates outside Python's view, so n/a).
 
 The bandwidth probe is a compiled streaming pass with the same reads and writes as the
-optimizer (``bandwidth_probe`` at the SIMD level fastopt runs), timed in the same rounds; on
-large arrays the "of probe" column is how close each contender comes to that memory limit.
+optimizer (``bandwidth_probe`` at the SIMD level fastopt runs), on fastopt's threads and timed
+in the same rounds; on large arrays the "of probe" column is how close each contender comes to
+that memory limit, at N threads and at 1.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import gc
+import importlib.util
 import itertools
 import json
 import math
@@ -168,46 +178,84 @@ def warm_allocator() -> None:
     block = np.empty(4_000_000)   # 32 MB, just under glibc's 32 MiB cap for the threshold
     del block
 
-def calls_per_sample(steps, target_seconds=2e-5) -> int:
+def calls_for(fastest: float, target_seconds=2e-5) -> int:
     """One batch size for every contender of a cell, so that all samples are alike: the
     fewest calls with which the fastest contender's sample spans ``target_seconds`` (where
     the timer's ~0.05 us is under 0.4%). Above that every sample is a single call, its caches
     as cold as the other contenders left them, as in training."""
-    fastest = math.inf
-    for step in steps:
-        for _ in range(3):
-            start = time.perf_counter()
-            step()
-            fastest = min(fastest, time.perf_counter() - start)
     return max(1, min(10_000, math.ceil(target_seconds / max(fastest, 1e-9))))
 
 
-def measure(steps: dict, budget: float, min_rounds: int) -> dict:
-    """Interleaved round-robin timing; returns per-contender lists of seconds per update."""
-    for step in steps.values():          # the first call allocates state; then warm up
+def fastest_call(step) -> float:
+    """The fastest of three single calls (after the caller's warm-up), in seconds."""
+    fastest = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
         step()
-        step()
-    calls = calls_per_sample(steps.values())
-    samples: dict[str, list[float]] = {name: [] for name in steps}
+        fastest = min(fastest, time.perf_counter() - start)
+    return fastest
+
+
+def time_block(steps: dict, calls: int, count: int, warm: bool = True, first: int = 0) -> dict:
+    """One timing block: every step called twice to warm its threads (unless not ``warm``),
+    then ``count`` rounds, each one sample per step in an order that rotates from round to
+    round (from round number ``first``); returns the seconds per update of every sample, per
+    step. Only the update calls are timed."""
+    if warm:
+        for step in steps.values():
+            step()
+            step()
     names = list(steps)
-    deadline = time.perf_counter() + budget
+    samples: dict[str, list[float]] = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for round_index in itertools.count():
-            order = names[round_index % len(names):] + names[:round_index % len(names)]
-            for name in order:
+        for round_index in range(first, first + count):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
                 step = steps[name]
                 start = time.perf_counter()
                 for _ in itertools.repeat(None, calls):
                     step()
                 samples[name].append((time.perf_counter() - start) / calls)
-            if round_index + 1 >= min_rounds and time.perf_counter() >= deadline:
-                break
     finally:
         if gc_was_enabled:
             gc.enable()
+    return samples
+
+
+def measure(steps: dict, budget: float, min_rounds: int) -> dict:
+    """Interleaved round-robin timing in this process, until ``budget`` seconds are spent and
+    at least ``min_rounds`` rounds are done; returns per-contender lists of seconds per update
+    and the calls per sample. For contenders that share one thread pool (or none): the
+    comparison scripts beside this one (levels of SIMD, alignment, call overhead)."""
+    for step in steps.values():          # the first call allocates state; then warm up
+        step()
+        step()
+    calls = calls_for(min(fastest_call(step) for step in steps.values()))
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    deadline = time.perf_counter() + budget
+    for round_index in itertools.count():
+        for name, seconds in time_block(steps, calls, 1, warm=False, first=round_index).items():
+            samples[name].extend(seconds)
+        if round_index + 1 >= min_rounds and time.perf_counter() >= deadline:
+            break
     return {"samples": samples, "calls_per_sample": calls}
+
+
+def set_threads(count: int) -> int | None:
+    """Put fastopt's pool and NumPy's BLAS (through threadpoolctl, when installed) at
+    ``count`` threads; return the BLAS libraries' largest thread count, None without
+    threadpoolctl or BLAS library."""
+    fastopt.set_num_threads(count)
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    threadpoolctl.threadpool_limits(limits=count, user_api="blas")
+    blas = [entry["num_threads"] for entry in threadpoolctl.threadpool_info()
+            if entry.get("user_api") == "blas"]
+    return max(blas) if blas else None
 
 
 def allocated_bytes(step) -> int:
@@ -230,55 +278,201 @@ def make_arrays(shapes, dtype):
     return params, grads
 
 
-def run_cell(optimizer, dtype, workload, contenders, budget, min_rounds, torch, torch_impl):
+def workload_named(name: str) -> Workload:
+    return next(workload for workload in all_workloads() if workload.name == name)
+
+
+# --------------------------------------------------------------------------------------------
+# torch in a process of its own.
+
+class TorchWorker:
+    """torch.optim timed in a child process (``run.py --torch-worker``), one request at a time.
+
+    torch's OpenMP threads spin for a while after each parallel region; in the benchmark's
+    own process they would compete for the CPUs with fastopt's pool during fastopt's samples
+    (and fastopt's with torch's), so that on a machine with few CPUs one contender's timing
+    measured the other's idle threads. Here the parent waits while the child times, and the
+    child sleeps on its pipe while the parent times.
+    """
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__),
+                                         "--torch-worker"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+        info = self.ask({"op": "info"})
+        self.version = info["torch"]
+        self.default_threads = info["default_threads"]
+        self.pid = info["pid"]
+
+    def ask(self, message: dict) -> dict:
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            code = self.process.wait()
+            raise RuntimeError(f"the torch worker (bench/run.py --torch-worker) exited with "
+                               f"status {code} on request {message['op']!r}; its error is "
+                               f"printed above")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.process.stdout.close()
+
+
+def torch_worker(stdin=sys.stdin, stdout=sys.stdout) -> None:
+    """The child's side of TorchWorker: JSON requests in, one JSON line out for each."""
+    import torch
+    step = None
+    for line in stdin:
+        message = json.loads(line)
+        if message["op"] == "quit":
+            break
+        if message["op"] == "info":
+            reply = {"torch": torch.__version__, "default_threads": torch.get_num_threads(),
+                     "pid": os.getpid()}
+        elif message["op"] == "setup":
+            step = None
+            workload = workload_named(message["workload"])
+            params, grads = make_arrays(workload.shapes, message["dtype"])
+            torch.set_num_threads(message["threads"])
+            implementation = torch_implementation(torch, message["optimizer"], message["dtype"])
+            step = make_torch(torch, message["optimizer"], params, grads, implementation)
+            step()
+            step()
+            reply = {"implementation": implementation, "fastest": fastest_call(step)}
+        else:  # "time"
+            torch.set_num_threads(message["threads"])
+            samples = time_block({"torch": step}, message["calls"], message["count"])["torch"]
+            reply = {"samples": samples, "threads": torch.get_num_threads()}
+        stdout.write(json.dumps(reply) + "\n")
+        stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# One cell.
+
+@dataclass(frozen=True)
+class Plan:
+    """How a cell is timed: ``threads`` (N) for every contender, also 1 thread when
+    ``scaling``; ``blocks`` alternations of the timing blocks, ``settle`` seconds of idleness
+    before each block, ``budget`` seconds of samples in all, at least ``min_rounds`` samples
+    per contender."""
+    threads: int
+    budget: float
+    min_rounds: int
+    blocks: int = 3
+    settle: float = 0.05
+    scaling: bool = True
+
+
+def summarize(seconds: list, workload: Workload, traffic: int, calls: int) -> dict:
+    median = float(np.median(seconds))
+    return {
+        "median_us": median * 1e6,
+        "min_us": float(np.min(seconds)) * 1e6,
+        "max_us": float(np.max(seconds)) * 1e6,
+        "p10_us": float(np.percentile(seconds, 10)) * 1e6,
+        "p25_us": float(np.percentile(seconds, 25)) * 1e6,
+        "p75_us": float(np.percentile(seconds, 75)) * 1e6,
+        "p90_us": float(np.percentile(seconds, 90)) * 1e6,
+        "samples": len(seconds),
+        "calls_per_sample": calls,
+        "ns_per_element": median * 1e9 / workload.elements,
+        "gb_per_s": traffic / median / 1e9,
+    }
+
+
+def run_cell(optimizer, dtype, workload, plan: Plan, worker: TorchWorker | None) -> dict:
+    """Time one cell: fastopt, NumPy and the probe interleaved round by round in this process
+    (one thread pool among them: fastopt's), torch in its worker process, in separate blocks
+    that alternate ``plan.blocks`` times; every contender at ``plan.threads`` threads, and
+    fastopt, the probe and torch at 1 thread too when ``plan.scaling``."""
     params, grads = make_arrays(workload.shapes, dtype)
-    steps = {}
-    if "fastopt" in contenders:
-        steps["fastopt"] = make_numpy_like(fastopt, optimizer, params, grads)
-    if "numpy" in contenders:
-        steps["numpy"] = make_numpy_like(reference, optimizer, params, grads)
-    if torch is not None and optimizer in TORCH_EQUIVALENTS:
-        steps["torch"] = make_torch(torch, optimizer, params, grads, torch_impl)
+    steps = {"fastopt": make_numpy_like(fastopt, optimizer, params, grads),
+             "numpy": make_numpy_like(reference, optimizer, params, grads)}
     if workload.single_array:
         steps["probe"] = make_probe(optimizer, params, grads)
-    timing = measure(steps, budget, min_rounds)
+    set_threads(plan.threads)
+    fastest = {}
+    for name, step in steps.items():          # the first call allocates state; then warm up
+        step()
+        step()
+        fastest[name] = fastest_call(step)
+    with_torch = worker is not None and optimizer in TORCH_EQUIVALENTS
+    torch_impl = None
+    if with_torch:
+        reply = worker.ask({"op": "setup", "optimizer": optimizer, "dtype": dtype,
+                            "workload": workload.name, "threads": plan.threads})
+        torch_impl = reply["implementation"]
+        fastest["torch"] = reply["fastest"]
+    calls = calls_for(min(fastest.values()))
+
+    counts = [plan.threads] + ([1] if plan.scaling and plan.threads > 1 else [])
+    one_thread = {name: steps[name] for name in ("fastopt", "probe") if name in steps}
+    per_round = calls * (sum(fastest.values()) + (len(counts) - 1) * (
+        sum(fastest[name] for name in one_thread) + fastest.get("torch", 0.0)))
+    count = max(math.ceil(plan.min_rounds / plan.blocks),
+                min(100_000, int(plan.budget / (plan.blocks * max(per_round, 1e-9)))))
+    samples: dict[tuple[str, int], list[float]] = {}
+    threads_used: dict[tuple[str, int], int | None] = {}
+    for _ in range(plan.blocks):
+        for threads in counts:
+            time.sleep(plan.settle)               # let the last block's threads go to sleep
+            blas = set_threads(threads)
+            block = time_block(steps if threads == plan.threads else one_thread, calls, count)
+            for name, seconds in block.items():
+                samples.setdefault((name, threads), []).extend(seconds)
+                threads_used[name, threads] = blas if name == "numpy" else \
+                    fastopt.get_num_threads()
+            if with_torch:
+                time.sleep(plan.settle)
+                reply = worker.ask({"op": "time", "threads": threads, "calls": calls,
+                                    "count": count})
+                samples.setdefault(("torch", threads), []).extend(reply["samples"])
+                threads_used["torch", threads] = reply["threads"]
+    set_threads(plan.threads)
 
     read, written = TRAFFIC[optimizer]
     traffic = (read + written) * np.dtype(dtype).itemsize * workload.elements
-    results = {}
-    for name, seconds in timing["samples"].items():
-        median = float(np.median(seconds))
-        results[name] = {
-            "median_us": median * 1e6,
-            "min_us": float(np.min(seconds)) * 1e6,
-            "max_us": float(np.max(seconds)) * 1e6,
-            "p10_us": float(np.percentile(seconds, 10)) * 1e6,
-            "p90_us": float(np.percentile(seconds, 90)) * 1e6,
-            "samples": len(seconds),
-            "calls_per_sample": timing["calls_per_sample"],
-            "ns_per_element": median * 1e9 / workload.elements,
-            "gb_per_s": traffic / median / 1e9,
-            "alloc_bytes": None if name == "torch" else allocated_bytes(steps[name]),
-        }
-    if "torch" in results:
-        results["torch"]["implementation"] = torch_impl
+    results, single = {}, {}
+    for (name, threads), seconds in samples.items():
+        result = summarize(seconds, workload, traffic, calls)
+        result["threads"] = threads_used[name, threads]
+        if name == "torch":
+            result["alloc_bytes"] = None
+            result["implementation"] = torch_impl
+        elif threads == plan.threads:
+            result["alloc_bytes"] = allocated_bytes(steps[name])
+        (results if threads == plan.threads else single)[name] = result
 
-    def ratio(slow, fast):
-        if slow in results and fast in results:
-            return results[slow]["median_us"] / results[fast]["median_us"]
+    def ratio(table, slow, fast):
+        if slow in table and fast in table:
+            return table[slow]["median_us"] / table[fast]["median_us"]
         return None
+
+    def ratios(table, slow, names):
+        return {name: ratio(table, slow, name) for name in names
+                if ratio(table, slow, name) is not None}
 
     cell = {
         "optimizer": optimizer, "dtype": dtype, "workload": workload.name,
         "description": workload.description, "arrays": len(workload.shapes),
-        "elements": workload.elements, "bytes_per_update": traffic, "results": results,
-        "speedup_vs_numpy": {name: ratio("numpy", name) for name in ("fastopt", "torch")
-                             if ratio("numpy", name) is not None},
-        "speedup_vs_torch": {name: ratio("torch", name) for name in ("fastopt",)
-                             if ratio("torch", name) is not None},
+        "elements": workload.elements, "bytes_per_update": traffic, "threads": plan.threads,
+        "results": results,
+        "speedup_vs_numpy": ratios(results, "numpy", ("fastopt", "torch")),
+        "speedup_vs_torch": ratios(results, "torch", ("fastopt",)),
         # probe time over the contender's: 1.0 means at the probe's bandwidth
-        "fraction_of_probe": {name: ratio("probe", name) for name in ("fastopt", "numpy", "torch")
-                              if ratio("probe", name) is not None},
+        "fraction_of_probe": ratios(results, "probe", ("fastopt", "numpy", "torch")),
+        # the same contenders on 1 thread (absent when the run's thread count is 1)
+        "one_thread": single,
+        "fraction_of_probe_one_thread": ratios(single, "probe", ("fastopt", "torch")),
+        # time on 1 thread over time on N threads: above 1.0 the threads pay
+        "scaling": {name: single[name]["median_us"] / results[name]["median_us"]
+                    for name in single},
     }
     return cell
 
@@ -321,7 +515,7 @@ def compiler_version() -> str:
         return f"{compiler} (version unknown)"
 
 
-def machine_info(torch) -> dict:
+def machine_info(worker: TorchWorker | None, threads: int) -> dict:
     try:
         import Cython
         cython_version = Cython.__version__
@@ -334,15 +528,17 @@ def machine_info(torch) -> dict:
         "logical_cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
-        "fastopt_threads": fastopt.get_num_threads(),
+        "fastopt_threads": threads,
+        "threads": threads,
         "fastopt_simd": f"{fastopt.simd_level()} ({kernels.compiled_simd()})",
         "fastopt": f"{fastopt.__version__} at {os.path.dirname(fastopt.__file__)}",
         "python": platform.python_version(),
         "numpy": np.__version__,
         "cython": cython_version,
         "compiler": compiler_version(),
-        "torch": torch.__version__ if torch is not None else None,
-        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "torch": worker.version if worker is not None else None,
+        "torch_threads": threads if worker is not None else None,
+        "torch_default_threads": worker.default_threads if worker is not None else None,
         "platform": platform.platform(),
     }
 
@@ -351,19 +547,28 @@ def print_header(info: dict, settings: dict) -> None:
     print("fastopt benchmark:", info["date_utc"], "UTC")
     print(f"  CPU      {info['cpu']} ({info['cpu_simd']}), {info['logical_cpus']} logical CPUs,"
           f" {info['cpus_usable']} usable")
-    threads = info["fastopt_threads"]
-    threading = ("1 thread (FASTOPT_NUM_THREADS or --threads for more)" if threads == 1
-                 else f"up to {threads} threads per large param (--threads 1 for one)")
+    threads = info["threads"]
+    threading = (f"{threads} thread{'s' if threads > 1 else ''} per large param (--threads to "
+                 f"change)")
     print(f"  fastopt  {info['fastopt']}; {threading}, loops compiled for "
           f"{info['fastopt_simd']} (FASTOPT_SIMD to force a level)")
     print(f"  versions Python {info['python']}, NumPy {info['numpy']}, Cython {info['cython']}, "
           f"{info['compiler']}")
-    torch_line = (f"torch {info['torch']} ({info['torch_threads']} threads)" if info["torch"]
+    torch_line = (f"torch {info['torch']} in a process of its own" if info["torch"]
                   else "torch not installed: no torch column (pip install torch==2.13.0)")
     print(f"  peers    fastopt.reference (pure NumPy, the book's code); {torch_line}")
-    print(f"  method   interleaved rounds, {settings['budget']:g} s per cell, at least "
-          f"{settings['min_rounds']} rounds; medians, spread of the samples (min, max, 10th "
-          f"and 90th percentiles in the JSON); malloc warmed as in a training process")
+    print(f"  threads  every contender at {threads} (fastopt's pool, torch.set_num_threads, "
+          f"NumPy's BLAS through threadpoolctl"
+          + ("" if info.get("blas_limited") else ": not installed, BLAS left as it is") + ")"
+          + (f"; fastopt, the probe and torch also at 1 thread for the 1->{threads} columns"
+             if settings.get("scaling") and threads > 1 else ""))
+    print(f"  method   {settings['budget']:g} s of samples per cell in "
+          f"{settings.get('blocks', 1)} alternations of timing blocks (fastopt, NumPy and the "
+          f"probe interleaved round by round; torch in its own process; "
+          f"{settings.get('settle', 0) * 1e3:g} ms idle before each block), at least "
+          f"{settings['min_rounds']} samples each; medians, spread of the samples (min, max, "
+          f"10th, 25th, 75th and 90th percentiles in the JSON); malloc warmed as in a training "
+          f"process")
     print()
 
 
@@ -395,23 +600,33 @@ def spread_text(results: dict) -> str:
 
 def print_row(cell: dict, first: bool) -> None:
     results = cell["results"]
+    threads = cell.get("threads", 1)
     if first:
+        scaling = f"1->{threads}"
         print(f"{'optimizer':9} {'dtype':7} {'workload':14} {'fastopt us':>11} {'numpy us':>10} "
               f"{'torch us':>9} {'x numpy':>8} {'x torch':>8} {'ns/elem':>8} {'GB/s':>6} "
-              f"{'of probe':>8}  {'alloc fastopt/numpy':>19}  spread")
+              f"{'of probe':>8} {scaling:>6} {'torch ' + scaling:>10} {'probe@1':>7}  "
+              f"{'alloc fastopt/numpy':>19}  spread")
     torch = results.get("torch")
     fast = results["fastopt"]
     probe = cell["fraction_of_probe"].get("fastopt")
+    probe_single = cell.get("fraction_of_probe_one_thread", {}).get("fastopt")
+    scaling = cell.get("scaling", {})
     torch_us = f"{torch['median_us']:9.2f}" if torch else f"{'-':>9}"
     versus_torch = cell["speedup_vs_torch"].get("fastopt")
     versus_torch_text = f"{versus_torch:8.2f}" if versus_torch else f"{'-':>8}"
     allocations = (f"{format_bytes(fast['alloc_bytes'])}/"
                    f"{format_bytes(results['numpy']['alloc_bytes'])}")
+
+    def ratio_text(value, width):
+        return f"{value:{width}.2f}" if value is not None else f"{'-':>{width}}"
     print(f"{cell['optimizer']:9} {cell['dtype']:7} {cell['workload']:14} "
           f"{fast['median_us']:11.2f} {results['numpy']['median_us']:10.2f} "
           f"{torch_us} {cell['speedup_vs_numpy']['fastopt']:8.2f} {versus_torch_text} "
           f"{fast['ns_per_element']:8.3f} {fast['gb_per_s']:6.1f} "
-          f"{'' if probe is None else f'{probe:.0%}':>8}  "
+          f"{'' if probe is None else f'{probe:.0%}':>8} "
+          f"{ratio_text(scaling.get('fastopt'), 6)} {ratio_text(scaling.get('torch'), 10)} "
+          f"{'' if probe_single is None else f'{probe_single:.0%}':>7}  "
           f"{allocations:>19}  {spread_text(results)}",
           flush=True)
 
@@ -472,19 +687,32 @@ def speedup_figure(cells: list, info: dict):
 # The README's table.
 
 def markdown(cells: list, info: dict, command: str) -> str:
-    """Per workload and dtype, fastopt's median per update and its speedups, per optimizer."""
+    """Per workload and dtype, fastopt's median per update, the spread of its samples, its
+    speedups and its thread scaling, per optimizer; the README's headline first."""
     optimizers = [name for name in OPTIMIZERS if any(c["optimizer"] == name for c in cells)]
     with_torch = any("fastopt" in cell["speedup_vs_torch"] for cell in cells)
+    threads = info.get("threads", info["fastopt_threads"])
+    same = "threads" in info             # runs before it: each contender at its own default
+    with_scaling = any("fastopt" in cell.get("scaling", {}) for cell in cells)
+    summary = targets_module().headline({"machine": info, "cells": cells})
     lines = [
-        f"Measured {info['date_utc']} UTC on {info['cpu']} ({info['logical_cpus']} CPUs; fastopt "
-        f"up to {info['fastopt_threads']} threads, loops compiled for {info['fastopt_simd']}), "
-        f"Python {info['python']}, NumPy {info['numpy']}"
-        + (f", torch {info['torch']} ({info['torch_threads']} threads)" if info["torch"] else "")
+        f"Measured {info['date_utc']} UTC on {info['cpu']} ({info['logical_cpus']} CPUs, loops "
+        f"compiled for {info['fastopt_simd']}), Python {info['python']}, NumPy {info['numpy']}"
+        + (f", torch {info['torch']}" if info["torch"] else "")
+        + (f"; every contender at {threads} thread{'s' if threads > 1 else ''}" if same
+           else f"; fastopt up to {threads} threads, torch at {info.get('torch_threads')}")
         + f", with `{command}`.",
         "",
-        "Each cell: fastopt's median time per `update()`, then its speedup over the book's NumPy "
-        "code" + (" and over torch.optim" if with_torch else "") + " (ratios of medians, "
-        "measured in the same interleaved rounds).",
+    ]
+    if summary:
+        lines += [f"Headline: fastopt is {summary}.", ""]
+    lines += [
+        "Each cell: fastopt's median time per `update()` and the interquartile range of its "
+        "samples over the median, then its speedup over the book's NumPy code"
+        + (" and over torch.optim" if with_torch else "") + " (ratios of medians"
+        + (", every contender at the same thread count)" if same else ")")
+        + (f", then fastopt's time on 1 thread over its time on {threads} (1→{threads})"
+           if with_scaling else "") + ".",
         "",
         "| workload | dtype | " + " | ".join(optimizers) + " |",
         "|---|---|" + "---|" * len(optimizers),
@@ -499,14 +727,28 @@ def markdown(cells: list, info: dict, command: str) -> str:
                 if cell is None:
                     row.append("")
                     continue
-                text = (f"{format_time(cell['results']['fastopt']['median_us'])} · "
-                        f"{cell['speedup_vs_numpy']['fastopt']:.1f}× np")
+                fast = cell["results"]["fastopt"]
+                text = format_time(fast["median_us"])
+                if "p25_us" in fast:
+                    text += f" ±{(fast['p75_us'] - fast['p25_us']) / fast['median_us']:.0%}"
+                text += f" · {cell['speedup_vs_numpy']['fastopt']:.1f}× np"
                 if "fastopt" in cell["speedup_vs_torch"]:
                     text += f" · {cell['speedup_vs_torch']['fastopt']:.2f}× torch"
+                if "fastopt" in cell.get("scaling", {}):
+                    text += f" · {cell['scaling']['fastopt']:.2f}× 1→{cell['threads']}"
                 row.append(text)
             if any(row):
                 lines.append(f"| {workload.description} | {dtype} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def targets_module():
+    """bench/targets.py (the headline and the targets), loaded from beside this file."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets.py")
+    spec = importlib.util.spec_from_file_location("fastopt_bench_targets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def format_time(microseconds: float) -> str:
@@ -522,7 +764,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="small budget, no 1e7 arrays: the whole run in under a minute")
+                        help="small budget, two alternations, no 1e7 arrays: about a minute")
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="plot speedup vs size (matplotlib)")
     parser.add_argument("--markdown", metavar="FILE.md", help="write the README's table")
@@ -535,15 +777,33 @@ def parse_args(argv=None):
     parser.add_argument("--budget", type=float,
                         help="seconds of timing per cell (default 0.15 with --quick, else 1.5)")
     parser.add_argument("--min-rounds", type=int, default=5,
-                        help="rounds per cell even past the budget (default 5)")
+                        help="samples per contender and cell even past the budget (default 5)")
+    parser.add_argument("--blocks", type=int,
+                        help="alternations of the timing blocks per cell (default 2 with "
+                             "--quick, else 3)")
+    parser.add_argument("--settle", type=float, default=0.05,
+                        help="seconds of idleness before each timing block, for the last "
+                             "block's spinning threads to go to sleep (default 0.05)")
     parser.add_argument("--no-torch", action="store_true", help="leave torch out")
     parser.add_argument("--threads", type=int,
-                        help="fastopt threads per large param (default: fastopt's own, from "
-                             "FASTOPT_NUM_THREADS or OMP_NUM_THREADS, else the CPUs it may "
-                             "use, at most 8)")
+                        help="threads for every contender: fastopt per large param, torch, "
+                             "NumPy's BLAS (default: fastopt's own, from FASTOPT_NUM_THREADS "
+                             "or OMP_NUM_THREADS, else the CPUs it may use, at most 8)")
+    parser.add_argument("--no-scaling", action="store_true",
+                        help="time only at --threads, not also at 1 thread (about half the "
+                             "time)")
+    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for name in ("min_rounds", "blocks", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.settle < 0:
+        parser.error(f"--settle must be at least 0 seconds, got {args.settle}")
     if args.budget is None:
         args.budget = 0.15 if args.quick else 1.5
+    if args.blocks is None:
+        args.blocks = 2 if args.quick else 3
     if args.workload is None:
         args.workload = QUICK_WORKLOADS if args.quick else names
     return args
@@ -551,6 +811,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.torch_worker:
+        torch_worker()
+        return 0
     if args.threads is not None:
         fastopt.set_num_threads(args.threads)
     if args.from_json:
@@ -558,14 +821,25 @@ def main(argv=None) -> int:
             results = json.load(saved)
         write_reports(args, results["cells"], results["machine"], results["settings"])
         return 0
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-        except ImportError:
-            torch = None
-    info = machine_info(torch)
+    threads = fastopt.get_num_threads()
+    worker = None
+    if not args.no_torch and importlib.util.find_spec("torch") is not None:
+        worker = TorchWorker()
+    try:
+        return run(args, argv, threads, worker)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def run(args, argv, threads: int, worker: TorchWorker | None) -> int:
+    plan = Plan(threads=threads, budget=args.budget, min_rounds=args.min_rounds,
+                blocks=args.blocks, settle=args.settle, scaling=not args.no_scaling)
+    info = machine_info(worker, threads)
+    info["blas_limited"] = importlib.util.find_spec("threadpoolctl") is not None
     settings = {"quick": args.quick, "budget": args.budget, "min_rounds": args.min_rounds,
+                "blocks": args.blocks, "settle": args.settle, "threads": threads,
+                "scaling": plan.scaling and threads > 1,
                 "optimizers": args.optimizer, "dtypes": args.dtype,
                 "workloads": args.workload,
                 "command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None
@@ -577,24 +851,27 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     for optimizer in args.optimizer:
         for dtype in args.dtype:
-            torch_impl = (torch_implementation(torch, optimizer, dtype)
-                          if torch and optimizer in TORCH_EQUIVALENTS else None)
             for workload in workloads:
-                cell = run_cell(optimizer, dtype, workload, ("fastopt", "numpy"), args.budget,
-                                args.min_rounds, torch, torch_impl)
+                cell = run_cell(optimizer, dtype, workload, plan, worker)
                 print_row(cell, first=not cells)
                 cells.append(cell)
     elapsed = time.perf_counter() - started
-    if torch is not None:
+    if worker is not None:
         impls = sorted({f"{c['optimizer']}: {c['results']['torch']['implementation']}"
                         for c in cells if "torch" in c["results"]})
         print("\ntorch.optim implementation used:", ", ".join(impls))
     print(f"\n{len(cells)} cells in {elapsed:.0f} s. 'x numpy' and 'x torch' are speedups of "
           f"fastopt (median over median); 'of probe' is the bandwidth probe's time over "
           f"fastopt's on single arrays (100% = at the memory limit the probe reaches). "
-          f"'spread' is the widest (90th - 10th percentile) / median among the contenders' "
+          + (f"'1->{threads}' is fastopt's (and 'torch 1->{threads}' torch's) time on 1 thread "
+             f"over its time on {threads} (above 1.00 the threads pay); 'probe@1' is 'of probe' "
+             f"with both on 1 thread. " if settings["scaling"] else "")
+          + f"'spread' is the widest (90th - 10th percentile) / median among the contenders' "
           f"samples; above {NOISY_SPREAD:.0%} the contender is named as noisy: rerun that "
           f"cell before quoting it.")
+    summary = targets_module().headline({"machine": info, "cells": cells})
+    if summary:
+        print(f"Headline: fastopt is {summary}.")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"schema": 1, "machine": info, "settings": settings, "cells": cells},

@@ -1,22 +1,26 @@
 """The performance targets, read off bench/run.py's JSON: each target, what was measured, met.
 
     python bench/targets.py bench/results/full.json [--one-thread FILE.json] [--markdown FILE]
+    python bench/targets.py bench/results/full.json --readme README.md   # headline up to date?
 
 Targets (medians of one run; ratios of medians measured in the same interleaved rounds):
 
 - one ``update()`` of one small param (the 1-element cell), Adam and SGD: <= 1.0 us
 - the book's TwoLayerNet, float64 Adam, fastopt on one thread: >= 5x the book's NumPy code
-  (``--one-thread``: a run with ``--threads 1``, when the main run used more threads)
+  (fastopt's 1-thread timing from the same run; or ``--one-thread``: a run with ``--threads 1``)
 - the book's TwoLayerNet, every optimizer torch.optim has, both dtypes: >= 3x torch.optim
 - 1e7 elements, every such optimizer and dtype, fastopt at its default threads: >= 1.0x
   torch.optim's fused kernels at torch's default threads, and >= 90% of the bandwidth probe
 
-Prints one row per target with the worst cell and how many cells meet it.
+Prints one row per target with the worst cell and how many cells meet it, and the README's
+headline as read off the run (``headline``); ``--readme`` fails when README.md does not say it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +54,46 @@ def _target(name: str, cells: list[Cell], value: Callable[[Cell], float | None],
             f"{len(measured)} cells meet it", verdict]
 
 
+BOOK_OPTIMIZERS = ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam")
+BOOK_NETWORKS = ("two_layer_net", "five_layer_net")
+
+
+def short_cpu(name: str) -> str:
+    """The CPU as a reader knows it: ``AMD EPYC 7B13``, ``Intel Xeon Platinum 8481C``."""
+    name = re.sub(r"\((R|TM|tm|r)\)", "", name)
+    name = re.sub(r"\b(CPU|Processor|\d+-Core)\b", "", name)
+    name = re.sub(r"@.*$", "", name)
+    return " ".join(name.split()) or "an unnamed CPU"
+
+
+def headline(data: dict[str, Any]) -> str | None:
+    """The README's headline read off a run: the range of fastopt's speedups over the book's
+    NumPy code on the book's networks (TwoLayerNet and the five-layer comparison net, the
+    book's six optimizers, every dtype in the run), with the CPU and thread count.
+
+    Returns None when the run has no such cell. The bounds are the lowest and highest ratio
+    of medians, rounded to one decimal.
+    """
+    speedups = [cell["speedup_vs_numpy"]["fastopt"] for cell in data["cells"]
+                if cell["workload"] in BOOK_NETWORKS and cell["optimizer"] in BOOK_OPTIMIZERS
+                and "fastopt" in cell.get("speedup_vs_numpy", {})]
+    if not speedups:
+        return None
+    machine = data.get("machine", {})
+    threads = machine.get("threads", machine.get("fastopt_threads"))
+    where = short_cpu(machine.get("cpu", ""))
+    if threads is not None:
+        where += f", {threads} thread{'s' if threads != 1 else ''}"
+    return (f"{min(speedups):.1f}–{max(speedups):.1f}× faster than that code on the book's "
+            f"networks ({where})")
+
+
+def readme_says(readme: str, summary: str) -> bool:
+    """Whether ``readme`` carries the headline ``summary``, line breaks and spacing aside; the
+    parenthesis may go on (``(AMD EPYC 7B13, 2 threads, [performance](#performance))``)."""
+    return " ".join(summary.removesuffix(")").split()) in " ".join(readme.split())
+
+
 def rows(data: dict[str, Any], one_thread: dict[str, Any] | None) -> list[list[str]]:
     torch_names = tuple(sorted({cell["optimizer"] for cell in data["cells"]
                                 if "torch" in cell["results"]}))
@@ -61,6 +105,10 @@ def rows(data: dict[str, Any], one_thread: dict[str, Any] | None) -> list[list[s
         return lambda cell: cell.get(key, {}).get(contender)
 
     adam_net = _cells(one_thread or data, "two_layer_net", ("Adam",), ("float64",))
+    if one_thread is None and any("fastopt" in cell.get("one_thread", {}) for cell in adam_net):
+        # the run timed fastopt on 1 thread too; the book's code runs no threads of its own
+        adam_net = [{**cell, "speedup_vs_numpy": {"fastopt": cell["results"]["numpy"][
+            "median_us"] / cell["one_thread"]["fastopt"]["median_us"]}} for cell in adam_net]
     return [
         _target("one update of 1 small param (1 element), Adam and SGD: <= 1.0 us",
                 _cells(data, "1", ("Adam", "SGD")), median("fastopt"), 1.0, True,
@@ -84,6 +132,8 @@ def main() -> None:
     parser.add_argument("json", help="bench/run.py --json output")
     parser.add_argument("--one-thread", metavar="FILE", help="a --threads 1 run's JSON")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    parser.add_argument("--readme", metavar="README.md",
+                        help="exit with status 1 unless this file carries the run's headline")
     args = parser.parse_args()
     with open(args.json) as file:
         data = json.load(file)
@@ -98,11 +148,19 @@ def main() -> None:
           f"thread(s), torch on {machine.get('torch_threads', '?')}")
     for name, measured, verdict in table:
         print(f"  {verdict:8} {name}: {measured}")
+    summary = headline(data)
+    print(f"headline: {summary or 'no cell of the book networks in this run'}")
     if args.markdown:
         with open(args.markdown, "w") as file:
             file.write("| target | measured | |\n|---|---|---|\n")
             for name, measured, verdict in table:
                 file.write(f"| {name} | {measured} | {verdict} |\n")
+    if args.readme:
+        with open(args.readme) as file:
+            if summary is None or not readme_says(file.read(), summary):
+                sys.exit(f"{args.readme} does not carry the headline of {args.json}: "
+                         f"expected \"{summary}\"")
+        print(f"{args.readme} carries it")
 
 
 if __name__ == "__main__":

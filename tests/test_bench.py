@@ -175,3 +175,214 @@ def test_the_clipping_comparison_runs(tmp_path):
     row = completed.stdout.splitlines()[3].split()
     assert row[:2] == ["1e4", "float32"]
     assert float(row[2]) > 0 and float(row[3]) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Every contender at the same thread count, in blocks of its own; thread scaling; the headline.
+
+TARGETS = BENCH.parent / "targets.py"
+
+
+def load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module          # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load(BENCH, "fastopt_bench_run")
+
+
+@pytest.fixture()
+def restored_threads():
+    """Leave fastopt's and the BLAS libraries' thread counts as the test found them."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = fastopt.get_num_threads()
+    with threadpoolctl.threadpool_limits(limits=None):
+        yield
+    fastopt.set_num_threads(before)
+
+
+def blas_present():
+    try:
+        import threadpoolctl
+    except ImportError:
+        return False
+    return any(entry.get("user_api") == "blas" for entry in threadpoolctl.threadpool_info())
+
+
+@pytest.fixture(scope="module")
+def two_thread_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench2")
+    out, table = folder / "results.json", folder / "table.md"
+    command = [sys.executable, str(BENCH), "--threads", "2", "--optimizer", "Adam",
+               "--dtype", "float64", "--workload", "1e2", "two_layer_net", "--budget", "0.02",
+               "--min-rounds", "4", "--blocks", "2", "--settle", "0.001", "--json", str(out),
+               "--markdown", str(table)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout, json.loads(out.read_text()), table.read_text()
+
+
+def test_every_contender_runs_at_the_same_thread_count(two_thread_run):
+    _, data, _ = two_thread_run
+    assert data["settings"]["threads"] == data["machine"]["threads"] == 2
+    assert data["settings"]["scaling"] is True
+    if data["machine"]["torch"] is not None:
+        assert data["machine"]["torch_threads"] == 2
+    for cell in data["cells"]:
+        assert cell["threads"] == 2
+        for name, result in cell["results"].items():
+            if name == "numpy":
+                assert result["threads"] == (2 if blas_present() else None)
+            else:
+                assert result["threads"] == 2, name
+        expected = {"fastopt"} | ({"probe"} if cell["arrays"] == 1 else set())
+        expected |= {"torch"} if "torch" in cell["results"] else set()
+        assert set(cell["one_thread"]) == expected
+        for name, result in cell["one_thread"].items():
+            assert result["threads"] == 1, name
+
+
+def test_thread_scaling_is_the_ratio_of_one_thread_to_n(two_thread_run):
+    stdout, data, table = two_thread_run
+    rows = [line for line in stdout.splitlines() if line.startswith("Adam ")]
+    assert "1->2" in stdout and "torch 1->2" in stdout and "probe@1" in stdout
+    for row, cell in zip(rows, data["cells"], strict=True):
+        single, results = cell["one_thread"], cell["results"]
+        assert set(cell["scaling"]) == set(single)
+        for name in single:
+            assert cell["scaling"][name] == pytest.approx(
+                single[name]["median_us"] / results[name]["median_us"], rel=1e-12)
+            # the same samples at 1 thread as at 2: the blocks alternate
+            assert single[name]["samples"] == results[name]["samples"] >= 4
+            assert single[name]["calls_per_sample"] == results[name]["calls_per_sample"]
+        assert f" {cell['scaling']['fastopt']:6.2f} " in row
+        if "probe" in single:
+            assert cell["fraction_of_probe_one_thread"]["fastopt"] == pytest.approx(
+                single["probe"]["median_us"] / single["fastopt"]["median_us"], rel=1e-12)
+            assert f" {cell['fraction_of_probe_one_thread']['fastopt']:.0%} " in row
+        else:
+            assert cell["fraction_of_probe_one_thread"] == {}
+        assert f"{cell['scaling']['fastopt']:.2f}× 1→2" in table
+
+
+def test_the_spread_is_in_the_json_and_the_table(two_thread_run):
+    _, data, table = two_thread_run
+    for cell in data["cells"]:
+        for result in [*cell["results"].values(), *cell["one_thread"].values()]:
+            assert (0 < result["min_us"] <= result["p10_us"] <= result["p25_us"]
+                    <= result["median_us"] <= result["p75_us"] <= result["p90_us"]
+                    <= result["max_us"])
+        fast = cell["results"]["fastopt"]
+        iqr = (fast["p75_us"] - fast["p25_us"]) / fast["median_us"]
+        assert f" ±{iqr:.0%} · {cell['speedup_vs_numpy']['fastopt']:.1f}× np" in table
+
+
+def test_one_thread_run_has_no_scaling_columns(bench, restored_threads):
+    plan = bench.Plan(threads=1, budget=0.001, min_rounds=2, blocks=2, settle=0.0)
+    cell = bench.run_cell("SGD", "float32", bench.workload_named("1e2"), plan, None)
+    assert cell["one_thread"] == {} and cell["scaling"] == {}
+    assert cell["results"]["fastopt"]["threads"] == 1
+
+
+class FakeTorch:
+    """Stands in for the torch worker: records every request, answers with fixed timings."""
+
+    def __init__(self):
+        self.requests = []
+
+    def ask(self, message):
+        self.requests.append((message, fastopt.get_num_threads()))
+        if message["op"] == "setup":
+            return {"implementation": "fused", "fastest": 1e-6}
+        return {"samples": [1e-6 * message["threads"]] * message["count"],
+                "threads": message["threads"]}
+
+
+def test_torch_is_timed_in_blocks_of_its_own_at_each_thread_count(bench, restored_threads):
+    worker = FakeTorch()
+    plan = bench.Plan(threads=2, budget=0.001, min_rounds=3, blocks=3, settle=0.0)
+    cell = bench.run_cell("Adam", "float64", bench.workload_named("1e2"), plan, worker)
+    ops = [message["op"] for message, _ in worker.requests]
+    assert ops == ["setup"] + ["time"] * 6
+    assert [message["threads"] for message, _ in worker.requests] == [2, 2, 1, 2, 1, 2, 1]
+    # the thread count torch is asked for is the one the local block before it ran at
+    assert all(threads == message["threads"] for message, threads in worker.requests[1:])
+    assert cell["results"]["torch"]["threads"] == 2
+    assert cell["one_thread"]["torch"]["threads"] == 1
+    assert cell["scaling"]["torch"] == pytest.approx(0.5)
+    assert cell["results"]["torch"]["samples"] == cell["results"]["fastopt"]["samples"]
+    assert fastopt.get_num_threads() == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+def test_the_torch_worker_is_another_process(bench):
+    worker = bench.TorchWorker()
+    try:
+        assert worker.pid != __import__("os").getpid()
+        setup = worker.ask({"op": "setup", "optimizer": "SGD", "dtype": "float32",
+                            "workload": "1e2", "threads": 1})
+        assert setup["implementation"] in ("fused", "default") and setup["fastest"] > 0
+        timed = worker.ask({"op": "time", "threads": 1, "calls": 2, "count": 3})
+        assert timed["threads"] == 1 and len(timed["samples"]) == 3
+    finally:
+        worker.close()
+    assert worker.process.returncode == 0
+
+
+def headline_data(cpu="Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"):
+    cells = []
+    for workload, optimizer, speedup in [
+            ("two_layer_net", "SGD", 2.84), ("two_layer_net", "Adam", 6.96),
+            ("five_layer_net", "Momentum", 3.41), ("five_layer_net", "AdaGrad", 2.76),
+            ("two_layer_net", "NAdam", 1.2),    # beyond the book: not in the headline
+            ("1e2", "SGD", 12.0),               # not a network of the book
+            ("many_small", "Adam", 15.0)]:
+        cells.append({"workload": workload, "optimizer": optimizer, "dtype": "float64",
+                      "results": {}, "speedup_vs_numpy": {"fastopt": speedup}})
+    return {"machine": {"cpu": cpu, "threads": 2}, "cells": cells}
+
+
+def test_the_headline_is_read_off_the_json():
+    targets = load(TARGETS, "fastopt_bench_targets")
+    assert targets.headline(headline_data()) == (
+        "2.8–7.0× faster than that code on the book's networks (Intel Xeon Platinum 8481C, "
+        "2 threads)")
+    assert targets.headline(headline_data("AMD EPYC 7B13 64-Core Processor")).endswith(
+        "(AMD EPYC 7B13, 2 threads)")
+    assert targets.headline({"machine": {}, "cells": headline_data()["cells"][4:]}) is None
+
+
+def test_the_headline_check_of_a_readme(tmp_path):
+    saved = tmp_path / "full.json"
+    saved.write_text(json.dumps(headline_data()))
+    good, stale = tmp_path / "good.md", tmp_path / "stale.md"
+    good.write_text("same numbers as the book, 2.8–7.0× faster than that code\non the book's "
+                    "networks (Intel Xeon Platinum 8481C, 2 threads, [performance]"
+                    "(#performance)), and more\n")
+    stale.write_text("2.2–6.0× faster than that code on the book's networks (AMD EPYC)\n")
+    for readme, status in ((good, 0), (stale, 1)):
+        completed = subprocess.run([sys.executable, str(TARGETS), str(saved), "--readme",
+                                    str(readme)], capture_output=True, text=True, timeout=60)
+        assert completed.returncode == status, completed.stderr
+        assert "headline: 2.8–7.0× faster" in completed.stdout
+    assert 'expected "2.8–7.0×' in completed.stderr
+
+
+def test_the_table_carries_the_headline(two_thread_run):
+    _, data, table = two_thread_run
+    targets = load(TARGETS, "fastopt_bench_targets")
+    assert f"Headline: fastopt is {targets.headline(data)}." in table
+
+
+def test_the_one_thread_target_reads_the_runs_own_one_thread_timing(two_thread_run):
+    _, data, _ = two_thread_run
+    targets = load(TARGETS, "fastopt_bench_targets")
+    (cell,) = [c for c in data["cells"] if c["workload"] == "two_layer_net"]
+    expected = cell["results"]["numpy"]["median_us"] / cell["one_thread"]["fastopt"]["median_us"]
+    row = next(row for row in targets.rows(data, None) if "one thread" in row[0])
+    assert row[1] == f"{expected:.2f}x (Adam float64)"
