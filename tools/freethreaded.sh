@@ -94,7 +94,8 @@ if ! "$python" -c 'import numpy, setuptools, Cython, pytest, hypothesis' 2>/dev/
 fi
 
 step "a virtual environment for fastopt"
-"$python" -m venv --system-site-packages "$work/venv"
+# (--without-pip: the interpreter's own pip installs into it)
+"$python" -m venv --without-pip --system-site-packages "$work/venv"
 py="$work/venv/bin/python"
 "$py" -c 'import numpy; print("numpy", numpy.__version__)'
 
