@@ -17,10 +17,16 @@ baseline module what the CPU supports and imports the widest of them that it can
 (fastopt/_simd.py); FASTOPT_SIMD=baseline|avx2|avx512 forces one. Every level computes each
 statement with the same IEEE operations in the same order, so all give the same bits.
 
-FASTOPT_DEBUG_BUILD=1 turns Cython's bounds, wraparound and initialisation checks back on.
+Release builds carry no debug information: ``-g0`` comes after Python's own CFLAGS (which
+often hold ``-g``), so the shipped modules are a fifth of the size; tools/dist.sh checks the
+wheel's modules for a .debug_info section. FASTOPT_DEBUG_BUILD=1 turns Cython's bounds,
+wraparound and initialisation checks back on, and keeps debug information.
 FASTOPT_SANITIZE=1 (GCC or clang, not for shipping) builds with AddressSanitizer and
-UndefinedBehaviorSanitizer; tools/sanitize.sh builds it in its own environment and runs the
-tests under it.
+UndefinedBehaviorSanitizer, with debug information for their reports; tools/sanitize.sh builds
+it in its own environment and runs the tests under it.
+
+The modules compile in parallel (``build_ext --parallel``, one process per module up to the
+number of CPUs this process may use) unless ``-j``/``--parallel`` says otherwise.
 Threads for large params come from a small pool of POSIX threads in the module itself (no
 OpenMP): -pthread with GCC and clang on Linux and macOS; MSVC builds run on one thread.
 """
@@ -35,6 +41,7 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError
 
 debug = os.environ.get("FASTOPT_DEBUG_BUILD", "") == "1"
+sanitized = os.environ.get("FASTOPT_SANITIZE", "") == "1"
 directives = {"boundscheck": debug, "wraparound": debug, "initializedcheck": debug}
 
 link_args = []
@@ -45,10 +52,13 @@ else:
     compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
     if debug:
         compile_args += ["-O0", "-g"]
-    if os.environ.get("FASTOPT_SANITIZE", "") == "1":
+    if sanitized:
         sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
         compile_args += sanitize
         link_args += sanitize
+    if not (debug or sanitized):
+        # After Python's CFLAGS on the command line, so it wins over their -g.
+        compile_args.append("-g0")
     compile_args.append("-pthread")
     link_args.append("-pthread")
 
@@ -108,6 +118,18 @@ class BuildKernels(build_ext):
             except CompileError:
                 return False
         return True
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            # The three modules are independent: one compiler per module and CPU.
+            try:
+                cpus = len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                cpus = os.cpu_count() or 1
+            self.parallel = min(cpus, len(SIMD_LEVELS) + 1)
+            if self.parallel < 2:
+                self.parallel = None
 
     def build_extensions(self):
         kept = []
