@@ -29,6 +29,7 @@ what was done.
 """
 from __future__ import annotations
 
+import importlib
 import numbers
 import signal
 import threading
@@ -217,11 +218,13 @@ def _class_name(value: Any) -> str:
 # The signal module's own functions without its wrappers, which convert every handler to and
 # from an enum (most of the hold's cost: about 20 us a checked update with the wrappers, under
 # 2 with these). CPython's signal module is a thin layer over _signal; elsewhere, the layer.
+_getsignal: Callable[..., Any] = signal.getsignal
+_setsignal: Callable[..., Any] = signal.signal
 try:
-    import _signal
+    _signal = importlib.import_module("_signal")
     _getsignal, _setsignal = _signal.getsignal, _signal.signal
 except (ImportError, AttributeError):
-    _getsignal, _setsignal = signal.getsignal, signal.signal
+    pass
 _SIGINT = int(signal.SIGINT)
 
 

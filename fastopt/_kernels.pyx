@@ -922,9 +922,10 @@ cdef enum:
 # with other work is not held. The caller's own wait (for claimed chunks) spins without
 # yielding for up to twice its own time per chunk (a worker on a core of its own finishes its
 # last chunk within about one chunk's time of the caller), then sleeps; when it had to sleep,
-# a worker lost its CPU, and the next few jobs (4, 8, ... at most 64) run on the caller alone. In a forked child the pool is empty (a
-# pthread_atfork handler forgets the parent's workers) and starts again on its first threaded
-# update. Builds without POSIX threads (MSVC) run on one thread.
+# a worker lost its CPU, and the next few jobs (4, 8, ... at most 64) run on the caller
+# alone. In a forked child the pool is empty (a pthread_atfork handler forgets the parent's
+# workers) and starts again on its first threaded update. Builds without POSIX threads
+# (MSVC) run on one thread.
 
 cdef extern from *:
     """
