@@ -91,6 +91,9 @@ def test_the_simd_level_has_numpys_name(level):
     from numpy._core._multiarray_umath import __cpu_features__ as numpy_features
 
     name = _config.NUMPY_SIMD_NAMES[level]
+    if not any(feature.startswith("X86_V") for feature in numpy_features):
+        pytest.skip(f"NumPy {np.__version__} names no x86-64 levels (X86_V2, X86_V3, ...) among "
+                    f"its CPU features: newer NumPy versions do")
     assert name in numpy_features, f"NumPy has no CPU feature (group) named {name}"
     if level in fastopt.simd_levels():
         # NumPy sees on this CPU what the level needs, and its name for the group.
