@@ -1,4 +1,4 @@
-"""Acceptance 4: the drop-in contract of SPEC section 1 (and the scalar params of section 4)."""
+"""The drop-in contract of SPEC section 1 (and the scalar params of section 4)."""
 import inspect
 
 import numpy as np

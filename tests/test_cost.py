@@ -1,4 +1,4 @@
-"""Acceptance 6 and 7, and the kernels' own guards: no allocation, GIL released, memory safe."""
+"""Cost and the kernels' own guards: no allocation, GIL released, memory safe."""
 import threading
 import time
 import tracemalloc

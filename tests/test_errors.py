@@ -1,4 +1,4 @@
-"""Acceptance 5 and 9: every rejected input of SPEC section 4, and hyperparameter checks.
+"""Every rejected input of SPEC section 4, and hyperparameter checks.
 
 Each case checks the exception type, that the message names the offending key, and that the
 rejected call changed nothing: no param, no state (no new keys either) and no step count.

@@ -1,4 +1,4 @@
-"""Acceptance 1, 2 and 8: fastopt's trajectories equal fastopt.reference's, bit for bit.
+"""fastopt's trajectories equal fastopt.reference's, bit for bit.
 
 float64 must be bit-identical by contract. float32 is bit-identical too: the kernels round
 every statement as NumPy >= 2 does (Python-float hyperparameters become float32; the book's
@@ -191,7 +191,7 @@ def test_read_only_grads_work(config):
     assert_same_bits(ours["w"], theirs["w"])
 
 
-# --- acceptance 8: NaN and inf propagate as in NumPy -----------------------------------------
+# --- NaN and inf propagate as in NumPy -------------------------------------------------------
 
 def special_values(dtype):
     info = np.finfo(dtype)

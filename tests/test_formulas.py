@@ -1,4 +1,4 @@
-"""Acceptance 1 and 3: the reference, and every variant option, against independent values.
+"""The reference, and every variant option, against independent values.
 
 ``expected_trajectory`` restates each formula of SPEC section 2 element by element in plain
 Python floats (IEEE double, the same rounding as float64 NumPy), independently of

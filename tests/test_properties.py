@@ -1,4 +1,4 @@
-"""Property-based comparison of every optimizer with ``fastopt.reference`` (issue 11, "Also").
+"""Property-based comparison of every optimizer with ``fastopt.reference``.
 
 One property: for any optimizer of ``_helpers.CONFIGS`` with valid hyperparameters, any
 container (dict, list, tuple) of params of any shape (0-d, empty, odd, small), dtype (float32,

@@ -1,5 +1,5 @@
-"""Issue 11: memory safety, hangs, crashes and atomicity of ``update`` (one test group per
-finding, numbered as in the issue).
+"""Memory safety, hangs, crashes and atomicity of ``update``, forks and interrupts (one test
+group per kind of failure).
 
 Whatever can crash or hang the interpreter runs in a subprocess, so that a segfault or a hang
 fails one test instead of killing pytest.

@@ -1,4 +1,4 @@
-"""Thread safety (issue 11): what fastopt promises, and bounded stress tests of it.
+"""Thread safety: what fastopt promises, and bounded stress tests of it.
 
 The promise:
 
