@@ -69,10 +69,10 @@ def parts(name: str, dtype: str) -> tuple[float, float, float]:
     plan = optimizer._call_plan
     whole = median_us(lambda: optimizer.update(params, grads))
     alone = median_us(lambda: plan(optimizer, params, grads))
-    rule, scalars, _ = optimizer._next_step(optimizer.hyperparameter_values())
-    kernel = _base._KERNEL_FOR_RULE[rule]
+    step = optimizer._next_step(optimizer.hyperparameter_values())
     states = _base._pad(optimizer._rule_states())
-    entry = median_us(lambda: kernel(params, grads, *states, None, None, 0.0, *scalars))
+    entry = median_us(lambda: _base._run_loop(step.loop, params, grads, *states, None, None,
+                                              0.0, step.scalars))
     return whole, alone, entry
 
 

@@ -49,18 +49,21 @@ from dataclasses import dataclass
 import numpy as np
 
 import fastopt
+import fastopt.book
 from fastopt import reference
+from fastopt._rules import RULES
 from fastopt._simd import kernels
 
-BOOK_OPTIMIZERS = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
-OPTIMIZERS = [*BOOK_OPTIMIZERS, "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "Lion"]
+# Every optimizer fastopt declares (fastopt/_rules.py), the book's first.
+OPTIMIZERS = [rule.__name__ for rule in RULES]
+BOOK_OPTIMIZERS = [name for name in OPTIMIZERS if name in fastopt.book.__all__]
 DTYPES = ["float32", "float64"]
 
-# Arrays each optimizer reads and writes per element: (read, written), and how many targets
-# the bandwidth probe must read and write to move the same bytes (with the grad as source).
-TRAFFIC = {"SGD": (2, 1), "Momentum": (3, 2), "Nesterov": (3, 2), "AdaGrad": (3, 2),
-           "RMSprop": (3, 2), "Adam": (4, 3), "AdamW": (4, 3), "NAdam": (4, 3), "RAdam": (4, 3),
-           "Adamax": (4, 3), "Adadelta": (4, 3), "Lion": (3, 2)}
+# Arrays each optimizer reads and writes per element with its default options: (read,
+# written), the param, the grad and its state arrays; the bandwidth probe reads and writes as
+# many targets to move the same bytes (with the grad as source).
+TRAFFIC = {name: (2 + len(getattr(fastopt, name)().state_names),
+                  1 + len(getattr(fastopt, name)().state_names)) for name in OPTIMIZERS}
 
 # torch.optim with the book's hyperparameters. torch's Adam is the paper's form, whose cost is
 # the same as the book's.

@@ -19,7 +19,6 @@ import numpy as np
 from run import OPTIMIZERS, all_workloads, cpu_model, make_arrays, measure, warm_allocator
 
 import fastopt
-from fastopt._base import _KERNEL_FOR_RULE
 from fastopt._simd import _module_name
 
 DEFAULT_WORKLOADS = ["1e4", "two_layer_net", "five_layer_net", "1e6", "1e7"]
@@ -29,16 +28,16 @@ def make_step(module, optimizer, params, grads):
     """One step of ``optimizer`` with the book's defaults, run by ``module``'s compiled entry:
     the entry, scalars and state the fastopt class hands its own level's kernel."""
     instance = getattr(fastopt, optimizer)()
-    rule, scalars, _ = instance._next_step(instance.hyperparameter_values())
-    kernel = getattr(module, _KERNEL_FOR_RULE[rule].__name__)
+    step_of = instance._next_step(instance.hyperparameter_values())
     own = [value.copy() for value in params.values()]
     grad_list = list(grads.values())
     states = [[np.zeros_like(value) for value in own] for _ in instance.state_names]
     states += [None] * (3 - len(states))
 
     def step():
-        if not kernel(own, grad_list, *states, None, None, 0.0, *scalars):
-            raise RuntimeError(f"{module.__name__}.{kernel.__name__} declined the arrays")
+        if not module.run(step_of.loop, own, grad_list, *states, None, None, 0.0,
+                          step_of.scalars):
+            raise RuntimeError(f"{module.__name__}'s loop {step_of.loop} declined the arrays")
     return step
 
 

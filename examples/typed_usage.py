@@ -11,7 +11,6 @@ import numpy as np
 import numpy.typing as npt
 
 import fastopt
-from fastopt import reference
 
 
 def train(steps: int) -> dict[str, npt.NDArray[np.float64]]:
@@ -19,7 +18,7 @@ def train(steps: int) -> dict[str, npt.NDArray[np.float64]]:
     params: dict[str, npt.NDArray[np.float64]] = {
         "W1": rng.standard_normal((784, 50)), "b1": np.zeros(50),
     }
-    optimizers: list[reference.ReferenceOptimizer] = [
+    optimizers: list[fastopt.optimizers.Optimizer] = [
         fastopt.SGD(lr=0.1), fastopt.Momentum(0.01, 0.9), fastopt.Nesterov(velocity_first=True),
         fastopt.AdaGrad(eps=1e-6), fastopt.RMSprop(decay_rate=0.9, eps_inside_sqrt=True),
         fastopt.Adam(lr=1e-3, paper_form=True),

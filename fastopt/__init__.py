@@ -30,6 +30,7 @@ except ImportError as error:   # pragma: no cover - exercised only without a bui
 
 import numpy as np
 
+from . import optimizers as _optimizers
 from . import reference as reference  # fastopt.reference, not in __all__
 from . import schedules as schedules  # fastopt.schedules, not in __all__
 from ._base import SlowPathWarning as SlowPathWarning
@@ -47,27 +48,13 @@ from ._simd import sqrt_method as sqrt_method
 from .checkpoint import load as load
 from .checkpoint import save as save
 from .clipping import clip_grad_norm as clip_grad_norm
-from .optimizers import (
-    SGD,
-    Adadelta,
-    AdaGrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Lion,
-    Momentum,
-    NAdam,
-    Nesterov,
-    RAdam,
-    RMSProp,
-    RMSprop,
-)
+from .optimizers import *  # noqa: F403 - every optimizer class
 
 # `from fastopt import *` gives every name `from common.optimizer import *` gives a script of
 # the first book, `np` included (that file has no __all__ and its scripts use its `np`), plus
 # the optimizers beyond the book. `from fastopt.book import *` gives the book's names and no more.
-__all__ = ["SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum", "NAdam",
-           "Nesterov", "RAdam", "RMSProp", "RMSprop", "np"]
+__all__ = ["np"]
+__all__ += _optimizers.__all__
 
 # With threadpoolctl installed, threadpool_info() lists fastopt's pool and threadpool_limits()
 # limits it (fastopt/_config.py); fastopt does not need threadpoolctl.

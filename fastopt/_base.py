@@ -8,11 +8,11 @@ scalars, the loops, the step count) is one compiled call. Otherwise it changes n
 the checked update runs: under the optimizer's lock (concurrent calls on one optimizer run
 one after the other) it notes what the attributes hold if something was assigned since the
 plan, or plans and runs the plan if they have held since the previous checked update; else it
-evaluates and checks the hyperparameters (``fastopt.reference``'s machinery: schedules,
-Python floats), computes the step's scalars, and first tries the common case in one kernel
-call. The kernel entry checks every param before it writes anything and declines (returning
-False, nothing changed) otherwise. Then the checked path runs in two phases, so that a
-rejected call changes nothing:
+evaluates and checks the hyperparameters (fastopt/_core.py's machinery: schedules, Python
+floats), computes the step's scalars (the rule's declaration, fastopt/_rules.py), and first
+tries the common case in one kernel call. The kernel entry checks every param before it
+writes anything and declines (returning False, nothing changed) otherwise. Then the checked
+path runs in two phases, so that a rejected call changes nothing:
 
 1. *Check*: every key's param, grad and existing state is validated, each grad read exactly
    once; nothing is written.
@@ -30,7 +30,6 @@ what was done.
 from __future__ import annotations
 
 import importlib
-import numbers
 import signal
 import threading
 import warnings
@@ -40,53 +39,24 @@ from typing import Any
 import numpy as np
 
 from . import _settings, reference
+from ._core import DecayFilter, Grads, Hyper, OptimizerCore, Params, Step
 from ._simd import kernels as _kernels
+from ._validation import describe as _describe
+from ._validation import is_real_scalar as _is_real_scalar
 from .clipping import global_norm
 
-# The compiled entry for each of fastopt.reference's rules: the same scalars after the arrays.
-_KERNEL_FOR_RULE: dict[Callable[..., Any], Callable[..., bool]] = {
-    reference.sgd_rule: _kernels.sgd_step,
-    reference.momentum_rule: _kernels.momentum_step,
-    reference.nesterov_rule: _kernels.nesterov_step,
-    reference.adagrad_rule: _kernels.adagrad_step,
-    reference.rmsprop_rule: _kernels.rmsprop_step,
-    reference.adam_rule: _kernels.adam_step,
-    reference.adam_paper_rule: _kernels.adam_paper_step,
-    reference.adamw_rule: _kernels.adamw_step,
-    reference.nadam_rule: _kernels.nadam_step,
-    reference.radam_rule: _kernels.radam_step,
-    reference.adamax_rule: _kernels.adamax_step,
-    reference.adadelta_rule: _kernels.adadelta_step,
-    reference.lion_rule: _kernels.lion_step,
-}
+# Every compiled update goes through this one entry (a module global, so that a test can wrap
+# it): the rule's loop by name, the arrays, the grad transform, and the step's scalars by name.
+_run_loop: Callable[..., bool] = _kernels.run
 
 SLOTS = 3   # state slots of every compiled loop
-
-# How each rule's step scalars follow from the step count, keyed by the class's ``_next_step``
-# and the rule it returns: ``_kernels.CallPlan`` restates these few formulas in C
-# (tests/test_callpath.py checks its bits against ``_next_step``'s over many steps). NAdam
-# (a product carried from step to step) and RAdam (which branches on the step) are not here:
-# their updates always take the checked path.
-_STEP_FORMS: dict[tuple[Callable[..., Any], Callable[..., Any]], str] = {
-    (reference.SGD._next_step, reference.sgd_rule): "constant",
-    (reference.Momentum._next_step, reference.momentum_rule): "constant",
-    (reference.Nesterov._next_step, reference.nesterov_rule): "constant",
-    (reference.AdaGrad._next_step, reference.adagrad_rule): "constant",
-    (reference.RMSprop._next_step, reference.rmsprop_rule): "constant",
-    (reference.Adam._next_step, reference.adam_rule): "lr_t",
-    (reference.Adam._next_step, reference.adam_paper_rule): "bias_corrections",
-    (reference.AdamW._next_step, reference.adamw_rule): "step_size_and_sqrt",
-    (reference.Adamax._next_step, reference.adamax_rule): "step_size",
-    (reference.Adadelta._next_step, reference.adadelta_rule): "constant",
-    (reference.Lion._next_step, reference.lion_rule): "constant",
-}
 
 # What a CallPlan does in place of these methods; a class that defines any of them itself
 # (outside fastopt) always takes the checked path.
 _PLANNED_METHODS = ("_update_compiled", "_update_kernel", "_checked_values",
                     "hyperparameter_values", "_all_hyperparameters", "_next_step",
                     "_coupled_decay", "_rule_states", "_rule_state_names", "state_names",
-                    "_uses_momentum", "_used_states")
+                    "_uses_momentum", "_used_states", "_scalars_without_decay")
 
 # Hyperparameter values a plan may hold: immutable numbers, so that the same object is the
 # same value (a user's subclass of float could compute its value anew each time).
@@ -97,22 +67,6 @@ _NUMBERS = frozenset({float, int, *(np.dtype(code).type for code in
 class SlowPathWarning(UserWarning):
     """A param was updated by NumPy's path rather than the compiled loops (opt-in, see
     ``fastopt.set_slow_path_warning``)."""
-
-
-def _describe(value: Any) -> str:
-    """What a value is, for error messages: 'an ndarray of dtype ...', 'a float -7.0'."""
-    name = type(value).__name__
-    article = "an" if name[0] in "aeiou" else "a"
-    if isinstance(value, np.ndarray):
-        return f"{article} {name} of dtype {value.dtype} and shape {value.shape}"
-    if np.ndim(value) == 0:
-        return f"{article} {name} {value!r}"
-    return f"{article} {name}"
-
-
-def _is_real_scalar(value: Any) -> bool:
-    return (isinstance(value, (numbers.Real, np.integer, np.floating))
-            and not isinstance(value, (bool, np.bool_, np.ndarray)))
 
 
 def _check_param(key: Any, param: Any, grad: Any, fixed: str | None) -> tuple[int, ...]:
@@ -286,11 +240,11 @@ def _pad(states: list[Any]) -> list[Any]:
     return states + [None] * (SLOTS - len(states))
 
 
-class Optimizer(reference.ReferenceOptimizer):
-    """Base of fastopt's optimizers: the reference's hyperparameters, compiled updates.
+class Optimizer(OptimizerCore):
+    """Base of fastopt's optimizers: compiled updates of the rules fastopt/_rules.py declares.
 
-    Subclasses inherit their constructor, hyperparameter checks and per-step scalars from the
-    ``fastopt.reference`` class of the same name; this class replaces its ``update``.
+    Each optimizer class joins a rule's declaration (constructor, hyperparameter checks,
+    state, the step's scalars) to this class's ``update``.
     """
 
     # The optimizer's plan (``_plan``, ``_snapshot``): a cache, not state, so a slot, outside
@@ -310,8 +264,7 @@ class Optimizer(reference.ReferenceOptimizer):
         cls._class_attributes = frozenset(name for klass in cls.__mro__ for name in vars(klass))
         cls._plan_names = (*cls._checks, *cls._options, "weight_decay_filter", "max_grad_norm")
 
-    def _setup(self, weight_decay: reference.Hyper,
-               weight_decay_filter: reference.DecayFilter | None,
+    def _setup(self, weight_decay: Hyper, weight_decay_filter: DecayFilter | None,
                max_grad_norm: float | None) -> None:
         self._call_plan = None
         super()._setup(weight_decay, weight_decay_filter, max_grad_norm)
@@ -320,7 +273,7 @@ class Optimizer(reference.ReferenceOptimizer):
         self._call_plan = None   # copies and unpickled optimizers plan anew
         super().__setstate__(state)
 
-    def update(self, params: reference.Params, grads: reference.Grads) -> None:
+    def update(self, params: Params, grads: Grads) -> None:
         """Update ``params`` in place from ``grads``; return None.
 
         Parameters
@@ -355,8 +308,8 @@ class Optimizer(reference.ReferenceOptimizer):
             values = self._checked_values()
             step = self._next_step(values)
             with _InterruptHeld():   # a Ctrl-C meanwhile is raised after the update, whole
-                if not self._update_kernel(params, grads, values, *step):
-                    self._update_checked(params, grads, values, *step)
+                if not self._update_kernel(params, grads, values, step):
+                    self._update_checked(params, grads, values, step)
 
     _global_norm = staticmethod(global_norm)   # compiled; the reference's bits
 
@@ -389,7 +342,7 @@ class Optimizer(reference.ReferenceOptimizer):
         objects = tuple(map(own.get, names))
 
         def checked_only() -> _kernels.CallPlan:
-            return _kernels.CallPlan(cls, names, objects, (None, None, None), False, None, (),
+            return _kernels.CallPlan(cls, names, objects, (None, None, None), False, None, {},
                                      0.0, "constant", 0.0, 0.0, 0.0)
         if own.get("max_grad_norm") is not None or any(
                 type(own.get(name)) not in _NUMBERS for name in hyperparameters):
@@ -399,27 +352,27 @@ class Optimizer(reference.ReferenceOptimizer):
         frozen.__dict__ = own
         try:
             values = frozen._checked_values()
-            rule, scalars, after = frozen._next_step(values)
+            step = frozen._next_step(values)
         except (AttributeError, TypeError, ValueError):   # the checked update says what
             return None
-        form = _STEP_FORMS.get((cls._next_step, rule))
-        kernel = _KERNEL_FOR_RULE[rule]
         slots = tuple(_pad(frozen._rule_state_names()))
         read = {*names, *slots, "iter", "_decays", "_lock"} - {None}
-        if (form is None or set(after) != {"iter"}
-                # the plan runs the kernel's loops itself: not if the entry was replaced
-                or kernel is not getattr(_kernels, kernel.__name__, None)
+        # The plan restates the step's scalars (``step.form``: how they follow from the step
+        # count; None for a rule whose scalars it does not restate, or that carries state from
+        # step to step) and runs the loop itself.
+        if (step.form is None or set(step.after) != {"iter"}
+                # not if the compiled entry was replaced
+                or _run_loop is not _kernels.run
                 # a class attribute (a property, say) would shadow what __dict__ holds
                 or not cls._class_attributes.isdisjoint(read)):
             return checked_only()
         return _kernels.CallPlan(
             cls, names, objects, slots, own["weight_decay_filter"] is not None,
-            kernel.__name__, tuple(scalars), frozen._coupled_decay(values), form,
+            step.loop, step.scalars, frozen._coupled_decay(values), step.form,
             values["lr"], values.get("beta1", 0.0), values.get("beta2", 0.0))
 
-    def _update_kernel(self, params: reference.Params, grads: reference.Grads,
-                       values: dict[str, float], rule: Callable[..., Any],
-                       scalars: tuple[Any, ...], after: dict[str, Any]) -> bool:
+    def _update_kernel(self, params: Params, grads: Grads, values: dict[str, float],
+                       step: Step) -> bool:
         """Update in one kernel call if every param can take it; else change nothing."""
         kind = type(params)
         if (kind is not dict and kind is not list) or type(grads) is not kind:
@@ -456,8 +409,8 @@ class Optimizer(reference.ReferenceOptimizer):
             except (KeyError, IndexError, TypeError, ValueError):
                 return False   # the checked path explains what is wrong
         try:
-            done = _KERNEL_FOR_RULE[rule](params, grads, *states, decays, grad_scale,
-                                          self._coupled_decay(values), *scalars)
+            done = _run_loop(step.loop, params, grads, *states, decays, grad_scale,
+                             self._coupled_decay(values), step.scalars)
         except BaseException as error:
             # The entry raises only these, and before it writes; anything else came from a
             # signal handler (not SIGINT's, which update holds) as the loops returned.
@@ -468,7 +421,7 @@ class Optimizer(reference.ReferenceOptimizer):
             raise
         if not done:
             return False
-        for name, value in after.items():
+        for name, value in step.after.items():
             setattr(self, name, value)
         return True
 
@@ -477,9 +430,8 @@ class Optimizer(reference.ReferenceOptimizer):
         created yet (the first update)."""
         return [getattr(self, name) for name in self.state_names]
 
-    def _update_checked(self, params: reference.Params, grads: reference.Grads,
-                        values: dict[str, float], rule: Callable[..., Any],
-                        scalars: tuple[Any, ...], after: dict[str, Any]) -> None:
+    def _update_checked(self, params: Params, grads: Grads, values: dict[str, float],
+                        step: Step) -> None:
         """Validate every key, then update each by the kernel or by NumPy's rule."""
         # --- check: nothing is written until "apply" ---------------------------------------
         by_name = isinstance(params, Mapping)
@@ -529,7 +481,8 @@ class Optimizer(reference.ReferenceOptimizer):
                 if state is not None:
                     entry = state.get(key) if by_name else (
                         state[key] if key < len(state) else None)
-                if entry is not None and getattr(entry, "shape", None) != shape:
+                if (entry is not None
+                        and getattr(entry, "shape", None) != self._state_shape(name, shape)):
                     raise ValueError(
                         f"state {name}[{key!r}] has shape {np.shape(entry)} but param {key!r} "
                         f"has shape {shape}; a param's state belongs to the array first seen "
@@ -564,23 +517,22 @@ class Optimizer(reference.ReferenceOptimizer):
         try:
             self._add_zero_state(params)
             self._decays = decays
-            for name, value in after.items():
+            for name, value in step.after.items():
                 setattr(self, name, value)
             states = self._rule_states()
-            kernel = _KERNEL_FOR_RULE[rule]
             coupled = self._coupled_decay(values)
             for fast, group in _runs(compiled):
                 run = [keys[index] for index in group]
                 read = [grad_list[index] for index in group]
-                done = fast and kernel(
-                    [param_list[index] for index in group], read,
+                done = fast and _run_loop(
+                    step.loop, [param_list[index] for index in group], read,
                     *[None if state is None else [state[key] for key in run]
                       for state in _pad(states)],
                     None if decays is None else [decays[key] for key in run],
-                    grad_scale, coupled, *scalars)
+                    grad_scale, coupled, step.scalars)
                 if not done:   # NumPy's path (also if another thread changed an array meanwhile)
-                    self._apply(rule, scalars, values, grad_scale, decays, params, grads,
-                                states, run, read)
+                    reference.apply(self, step, values, grad_scale, decays, params, grads,
+                                    states, run, read)
                 finished += len(group)
         except BaseException as error:
             # Only an exception from a signal handler (not SIGINT's, which update holds) or

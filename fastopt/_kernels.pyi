@@ -1,9 +1,10 @@
 # Hand-written stub of fastopt/_kernels.pyx, checked by `python -m mypy.stubtest fastopt._kernels`.
-# Each *_step takes params, grads and three state containers (None for a slot the rule does not
-# keep), then which params decay (None: all), the grad transform (grad_scale: the clip factor or
-# None; weight_decay: coupled decay) and the rule's scalars. It updates every param in place and
-# returns True, or touches nothing and returns False when any param is not one the compiled
-# loops can take (see `ready`) or a container lacks a key.
+# `run` takes a loop by name (`loops()`), params, grads and three state containers (None for a
+# slot the rule does not keep), then which params decay (None: all), the grad transform
+# (grad_scale: the clip factor or None; weight_decay: coupled decay) and the rule's scalars by
+# Step field name (`step_fields()`). It updates every param in place and returns True, or
+# touches nothing and returns False when any param is not one the compiled loops can take (see
+# `ready`) or a container lacks a key.
 from typing import Any, TypeAlias
 
 from typing_extensions import disjoint_base
@@ -14,51 +15,11 @@ _Decays: TypeAlias = list[Any] | dict[str, Any] | None
 
 def ready(param: Any, grad: Any, state0: Any = None, state1: Any = None,
           state2: Any = None) -> bool: ...
-def sgd_step(params: _Arrays, grads: _Arrays, s0: _State, s1: _State, s2: _State,
-             decays: _Decays, grad_scale: float | None, weight_decay: float,
-             lr: float) -> bool: ...
-def momentum_step(params: _Arrays, grads: _Arrays, v: _State, s1: _State, s2: _State,
-                  decays: _Decays, grad_scale: float | None, weight_decay: float, lr: float,
-                  momentum: float) -> bool: ...
-def nesterov_step(params: _Arrays, grads: _Arrays, v: _State, s1: _State, s2: _State,
-                  decays: _Decays, grad_scale: float | None, weight_decay: float, lr: float,
-                  momentum: float, velocity_first: bool) -> bool: ...
-def adagrad_step(params: _Arrays, grads: _Arrays, h: _State, s1: _State, s2: _State,
-                 decays: _Decays, grad_scale: float | None, weight_decay: float, lr: float,
-                 eps: float, eps_inside_sqrt: bool) -> bool: ...
-def rmsprop_step(params: _Arrays, grads: _Arrays, h: _State, grad_avg: _State,
-                 momentum_buffer: _State, decays: _Decays, grad_scale: float | None,
-                 weight_decay: float, lr: float, decay_rate: float, eps: float,
-                 eps_inside_sqrt: bool, momentum: float) -> bool: ...
-def adam_step(params: _Arrays, grads: _Arrays, m: _State, v: _State, v_max: _State,
-              decays: _Decays, grad_scale: float | None, weight_decay: float, lr_t: float,
-              beta1: float, beta2: float, eps: float, eps_inside_sqrt: bool) -> bool: ...
-def adam_paper_step(params: _Arrays, grads: _Arrays, m: _State, v: _State, v_max: _State,
-                    decays: _Decays, grad_scale: float | None, weight_decay: float, lr: float,
-                    beta1: float, beta2: float, bias_correction1: float,
-                    bias_correction2: float, eps: float, eps_inside_sqrt: bool) -> bool: ...
-def adamw_step(params: _Arrays, grads: _Arrays, m: _State, v: _State, v_max: _State,
-               decays: _Decays, grad_scale: float | None, weight_decay: float, beta1: float,
-               beta2: float, step_size: float, bias_correction2_sqrt: float, eps: float,
-               lr_weight_decay: float) -> bool: ...
-def nadam_step(params: _Arrays, grads: _Arrays, m: _State, v: _State, s2: _State,
-               decays: _Decays, grad_scale: float | None, weight_decay: float, beta1: float,
-               beta2: float, bias_correction2: float, eps: float, grad_step: float,
-               momentum_step: float) -> bool: ...
-def radam_step(params: _Arrays, grads: _Arrays, m: _State, v: _State, s2: _State,
-               decays: _Decays, grad_scale: float | None, weight_decay: float, lr: float,
-               beta1: float, beta2: float, bias_correction1: float,
-               bias_correction2_sqrt: float, eps: float, rectified: bool,
-               rectification: float) -> bool: ...
-def adamax_step(params: _Arrays, grads: _Arrays, m: _State, u: _State, s2: _State,
-                decays: _Decays, grad_scale: float | None, weight_decay: float, beta1: float,
-                beta2: float, step_size: float, eps: float) -> bool: ...
-def adadelta_step(params: _Arrays, grads: _Arrays, v: _State, u: _State, s2: _State,
-                  decays: _Decays, grad_scale: float | None, weight_decay: float, lr: float,
-                  rho: float, eps: float) -> bool: ...
-def lion_step(params: _Arrays, grads: _Arrays, m: _State, s1: _State, s2: _State,
-              decays: _Decays, grad_scale: float | None, weight_decay: float, lr: float,
-              beta1: float, beta2: float, decoupled_weight_decay: float) -> bool: ...
+def loops() -> tuple[str, ...]: ...
+def step_fields() -> tuple[str, ...]: ...
+def run(loop: str, params: _Arrays, grads: _Arrays, s0: _State, s1: _State, s2: _State,
+        decays: _Decays, grad_scale: float | None, weight_decay: float,
+        scalars: dict[str, Any]) -> bool: ...
 
 @disjoint_base
 class CallPlan:
@@ -67,8 +28,8 @@ class CallPlan:
     @property
     def planned(self) -> bool: ...
     def __init__(self, owner: type, names: tuple[str, ...], objects: tuple[Any, ...],
-                 slots: tuple[str | None, ...], filtered: bool, kernel: str | None,
-                 scalars: tuple[Any, ...], weight_decay: float, form: str, lr: float,
+                 slots: tuple[str | None, ...], filtered: bool, loop: str | None,
+                 scalars: dict[str, Any], weight_decay: float, form: str, lr: float,
                  beta1: float, beta2: float) -> None: ...
     def step_scalars(self, t: int) -> dict[str, float]: ...
     def holds(self, optimizer: Any) -> bool: ...

@@ -23,7 +23,7 @@
 # - The caller's lists and dicts are read through Cython's free-threading-safe accessors
 #   (bounds-checked strong references for lists, a critical section while iterating a dict),
 #   and every planned array is held (``keep``) until its loop has run, as with the GIL.
-# - The Python-level module globals (``_KERNELS``, ``_FORMS``; fastopt/_simd.py's chosen level
+# - The Python-level module globals (``_LOOPS``, ``_FIELDS``, ``_FORMS``; fastopt/_simd.py's chosen level
 #   and square-root method) are written only while the module is imported, which CPython
 #   serialises; fastopt/_settings.py's slow-path flag is one module-global bool, whose reads
 #   and writes are atomic in CPython with or without the GIL.
@@ -40,20 +40,22 @@ Design rules of this module:
   (``g*grad_scale``), then coupled weight decay (``g + weight_decay*p``). A term that is off is
   left out, not multiplied by 1 or added as 0 (``0*p`` would turn an infinite param into nan).
   Decoupled decay (AdamW, Lion) is part of those rules' own statements.
-- Each public ``<rule>_step`` takes, for every param, the param, its grad and its three state
-  containers (lists of the same length, or dicts keyed by str, the book's style), then which
-  params decay, the grad transform and the rule's scalars in the order of the matching rule of
-  ``fastopt.reference``. It either updates every param in place, in one stretch without the
-  GIL, and returns True, or, when any param is not one the loops can take exactly as NumPy
-  would (``ready``), touches nothing and returns False; the Python layer then checks the
-  inputs, explains what is wrong, or takes NumPy's path for that param. These checks are what
-  keep the loops inside memory, so they are never skipped, and every planned array is held by
-  a reference until its loop has run.
+- One public entry, ``run``, takes a loop by name (``loops()``; each loop is registered once,
+  with the state slots it writes), then, for every param, the param, its grad and its three
+  state containers (lists of the same length, or dicts keyed by str, the book's style), then
+  which params decay, the grad transform and the rule's scalars as a dict of ``Step`` field
+  names (fastopt/_rules.py's ``Step.scalars``), filled by name. It either updates every param
+  in place, in one stretch without the GIL, and returns True, or, when any param is not one
+  the loops can take exactly as NumPy would (``ready``), touches nothing and returns False;
+  the Python layer then checks the inputs, explains what is wrong, or takes NumPy's path for
+  that param. These checks are what keep the loops inside memory, so they are never skipped,
+  and every planned array is held by a reference until its loop has run.
 - ``CallPlan`` (the call path) runs a whole ``update()`` in one call while the attributes it
   was planned from hold the same objects (fastopt/_base.py decides when). The only Python
   scalar formulas restated here are its few of the step count (Adam's ``lr_t``, the bias
   corrections, step sizes), with the C library's ``pow`` and ``sqrt`` as Python's own ``**``
-  and ``math.sqrt``; tests/test_callpath.py checks their bits against ``_next_step``.
+  and ``math.sqrt``; tests/test_callpath.py checks their bits against ``_next_step``
+  (fastopt/_rules.py).
 - Order of operations follows ``fastopt.reference`` statement by statement, and each statement
   is rounded to the array's dtype as NumPy >= 2 rounds it (Python float scalars are converted
   to the array's dtype first), so results are bit-identical to the reference in float64 and
@@ -1666,9 +1668,11 @@ cdef int _prepare(Step* c, object grad_scale, double weight_decay) except -1:
 
 
 # ---------------------------------------------------------------------------------------------
-# The rules' scalars: for each public entry, which Step fields its scalars fill (in the order of
-# fastopt.reference's rule), which loop runs and how many state slots it writes. The entries
-# below and ``CallPlan`` both take them from ``_rule``.
+# The loops by name, and the step's scalars by name. Each loop is registered once, below its
+# definition's section, with the state slots it writes and the size from which one param is
+# split across threads; fastopt/_rules.py's ``Step`` names the loop and gives its scalars as
+# a dict of ``Step`` field names. ``run`` (every checked update) and ``CallPlan`` (the call
+# path) both take a loop from this table and fill a ``Step`` by name.
 
 ctypedef struct Rule:
     loop_float run_float
@@ -1677,263 +1681,143 @@ ctypedef struct Rule:
     intp parallel_min     # elements from which one param is split across threads
 
 
-cdef inline void _loops(Rule* r, loop_float run_float, loop_double run_double, int required,
-                        intp parallel_min) noexcept:
-    r.run_float = run_float
-    r.run_double = run_double
-    r.required = required
-    r.parallel_min = parallel_min
-
-
-cdef enum Kernel:
-    # The public entries, in order.
-    SGD_STEP, MOMENTUM_STEP, NESTEROV_STEP, ADAGRAD_STEP, RMSPROP_STEP, ADAM_STEP,
-    ADAM_PAPER_STEP, ADAMW_STEP, NADAM_STEP, RADAM_STEP, ADAMAX_STEP, ADADELTA_STEP, LION_STEP
-
-
-_KERNELS = {"sgd_step": SGD_STEP, "momentum_step": MOMENTUM_STEP,
-            "nesterov_step": NESTEROV_STEP, "adagrad_step": ADAGRAD_STEP,
-            "rmsprop_step": RMSPROP_STEP, "adam_step": ADAM_STEP,
-            "adam_paper_step": ADAM_PAPER_STEP, "adamw_step": ADAMW_STEP,
-            "nadam_step": NADAM_STEP, "radam_step": RADAM_STEP, "adamax_step": ADAMAX_STEP,
-            "adadelta_step": ADADELTA_STEP, "lion_step": LION_STEP}
-
 cdef enum:
-    MAX_SCALARS = 8   # the most scalars an entry takes (radam_step)
+    MAX_LOOPS = 64
 
 
-cdef void _rule(Kernel kernel, const double* s, bint third_state, Step* c,
-                Rule* r) noexcept:
-    """Fill ``c`` from the scalars ``s`` of entry ``kernel`` (in its order; flags as 0 or 1)
-    and point ``r`` at its loop (``third_state``: the rule keeps its optional third state,
-    Adam's v_max)."""
-    if kernel == SGD_STEP:
-        c.lr = s[0]
-        _loops(r, _sgd[float], _sgd[double], 0, STREAMING_MIN)
-    elif kernel == MOMENTUM_STEP:
-        c.lr, c.momentum = s[0], s[1]
-        _loops(r, _momentum[float], _momentum[double], 1, STREAMING_MIN)
-    elif kernel == NESTEROV_STEP:
-        c.lr, c.momentum, c.velocity_first = s[0], s[1], s[2] != 0
-        _loops(r, _nesterov[float], _nesterov[double], 1, STREAMING_MIN)
-    elif kernel == ADAGRAD_STEP:
-        c.lr, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2] != 0
-        _loops(r, _adagrad[float], _adagrad[double], 1, DIVIDING_MIN)
-    elif kernel == RMSPROP_STEP:
-        c.lr, c.decay_rate, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2], s[3] != 0
-        c.momentum = s[4]
-        _loops(r, _rmsprop[float], _rmsprop[double], 1, DIVIDING_MIN)
-    elif kernel == ADAM_STEP:
-        c.lr_t, c.beta1, c.beta2, c.eps, c.eps_inside_sqrt = s[0], s[1], s[2], s[3], s[4] != 0
-        if third_state:
-            _loops(r, _adam_amsgrad[float], _adam_amsgrad[double], 3, DIVIDING_MIN)
+cdef Rule _loop_table[MAX_LOOPS]
+cdef int _loop_count = 0
+_LOOPS = {}   # loop name -> its index in _loop_table (written only while importing)
+
+
+cdef int _register(str name, loop_float run_float, loop_double run_double, int required,
+                   intp parallel_min) except -1:
+    """Make loop ``name`` callable by name."""
+    global _loop_count
+    if _loop_count == MAX_LOOPS or name in _LOOPS:
+        raise RuntimeError(f"cannot register loop {name!r}")
+    _loop_table[_loop_count].run_float = run_float
+    _loop_table[_loop_count].run_double = run_double
+    _loop_table[_loop_count].required = required
+    _loop_table[_loop_count].parallel_min = parallel_min
+    _LOOPS[name] = _loop_count
+    _loop_count += 1
+    return 0
+
+
+_register("sgd", _sgd[float], _sgd[double], 0, STREAMING_MIN)
+_register("momentum", _momentum[float], _momentum[double], 1, STREAMING_MIN)
+_register("nesterov", _nesterov[float], _nesterov[double], 1, STREAMING_MIN)
+_register("adagrad", _adagrad[float], _adagrad[double], 1, DIVIDING_MIN)
+_register("rmsprop", _rmsprop[float], _rmsprop[double], 1, DIVIDING_MIN)
+_register("adam", _adam[float], _adam[double], 2, DIVIDING_MIN)
+_register("adam_amsgrad", _adam_amsgrad[float], _adam_amsgrad[double], 3, DIVIDING_MIN)
+_register("adam_paper", _adam_paper[float], _adam_paper[double], 2, DIVIDING_MIN)
+_register("adamw", _adamw[float], _adamw[double], 2, DIVIDING_MIN)
+_register("nadam", _nadam[float], _nadam[double], 2, DIVIDING_MIN)
+_register("radam", _radam[float], _radam[double], 2, DIVIDING_MIN)
+_register("adamax", _adamax[float], _adamax[double], 2, DIVIDING_MIN)
+_register("adadelta", _adadelta[float], _adadelta[double], 2, DIVIDING_MIN)
+_register("lion", _lion[float], _lion[double], 1, STREAMING_MIN)
+
+
+cdef Rule* _loop_named(str name) except NULL:
+    index = _LOOPS.get(name)
+    if index is None:
+        raise ValueError(f"no compiled loop is named {name!r}; the loops are "
+                         f"{sorted(_LOOPS)}")
+    return &_loop_table[<int>index]
+
+
+def loops():
+    """The names of the compiled loops, in the order they were registered."""
+    return tuple(_LOOPS)
+
+
+# The Step fields a rule's scalars may fill, by name: (byte offset << 1) | 1 for a flag (bint),
+# (byte offset << 1) for a double.
+cdef Step _layout
+_FIELDS = {}
+
+
+cdef int _field(str name, void* address, bint flag) except -1:
+    _FIELDS[name] = ((<char*>address - <char*>&_layout) << 1) | flag
+    return 0
+
+
+_field("lr", &_layout.lr, False)
+_field("momentum", &_layout.momentum, False)
+_field("decay_rate", &_layout.decay_rate, False)
+_field("rho", &_layout.rho, False)
+_field("beta1", &_layout.beta1, False)
+_field("beta2", &_layout.beta2, False)
+_field("eps", &_layout.eps, False)
+_field("lr_t", &_layout.lr_t, False)
+_field("bias_correction1", &_layout.bias_correction1, False)
+_field("bias_correction2", &_layout.bias_correction2, False)
+_field("bias_correction2_sqrt", &_layout.bias_correction2_sqrt, False)
+_field("step_size", &_layout.step_size, False)
+_field("grad_step", &_layout.grad_step, False)
+_field("momentum_step", &_layout.momentum_step, False)
+_field("rectification", &_layout.rectification, False)
+_field("decoupled_decay", &_layout.decoupled_decay, False)
+_field("eps_inside_sqrt", &_layout.eps_inside_sqrt, True)
+_field("velocity_first", &_layout.velocity_first, True)
+_field("rectified", &_layout.rectified, True)
+
+
+def step_fields():
+    """The names a rule's scalars may have (the ``Step`` fields its loops read)."""
+    return tuple(_FIELDS)
+
+
+cdef int _fill(Step* c, dict scalars) except -1:
+    """Set ``c``'s fields from ``scalars`` (field name -> number; a flag from any truth value)."""
+    cdef char* raw = <char*>c
+    cdef Py_ssize_t where
+    for name, value in scalars.items():
+        field = _FIELDS.get(name)
+        if field is None:
+            raise ValueError(f"the compiled loops take no scalar named {name!r}; they take "
+                             f"{sorted(_FIELDS)}")
+        where = field
+        if where & 1:
+            (<bint*>(raw + (where >> 1)))[0] = bool(value)
         else:
-            _loops(r, _adam[float], _adam[double], 2, DIVIDING_MIN)
-    elif kernel == ADAM_PAPER_STEP:
-        c.lr, c.beta1, c.beta2 = s[0], s[1], s[2]
-        c.bias_correction1, c.bias_correction2 = s[3], s[4]
-        c.eps, c.eps_inside_sqrt = s[5], s[6] != 0
-        _loops(r, _adam_paper[float], _adam_paper[double], 2, DIVIDING_MIN)
-    elif kernel == ADAMW_STEP:
-        c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt = s[0], s[1], s[2], s[3]
-        c.eps, c.decoupled_decay = s[4], s[5]
-        _loops(r, _adamw[float], _adamw[double], 2, DIVIDING_MIN)
-    elif kernel == NADAM_STEP:
-        c.beta1, c.beta2, c.bias_correction2 = s[0], s[1], s[2]
-        c.eps, c.grad_step, c.momentum_step = s[3], s[4], s[5]
-        _loops(r, _nadam[float], _nadam[double], 2, DIVIDING_MIN)
-    elif kernel == RADAM_STEP:
-        c.lr, c.beta1, c.beta2, c.bias_correction1 = s[0], s[1], s[2], s[3]
-        c.bias_correction2_sqrt, c.eps, c.rectified, c.rectification = (
-            s[4], s[5], s[6] != 0, s[7])
-        _loops(r, _radam[float], _radam[double], 2, DIVIDING_MIN)
-    elif kernel == ADAMAX_STEP:
-        c.beta1, c.beta2, c.step_size, c.eps = s[0], s[1], s[2], s[3]
-        _loops(r, _adamax[float], _adamax[double], 2, DIVIDING_MIN)
-    elif kernel == ADADELTA_STEP:
-        c.lr, c.rho, c.eps = s[0], s[1], s[2]
-        _loops(r, _adadelta[float], _adadelta[double], 2, DIVIDING_MIN)
-    else:
-        c.lr, c.beta1, c.beta2, c.decoupled_decay = s[0], s[1], s[2], s[3]
-        _loops(r, _lion[float], _lion[double], 1, STREAMING_MIN)
+            (<double*>(raw + (where >> 1)))[0] = value
+    return 0
 
 
-cdef object _entry(Kernel kernel, object params, object grads, tuple states, object decays,
-                   object grad_scale, double weight_decay, const double* scalars):
+def run(str loop not None, params, grads, s0, s1, s2, decays, grad_scale,
+        double weight_decay, dict scalars not None):
+    """Update every param by compiled loop ``loop`` and return True; or, if any param is not
+    one the loops can take (see ``ready``) or a container lacks a key, update none and return
+    False.
+
+    Parameters
+    ----------
+    loop : str
+        The loop's name (``loops()``).
+    params, grads : list or dict
+        The params and their grads (lists of the same length, or dicts keyed by str).
+    s0, s1, s2 : list, dict or None
+        The rule's three state slots, in its order (None for a slot the rule, with its
+        options, does not keep).
+    decays : list, dict or None
+        Which params decay (None: all).
+    grad_scale : float or None
+        The clip factor the grads are multiplied by (None: no clipping).
+    weight_decay : float
+        Coupled decay, ``g + weight_decay*p`` (0 for none).
+    scalars : dict
+        The rule's scalars by ``Step`` field name (``step_fields()``).
+    """
     cdef Step c
-    cdef Rule r
+    cdef Rule* r = _loop_named(loop)
     _prepare(&c, grad_scale, weight_decay)
-    _rule(kernel, scalars, states[2] is not None, &c, &r)
-    return _run(params, grads, states, r.required, decays, r.run_float, r.run_double, &c,
+    _fill(&c, scalars)
+    return _run(params, grads, (s0, s1, s2), r.required, decays, r.run_float, r.run_double, &c,
                 r.parallel_min)
-
-
-# ---------------------------------------------------------------------------------------------
-# Public entries: one per update rule. Each takes params, grads and three state containers
-# (None for a slot the rule, with its options, does not keep), ``decays`` (which params decay;
-# None: all), the grad transform (``grad_scale``: None, or the clip factor; ``weight_decay``:
-# coupled decay, 0 for none), then the rule's scalars in the order of fastopt.reference's rule.
-# Each updates every param and returns True, or, if any param is not one the loops can take
-# (see ``ready``) or a container lacks a key, updates none and returns False.
-
-def sgd_step(params, grads, s0, s1, s2, decays, grad_scale, double weight_decay, double lr):
-    """``p -= lr*g``."""
-    cdef double s[1]
-    s[0] = lr
-    return _entry(SGD_STEP, params, grads, (None, None, None), decays, grad_scale, weight_decay, s)
-
-
-def momentum_step(params, grads, v, s1, s2, decays, grad_scale, double weight_decay,
-                  double lr, double momentum):
-    """``v = momentum*v - lr*g; p += v``."""
-    cdef double s[2]
-    s[0] = lr
-    s[1] = momentum
-    return _entry(MOMENTUM_STEP, params, grads, (v, None, None), decays, grad_scale,
-                  weight_decay, s)
-
-
-def nesterov_step(params, grads, v, s1, s2, decays, grad_scale, double weight_decay,
-                  double lr, double momentum, bint velocity_first):
-    """Nesterov momentum; the book's 2016 order when ``velocity_first``."""
-    cdef double s[3]
-    s[0] = lr
-    s[1] = momentum
-    s[2] = velocity_first
-    return _entry(NESTEROV_STEP, params, grads, (v, None, None), decays, grad_scale,
-                  weight_decay, s)
-
-
-def adagrad_step(params, grads, h, s1, s2, decays, grad_scale, double weight_decay,
-                 double lr, double eps, bint eps_inside_sqrt):
-    """``h += g*g; p -= lr*g / (sqrt(h) + eps)``."""
-    cdef double s[3]
-    s[0] = lr
-    s[1] = eps
-    s[2] = eps_inside_sqrt
-    return _entry(ADAGRAD_STEP, params, grads, (h, None, None), decays, grad_scale,
-                  weight_decay, s)
-
-
-def rmsprop_step(params, grads, h, grad_avg, momentum_buffer, decays, grad_scale,
-                 double weight_decay, double lr, double decay_rate, double eps,
-                 bint eps_inside_sqrt, double momentum):
-    """The book's RMSprop; centered with ``grad_avg``, with momentum with a
-    ``momentum_buffer``."""
-    cdef double s[5]
-    s[0] = lr
-    s[1] = decay_rate
-    s[2] = eps
-    s[3] = eps_inside_sqrt
-    s[4] = momentum
-    return _entry(RMSPROP_STEP, params, grads, (h, grad_avg, momentum_buffer), decays, grad_scale,
-                  weight_decay, s)
-
-
-def adam_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
-              double lr_t, double beta1, double beta2, double eps, bint eps_inside_sqrt):
-    """The book's Adam: ``m += (1-beta1)*(g-m); v += (1-beta2)*(g**2-v);
-    p -= lr_t*m / (sqrt(v) + eps)``; AMSGrad with ``v_max``."""
-    cdef double s[5]
-    s[0] = lr_t
-    s[1] = beta1
-    s[2] = beta2
-    s[3] = eps
-    s[4] = eps_inside_sqrt
-    return _entry(ADAM_STEP, params, grads, (m, v, v_max), decays, grad_scale, weight_decay, s)
-
-
-def adam_paper_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
-                    double lr, double beta1, double beta2, double bias_correction1,
-                    double bias_correction2, double eps, bint eps_inside_sqrt):
-    """Adam as in the paper's Algorithm 1 (bias-corrected moments); AMSGrad with ``v_max``."""
-    cdef double s[7]
-    s[0] = lr
-    s[1] = beta1
-    s[2] = beta2
-    s[3] = bias_correction1
-    s[4] = bias_correction2
-    s[5] = eps
-    s[6] = eps_inside_sqrt
-    return _entry(ADAM_PAPER_STEP, params, grads, (m, v, v_max), decays, grad_scale,
-                  weight_decay, s)
-
-
-def adamw_step(params, grads, m, v, v_max, decays, grad_scale, double weight_decay,
-               double beta1, double beta2, double step_size, double bias_correction2_sqrt,
-               double eps, double lr_weight_decay):
-    """torch's AdamW: decoupled decay ``p -= lr_weight_decay*p``, then Adam."""
-    cdef double s[6]
-    s[0] = beta1
-    s[1] = beta2
-    s[2] = step_size
-    s[3] = bias_correction2_sqrt
-    s[4] = eps
-    s[5] = lr_weight_decay
-    return _entry(ADAMW_STEP, params, grads, (m, v, v_max), decays, grad_scale, weight_decay, s)
-
-
-def nadam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay, double beta1,
-               double beta2, double bias_correction2, double eps, double grad_step,
-               double momentum_step):
-    """torch's NAdam."""
-    cdef double s[6]
-    s[0] = beta1
-    s[1] = beta2
-    s[2] = bias_correction2
-    s[3] = eps
-    s[4] = grad_step
-    s[5] = momentum_step
-    return _entry(NADAM_STEP, params, grads, (m, v, None), decays, grad_scale, weight_decay, s)
-
-
-def radam_step(params, grads, m, v, s2, decays, grad_scale, double weight_decay, double lr,
-               double beta1, double beta2, double bias_correction1,
-               double bias_correction2_sqrt, double eps, bint rectified,
-               double rectification):
-    """torch's RAdam."""
-    cdef double s[8]
-    s[0] = lr
-    s[1] = beta1
-    s[2] = beta2
-    s[3] = bias_correction1
-    s[4] = bias_correction2_sqrt
-    s[5] = eps
-    s[6] = rectified
-    s[7] = rectification
-    return _entry(RADAM_STEP, params, grads, (m, v, None), decays, grad_scale, weight_decay, s)
-
-
-def adamax_step(params, grads, m, u, s2, decays, grad_scale, double weight_decay, double beta1,
-                double beta2, double step_size, double eps):
-    """torch's Adamax."""
-    cdef double s[4]
-    s[0] = beta1
-    s[1] = beta2
-    s[2] = step_size
-    s[3] = eps
-    return _entry(ADAMAX_STEP, params, grads, (m, u, None), decays, grad_scale, weight_decay, s)
-
-
-def adadelta_step(params, grads, v, u, s2, decays, grad_scale, double weight_decay, double lr,
-                  double rho, double eps):
-    """torch's Adadelta."""
-    cdef double s[3]
-    s[0] = lr
-    s[1] = rho
-    s[2] = eps
-    return _entry(ADADELTA_STEP, params, grads, (v, u, None), decays, grad_scale, weight_decay, s)
-
-
-def lion_step(params, grads, m, s1, s2, decays, grad_scale, double weight_decay, double lr,
-              double beta1, double beta2, double decoupled_weight_decay):
-    """Lion, with its decoupled weight decay."""
-    cdef double s[4]
-    s[0] = lr
-    s[1] = beta1
-    s[2] = beta2
-    s[3] = decoupled_weight_decay
-    return _entry(LION_STEP, params, grads, (m, None, None), decays, grad_scale, weight_decay, s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1992,14 +1876,11 @@ cdef class CallPlan:
     cdef double lr, beta1, beta2
 
     def __init__(self, type owner not None, tuple names not None, tuple objects not None,
-                 tuple slots not None, bint filtered, str kernel, tuple scalars not None,
+                 tuple slots not None, bint filtered, str loop, dict scalars not None,
                  double weight_decay, str form not None, double lr, double beta1,
                  double beta2):
-        cdef double values[MAX_SCALARS]
-        cdef Py_ssize_t i
-        if (len(names) != len(objects) or len(slots) != STATES
-                or len(scalars) > MAX_SCALARS):
-            raise ValueError("one object per name, three state slots, at most eight scalars")
+        if len(names) != len(objects) or len(slots) != STATES:
+            raise ValueError("one object per name, and three state slots")
         for name in names + slots:
             if name is not None and type(name) is not str:
                 raise TypeError("attribute names are str")
@@ -2008,13 +1889,12 @@ cdef class CallPlan:
         self.objects = objects
         self.slots = slots
         self.filtered = filtered
-        self.runs = kernel is not None
+        self.runs = loop is not None
         self.planned = True
         _prepare(&self.base, None, weight_decay)
         if self.runs:
-            for i in range(len(scalars)):
-                values[i] = scalars[i]
-            _rule(_KERNELS[kernel], values, slots[2] is not None, &self.base, &self.rule)
+            _fill(&self.base, scalars)
+            self.rule = _loop_named(loop)[0]
         self.form = _FORMS[form]
         self.lr = lr
         self.beta1 = beta1

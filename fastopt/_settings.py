@@ -6,9 +6,9 @@ Threads
 A large param is cut into chunks of whole cache lines, which the calling thread and a small
 pool of worker threads claim one at a time: from 2**18 elements for SGD, Momentum, Nesterov
 and Lion, which only stream memory, and from 2**15 for the rules bound by ``sqrt`` and
-division (bench/threads.py). The caller starts at once and never waits for a worker that has
-not started; smaller params run on the caller alone. The loops are elementwise, so results
-are bit-identical for any number of threads.
+division (bench/investigations/threads.py). The caller starts at once and never waits for a
+worker that has not started; smaller params run on the caller alone. The loops are
+elementwise, so results are bit-identical for any number of threads.
 
 The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it is the
 number of CPUs this process may run on, at most DEFAULT_MAX_THREADS. On an otherwise idle
@@ -156,11 +156,11 @@ def set_flush_denormals(enabled: bool) -> None:
 
     Arithmetic on subnormal values is very slow on x86: once an optimizer's state decays into
     the subnormal range (zero gradients for many steps) every update can be 10-60x slower
-    (``python bench/denormals.py``). With this enabled, each compiled loop sets the CPU's
-    flush-to-zero and denormals-are-zero modes for its own run and restores the thread's
-    previous mode afterwards, so nothing else in the process is affected. Results then differ
-    from NumPy's wherever a value is subnormal: off by default, and the NumPy path (views,
-    float16, scalars) is never affected.
+    (``python bench/investigations/denormals.py``). With this enabled, each compiled loop sets
+    the CPU's flush-to-zero and denormals-are-zero modes for its own run and restores the
+    thread's previous mode afterwards, so nothing else in the process is affected. Results then
+    differ from NumPy's wherever a value is subnormal: off by default, and the NumPy path
+    (views, float16, scalars) is never affected.
     """
     if not isinstance(enabled, (bool, np.bool_)):
         raise TypeError(f"enabled must be a bool; got {enabled!r}")

@@ -1,5 +1,10 @@
 """Checkpoints: an optimizer's state as plain data, and as one ``.npz`` file.
 
+This module is the file format: it converts a state dict to and from a ``.npz`` file and
+checks that a dict is a well-formed checkpoint; it knows nothing of optimizers. Each
+optimizer owns its ``state_dict`` and ``load_state_dict`` (fastopt/_state.py, which reads the
+rule's declaration).
+
 ``opt.state_dict()`` returns everything an optimizer needs to continue exactly where it was;
 ``opt.load_state_dict(state)`` checks all of it against the optimizer first and then takes it,
 or raises and changes nothing. ``fastopt.save(path, opt)`` writes the same data as one
@@ -16,7 +21,7 @@ The state dict (``state_dict()``; every value a copy, nothing shared with the op
      "max_grad_norm": None,                     # or a float
      "weight_decay_filter": False,              # True: a callable of yours was set (not saved)
      "iter": 10,                                # updates so far
-     "mu_product": 0.53,                        # NAdam only: its running product of mu
+     "mu_product": 0.53,                        # float state of the rule (NAdam's product)
      "state": {"m": {"W1": array, ...}, "v": ...},   # each state attribute: None, or a dict
                                                      # by key or a list by position of arrays
      "decays": None}                            # or weight_decay_filter's answer per key
@@ -41,12 +46,10 @@ float64, as the optimizer holds it). Keys must be str or int to be saved.
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import io
 import json
 import math
-import operator
 import os
 import stat
 import uuid
@@ -57,7 +60,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from . import reference
+from ._validation import to_float
 
 __all__ = ["FORMAT", "VERSION", "load", "load_state_dict", "save", "state_dict"]
 
@@ -69,138 +72,24 @@ VERSION = 1
 _METADATA = "metadata"
 _FLOAT_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 # Float state kept beside the arrays, by attribute name, on the classes that have it.
-_SCALAR_STATE = ("mu_product",)
-_FIELDS = ("format", "version", "class", "hyperparameters", "options", "max_grad_norm",
+FIELDS = ("format", "version", "class", "hyperparameters", "options", "max_grad_norm",
            "weight_decay_filter", "iter", "state", "decays")
 _SCHEDULES = "fastopt.schedules"
 
 
 # ---------------------------------------------------------------------------------------------
-# The optimizer's side: state_dict and load_state_dict.
+# The optimizer's side, for callers that prefer functions: the optimizer's own methods.
 
-def state_dict(optimizer: reference.ReferenceOptimizer) -> dict[str, Any]:
-    """``optimizer``'s state as plain data (``optimizer.state_dict()``).
-
-    Parameters
-    ----------
-    optimizer : fastopt or fastopt.reference optimizer
-
-    Returns
-    -------
-    dict
-        The checkpoint described in this module's docstring. Arrays are copies.
-
-    Raises
-    ------
-    TypeError, ValueError
-        If a hyperparameter, option or ``max_grad_norm`` is not one the optimizer could
-        update with (such a checkpoint could not be loaded).
-    """
-    with optimizer._lock:
-        cls = type(optimizer)
-        checks = optimizer._all_hyperparameters()
-        state: dict[str, Any] = {
-            "format": FORMAT,
-            "version": VERSION,
-            "class": {"module": cls.__module__, "qualname": cls.__qualname__},
-            "hyperparameters": {name: _encode_hyperparameter(name, getattr(optimizer, name),
-                                                             check)
-                                for name, check in checks.items()},
-            "options": {name: reference.check_option(name, getattr(optimizer, name))
-                        for name in optimizer._options},
-            "max_grad_norm": _max_grad_norm(optimizer.max_grad_norm),
-            "weight_decay_filter": optimizer.weight_decay_filter is not None,
-            "iter": _step_count(optimizer.iter),
-        }
-        for name in _SCALAR_STATE:
-            if name in vars(optimizer):
-                state[name] = reference.to_float(name, getattr(optimizer, name))
-        state["state"] = {name: _copy_container(getattr(optimizer, name), name)
-                          for name in optimizer.state_names}
-        state["decays"] = _copy_decays(optimizer._decays)
-        _check_plain(state)   # what load_state_dict would refuse, refused now
-        return state
+def state_dict(optimizer: Any) -> dict[str, Any]:
+    """``optimizer.state_dict()``: its state as the plain data described above."""
+    state: dict[str, Any] = optimizer.state_dict()
+    return state
 
 
-def load_state_dict(optimizer: reference.ReferenceOptimizer, state: Mapping[str, Any]) -> None:
-    """Check ``state`` against ``optimizer``, then make it the optimizer's state
-    (``optimizer.load_state_dict(state)``).
-
-    Parameters
-    ----------
-    optimizer : fastopt or fastopt.reference optimizer
-        Of exactly the class that saved ``state``; it may be new (no update yet).
-    state : dict
-        From ``state_dict()`` or ``fastopt.load``; its arrays are copied, not shared.
-
-    Raises
-    ------
-    TypeError
-        If ``state`` is not a mapping.
-    ValueError
-        If anything in ``state`` is malformed or does not fit ``optimizer``: another class,
-        format or version, unknown or missing fields, a hyperparameter out of range, a
-        schedule of your own that ``optimizer`` does not hold (pass it again to the
-        constructor), state arrays that are not float16/32/64 or whose shape or dtype differs
-        from the state ``optimizer`` already keeps. Nothing is changed then.
-    """
-    if not isinstance(state, Mapping):
-        raise TypeError(f"load_state_dict takes the dict that state_dict() or fastopt.load() "
-                        f"returns; got {type(state).__name__}")
-    with optimizer._lock:
-        _check_plain(state)
-        changes = _plan(optimizer, state)
-        for name, value in changes.items():   # plain assignments: nothing here can fail
-            setattr(optimizer, name, value)
-
-
-def _encode_hyperparameter(name: str, value: Any, check: reference.Check) -> Any:
-    if not callable(value):
-        number = reference.to_float(name, value)
-        check(name, number, "")
-        return number
-    to_dict = getattr(value, "to_dict", None)
-    if type(value).__module__ == _SCHEDULES and callable(to_dict):
-        try:
-            described = to_dict()
-        except TypeError:   # a Warmup or Join around a callable of the user's own
-            return {"user_schedule": True}
-        try:   # a deep copy that is also proof of plain data
-            plain = json.loads(json.dumps(described, allow_nan=True))
-        except (TypeError, ValueError) as error:
-            raise TypeError(f"{name}'s schedule {value!r}: to_dict() returned {described!r}, "
-                            f"which is not plain data ({error})") from None
-        return {"schedule": plain}
-    return {"user_schedule": True}
-
-
-def _max_grad_norm(value: Any) -> float | None:
-    if value is None:
-        return None
-    norm = reference.to_float("max_grad_norm", value)
-    if not norm > 0:
-        raise ValueError(f"max_grad_norm must be > 0 (or None); got {norm!r}")
-    return norm
-
-
-def _step_count(value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"iter must be an int >= 0; got {value!r}")
-    count = operator.index(value)
-    if count < 0:
-        raise ValueError(f"iter must be an int >= 0; got {count}")
-    return count
-
-
-def _copy_container(container: Any, name: str) -> Any:
-    if container is None:
-        return None
-    if isinstance(container, dict):
-        return {key: _copy_array(value, f"{name}[{key!r}]") for key, value in container.items()}
-    if isinstance(container, list):
-        return [_copy_array(value, f"{name}[{index}]") for index, value in enumerate(container)]
-    raise TypeError(f"state {name!r} is a {type(container).__name__}; expected None, a dict "
-                    f"or a list of arrays")
+def load_state_dict(optimizer: Any, state: Mapping[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``: check ``state`` against it, then continue from
+    it; ValueError naming what differs, and nothing changes."""
+    optimizer.load_state_dict(state)
 
 
 def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
@@ -215,14 +104,6 @@ def _copy_array(value: Any, where: str) -> np.ndarray[Any, Any]:
                         f"float32 or float64 arrays")
     # Native byte order, C order, writeable and owned: what fastopt's own state arrays are.
     return np.array(array, dtype=array.dtype.newbyteorder("="), order="C", copy=True)
-
-
-def _copy_decays(decays: Any) -> Any:
-    if decays is None:
-        return None
-    if isinstance(decays, dict):
-        return {key: bool(value) for key, value in decays.items()}
-    return [bool(value) for value in decays]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,9 +134,11 @@ def _check_plain(state: Mapping[str, Any]) -> None:
         raise ValueError(f"fastopt checkpoint of version {version!r}; this fastopt reads "
                          f"version {VERSION}" + (" (the file is from a newer fastopt)"
                                                  if newer else ""))
-    allowed = {*_FIELDS, *_SCALAR_STATE}
-    missing = [name for name in _FIELDS if name not in state]
-    extra = sorted(str(name) for name in state if name not in allowed)
+    # Beside the fields every checkpoint has, a rule's float state (NAdam's mu_product): any
+    # other field a number; which the optimizer keeps, and their ranges, it checks itself.
+    missing = [name for name in FIELDS if name not in state]
+    extra = sorted(str(name) for name, value in state.items()
+                   if name not in FIELDS and not (isinstance(name, str) and _is_number(value)))
     if missing or extra:
         raise _fail(_differences("fields", missing, extra))
     cls = state["class"]
@@ -290,10 +173,6 @@ def _check_plain(state: Mapping[str, Any]) -> None:
     for name, value in hypers.items():   # rebuilt and evaluated: a schedule that loads works
         if isinstance(value, Mapping) and "schedule" in value:
             _rebuild_schedule(name, value["schedule"], state["iter"])
-    for name in _SCALAR_STATE:
-        if name in state and not (_is_number(state[name]) and 0 <= state[name] <= 1):
-            raise _fail(f"{name!r} must be a number in [0, 1] (a product of momentum "
-                        f"coefficients); got {state[name]!r}")
     containers = state["state"]
     if not isinstance(containers, Mapping) or not all(isinstance(n, str) for n in containers):
         raise _fail(f"'state' must map state names to None, a dict or a list; got "
@@ -342,119 +221,6 @@ def _check_plain(state: Mapping[str, Any]) -> None:
         raise _fail(f"state kept partly by key and partly by position: {by}")
 
 
-def _plan(optimizer: reference.ReferenceOptimizer, state: Mapping[str, Any]) -> dict[str, Any]:
-    """The attribute assignments that load ``state`` into ``optimizer``, or a ValueError."""
-    cls = type(optimizer)
-    saved = f"{state['class']['module']}.{state['class']['qualname']}"
-    mine = f"{cls.__module__}.{cls.__qualname__}"
-    if saved != mine:
-        raise ValueError(f"the checkpoint is of class {saved}, but this optimizer is a {mine}; "
-                         f"load it into a {saved}")
-    changes: dict[str, Any] = {}
-    checks = optimizer._all_hyperparameters()
-    hypers = state["hyperparameters"]
-    for what, saved_names, names in [("hyperparameters", hypers, checks),
-                                     ("options", state["options"], optimizer._options)]:
-        if set(saved_names) != set(names):
-            raise _fail(f"its {what} are not those of a {mine}: " + _differences(
-                what, [n for n in names if n not in saved_names],
-                sorted(n for n in saved_names if n not in names)))
-    for name, check in checks.items():
-        value = hypers[name]
-        if _is_number(value):
-            number = _float(name, value)
-            try:
-                check(name, number, " (in the checkpoint)")
-            except ValueError as error:
-                raise _fail(str(error)) from None
-            changes[name] = number
-        elif "schedule" in value:
-            schedule, number = _rebuild_schedule(name, value["schedule"], state["iter"])
-            try:
-                check(name, number, f" (the schedule's value at step {state['iter']}, in the "
-                                    f"checkpoint)")
-            except ValueError as error:
-                raise _fail(str(error)) from None
-            changes[name] = schedule
-        elif not callable(getattr(optimizer, name)):
-            raise ValueError(f"{name} was a schedule of your own when saved; pass it again: "
-                             f"{cls.__name__}({name}=your_schedule) before load_state_dict")
-    changes.update(state["options"])
-    if state["max_grad_norm"] is None:
-        changes["max_grad_norm"] = None
-    else:
-        changes["max_grad_norm"] = _float("max_grad_norm", state["max_grad_norm"])
-        if not changes["max_grad_norm"] > 0:
-            raise _fail(f"max_grad_norm must be > 0 (or None); got {state['max_grad_norm']!r}")
-    if not state["weight_decay_filter"]:
-        changes["weight_decay_filter"] = None
-    elif not callable(optimizer.weight_decay_filter):
-        raise ValueError(f"weight_decay_filter was a callable of your own when saved; pass it "
-                         f"again: {cls.__name__}(weight_decay_filter=your_filter) before "
-                         f"load_state_dict")
-    changes["iter"] = state["iter"]
-    for name in _SCALAR_STATE:
-        if (name in state) != (name in vars(optimizer)):
-            has = "has" if name in state else "has no"
-            raise _fail(f"it {has} {name!r}, which a {mine} " + (
-                "does not keep" if name in state else "keeps"))
-        if name in state:
-            changes[name] = _float(name, state[name])
-
-    # Which state the optimizer keeps depends on its options (and on RMSprop's momentum):
-    # ask a shallow copy with the checkpoint's settings.
-    candidate = copy.copy(optimizer)
-    for name, value in changes.items():
-        setattr(candidate, name, value)
-    names = candidate.state_names
-    if set(state["state"]) != set(names):
-        raise _fail(f"it holds state {sorted(state['state'])}, but a {mine} with its options "
-                    f"keeps {sorted(names)}")
-    for name in names:
-        container = state["state"][name]
-        _check_against_existing(optimizer, name, container)
-        if isinstance(container, Mapping):
-            changes[name] = {key: _copy_array(value, f"{name}[{key!r}]")
-                             for key, value in container.items()}
-        elif container is not None:
-            changes[name] = [_copy_array(value, f"{name}[{key}]")
-                             for key, value in enumerate(container)]
-        else:
-            changes[name] = None
-    for name in optimizer.state_names:
-        if name not in names:
-            changes[name] = None   # as the constructor leaves a state the options do not use
-    changes["_decays"] = _copy_decays(state["decays"])
-    return changes
-
-
-def _check_against_existing(optimizer: reference.ReferenceOptimizer, name: str,
-                            container: Any) -> None:
-    """Where ``optimizer`` already keeps state ``name``, the checkpoint's must fit it."""
-    existing = getattr(optimizer, name) if name in optimizer.state_names else None
-    if existing is None or container is None:
-        return
-    if isinstance(existing, dict) != isinstance(container, Mapping):
-        kept = "by key (a dict)" if isinstance(existing, dict) else "by position (a list)"
-        raise ValueError(f"this optimizer keeps state {name!r} {kept}, but the checkpoint "
-                         f"does not; its params were passed as another kind of container")
-    items = container.items() if isinstance(container, Mapping) else enumerate(container)
-    for key, array in items:
-        if isinstance(existing, dict):
-            if key not in existing:
-                continue
-            mine = existing[key]
-        elif key < len(existing):
-            mine = existing[key]
-        else:
-            continue
-        shape, dtype = np.shape(mine), _native(np.asarray(mine).dtype)
-        if (array.shape, _native(array.dtype)) != (shape, dtype):
-            raise ValueError(f"the checkpoint's state {name}[{key!r}] has shape {array.shape} "
-                             f"and dtype {array.dtype}, but this optimizer's has shape {shape} "
-                             f"and dtype {dtype}; the checkpoint is of another model")
-
-
 def _float(name: str, value: Any) -> float:
     """A number of the checkpoint as a float; ValueError for an int too large for one."""
     try:
@@ -491,7 +257,7 @@ def _rebuild_schedule(name: str, described: Mapping[str, Any], step: int
     if not callable(schedule):
         raise _fail(f"{name}'s schedule rebuilt as {schedule!r}, which is not callable")
     try:
-        number = reference.to_float(name, schedule(step))
+        number = to_float(name, schedule(step))
     except (TypeError, ValueError, ArithmeticError, RecursionError) as error:
         raise _fail(f"{name}'s schedule {_shown(schedule)} does not work at step {step} (the "
                     f"next update's): {type(error).__name__}: {error}") from None
@@ -547,7 +313,7 @@ def _to_members(state: Mapping[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
     return {_METADATA: np.array(text), **arrays}
 
 
-def save(file: str | os.PathLike[str], optimizer: reference.ReferenceOptimizer) -> None:
+def save(file: str | os.PathLike[str], optimizer: Any) -> None:
     """Write ``optimizer``'s checkpoint to ``file``, one ``.npz``, atomically.
 
     The data is written to a temporary file in the same directory, flushed and fsynced, then
@@ -563,6 +329,7 @@ def save(file: str | os.PathLike[str], optimizer: reference.ReferenceOptimizer) 
     file : str or os.PathLike
         Where to write. A path, not an open file (the rename needs one).
     optimizer : fastopt or fastopt.reference optimizer
+        Anything with a ``state_dict()`` method that returns a checkpoint's dict.
 
     Raises
     ------

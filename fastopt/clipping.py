@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from . import reference
+from ._core import clip_coefficient
 from ._simd import kernels as _kernels
-from .reference import clip_coefficient
+from ._validation import check_option, to_float
 
 __all__ = ["clip_coefficient", "clip_grad_norm", "global_norm"]
 
@@ -60,10 +61,10 @@ def clip_grad_norm(grads: Mapping[Any, Any] | Sequence[Any], max_norm: float, *,
     else:
         raise TypeError(f"grads must be a dict, list or tuple of arrays; got "
                         f"{type(grads).__name__}")
-    limit = reference.to_float("max_norm", max_norm)
+    limit = to_float("max_norm", max_norm)
     if not limit > 0:
         raise ValueError(f"max_norm must be > 0; got {max_norm!r}")
-    reference.check_option("error_if_nonfinite", error_if_nonfinite)
+    check_option("error_if_nonfinite", error_if_nonfinite)
     arrays = []
     for key, grad in items:
         if not isinstance(grad, np.ndarray) or grad.dtype.kind != "f":

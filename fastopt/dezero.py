@@ -75,9 +75,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import reference
+from . import _validation as v
 from ._base import aligned_zeros
 from ._simd import kernels as _kernels
+from ._validation import Check, to_float
 
 __all__ = ["SGD", "AdaDelta", "AdaGrad", "Adam", "ClipGrad", "FreezeParam", "MomentumSGD",
            "Optimizer", "WeightDecay"]
@@ -114,9 +115,9 @@ def _check_array(what: str, data: Any) -> None:
                          f"writeable array")
 
 
-def _check_number(name: str, value: Any, check: reference.Check) -> None:
+def _check_number(name: str, value: Any, check: Check) -> None:
     """``value`` must be a real number that passes ``check`` (fastopt's checks and messages)."""
-    check(name, reference.to_float(name, value), "")
+    check(name, to_float(name, value), "")
 
 
 class Optimizer:
@@ -136,8 +137,8 @@ class Optimizer:
         The hooks ``add_hook`` added.
     """
 
-    #: The float hyperparameters and how each is checked (fastopt.reference's checks).
-    _checks: ClassVar[dict[str, reference.Check]] = {}
+    #: The float hyperparameters and how each is checked (fastopt/_validation.py).
+    _checks: ClassVar[dict[str, Check]] = {}
 
     def __init__(self) -> None:
         self.target: Any = None
@@ -228,13 +229,14 @@ class _Compiled(Optimizer):
     #: The state dicts (keyed by ``id(param)``), in the order of the kernel's state slots.
     _state_names: ClassVar[tuple[str, ...]] = ()
 
-    def _kernel(self) -> Callable[..., bool] | None:
-        """The compiled entry for this rule now, or None (NumPy's path for every param)."""
+    def _kernel(self) -> str | None:
+        """The compiled loop for this rule now, by name, or None (NumPy's path for every
+        param)."""
         return None
 
-    def _scalars(self) -> tuple[Any, ...]:
-        """The kernel's scalars after its grad transform, in its order."""
-        return ()
+    def _scalars(self) -> dict[str, Any]:
+        """The loop's scalars by name (fastopt/_kernels.pyx's Step fields)."""
+        return {}
 
     def _takes(self, data: np.ndarray[Any, Any]) -> bool:
         """Whether the loop gives DeZero's bits for a param of ``data``'s dtype."""
@@ -301,8 +303,8 @@ class _Compiled(Optimizer):
             return
         scalars = self._scalars()   # Adam's lr: raises, before anything changes, at t = 0
         states = [self._states_of(param) for param in params]
-        kernel = self._kernel() if self._python_hyperparameters() else None
-        if kernel is None:
+        loop = self._kernel() if self._python_hyperparameters() else None
+        if loop is None:
             for param, own in zip(params, states, strict=True):
                 self._numpy_one(param, own)
             return
@@ -312,9 +314,11 @@ class _Compiled(Optimizer):
             columns: list[Any] = [None, None, None]
             for slot in range(slots):
                 columns[slot] = [states[index][slot] for index in indices]
-            return kernel([params[index].data for index in indices],
-                          [params[index].grad.data for index in indices],
-                          *columns, None, None, 0.0, *scalars)
+            done: bool = _kernels.run(loop, [params[index].data for index in indices],
+                                      [params[index].grad.data for index in indices],
+                                      columns[0], columns[1], columns[2], None, None, 0.0,
+                                      scalars)
+            return done
 
         def flush(run: list[int]) -> None:
             if run and not call(run):
@@ -351,17 +355,17 @@ class SGD(_Compiled):
         Learning rate, finite and >= 0.
     """
 
-    _checks = {"lr": reference.check_learning_rate}
+    _checks = {"lr": v.check_learning_rate}
 
     def __init__(self, lr: float = 0.01) -> None:
         self.lr = lr
         super().__init__()
 
-    def _kernel(self) -> Callable[..., bool] | None:
-        return _kernels.sgd_step
+    def _kernel(self) -> str | None:
+        return "sgd"
 
-    def _scalars(self) -> tuple[Any, ...]:
-        return (self.lr,)
+    def _scalars(self) -> dict[str, Any]:
+        return {"lr": self.lr}
 
     def _numpy_one(self, param: Any, states: list[Any]) -> None:
         param.data -= self.lr * param.grad.data
@@ -389,7 +393,7 @@ class MomentumSGD(_Compiled):
         The velocity of each param, keyed by ``id(param)``; zeros at its first update.
     """
 
-    _checks = {"lr": reference.check_learning_rate, "momentum": reference.check_coefficient}
+    _checks = {"lr": v.check_learning_rate, "momentum": v.check_coefficient}
     _state_names = ("vs",)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
@@ -398,11 +402,11 @@ class MomentumSGD(_Compiled):
         self.vs: dict[int, Any] = {}
         super().__init__()
 
-    def _kernel(self) -> Callable[..., bool] | None:
-        return _kernels.momentum_step
+    def _kernel(self) -> str | None:
+        return "momentum"
 
-    def _scalars(self) -> tuple[Any, ...]:
-        return (self.lr, self.momentum)
+    def _scalars(self) -> dict[str, Any]:
+        return {"lr": self.lr, "momentum": self.momentum}
 
     def _numpy_one(self, param: Any, states: list[Any]) -> None:
         v = states[0]
@@ -432,7 +436,7 @@ class AdaGrad(_Compiled):
         The sum of squared grads of each param, keyed by ``id(param)``.
     """
 
-    _checks = {"lr": reference.check_learning_rate, "eps": reference.check_epsilon}
+    _checks = {"lr": v.check_learning_rate, "eps": v.check_epsilon}
     _state_names = ("hs",)
 
     def __init__(self, lr: float = 0.001, eps: float = 1e-8) -> None:
@@ -441,11 +445,11 @@ class AdaGrad(_Compiled):
         self.hs: dict[int, Any] = {}
         super().__init__()
 
-    def _kernel(self) -> Callable[..., bool] | None:
-        return _kernels.adagrad_step
+    def _kernel(self) -> str | None:
+        return "adagrad"
 
-    def _scalars(self) -> tuple[Any, ...]:
-        return (self.lr, self.eps, False)
+    def _scalars(self) -> dict[str, Any]:
+        return {"lr": self.lr, "eps": self.eps, "eps_inside_sqrt": False}
 
     def _numpy_one(self, param: Any, states: list[Any]) -> None:
         h = states[0]
@@ -482,7 +486,7 @@ class AdaDelta(_Compiled):
         The running average of squared steps of each param, keyed by ``id(param)``.
     """
 
-    _checks = {"rho": reference.check_coefficient, "eps": reference.check_epsilon}
+    _checks = {"rho": v.check_coefficient, "eps": v.check_epsilon}
     _state_names = ("msg", "msdx")
 
     def __init__(self, rho: float = 0.95, eps: float = 1e-6) -> None:
@@ -537,8 +541,8 @@ class Adam(_Compiled):
         The first and second moment estimates of each param, keyed by ``id(param)``.
     """
 
-    _checks = {"alpha": reference.check_learning_rate, "beta1": reference.check_coefficient,
-               "beta2": reference.check_coefficient, "eps": reference.check_epsilon}
+    _checks = {"alpha": v.check_learning_rate, "beta1": v.check_coefficient,
+               "beta2": v.check_coefficient, "eps": v.check_epsilon}
     _state_names = ("ms", "vs")
 
     def __init__(self, alpha: float = 0.001, beta1: float = 0.9, beta2: float = 0.999,
@@ -575,11 +579,12 @@ class Adam(_Compiled):
         if t < 0:
             raise ValueError(f"t must be >= 0 (the number of updates so far); got {t!r}")
 
-    def _kernel(self) -> Callable[..., bool] | None:
-        return _kernels.adam_step
+    def _kernel(self) -> str | None:
+        return "adam"
 
-    def _scalars(self) -> tuple[Any, ...]:
-        return (self.lr, self.beta1, self.beta2, self.eps, False)
+    def _scalars(self) -> dict[str, Any]:
+        return {"lr_t": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "eps_inside_sqrt": False}
 
     def _takes(self, data: np.ndarray[Any, Any]) -> bool:
         return bool(data.dtype == np.float64)
@@ -621,11 +626,11 @@ class WeightDecay:
     """
 
     def __init__(self, rate: float) -> None:
-        _check_number("rate", rate, reference.check_nonnegative)
+        _check_number("rate", rate, v.check_nonnegative)
         self.rate = rate
 
     def __call__(self, params: list[Any]) -> None:
-        _check_number("rate", self.rate, reference.check_nonnegative)
+        _check_number("rate", self.rate, v.check_nonnegative)
         _grads_to_write("WeightDecay", params)
         for param in params:
             param.grad.data += self.rate * param.data
@@ -651,11 +656,11 @@ class ClipGrad:
     """
 
     def __init__(self, max_norm: float) -> None:
-        _check_number("max_norm", max_norm, reference.check_epsilon)
+        _check_number("max_norm", max_norm, v.check_epsilon)
         self.max_norm = max_norm
 
     def __call__(self, params: list[Any]) -> None:
-        _check_number("max_norm", self.max_norm, reference.check_epsilon)
+        _check_number("max_norm", self.max_norm, v.check_epsilon)
         grads = _grads_to_write("ClipGrad", params)
         total_norm: Any = 0
         for grad in grads:

@@ -112,8 +112,10 @@ import numpy as np
 
 from . import reference
 from ._base import Optimizer
+from ._core import OptimizerCore
 from ._settings import get_flush_denormals
 from ._simd import kernels as _kernels
+from ._validation import decision
 from .clipping import clip_coefficient
 from .schedules import Schedule
 
@@ -377,8 +379,8 @@ class GradientAverager:
     direct_bytes : int, default 1 MiB, keyword-only
         A C-contiguous grad of at least this many bytes is reduced in place by its own
         ``Allreduce``: it is a large contiguous buffer already, and packing it would only add
-        two copies (bench/mpi.py: 4x slower for 1e7 params in 10 arrays). All other grads are
-        packed per dtype into one buffer each.
+        two copies (bench/investigations/mpi.py: 4x slower for 1e7 params in 10 arrays). All
+        other grads are packed per dtype into one buffer each.
 
     Notes
     -----
@@ -581,7 +583,7 @@ class ShardedOptimizer:
         self._arrays: list[np.ndarray[Any, Any]] = [param for _, param in items]
         chooser = optimizer.weight_decay_filter
         self._decisions = None if chooser is None else [
-            reference._decision(chooser, key, param) for key, param in items]
+            decision(chooser, key, param) for key, param in items]
         self._groups: list[_Group] = []
         # (position in the key order, start, stop) of this rank's part of each param, group
         # by group: the wrapped optimizer's list positions.
@@ -786,7 +788,7 @@ class ShardedOptimizer:
         full.load_state_dict(state)
         scatter_state(self, full)
 
-    def _unsharded(self) -> reference.ReferenceOptimizer:
+    def _unsharded(self) -> OptimizerCore:
         """A copy of the wrapped optimizer without its (share-sized) state."""
         full = copy.copy(self.optimizer)
         for name in full.state_names:
@@ -812,7 +814,7 @@ def _same_values(values: tuple[Any, ...], known: tuple[Any, ...] | None) -> bool
         return False
 
 
-def _state_nbytes(optimizer: reference.ReferenceOptimizer) -> int:
+def _state_nbytes(optimizer: OptimizerCore) -> int:
     total = 0
     for name in optimizer.state_names:
         state = getattr(optimizer, name)
@@ -824,10 +826,10 @@ def _state_nbytes(optimizer: reference.ReferenceOptimizer) -> int:
 
 # --- checkpoints -------------------------------------------------------------------------------
 
-def _step_attributes(optimizer: reference.ReferenceOptimizer) -> tuple[str, ...]:
-    """The attributes a step sets (``iter``; NAdam's ``mu_product``), from ``_next_step``,
-    which computes them without changing anything."""
-    return tuple(optimizer._next_step(optimizer.hyperparameter_values())[2])
+def _step_attributes(optimizer: OptimizerCore) -> tuple[str, ...]:
+    """The attributes a step sets: ``iter`` and the rule's float state (NAdam's
+    ``mu_product``), as its declaration names them."""
+    return ("iter", *optimizer._scalar_state)
 
 
 def gather_state(sharded: ShardedOptimizer) -> dict[str, Any]:
@@ -888,7 +890,7 @@ def gather_state(sharded: ShardedOptimizer) -> dict[str, Any]:
             "decays": decays}
 
 
-def load_gathered_state(optimizer: reference.ReferenceOptimizer,
+def load_gathered_state(optimizer: OptimizerCore,
                         gathered: Mapping[str, Any]) -> None:
     """Give a single-process ``optimizer`` the state ``gather_state`` returned.
 
@@ -913,7 +915,7 @@ def load_gathered_state(optimizer: reference.ReferenceOptimizer,
     optimizer._decays = copy.copy(gathered["decays"])
 
 
-def scatter_state(sharded: ShardedOptimizer, optimizer: reference.ReferenceOptimizer) -> None:
+def scatter_state(sharded: ShardedOptimizer, optimizer: OptimizerCore) -> None:
     """Give ``sharded`` this rank's share of a single-process ``optimizer``'s state.
 
     Every rank calls it with the same single-process state (for example each loads the same
@@ -960,7 +962,7 @@ def scatter_state(sharded: ShardedOptimizer, optimizer: reference.ReferenceOptim
     elif source is not None:
         decisions = [bool(source[key]) for key in sharded._keys]
     elif optimizer.weight_decay_filter is not inner.weight_decay_filter or decisions is None:
-        decisions = [reference._decision(optimizer.weight_decay_filter, key, array)
+        decisions = [decision(optimizer.weight_decay_filter, key, array)
                      for key, array in zip(sharded._keys, sharded._arrays, strict=True)]
     step = {name: getattr(optimizer, name) for name in _step_attributes(optimizer)}
     # --- apply: nothing above changed anything ----------------------------------------------

@@ -1,13 +1,14 @@
 """fastopt's optimizers: the book's classes and the rules current papers use, compiled.
 
-Each class takes its constructor, hyperparameter checks and per-step scalars from the
-``fastopt.reference`` class of the same name and its ``update`` from
-``fastopt._base.Optimizer``; the arithmetic is in ``fastopt/_kernels.pyx``.
+Each class joins its rule's declaration (fastopt/_rules.py: constructor, hyperparameter
+checks, state, the step's scalars) to the compiled ``update`` of ``fastopt._base.Optimizer``;
+the arithmetic is in ``fastopt/_kernels.pyx``. ``fastopt.reference`` makes its NumPy classes
+from the same declarations.
 """
 from __future__ import annotations
 
-from . import reference
-from ._base import Optimizer
+from . import _rules
+from ._base import Optimizer as Optimizer  # the base of every class here, for annotations
 
 __all__ = ["SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum", "NAdam",
            "Nesterov", "RAdam", "RMSProp", "RMSprop"]
@@ -35,7 +36,7 @@ _SHARED = """
 """
 
 
-class SGD(Optimizer, reference.SGD):
+class SGD(Optimizer, _rules.SGD):
     """Stochastic gradient descent: ``p -= lr*g``.
 
     Parameters
@@ -45,7 +46,7 @@ class SGD(Optimizer, reference.SGD):
     """
 
 
-class Momentum(Optimizer, reference.Momentum):
+class Momentum(Optimizer, _rules.Momentum):
     """SGD with momentum: ``v = momentum*v - lr*g; p += v``.
 
     Parameters
@@ -62,7 +63,7 @@ class Momentum(Optimizer, reference.Momentum):
     """
 
 
-class Nesterov(Optimizer, reference.Nesterov):
+class Nesterov(Optimizer, _rules.Nesterov):
     """Nesterov's accelerated gradient (Bengio et al. 2012 form), as the book since 2021::
 
         p += momentum*momentum*v
@@ -94,7 +95,7 @@ class Nesterov(Optimizer, reference.Nesterov):
     """
 
 
-class AdaGrad(Optimizer, reference.AdaGrad):
+class AdaGrad(Optimizer, _rules.AdaGrad):
     """AdaGrad: ``h += g*g; p -= lr*g / (sqrt(h) + eps)``.
 
     Parameters
@@ -113,7 +114,7 @@ class AdaGrad(Optimizer, reference.AdaGrad):
     """
 
 
-class RMSprop(Optimizer, reference.RMSprop):
+class RMSprop(Optimizer, _rules.RMSprop):
     """RMSprop, as the book::
 
         h *= decay_rate
@@ -159,7 +160,7 @@ class RMSprop(Optimizer, reference.RMSprop):
 RMSProp = RMSprop
 
 
-class Adam(Optimizer, reference.Adam):
+class Adam(Optimizer, _rules.Adam):
     """Adam as in the book: bias correction folded into the step size::
 
         t += 1                                            (the attribute ``iter``)
@@ -206,7 +207,7 @@ class Adam(Optimizer, reference.Adam):
     """
 
 
-class AdamW(Optimizer, reference.AdamW):
+class AdamW(Optimizer, _rules.AdamW):
     """AdamW (Loshchilov & Hutter 2019), as torch.optim.AdamW::
 
         t += 1
@@ -238,7 +239,7 @@ class AdamW(Optimizer, reference.AdamW):
     """
 
 
-class NAdam(Optimizer, reference.NAdam):
+class NAdam(Optimizer, _rules.NAdam):
     """NAdam (Dozat 2016), as torch.optim.NAdam::
 
         t += 1
@@ -272,7 +273,7 @@ class NAdam(Optimizer, reference.NAdam):
     """
 
 
-class RAdam(Optimizer, reference.RAdam):
+class RAdam(Optimizer, _rules.RAdam):
     """RAdam (Liu et al. 2020), as torch.optim.RAdam::
 
         t += 1
@@ -305,7 +306,7 @@ class RAdam(Optimizer, reference.RAdam):
     """
 
 
-class Adamax(Optimizer, reference.Adamax):
+class Adamax(Optimizer, _rules.Adamax):
     """Adamax (Kingma & Ba 2015, section 7), as torch.optim.Adamax::
 
         t += 1
@@ -332,7 +333,7 @@ class Adamax(Optimizer, reference.Adamax):
     """
 
 
-class Adadelta(Optimizer, reference.Adadelta):
+class Adadelta(Optimizer, _rules.Adadelta):
     """Adadelta (Zeiler 2012), as torch.optim.Adadelta::
 
         v = rho*v + (1 - rho)*g*g
@@ -356,7 +357,7 @@ class Adadelta(Optimizer, reference.Adadelta):
     """
 
 
-class Lion(Optimizer, reference.Lion):
+class Lion(Optimizer, _rules.Lion):
     """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms")::
 
         c = beta1*m + (1 - beta1)*g
@@ -378,7 +379,6 @@ class Lion(Optimizer, reference.Lion):
     """
 
 
-for _cls in (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW, NAdam, RAdam, Adamax,
-             Adadelta, Lion):
+for _cls in {globals()[_name] for _name in __all__}:   # RMSProp is RMSprop: once each
     _cls.__doc__ = (_cls.__doc__ or "").rstrip() + "\n" + _SHARED
 del _cls

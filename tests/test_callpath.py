@@ -405,12 +405,14 @@ FORM_CONFIGS = [("Adam", {}), ("Adam", {"paper_form": True}), ("AdamW", {}), ("A
 
 def _expected(name, paper, scalars):
     if name == "Adam" and not paper:
-        return {"lr_t": scalars[0]}
+        return {"lr_t": scalars["lr_t"]}
     if name == "Adam":
-        return {"bias_correction1": scalars[3], "bias_correction2": scalars[4]}
+        return {"bias_correction1": scalars["bias_correction1"],
+                "bias_correction2": scalars["bias_correction2"]}
     if name == "AdamW":
-        return {"step_size": scalars[2], "bias_correction2_sqrt": scalars[3]}
-    return {"step_size": scalars[2]}
+        return {"step_size": scalars["step_size"],
+                "bias_correction2_sqrt": scalars["bias_correction2_sqrt"]}
+    return {"step_size": scalars["step_size"]}
 
 
 @pytest.mark.parametrize("config", FORM_CONFIGS, ids=[config_id(c) for c in FORM_CONFIGS])

@@ -423,7 +423,7 @@ def test_every_attribute_is_in_the_checkpoint(config):
     saved = optimizer.state_dict()
     covered = {*saved["hyperparameters"], *saved["options"], *saved["state"], "iter",
                "max_grad_norm", "weight_decay_filter", "_decays", "_lock",
-               *checkpoint._SCALAR_STATE}
+               *type(optimizer)._scalar_state}
     left = [name for name, value in vars(optimizer).items()
             if name not in covered and value is not None]
     assert left == []

@@ -130,22 +130,31 @@ def test_ready_accepts_only_what_the_loops_can_take():
     assert not _kernels.ready(unaligned, np.ones(10))
 
 
-# The kernel entries take three state slots, which params decay, and the grad transform before
-# the rule's scalars; these wrappers pass "no decay filter, no clipping, no coupled decay".
+# The kernel entry takes a loop by name, three state slots, which params decay, and the grad
+# transform before the rule's scalars by name; these wrappers pass "no decay filter, no
+# clipping, no coupled decay" and each loop's scalars in fastopt.reference's order.
 def sgd(params, grads, lr):
-    return _kernels.sgd_step(params, grads, None, None, None, None, None, 0.0, lr)
+    return _kernels.run("sgd", params, grads, None, None, None, None, None, 0.0, {"lr": lr})
 
 
-def momentum(params, grads, v, *scalars):
-    return _kernels.momentum_step(params, grads, v, None, None, None, None, 0.0, *scalars)
+def momentum(params, grads, v, lr, momentum):
+    return _kernels.run("momentum", params, grads, v, None, None, None, None, 0.0,
+                        {"lr": lr, "momentum": momentum})
 
 
-def adagrad(params, grads, h, *scalars):
-    return _kernels.adagrad_step(params, grads, h, None, None, None, None, 0.0, *scalars)
+def adagrad(params, grads, h, lr, eps, eps_inside_sqrt):
+    return _kernels.run("adagrad", params, grads, h, None, None, None, None, 0.0,
+                        {"lr": lr, "eps": eps, "eps_inside_sqrt": eps_inside_sqrt})
+
+
+def adam_scalars(lr_t, beta1, beta2, eps, eps_inside_sqrt):
+    return {"lr_t": lr_t, "beta1": beta1, "beta2": beta2, "eps": eps,
+            "eps_inside_sqrt": eps_inside_sqrt}
 
 
 def adam(params, grads, m, v, *scalars):
-    return _kernels.adam_step(params, grads, m, v, None, None, None, 0.0, *scalars)
+    return _kernels.run("adam", params, grads, m, v, None, None, None, 0.0,
+                        adam_scalars(*scalars))
 
 
 def test_kernel_entries_decline_arrays_they_cannot_take_and_touch_nothing():
@@ -166,8 +175,9 @@ def test_kernel_entries_decline_arrays_they_cannot_take_and_touch_nothing():
                 False) is False
     assert adam([p], [np.ones(10)], [m], [m], 0.1, 0.9, 0.999, 1e-7,
                 False) is False                  # two states share memory
-    assert _kernels.adam_step([p], [np.ones(10)], [m], [np.zeros(10)], [m], None, None, 0.0,
-                              0.1, 0.9, 0.999, 1e-7, False) is False   # v_max is m
+    assert _kernels.run("adam_amsgrad", [p], [np.ones(10)], [m], [np.zeros(10)], [m], None,
+                        None, 0.0, adam_scalars(0.1, 0.9, 0.999, 1e-7, False)
+                        ) is False   # v_max is m
     assert np.all(p == 1.0) and np.all(m == 0.0)
     with pytest.raises(ValueError, match="same length"):
         momentum([p], [np.ones(10)], [], 0.1, 0.9)
@@ -203,8 +213,8 @@ def test_kernel_entries_refuse_none_for_a_state_list(entry, arguments):
     with pytest.raises(TypeError, match="needs 2"):
         adam([p], [np.ones(3)], [np.zeros(3)], None, 0.1, 0.9, 0.999, 1e-7, False)
     with pytest.raises(TypeError, match="needs 2"):
-        _kernels.adadelta_step([p], [np.ones(3)], [np.zeros(3)], None, None, None, None, 0.0,
-                               1.0, 0.9, 1e-6)
+        _kernels.run("adadelta", [p], [np.ones(3)], [np.zeros(3)], None, None, None, None, 0.0,
+                     {"lr": 1.0, "rho": 0.9, "eps": 1e-6})
     assert np.all(p == 1.0)
 
 

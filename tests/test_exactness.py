@@ -50,13 +50,14 @@ def kernel_calls(monkeypatch):
     """Record the size of each compiled call that ran (a declined call updates nothing), so a
     test can prove which path updated the params."""
     calls = []
-    for rule, kernel in list(_base._KERNEL_FOR_RULE.items()):
-        def counted(*args, _kernel=kernel):
-            done = _kernel(*args)
-            if done:
-                calls.append(len(args[0]))
-            return done
-        monkeypatch.setitem(_base._KERNEL_FOR_RULE, rule, counted)
+    run_loop = _base._run_loop
+
+    def counted(loop, params, *args):
+        done = run_loop(loop, params, *args)
+        if done:
+            calls.append(len(params))
+        return done
+    monkeypatch.setattr(_base, "_run_loop", counted)
     return calls
 
 

@@ -1051,11 +1051,7 @@ def test_ctrl_c_on_numpys_path_leaves_the_update_whole(config):
 def test_ctrl_c_after_a_checked_kernel_call_leaves_the_update_whole(config):
     # A schedule makes every update a checked one, which runs the kernel and then counts the
     # step: SIGINT as the kernel returns would raise before iter counts it.
-    name, options = config
-    rule = getattr(fastopt, name)(**options)._next_step(
-        getattr(fastopt, name)(**options).hyperparameter_values())[0]
-    kernels = {**_base._KERNEL_FOR_RULE, rule: sigint_after(_base._KERNEL_FOR_RULE[rule])}
-    patch = mock.patch.object(_base, "_KERNEL_FOR_RULE", kernels)
+    patch = mock.patch.object(_base, "_run_loop", sigint_after(_base._run_loop))
     left, whole = interrupted_update(config, patch, schedule=True, contiguous=True)
     assert_same_state_of(left, whole)
 
@@ -1108,12 +1104,12 @@ def test_an_exception_as_a_checked_kernel_call_returns_says_so():
     params = {"w": np.ones(8)}
     grads = {"w": np.ones(8)}
     optimizer.update(params, grads)
-    kernel = _base._KERNEL_FOR_RULE[reference.adam_rule]
+    kernel = _base._run_loop
 
     def timed_out(*args):
         kernel(*args)
         raise TimeoutError("the step took too long")
-    with mock.patch.dict(_base._KERNEL_FOR_RULE, {reference.adam_rule: timed_out}), \
+    with mock.patch.object(_base, "_run_loop", timed_out), \
             pytest.raises(TimeoutError) as raised:
         optimizer.update(params, grads)
     assert raised.value.__notes__ == [

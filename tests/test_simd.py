@@ -88,7 +88,7 @@ def test_the_widest_level_the_cpu_runs_is_chosen():
     assert fastopt.simd_level() == expected
     assert _simd.kernels.__name__ == _simd._module_name(expected)
     # Every update goes through the chosen module.
-    assert fastopt._base._KERNEL_FOR_RULE[reference.adam_rule] is _simd.kernels.adam_step
+    assert fastopt._base._run_loop is _simd.kernels.run
 
 
 @pytest.mark.skipif(not ON_X86_64_LINUX, reason="the wide levels are checked on x86-64 Linux")

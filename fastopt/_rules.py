@@ -1,0 +1,408 @@
+"""The rules, each declared once: what fastopt's and fastopt.reference's classes are made of.
+
+Each class here declares one rule (fastopt/_core.py says what a declaration holds): its
+constructor with the names and defaults users see, its hyperparameters and their checks, its
+options, its state, and ``_next_step``, the step's scalars by name with the NumPy rule and the
+compiled loop that take them. ``fastopt.optimizers`` (compiled) and ``fastopt.reference``
+(NumPy) each make their class of the same name from it; neither is the other's parent.
+The scalars computed here in Python (bias corrections, step sizes) are float64, with
+Python's ``**`` and ``math.sqrt``; fastopt/_kernels.pyx's call plan restates the few that
+depend on the step count (``Step.form``) with the same IEEE operations.
+
+This module carries code restated from *Deep Learning from Scratch* (Koki Saitoh, O'Reilly
+Japan), MIT-licensed: see the notice in ``LICENSES/``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _validation as v
+from ._core import DecayFilter, Hyper, OptimizerCore, State, Step
+
+__all__ = ["RULES", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum",
+           "NAdam", "Nesterov", "RAdam", "RMSprop"]
+
+
+class SGD(OptimizerCore):
+    """``p -= lr*g``."""
+
+    def __init__(self, lr: Hyper = 0.01, *, weight_decay: Hyper = 0.0,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        return Step("sgd", {"lr": values["lr"]}, {"iter": self.iter + 1}, "sgd")
+
+
+class Momentum(OptimizerCore):
+    """``v = momentum*v - lr*g; p += v``."""
+
+    _states = ("v",)
+    _hyperparameters = {"lr": v.check_learning_rate, "momentum": v.check_coefficient}
+    momentum: Hyper
+    v: State
+
+    def __init__(self, lr: Hyper = 0.01, momentum: Hyper = 0.9, *, weight_decay: Hyper = 0.0,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.momentum = momentum
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        return Step("momentum", {"lr": values["lr"], "momentum": values["momentum"]},
+                    {"iter": self.iter + 1}, "momentum")
+
+
+class Nesterov(Momentum):
+    """Nesterov momentum; ``velocity_first=True`` is the book's 2016 order."""
+
+    _options = ("velocity_first",)
+    velocity_first: bool
+
+    def __init__(self, lr: Hyper = 0.01, momentum: Hyper = 0.9, *,
+                 velocity_first: bool = False, weight_decay: Hyper = 0.0,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.velocity_first = velocity_first
+        super().__init__(lr, momentum, weight_decay=weight_decay,
+                         weight_decay_filter=weight_decay_filter, max_grad_norm=max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        return Step("nesterov", {"lr": values["lr"], "momentum": values["momentum"],
+                                 "velocity_first": bool(self.velocity_first)},
+                    {"iter": self.iter + 1}, "nesterov")
+
+
+class AdaGrad(OptimizerCore):
+    """``h += g*g; p -= lr*g / (sqrt(h) + eps)``."""
+
+    _states = ("h",)
+    _hyperparameters = {"lr": v.check_learning_rate, "eps": v.check_epsilon}
+    _options = ("eps_inside_sqrt",)
+    eps: Hyper
+    eps_inside_sqrt: bool
+    h: State
+
+    def __init__(self, lr: Hyper = 0.01, *, eps: Hyper = 1e-7, eps_inside_sqrt: bool = False,
+                 weight_decay: Hyper = 0.0, weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.eps = eps
+        self.eps_inside_sqrt = eps_inside_sqrt
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        return Step("adagrad", {"lr": values["lr"], "eps": values["eps"],
+                                "eps_inside_sqrt": bool(self.eps_inside_sqrt)},
+                    {"iter": self.iter + 1}, "adagrad")
+
+
+class RMSprop(OptimizerCore):
+    """``h *= decay_rate; h += (1-decay_rate)*g*g; p -= lr*g / (sqrt(h) + eps)``, with torch's
+    ``centered`` and ``momentum`` forms as options."""
+
+    _hyperparameters = {"lr": v.check_learning_rate, "decay_rate": v.check_coefficient,
+                        "eps": v.check_epsilon, "momentum": v.check_coefficient}
+    _options = ("eps_inside_sqrt", "centered")
+    decay_rate: Hyper
+    eps: Hyper
+    momentum: Hyper
+    eps_inside_sqrt: bool
+    centered: bool
+    h: State
+    grad_avg: State
+    momentum_buffer: State
+
+    def __init__(self, lr: Hyper = 0.01, decay_rate: Hyper = 0.99, *, eps: Hyper = 1e-7,
+                 eps_inside_sqrt: bool = False, centered: bool = False, momentum: Hyper = 0.0,
+                 weight_decay: Hyper = 0.0, weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.decay_rate = decay_rate
+        self.eps = eps
+        self.eps_inside_sqrt = eps_inside_sqrt
+        self.centered = centered
+        self.momentum = momentum
+        self.grad_avg = self.momentum_buffer = None
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    @property
+    def _uses_momentum(self) -> bool:
+        """Momentum is used (with its buffer) when it is a schedule or nonzero."""
+        return callable(self.momentum) or self.momentum != 0
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return (("h",) + (("grad_avg",) if self.centered else ())
+                + (("momentum_buffer",) if self._uses_momentum else ()))
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        return Step("rmsprop", {"lr": values["lr"], "decay_rate": values["decay_rate"],
+                                "eps": values["eps"],
+                                "eps_inside_sqrt": bool(self.eps_inside_sqrt),
+                                "momentum": values["momentum"]},
+                    {"iter": self.iter + 1}, "rmsprop")
+
+    def _rule_state_names(self) -> list[str | None]:
+        return ["h", "grad_avg" if self.centered else None,
+                "momentum_buffer" if self._uses_momentum else None]
+
+
+
+class Adam(OptimizerCore):
+    """The book's Adam, or the paper's Algorithm 1 with ``paper_form=True``; ``amsgrad=True``
+    keeps the running maximum of ``v`` and divides by it."""
+
+    _hyperparameters = {"lr": v.check_learning_rate, "beta1": v.check_coefficient,
+                        "beta2": v.check_coefficient, "eps": v.check_epsilon}
+    _options = ("eps_inside_sqrt", "paper_form", "amsgrad")
+    beta1: Hyper
+    beta2: Hyper
+    eps: Hyper
+    eps_inside_sqrt: bool
+    paper_form: bool
+    amsgrad: bool
+    m: State
+    v: State
+    v_max: State
+
+    def __init__(self, lr: Hyper = 0.001, beta1: Hyper = 0.9, beta2: Hyper = 0.999, *,
+                 eps: Hyper | None = None, eps_inside_sqrt: bool = False,
+                 paper_form: bool = False, amsgrad: bool = False, weight_decay: Hyper = 0.0,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.paper_form = v.check_option("paper_form", paper_form)
+        self.eps = (1e-8 if self.paper_form else 1e-7) if eps is None else eps
+        self.eps_inside_sqrt = eps_inside_sqrt
+        self.amsgrad = amsgrad
+        self.v_max = None
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return ("m", "v", "v_max") if self.amsgrad else ("m", "v")
+
+    def _rule_state_names(self) -> list[str | None]:
+        return ["m", "v", "v_max" if self.amsgrad else None]
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        t = self.iter + 1
+        lr, beta1, beta2 = values["lr"], values["beta1"], values["beta2"]
+        inside = bool(self.eps_inside_sqrt)
+        if self.paper_form:
+            return Step("adam_paper", {"lr": lr, "beta1": beta1, "beta2": beta2,
+                                       "bias_correction1": 1 - beta1**t,
+                                       "bias_correction2": 1 - beta2**t,
+                                       "eps": values["eps"], "eps_inside_sqrt": inside},
+                        {"iter": t}, "adam_paper", "bias_corrections")
+        # The book computes lr_t with np.sqrt, so it is a NumPy float64 (which makes NumPy
+        # compute the last statement in float64 for float32 arrays); math.sqrt gives its bits.
+        lr_t = np.float64(lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t))
+        return Step("adam", {"lr_t": lr_t, "beta1": beta1, "beta2": beta2, "eps": values["eps"],
+                             "eps_inside_sqrt": inside},
+                    {"iter": t}, "adam_amsgrad" if self.amsgrad else "adam", "lr_t")
+
+
+
+class AdamW(Adam):
+    """torch's AdamW: decoupled weight decay ``p -= lr*weight_decay*p``, then Adam with the
+    bias corrections of torch."""
+
+    _decoupled = True
+
+    def __init__(self, lr: Hyper = 0.001, beta1: Hyper = 0.9, beta2: Hyper = 0.999, *,
+                 eps: Hyper = 1e-8, weight_decay: Hyper = 1e-2, amsgrad: bool = False,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        if eps is None:   # Adam reads None as "the default of its form"; AdamW has one default
+            v.to_float("eps", eps)
+        super().__init__(lr, beta1, beta2, eps=eps, amsgrad=amsgrad, paper_form=True,
+                         weight_decay=weight_decay, weight_decay_filter=weight_decay_filter,
+                         max_grad_norm=max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        t = self.iter + 1
+        lr, beta1, beta2 = values["lr"], values["beta1"], values["beta2"]
+        return Step("adamw", {"beta1": beta1, "beta2": beta2, "step_size": lr / (1 - beta1**t),
+                              "bias_correction2_sqrt": math.sqrt(1 - beta2**t),
+                              "eps": values["eps"],
+                              "decoupled_decay": lr * values["weight_decay"]},
+                    {"iter": t}, "adamw", "step_size_and_sqrt")
+
+
+class NAdam(OptimizerCore):
+    """torch's NAdam (Dozat 2016) with its momentum schedule
+    ``mu_t = beta1*(1 - 0.5*0.96**(t*momentum_decay))``."""
+
+    _states = ("m", "v")
+    _hyperparameters = {"lr": v.check_learning_rate, "beta1": v.check_coefficient,
+                        "beta2": v.check_coefficient, "eps": v.check_epsilon,
+                        "momentum_decay": v.check_nonnegative}
+    beta1: Hyper
+    beta2: Hyper
+    eps: Hyper
+    momentum_decay: Hyper
+    _scalar_state = {"mu_product": (1.0, v.check_unit_interval)}
+    mu_product: float
+    m: State
+    v: State
+
+    def __init__(self, lr: Hyper = 2e-3, beta1: Hyper = 0.9, beta2: Hyper = 0.999, *,
+                 eps: Hyper = 1e-8, momentum_decay: Hyper = 4e-3, weight_decay: Hyper = 0.0,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.momentum_decay = momentum_decay
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        t = self.iter + 1
+        lr, beta1, beta2 = values["lr"], values["beta1"], values["beta2"]
+        decay = values["momentum_decay"]
+        mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * decay))
+        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * decay))
+        mu_product = self.mu_product * mu
+        grad_step = lr * (1.0 - mu) / (1.0 - mu_product)
+        momentum_step = lr * mu_next / (1.0 - mu_product * mu_next)
+        return Step("nadam", {"beta1": beta1, "beta2": beta2, "bias_correction2": 1 - beta2**t,
+                              "eps": values["eps"], "grad_step": grad_step,
+                              "momentum_step": momentum_step},
+                    {"iter": t, "mu_product": mu_product}, "nadam", None)
+
+
+class RAdam(OptimizerCore):
+    """torch's RAdam (Liu et al. 2020): rectified when ``rho_t > 5``."""
+
+    _states = ("m", "v")
+    _hyperparameters = {"lr": v.check_learning_rate, "beta1": v.check_coefficient,
+                        "beta2": v.check_coefficient, "eps": v.check_epsilon}
+    beta1: Hyper
+    beta2: Hyper
+    eps: Hyper
+    m: State
+    v: State
+
+    def __init__(self, lr: Hyper = 1e-3, beta1: Hyper = 0.9, beta2: Hyper = 0.999, *,
+                 eps: Hyper = 1e-8, weight_decay: Hyper = 0.0,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        t = self.iter + 1
+        lr, beta1, beta2 = values["lr"], values["beta1"], values["beta2"]
+        bias_correction1 = 1 - beta1**t
+        bias_correction2 = 1 - beta2**t
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * t * (beta2**t) / bias_correction2
+        rectified = rho_t > 5.0
+        rectification = (math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                                   / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+                         if rectified else 0.0)
+        return Step("radam", {"lr": lr, "beta1": beta1, "beta2": beta2,
+                              "bias_correction1": bias_correction1,
+                              "bias_correction2_sqrt": math.sqrt(bias_correction2),
+                              "eps": values["eps"], "rectified": rectified,
+                              "rectification": rectification},
+                    {"iter": t}, "radam", None)
+
+
+class Adamax(OptimizerCore):
+    """torch's Adamax: ``u = max(beta2*u, abs(g) + eps); p -= (lr/(1-beta1**t))*m/u``."""
+
+    _states = ("m", "u")
+    _hyperparameters = {"lr": v.check_learning_rate, "beta1": v.check_coefficient,
+                        "beta2": v.check_coefficient, "eps": v.check_epsilon}
+    beta1: Hyper
+    beta2: Hyper
+    eps: Hyper
+    m: State
+    u: State
+
+    def __init__(self, lr: Hyper = 2e-3, beta1: Hyper = 0.9, beta2: Hyper = 0.999, *,
+                 eps: Hyper = 1e-8, weight_decay: Hyper = 0.0,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        t = self.iter + 1
+        lr, beta1 = values["lr"], values["beta1"]
+        return Step("adamax", {"beta1": beta1, "beta2": values["beta2"],
+                               "step_size": lr / (1 - beta1**t), "eps": values["eps"]},
+                    {"iter": t}, "adamax", "step_size")
+
+
+class Adadelta(OptimizerCore):
+    """torch's Adadelta: ``v = rho*v + (1-rho)*g*g; d = sqrt(u + eps)/sqrt(v + eps)*g;
+    u = rho*u + (1-rho)*d*d; p -= lr*d``."""
+
+    _states = ("v", "u")
+    _hyperparameters = {"lr": v.check_learning_rate, "rho": v.check_coefficient,
+                        "eps": v.check_epsilon}
+    rho: Hyper
+    eps: Hyper
+    v: State
+    u: State
+
+    def __init__(self, lr: Hyper = 1.0, rho: Hyper = 0.9, *, eps: Hyper = 1e-6,
+                 weight_decay: Hyper = 0.0, weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.rho = rho
+        self.eps = eps
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        return Step("adadelta", {"lr": values["lr"], "rho": values["rho"], "eps": values["eps"]},
+                    {"iter": self.iter + 1}, "adadelta")
+
+
+class Lion(OptimizerCore):
+    """Lion (Chen et al. 2023): ``c = beta1*m + (1-beta1)*g;
+    p -= lr*(sign(c) + weight_decay*p); m = beta2*m + (1-beta2)*g``."""
+
+    _states = ("m",)
+    _hyperparameters = {"lr": v.check_learning_rate, "beta1": v.check_coefficient,
+                        "beta2": v.check_coefficient}
+    _decoupled = True
+    beta1: Hyper
+    beta2: Hyper
+    m: State
+
+    def __init__(self, lr: Hyper = 1e-4, beta1: Hyper = 0.9, beta2: Hyper = 0.99, *,
+                 weight_decay: Hyper = 0.0, weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        return Step("lion", {"lr": values["lr"], "beta1": values["beta1"],
+                             "beta2": values["beta2"], "decoupled_decay": values["weight_decay"]},
+                    {"iter": self.iter + 1}, "lion")
+
+
+#: Every rule, in the order the documentation and the benchmark list them.
+RULES: tuple[type[OptimizerCore], ...] = (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW,
+                                          NAdam, RAdam, Adamax, Adadelta, Lion)

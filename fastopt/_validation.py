@@ -1,0 +1,112 @@
+"""The checks fastopt makes of what it is given, and their messages, in one place.
+
+Hyperparameters are numbers (Python or NumPy ints and floats, converted to Python floats) or
+schedules (callables of the step count); each has a check of its range. Options are bools.
+Every check raises TypeError for a value of the wrong kind and ValueError for one out of
+range, naming what was checked and, through ``where``, when (a schedule's step, a
+checkpoint). Nothing here changes anything: callers check everything before they write.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import numpy as np
+
+#: A range check of a float hyperparameter: ``check(name, value, where)`` raises or returns.
+Check: TypeAlias = Callable[[str, float, str], None]
+
+
+def to_float(name: str, value: Any, where: str = "") -> float:
+    """``value`` as a Python float, or a TypeError/ValueError naming ``name``."""
+    if type(value) is float:
+        return value
+    if (isinstance(value, (bool, np.bool_))
+            or not isinstance(value, (int, float, np.integer, np.floating))):
+        raise TypeError(f"{name} must be a real number (a Python or NumPy int or float) or a "
+                        f"schedule (a callable of the step); got {value!r} "
+                        f"({type(value).__name__}){where}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name}={value!r} is too large for a float{where}") from None
+
+
+def check_learning_rate(name: str, value: float, where: str = "") -> None:
+    """``value`` must be finite and >= 0."""
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be finite and >= 0; got {value!r}{where}")
+
+
+def check_coefficient(name: str, value: float, where: str = "") -> None:
+    """``value`` must satisfy 0 <= value < 1 (momentum, decay rates, betas)."""
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must satisfy 0 <= {name} < 1; got {value!r}{where}")
+
+
+def check_epsilon(name: str, value: float, where: str = "") -> None:
+    """``value`` must be finite and > 0."""
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be finite and > 0; got {value!r}{where}")
+
+
+check_nonnegative = check_learning_rate
+
+
+def check_unit_interval(name: str, value: float, where: str = "") -> None:
+    """``value`` must satisfy 0 <= value <= 1 (a product of momentum coefficients)."""
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name!r} must be a number in [0, 1] (a product of momentum "
+                         f"coefficients); got {value!r}{where}")
+
+
+def check_option(name: str, value: Any) -> bool:
+    """A boolean option: a bool or NumPy bool, nothing merely truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_max_grad_norm(value: Any, where: str = "") -> float | None:
+    """``max_grad_norm``: None (no clipping) or a number > 0, as a float."""
+    if value is None:
+        return None
+    norm = to_float("max_grad_norm", value, where)
+    if not norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0 (or None); got {norm!r}{where}")
+    return norm
+
+
+def check_decay_filter(value: Any) -> None:
+    """``weight_decay_filter``: None or a callable of ``(key, param)``."""
+    if value is not None and not callable(value):
+        raise TypeError(f"weight_decay_filter must be a callable of (key, param) or None; "
+                        f"got {value!r}")
+
+
+def decision(chooser: Callable[[Any, Any], Any], key: Any, param: Any) -> bool:
+    """``weight_decay_filter(key, param)``, which must answer True or False."""
+    answer = chooser(key, param)
+    if not isinstance(answer, (bool, np.bool_)):
+        raise TypeError(f"weight_decay_filter({key!r}, param) must return True or False; got "
+                        f"{answer!r}")
+    return bool(answer)
+
+
+def describe(value: Any) -> str:
+    """What a value is, for error messages: 'an ndarray of dtype ...', 'a float -7.0'."""
+    name = type(value).__name__
+    article = "an" if name[0] in "aeiou" else "a"
+    if isinstance(value, np.ndarray):
+        return f"{article} {name} of dtype {value.dtype} and shape {value.shape}"
+    if np.ndim(value) == 0:
+        return f"{article} {name} {value!r}"
+    return f"{article} {name}"
+
+
+def is_real_scalar(value: Any) -> bool:
+    """A real number that is not a bool nor an array."""
+    return (isinstance(value, (numbers.Real, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_, np.ndarray)))

@@ -1,0 +1,126 @@
+"""The design: every rule declared once, and the modules' dependencies in one direction.
+
+Each optimizer's rule is declared in fastopt/_rules.py; the compiled classes
+(``fastopt.optimizers``) and the NumPy ones (``fastopt.reference``) are both made from that
+declaration, neither from the other. The checkpoint file format knows nothing of optimizers.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _rules, optimizers, reference
+from fastopt._simd import kernels
+
+PACKAGE = Path(fastopt.__file__).parent
+RULE_NAMES = [rule.__name__ for rule in _rules.RULES]
+
+
+def _imports(path: Path) -> set[str]:
+    """The fastopt modules ``path`` imports, at any depth of its code, leaving out imports
+    made only for type checkers (under ``if TYPE_CHECKING:``)."""
+    tree = ast.parse(path.read_text())
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                and node.test.id == "TYPE_CHECKING"):
+            skipped.update(id(inner) for inner in ast.walk(node))
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:
+                found.update(alias.name for alias in node.names)
+            elif node.module and node.module.startswith("fastopt."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[1] for alias in node.names
+                         if alias.name.startswith("fastopt."))
+    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    return found & modules
+
+
+def _graph() -> dict[str, set[str]]:
+    return {path.stem: _imports(path) for path in PACKAGE.glob("*.py")}
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(graph[start])
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(graph.get(name, ()))
+    return seen
+
+
+def test_no_module_of_fastopt_imports_one_that_imports_it():
+    graph = _graph()
+    cycles = sorted(name for name in graph if name in _reachable(graph, name))
+    assert cycles == [], f"import cycles through {cycles}"
+
+
+def test_the_graph_finds_a_cycle_where_there_is_one():
+    # The check above, on a graph with a cycle, so that it cannot pass by reading nothing.
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert [name for name in graph if name in _reachable(graph, name)] == ["a", "b", "c"]
+    assert "_core" in _graph()["reference"] and "_rules" in _graph()["optimizers"]
+
+
+def test_the_checkpoint_file_format_imports_no_optimizer_code():
+    assert _reachable(_graph(), "checkpoint") <= {"_validation"}
+
+
+@pytest.mark.parametrize("name", RULE_NAMES)
+def test_no_compiled_class_is_made_from_a_reference_class(name):
+    compiled = getattr(optimizers, name)
+    assert [klass for klass in compiled.__mro__ if klass.__module__ == "fastopt.reference"] == []
+    rule = getattr(_rules, name)
+    assert issubclass(compiled, rule) and issubclass(getattr(reference, name), rule)
+    assert not issubclass(getattr(reference, name), compiled)
+
+
+def test_every_optimizer_fastopt_exports_is_declared_once():
+    exported = {name for name in optimizers.__all__
+                if getattr(optimizers, name).__name__ == name}   # RMSProp is RMSprop
+    assert set(RULE_NAMES) == exported
+    assert len(RULE_NAMES) == len(set(RULE_NAMES))
+    for name in RULE_NAMES:
+        assert getattr(fastopt, name) is getattr(optimizers, name)
+        assert name in fastopt.__all__ and name in reference.__all__
+
+
+@pytest.mark.parametrize("name", RULE_NAMES)
+def test_each_step_names_a_loop_and_numpy_rule_that_take_its_scalars(name):
+    # A scalar that the loop does not read, or a NumPy rule parameter no scalar fills, would
+    # make the two paths compute different things.
+    optimizer = getattr(fastopt, name)()
+    optimizer.update({"w": np.ones(3)}, {"w": np.ones(3)})
+    step = optimizer._next_step(optimizer.hyperparameter_values())
+    assert step.loop in kernels.loops()
+    assert set(step.scalars) <= set(kernels.step_fields())
+    rule = getattr(reference, step.rule + "_rule")
+    parameters = list(inspect.signature(rule).parameters)
+    states = len(optimizer._rule_state_names())
+    assert parameters[:2] == ["p", "g"]
+    assert set(parameters[2 + states:]) == set(step.scalars)
+    assert set(step.after) == {"iter", *optimizer._scalar_state}
+
+
+def test_a_scalar_the_loops_do_not_take_is_refused_by_name():
+    p = np.ones(3)
+    with pytest.raises(ValueError, match="no scalar named 'learning_rate'"):
+        kernels.run("sgd", [p], [np.ones(3)], None, None, None, None, None, 0.0,
+                    {"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="no compiled loop is named 'sdg'"):
+        kernels.run("sdg", [p], [np.ones(3)], None, None, None, None, None, 0.0, {"lr": 0.1})
+    assert np.all(p == 1.0)
