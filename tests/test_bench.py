@@ -11,6 +11,7 @@ import pytest
 import fastopt
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+INVESTIGATIONS = BENCH.parent / "investigations"
 RESULT_KEYS = {"median_us", "min_us", "max_us", "p10_us", "p90_us", "samples",
                "calls_per_sample", "ns_per_element", "gb_per_s", "alloc_bytes"}
 TRAFFIC_ARRAYS = {"SGD": 3, "Adam": 7}   # arrays read plus arrays written per element
@@ -136,7 +137,7 @@ def test_reports_redraw_from_the_json(smallest_run, tmp_path):
 
 def test_the_simd_comparison_runs_every_level(tmp_path):
     out = tmp_path / "simd.json"
-    command = [sys.executable, str(BENCH.parent / "simd.py"), "--workload", "1e2",
+    command = [sys.executable, str(INVESTIGATIONS / "simd.py"), "--workload", "1e2",
                "--optimizer", "SGD", "Adam", "--dtype", "float64", "--budget", "0.01",
                "--json", str(out)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
@@ -152,7 +153,7 @@ def test_the_simd_comparison_runs_every_level(tmp_path):
 
 
 def test_the_overhead_comparison_runs(tmp_path):
-    command = [sys.executable, str(BENCH.parent / "overhead.py"), "--elements", "10",
+    command = [sys.executable, str(INVESTIGATIONS / "overhead.py"), "--elements", "10",
                "--budget", "0.005"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
                                cwd=tmp_path)
@@ -167,7 +168,7 @@ def test_the_overhead_comparison_runs(tmp_path):
 
 
 def test_the_clipping_comparison_runs(tmp_path):
-    command = [sys.executable, str(BENCH.parent / "clipping.py"), "--workload", "1e4",
+    command = [sys.executable, str(INVESTIGATIONS / "clipping.py"), "--workload", "1e4",
                "--dtype", "float32", "--budget", "0.01"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
                                cwd=tmp_path)
