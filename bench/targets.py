@@ -1,7 +1,7 @@
 """The performance targets, read off bench/run.py's JSON: each target, what was measured, met.
 
     python bench/targets.py bench/results/full.json [--one-thread FILE.json] [--markdown FILE]
-    python bench/targets.py bench/results/full.json --readme README.md   # headline up to date?
+    python bench/targets.py bench/results/full.json --readme README.md   # README up to date?
 
 Targets (medians of one run; ratios of medians measured in the same interleaved rounds):
 
@@ -13,7 +13,8 @@ Targets (medians of one run; ratios of medians measured in the same interleaved 
   torch.optim's fused kernels at torch's default threads, and >= 90% of the bandwidth probe
 
 Prints one row per target with the worst cell and how many cells meet it, and the README's
-headline as read off the run (``headline``); ``--readme`` fails when README.md does not say it.
+figures as read off the run (``headline``, and ``against_torch`` when the run timed torch);
+``--readme`` fails when README.md does not say them.
 """
 from __future__ import annotations
 
@@ -88,6 +89,23 @@ def headline(data: dict[str, Any]) -> str | None:
             f"networks ({where})")
 
 
+def against_torch(data: dict[str, Any]) -> str | None:
+    """The README's second figure read off a run: the range of fastopt's speedups over
+    torch.optim on the cells of ``headline`` (the book's networks and six optimizers, every
+    dtype in the run), each contender at the run's thread count.
+
+    Returns None when the run timed no such cell against torch. The bounds are the lowest and
+    highest ratio of medians, rounded to one decimal.
+    """
+    speedups = [cell["speedup_vs_torch"]["fastopt"] for cell in data["cells"]
+                if cell["workload"] in BOOK_NETWORKS and cell["optimizer"] in BOOK_OPTIMIZERS
+                and "fastopt" in cell.get("speedup_vs_torch", {})]
+    if not speedups:
+        return None
+    return (f"{min(speedups):.1f}–{max(speedups):.1f}× faster than torch.optim on the same "
+            f"networks")
+
+
 def readme_says(readme: str, summary: str) -> bool:
     """Whether ``readme`` carries the headline ``summary``, line breaks and spacing aside; the
     parenthesis may go on (``(AMD EPYC 7B13, 2 threads, [performance](#performance))``)."""
@@ -149,7 +167,9 @@ def main() -> None:
     for name, measured, verdict in table:
         print(f"  {verdict:8} {name}: {measured}")
     summary = headline(data)
+    torch_summary = against_torch(data)
     print(f"headline: {summary or 'no cell of the book networks in this run'}")
+    print(f"against torch: {torch_summary or 'no cell of the book networks timed with torch'}")
     if args.markdown:
         with open(args.markdown, "w") as file:
             file.write("| target | measured | |\n|---|---|---|\n")
@@ -157,10 +177,14 @@ def main() -> None:
                 file.write(f"| {name} | {measured} | {verdict} |\n")
     if args.readme:
         with open(args.readme) as file:
-            if summary is None or not readme_says(file.read(), summary):
-                sys.exit(f"{args.readme} does not carry the headline of {args.json}: "
-                         f"expected \"{summary}\"")
-        print(f"{args.readme} carries it")
+            readme = file.read()
+        if summary is None or not readme_says(readme, summary):
+            sys.exit(f"{args.readme} does not carry the headline of {args.json}: "
+                     f"expected \"{summary}\"")
+        if torch_summary is not None and not readme_says(readme, torch_summary):
+            sys.exit(f"{args.readme} does not carry the comparison with torch.optim of "
+                     f"{args.json}: expected \"{torch_summary}\"")
+        print(f"{args.readme} carries {'them' if torch_summary else 'it'}")
 
 
 if __name__ == "__main__":

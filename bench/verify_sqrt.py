@@ -120,7 +120,7 @@ def main() -> int:
     parser.add_argument("--count", type=float, default=1e9, help="inputs in all (>= 1e9)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from run import cpu_model  # bench/run.py, beside this script
+    from _common import cpu_model  # bench/_common.py, beside this script
     kernels = software_kernels()
     if kernels is None:
         print("this machine or build has no AVX-512 module: nothing to verify")

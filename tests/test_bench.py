@@ -11,6 +11,7 @@ import pytest
 import fastopt
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+INVESTIGATIONS = BENCH.parent / "investigations"
 RESULT_KEYS = {"median_us", "min_us", "max_us", "p10_us", "p90_us", "samples",
                "calls_per_sample", "ns_per_element", "gb_per_s", "alloc_bytes"}
 TRAFFIC_ARRAYS = {"SGD": 3, "Adam": 7}   # arrays read plus arrays written per element
@@ -136,7 +137,7 @@ def test_reports_redraw_from_the_json(smallest_run, tmp_path):
 
 def test_the_simd_comparison_runs_every_level(tmp_path):
     out = tmp_path / "simd.json"
-    command = [sys.executable, str(BENCH.parent / "simd.py"), "--workload", "1e2",
+    command = [sys.executable, str(INVESTIGATIONS / "simd.py"), "--workload", "1e2",
                "--optimizer", "SGD", "Adam", "--dtype", "float64", "--budget", "0.01",
                "--json", str(out)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
@@ -152,7 +153,7 @@ def test_the_simd_comparison_runs_every_level(tmp_path):
 
 
 def test_the_overhead_comparison_runs(tmp_path):
-    command = [sys.executable, str(BENCH.parent / "overhead.py"), "--elements", "10",
+    command = [sys.executable, str(INVESTIGATIONS / "overhead.py"), "--elements", "10",
                "--budget", "0.005"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
                                cwd=tmp_path)
@@ -167,7 +168,7 @@ def test_the_overhead_comparison_runs(tmp_path):
 
 
 def test_the_clipping_comparison_runs(tmp_path):
-    command = [sys.executable, str(BENCH.parent / "clipping.py"), "--workload", "1e4",
+    command = [sys.executable, str(INVESTIGATIONS / "clipping.py"), "--workload", "1e4",
                "--dtype", "float32", "--budget", "0.01"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
                                cwd=tmp_path)
@@ -386,3 +387,63 @@ def test_the_one_thread_target_reads_the_runs_own_one_thread_timing(two_thread_r
     expected = cell["results"]["numpy"]["median_us"] / cell["one_thread"]["fastopt"]["median_us"]
     row = next(row for row in targets.rows(data, None) if "one thread" in row[0])
     assert row[1] == f"{expected:.2f}x (Adam float64)"
+
+
+def test_the_comparison_with_torch_is_read_off_the_json():
+    targets = load(TARGETS, "fastopt_bench_targets")
+    data = headline_data()
+    assert targets.against_torch(data) is None          # a run without torch
+    for cell, speedup in zip(data["cells"], [1.86, 9.97, 3.0, 2.5, 0.5, 40.0, 0.1], strict=True):
+        cell["speedup_vs_torch"] = {"fastopt": speedup}   # the last three: not in the range
+    assert targets.against_torch(data) == (
+        "1.9–10.0× faster than torch.optim on the same networks")
+
+
+def test_the_readme_check_wants_the_comparison_with_torch(tmp_path):
+    data = headline_data()
+    for cell in data["cells"]:
+        cell["speedup_vs_torch"] = {"fastopt": 2.0}
+    saved = tmp_path / "full.json"
+    saved.write_text(json.dumps(data))
+    without, stale, good = (tmp_path / name for name in ("without.md", "stale.md", "good.md"))
+    headline = ("2.8–7.0× faster than that code on the book's networks (Intel Xeon Platinum "
+                "8481C, 2 threads)")
+    without.write_text(headline + "\n")
+    stale.write_text(headline + " and 1.5–2.0× faster than torch.optim on the same networks\n")
+    good.write_text(headline + " and 2.0–2.0× faster than torch.optim\non the same networks.\n")
+    for readme, status in ((without, 1), (stale, 1), (good, 0)):
+        completed = subprocess.run([sys.executable, str(TARGETS), str(saved), "--readme",
+                                    str(readme)], capture_output=True, text=True, timeout=60)
+        assert completed.returncode == status, (readme.name, completed.stderr)
+        if status:
+            assert 'expected "2.0–2.0× faster than torch.optim on the same networks"' in (
+                completed.stderr)
+
+
+ROOT = BENCH.parents[1]
+COMMITTED = BENCH.parent / "results" / "full.json"
+
+
+@pytest.mark.skipif(not (ROOT / "README.md").exists() or not COMMITTED.exists(),
+                    reason="the README and the committed run are not beside these tests")
+def test_the_readme_carries_the_committed_runs_figures():
+    completed = subprocess.run([sys.executable, str(TARGETS), str(COMMITTED), "--readme",
+                                str(ROOT / "README.md")], capture_output=True, text=True,
+                               timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert "carries them" in completed.stdout
+
+
+@pytest.mark.skipif(not (ROOT / "docs" / "performance.md").exists() or not COMMITTED.exists(),
+                    reason="the docs and the committed run are not beside these tests")
+def test_the_docs_carry_the_committed_runs_table_and_targets(bench):
+    data = json.loads(COMMITTED.read_text())
+    docs = (ROOT / "docs" / "performance.md").read_text()
+    drawn = bench.markdown(data["cells"], data["machine"], "")
+    table = [line for line in drawn.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 2 * 8        # header, rule, every workload in both dtypes
+    assert "\n".join(table) in docs
+    assert next(line for line in drawn.splitlines() if line.startswith("Each cell:")) in docs
+    targets = load(TARGETS, "fastopt_bench_targets")
+    for name, measured, verdict in targets.rows(data, None):
+        assert f"| {name} | {measured} | {verdict} |" in docs

@@ -286,7 +286,8 @@ def test_dict_params_swapped_during_planning_are_declined():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_state_sits_at_its_params_offset_in_the_cache_line(dtype):
     # The loops peel a head up to the param's first 64-byte boundary; state allocated at the
-    # param's address mod 64 then lines up too (bench/alignment.py: up to 1.8x on Adam).
+    # param's address mod 64 then lines up too (bench/investigations/alignment.py: up to 1.8x
+    # on Adam).
     def at(offset):   # 4000 bytes of params at ``offset`` mod 64
         buffer = np.zeros(4000 + 128, np.uint8)
         start = (offset - buffer.ctypes.data) % 64

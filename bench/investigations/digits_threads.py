@@ -1,6 +1,7 @@
 """fastopt on 1 thread against N threads inside a training loop, next to NumPy's BLAS threads.
 
-    python bench/digits_threads.py [--threads 2] [--epochs 20] [--hidden 100] [--optimizers ...]
+    python bench/investigations/digits_threads.py [--threads 2] [--epochs 20] [--hidden 100]
+        [--optimizers ...]
 
 Trains the digits network of examples/train_digits.py (its forward and backward passes are
 matrix products, so OpenBLAS's threads run, and then spin, between the updates) and times
@@ -26,7 +27,7 @@ import fastopt
 
 
 def load_example():
-    path = Path(__file__).resolve().parent.parent / "examples" / "train_digits.py"
+    path = Path(__file__).resolve().parents[2] / "examples" / "train_digits.py"
     spec = importlib.util.spec_from_file_location("train_digits", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

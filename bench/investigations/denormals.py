@@ -1,6 +1,6 @@
 """Do tiny (subnormal) state values slow the updates? Adam after many zero-gradient steps.
 
-    python bench/denormals.py [--elements 100000]
+    python bench/investigations/denormals.py [--elements 100000]
 
 With a zero gradient, Adam's m and v shrink geometrically every step (by beta1 and beta2)
 until they are subnormal, then reach zero. This script steps an Adam state there, timing
@@ -10,14 +10,17 @@ code at checkpoints, and prints the fraction of subnormal state values beside ea
 from __future__ import annotations
 
 import argparse
-import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from run import cpu_model
 
 import fastopt
 from fastopt import reference
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
+from _common import header
 
 
 def median_update(optimizer, params, grads, calls=15) -> float:
@@ -38,9 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--elements", type=int, default=100_000)
     args = parser.parse_args()
-    print(f"fastopt {fastopt.__version__} ({fastopt.simd_level()}, "
-          f"{fastopt.get_num_threads()} thread(s)), {cpu_model()}, Python "
-          f"{platform.python_version()}, NumPy {np.__version__}")
+    print(header())
     print(f"Adam on {args.elements} elements, zero gradients after one step of ones; median us "
           f"per update at each checkpoint (subnormal share of v)")
     for dtype in (np.float32, np.float64):

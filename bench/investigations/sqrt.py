@@ -1,6 +1,6 @@
 """The software float64 square root against the hardware instruction, on this machine.
 
-    python bench/sqrt.py [--budget 1.0]
+    python bench/investigations/sqrt.py [--budget 1.0]
 
 Needs the AVX-512 build. For each float64 optimizer whose loop divides by a square root,
 one process updates the book's TwoLayerNet (784x50, 50, 50x10, 10) and a 1e6 array with
@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import time
+import sys
+from functools import partial
+from pathlib import Path
 
 import numpy as np
-from run import cpu_model
 
 import fastopt
 
-WORKLOADS = {"two_layer_net": [(784, 50), (50,), (50, 10), (10,)], "1e6": [(10**6,)]}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
+from _common import TWO_LAYER_NET, alternating, cpu_model
+
+WORKLOADS = {"two_layer_net": TWO_LAYER_NET, "1e6": [(10**6,)]}
 OPTIMIZERS = [("AdaGrad", {}), ("RMSprop", {}), ("RMSprop", {"centered": True}),
               ("Adam", {}), ("Adam", {"amsgrad": True}), ("Adam", {"paper_form": True}),
               ("AdamW", {}), ("NAdam", {}), ("RAdam", {}), ("Adadelta", {})]
@@ -35,7 +39,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per cell")
     args = parser.parse_args()
     if "avx512" not in fastopt.simd_levels() or fastopt.simd_level() != "avx512":
-        raise SystemExit("bench/sqrt.py needs the AVX-512 build running (FASTOPT_SIMD unset)")
+        raise SystemExit("bench/investigations/sqrt.py needs the AVX-512 build running "
+                         "(FASTOPT_SIMD unset)")
     kernels = importlib.import_module("fastopt._kernels_avx512")
     chosen = fastopt.sqrt_method()
     simd = fastopt._simd
@@ -67,15 +72,10 @@ def main() -> None:
                         optimizers[soft].update(arrays[soft], grads)
                 for key in params:
                     assert params[key].tobytes() == twins[key].tobytes(), (name, key)
-                samples: dict[bool, list[float]] = {False: [], True: []}
-                deadline = time.perf_counter() + args.budget
-                while time.perf_counter() < deadline or len(samples[True]) < 5:
-                    for soft in (False, True):
-                        kernels.set_soft_sqrt(soft)
-                        start = time.perf_counter()
-                        optimizers[soft].update(arrays[soft], grads)
-                        samples[soft].append(time.perf_counter() - start)
-                hw, sw = (float(np.median(samples[soft])) * 1e6 for soft in (False, True))
+                steps = {soft: partial(optimizers[soft].update, arrays[soft], grads)
+                         for soft in (False, True)}
+                median = alternating(steps, args.budget, before=kernels.set_soft_sqrt)
+                hw, sw = (median[soft] * 1e6 for soft in (False, True))
                 label = name + "".join(f" {k}={v}" for k, v in options.items())
                 print(f"{label:26} {workload:14} {hw:12.2f} {sw:12.2f} {hw / sw:6.2f}",
                       flush=True)

@@ -1,6 +1,6 @@
 """Two builds of fastopt against each other: before and after a performance change.
 
-    python bench/builds.py BEFORE AFTER [--rounds 3]
+    python bench/investigations/builds.py BEFORE AFTER [--rounds 3]
 
 BEFORE and AFTER are folders that hold a built fastopt package (for example two checkouts
 built in place with ``python setup.py build_ext --inplace``). Two builds cannot share one

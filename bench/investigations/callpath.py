@@ -1,6 +1,6 @@
 """What one small update costs: two builds against each other, and where the time goes.
 
-    python bench/callpath.py BEFORE AFTER [--rounds 15]
+    python bench/investigations/callpath.py BEFORE AFTER [--rounds 15]
 
 Times one ``update()`` of one param of one element (a dict ``{'w': array}``, hot: after the
 first calls), where the call's fixed cost is everything, for Adam and SGD in float32 and
@@ -21,6 +21,9 @@ import timeit
 
 import numpy as np
 from builds import run
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # bench/
+from _common import cpu_model  # imports no fastopt: the AFTER build is not on the path yet
 
 WORKER = r"""
 import json, timeit
@@ -83,7 +86,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     sys.path.insert(0, os.path.abspath(args.after))   # this process times the AFTER build
-    from run import cpu_model  # bench/run.py imports fastopt: only once AFTER is on the path
     print(f"{cpu_model()}, Python {platform.python_version()}, NumPy {np.__version__}; "
           f"{args.rounds} rounds, BEFORE={args.before}, AFTER={args.after}")
     times: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}

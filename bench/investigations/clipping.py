@@ -1,6 +1,7 @@
 """Gradient clipping + Adam: fastopt's fused max_grad_norm against NumPy and torch.optim.
 
-    python bench/clipping.py [--budget 1.0] [--workload two_layer_net five_layer_net 1e7]
+    python bench/investigations/clipping.py [--budget 1.0]
+        [--workload two_layer_net five_layer_net 1e7]
 
 Per cell, in interleaved rounds in one process (bench/run.py's method), one training step's
 optimizer work with the global norm clipped to half the grads' norm (so clipping is active):
@@ -22,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import all_workloads, cpu_model, make_arrays, measure, warm_allocator
-
 import fastopt
 from fastopt import reference
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
+from _common import all_workloads, cpu_model, make_arrays, measure, warm_allocator
 
 
 def numpy_step(params, grads, max_norm):

@@ -1,6 +1,6 @@
 """State placed at its param's address mod 64 against NumPy's placement, in one process.
 
-    python bench/alignment.py [--budget 1.0]
+    python bench/investigations/alignment.py [--budget 1.0]
 
 fastopt allocates each state array at the same address modulo 64 as its param, and its loops
 peel a head up to the param's first 64-byte boundary, so the vector loops store whole cache
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import all_workloads, cpu_model, make_arrays, measure, warm_allocator
-
 import fastopt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
+from _common import all_workloads, cpu_model, make_arrays, measure, warm_allocator
 
 OPTIMIZERS = ["SGD", "Momentum", "Adam", "AdamW", "Lion"]
 

@@ -1,6 +1,7 @@
 """What does each SIMD level buy? fastopt's loops at every level this machine runs, side by side.
 
-    python bench/simd.py [--workload two_layer_net ...] [--budget 0.4] [--json out.json]
+    python bench/investigations/simd.py [--workload two_layer_net ...] [--budget 0.4]
+        [--json out.json]
 
 Every built level this CPU runs (fastopt.simd_levels()) is imported in this one process and
 its compiled entry is called directly, on its own copy of the same params, grads and state,
@@ -14,12 +15,16 @@ import argparse
 import importlib
 import json
 import platform
+import sys
+from pathlib import Path
 
 import numpy as np
-from run import OPTIMIZERS, all_workloads, cpu_model, make_arrays, measure, warm_allocator
 
 import fastopt
 from fastopt._simd import _module_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
+from _common import OPTIMIZERS, all_workloads, cpu_model, make_arrays, measure, warm_allocator
 
 DEFAULT_WORKLOADS = ["1e4", "two_layer_net", "five_layer_net", "1e6", "1e7"]
 

@@ -1,7 +1,7 @@
 """fastopt.distributed: step time at 1, 2 and 3 ranks, fused allreduce against one per key.
 
-    python bench/mpi.py [--ranks 1 2 3] [--out bench/results/mpi.txt]   # launches mpiexec
-    mpiexec -n 2 python bench/mpi.py --worker                            # one rank count
+    python bench/investigations/mpi.py [--ranks 1 2 3] [--out FILE]   # launches mpiexec
+    mpiexec -n 2 python bench/investigations/mpi.py --worker         # one rank count
 
 Two workloads: the digits network of examples/train_digits.py (64-100-100-100-100-10,
 float64, 10 arrays, 37,410 params) and 1e7 float32 params in 10 arrays of 1e6. Per workload
@@ -34,18 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
+from _common import cpu_model
+
 HERE = Path(__file__).resolve()
-ROOT = HERE.parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("\n"):
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+ROOT = HERE.parents[2]
 
 
 def workloads():
@@ -156,7 +149,7 @@ def main(argv=None) -> int:
         raise SystemExit("mpiexec not found: pip install '.[mpi]'")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    lines = [f"python bench/mpi.py --ranks {' '.join(map(str, args.ranks))}",
+    lines = [f"python bench/investigations/mpi.py --ranks {' '.join(map(str, args.ranks))}",
              f"fastopt {fastopt.__version__} ({fastopt.simd_level()}), {cpu_model()}, "
              f"{os.cpu_count()} CPUs, Python {platform.python_version()}, NumPy {np.__version__}",
              "median µs per step, slowest rank; state = Adam's state bytes per rank; each "

@@ -1,6 +1,6 @@
 """What does one more param cost? The same elements as 200 params or as one, timed interleaved.
 
-    python bench/overhead.py [--budget 0.5]
+    python bench/investigations/overhead.py [--budget 0.5]
 
 For each optimizer and dtype, fastopt updates 200 params of ``--elements`` each (200 x 1000
 by default: a network of many small layers) and one param holding the same number of
@@ -11,12 +11,15 @@ the per-param loop start cost, with the arithmetic the same on both sides.
 from __future__ import annotations
 
 import argparse
-import platform
+import sys
+from pathlib import Path
 
 import numpy as np
-from run import OPTIMIZERS, cpu_model, make_arrays, make_numpy_like, measure, warm_allocator
 
 import fastopt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
+from _common import OPTIMIZERS, header, make_arrays, make_numpy_like, measure, warm_allocator
 
 COUNT = 200
 
@@ -27,9 +30,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.5, help="seconds per cell")
     args = parser.parse_args()
     warm_allocator()
-    print(f"fastopt {fastopt.__version__} ({fastopt.simd_level()}, "
-          f"{fastopt.get_num_threads()} thread(s)), {cpu_model()}, Python "
-          f"{platform.python_version()}, NumPy {np.__version__}")
+    print(header())
     print(f"{'optimizer':9} {'dtype':7} {f'{COUNT} params us':>14} {'1 param us':>11} "
           f"{'per extra param us':>19}")
     for optimizer in OPTIMIZERS:

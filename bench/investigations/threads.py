@@ -1,6 +1,6 @@
 """Where do threads start to pay? fastopt on 1 thread against N threads, by array size.
 
-    python bench/threads.py [--threads 2] [--budget 0.5]
+    python bench/investigations/threads.py [--threads 2] [--budget 0.5]
 
 Interleaved rounds in one process (set_num_threads switches between the two contenders);
 prints median µs per update and the speedup of N threads. The size from which N threads win
@@ -10,11 +10,16 @@ DIVIDING_MIN in fastopt/_kernels.pyx; run a build with both set low to see the w
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 import fastopt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
+from _common import alternating
 
 
 def main() -> None:
@@ -37,15 +42,10 @@ def main() -> None:
                 grads = {"w": (rng.standard_normal(size) * 1e-3).astype(dtype)}
                 optimizer = getattr(fastopt, name)()
                 optimizer.update(params, grads)
-                samples = {1: [], args.threads: []}
-                deadline = time.perf_counter() + args.budget
-                while time.perf_counter() < deadline or len(samples[1]) < 5:
-                    for count in samples:
-                        fastopt.set_num_threads(count)
-                        start = time.perf_counter()
-                        optimizer.update(params, grads)
-                        samples[count].append(time.perf_counter() - start)
-                one, many = (float(np.median(samples[c])) * 1e6 for c in samples)
+                step = partial(optimizer.update, params, grads)
+                median = alternating({1: step, args.threads: step}, args.budget,
+                                     before=fastopt.set_num_threads)
+                one, many = (median[count] * 1e6 for count in (1, args.threads))
                 print(f"{name:9} {np.dtype(dtype).name:7} {size:9} {one:12.2f} {many:14.2f} "
                       f"{one / many:8.2f}")
     finally:

@@ -2,18 +2,22 @@
 1e7-element param of each dtype, the chunks the pool's worker ran over 20 updates at 2 threads
 (of 16 per update), then the median time of 1 and of 2 threads, alternated update by update.
 
-    python bench/pool_chunks.py            # the installed fastopt
-    PYTHONPATH=/path/to/other/build python bench/pool_chunks.py   # another build, to compare
+    python bench/investigations/pool_chunks.py                    # the installed fastopt
+    PYTHONPATH=/other/build python bench/investigations/pool_chunks.py   # another, to compare
 
 Run it on an idle machine, two builds one after the other, and compare.
 """
-import statistics
-import time
+import sys
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 import fastopt
 from fastopt._simd import kernels
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
+from _common import alternating
 
 SIZE = 10**7
 
@@ -31,15 +35,13 @@ def main() -> None:
             for _ in range(20):
                 optimizer.update(params, grads)
             chunks = kernels.pool_worker_chunks() - before
-            times: dict[int, list[float]] = {1: [], 2: []}
-            for _ in range(9):
-                for threads in times:
-                    fastopt.set_num_threads(threads)
-                    optimizer.update(params, grads)
-                    start = time.perf_counter()
-                    optimizer.update(params, grads)
-                    times[threads].append(time.perf_counter() - start)
-            one, two = (statistics.median(times[t]) * 1e3 for t in (1, 2))
+            step = partial(optimizer.update, params, grads)
+
+            def switch(threads: int, step=step) -> None:   # and one untimed update
+                fastopt.set_num_threads(threads)
+                step()
+            median = alternating({1: step, 2: step}, 0.0, min_rounds=9, before=switch)
+            one, two = (median[threads] * 1e3 for threads in (1, 2))
             print(f"{name:8s} {np.dtype(dtype).name}: worker ran {chunks:3d} of 320 chunks; "
                   f"1 thread {one:7.2f} ms, 2 threads {two:7.2f} ms, 1->2 {one / two:.2f}")
 

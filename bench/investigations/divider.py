@@ -1,6 +1,6 @@
 """Is float64 Adam bound by the divider? The book's Adam loop in C, built at three SIMD levels.
 
-    python bench/divider.py [--elements 39760] [--repeats 2000]
+    python bench/investigations/divider.py [--elements 39760] [--repeats 2000]
 
 Writes the loop (TwoLayerNet's 39,760 elements by default) to a temporary C file, builds it
 with the flags fastopt ships (-O3 -fno-math-errno -ffp-contract=off) at the x86-64 baseline,

@@ -1,6 +1,6 @@
 """How much does glibc's malloc state move the book's NumPy code? Fresh processes, timed.
 
-    python bench/malloc.py
+    python bench/investigations/malloc.py
 
 Times fastopt.reference.Adam (the book's code) on TwoLayerNet's float64 params in three fresh
 processes each: as started, after freeing one 32 MB block first (what bench/run.py does, and
