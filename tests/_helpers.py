@@ -11,46 +11,14 @@ import numpy as np
 import fastopt
 from fastopt import reference
 
-# (class name, keyword options): the book's six and every variant option (BOOK_CONFIGS), then the
-# optimizers beyond the book and the options every optimizer takes.
-BOOK_CONFIGS = [
-    ("SGD", {}),
-    ("Momentum", {}),
-    ("Nesterov", {}),
-    ("Nesterov", {"velocity_first": True}),
-    ("AdaGrad", {}),
-    ("AdaGrad", {"eps_inside_sqrt": True}),
-    ("AdaGrad", {"eps": 1e-3}),
-    ("RMSprop", {}),
-    ("RMSprop", {"eps_inside_sqrt": True}),
-    ("Adam", {}),
-    ("Adam", {"eps_inside_sqrt": True}),
-    ("Adam", {"paper_form": True}),
-    ("Adam", {"paper_form": True, "eps_inside_sqrt": True, "eps": 1e-6}),
-]
-CONFIGS = [
-    *BOOK_CONFIGS,
-    ("Adam", {"amsgrad": True}),
-    ("Adam", {"paper_form": True, "amsgrad": True}),
-    ("RMSprop", {"centered": True}),
-    ("RMSprop", {"momentum": 0.9}),
-    ("RMSprop", {"centered": True, "momentum": 0.5, "eps_inside_sqrt": True}),
-    ("AdamW", {}),
-    ("AdamW", {"amsgrad": True}),
-    ("NAdam", {}),
-    ("RAdam", {}),
-    ("Adamax", {}),
-    ("Adadelta", {}),
-    ("Lion", {}),
-    ("Lion", {"weight_decay": 0.1}),
-    ("SGD", {"weight_decay": 0.01}),
-    ("Adam", {"weight_decay": 0.01, "max_grad_norm": 1.0}),
-]
+import registry
 
-# Larger steps than the defaults so that 50+ steps move every param a lot.
-LEARNING_RATES = {"SGD": 0.1, "Momentum": 0.05, "Nesterov": 0.05, "AdaGrad": 0.1,
-                  "RMSprop": 0.01, "Adam": 0.01, "AdamW": 0.01, "NAdam": 0.01, "RAdam": 0.01,
-                  "Adamax": 0.01, "Adadelta": 1.0, "Lion": 0.001}
+# (class name, keyword options), and the learning rate the tests use, read off tests/registry.py:
+# the book's six and every variant option (BOOK_CONFIGS), then the option sets beyond the book
+# and the optimizers beyond the book.
+BOOK_CONFIGS = registry.BOOK_CONFIGS
+CONFIGS = registry.CONFIGS
+LEARNING_RATES = registry.LEARNING_RATES
 
 SHAPES = {
     "0-d": [()],

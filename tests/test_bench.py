@@ -10,6 +10,8 @@ import pytest
 
 import fastopt
 
+from registry import REGISTRY
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 INVESTIGATIONS = BENCH.parent / "investigations"
 RESULT_KEYS = {"median_us", "min_us", "max_us", "p10_us", "p90_us", "samples",
@@ -160,9 +162,7 @@ def test_the_overhead_comparison_runs(tmp_path):
     assert completed.returncode == 0, completed.stderr
     rows = [line.split() for line in completed.stdout.splitlines()[2:]]
     assert [(row[0], row[1]) for row in rows] == [
-        (name, dtype) for name in ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam",
-                                   "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "Lion")
-        for dtype in ("float32", "float64")]
+        (entry.name, dtype) for entry in REGISTRY for dtype in ("float32", "float64")]
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0
 

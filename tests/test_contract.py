@@ -17,6 +17,7 @@ from _helpers import (
     make_pair,
     random_params,
 )
+from registry import REGISTRY
 
 BOOK_SIGNATURES = {
     "SGD": [("lr", 0.01)],
@@ -26,8 +27,7 @@ BOOK_SIGNATURES = {
     "RMSprop": [("lr", 0.01), ("decay_rate", 0.99)],
     "Adam": [("lr", 0.001), ("beta1", 0.9), ("beta2", 0.999)],
 }
-STATE_NAMES = {"SGD": (), "Momentum": ("v",), "Nesterov": ("v",), "AdaGrad": ("h",),
-               "RMSprop": ("h",), "Adam": ("m", "v")}
+STATE_NAMES = {entry.name: entry.state for entry in REGISTRY if entry.book}
 
 
 @pytest.mark.parametrize("name", BOOK_SIGNATURES)
@@ -174,20 +174,8 @@ def test_a_list_that_grows_gets_zero_state_for_new_positions(config):
     assert_same_state(fast, ref)
 
 
-HYPERPARAMETERS = {"SGD": {"lr": 0.3, "weight_decay": 0.5},
-                   "Momentum": {"lr": 0.3, "momentum": 0.5},
-                   "Nesterov": {"lr": 0.3, "momentum": 0.5}, "AdaGrad": {"lr": 0.3, "eps": 0.1},
-                   "RMSprop": {"lr": 0.3, "decay_rate": 0.5, "eps": 0.1, "momentum": 0.7},
-                   "Adam": {"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1},
-                   "AdamW": {"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1,
-                             "weight_decay": 0.5},
-                   "NAdam": {"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1,
-                             "momentum_decay": 0.5},
-                   # beta2 and eps act only once rho_t > 5, after this test's six steps
-                   "RAdam": {"lr": 0.3, "beta1": 0.5},
-                   "Adamax": {"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1},
-                   "Adadelta": {"lr": 0.3, "rho": 0.5, "eps": 0.1},
-                   "Lion": {"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "weight_decay": 0.5}}
+# A second value for each hyperparameter, by class name.
+HYPERPARAMETERS = {entry.name: entry.other_values for entry in REGISTRY}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])

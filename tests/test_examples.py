@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from registry import BOOK_NAMES
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -91,7 +93,7 @@ def test_paths(tmp_path):
     assert "identical paths, bit for bit" in stdout
     assert out.read_bytes()[:8] == PNG_SIGNATURE
     paths = json.loads(out.with_suffix(".json").read_text())
-    assert list(paths) == ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
+    assert list(paths) == BOOK_NAMES
     for points in paths.values():
         assert len(points) == 31 and points[0] == [-7.0, 2.0]
         assert abs(points[-1][0]) < 1 and abs(points[-1][1]) < 1   # all head for the minimum
@@ -107,8 +109,7 @@ def test_train_digits(tmp_path):
     assert stdout.count("(identical losses)") == 6
     assert "3 epochs of 11 mini-batches of 128" in stdout
     rows = [line.split() for line in stdout.splitlines()
-            if line.split()[:1] and line.split()[0] in ("SGD", "Momentum", "Nesterov",
-                                                        "AdaGrad", "RMSprop", "Adam")
+            if line.split()[:1] and line.split()[0] in BOOK_NAMES
             and line.rstrip().endswith(" s")]
     assert len(rows) == 6
     for row in rows:

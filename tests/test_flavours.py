@@ -20,6 +20,7 @@ import fastopt
 from fastopt import book, book2, notes
 
 from _helpers import assert_same_bits
+from registry import BOOK_NAMES
 
 # ---------------------------------------------------------------------------------------------
 # The first book's common/optimizer.py (oreilly-japan/deep-learning-from-scratch): dict params,
@@ -303,7 +304,7 @@ def run_script(tmp_path, script, **files):
     return completed.stdout
 
 
-BOOK1_CLASSES = {"SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"}
+BOOK1_CLASSES = set(BOOK_NAMES)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ import fastopt
 from fastopt import reference
 
 from _helpers import CONFIGS, assert_same_bits
+from registry import REGISTRY
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, derandomize=True, database=None,
@@ -62,8 +63,7 @@ HYPERPARAMETERS = {
     "centered": st.booleans(),
     "max_grad_norm": st.one_of(st.none(), st.floats(1e-3, 10.0)),
 }
-KNOWN_CLASSES = {"SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "AdamW", "NAdam",
-                 "RAdam", "Adamax", "Adadelta", "Lion"}
+KNOWN_CLASSES = {entry.name for entry in REGISTRY}
 
 LAYOUTS = ["C", "transposed", "strided"]
 

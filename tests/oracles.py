@@ -1,0 +1,413 @@
+"""Every update rule restated from its formula, in NumPy, for the tests to check fastopt against.
+
+Each oracle is one function ``rule(params, grads, state, t, **hyperparameters)`` that takes a
+dict of param arrays, a dict of grads with the same keys, the state of the steps before (a dict
+that maps each state name to a dict of arrays, plus any scalar state; empty before the first
+step) and the step count ``t`` (1 at the first update), and returns the new params and the new
+state. It works on copies and changes none of its arguments. Its keyword defaults are the class
+defaults that the docstrings and SPEC state.
+
+Where the formulas come from: SPEC section 2 (the book's six, statement by statement as *Deep
+Learning from Scratch* writes them), SPEC section 7 and torch.optim 2.13's documented
+algorithms (the rules beyond the book), SPEC sections 8 and 10 (weight decay, clipping), and the
+formulas in fastopt's class docstrings. Nothing here is imported from fastopt or taken from
+``fastopt.reference``: the point is a second, independent reading of the same formulas.
+
+Tolerance. fastopt promises the bits of the formulas evaluated as written (SPEC section 3):
+each statement in the order given, each product associated left to right, scalars that the
+formula computes in Python (``1 - beta1``, ``lr/(1 - beta1**t)``) as Python floats, and
+array arithmetic in the array's dtype (a Python float meeting a float32 array is rounded to
+float32 first, as NumPy >= 2 does; the book's Adam's ``lr_t`` is a NumPy float64, so its last
+statement is float64 arithmetic rounded once to float32). Every oracle below follows its
+formula's statements in that order, so it agrees with fastopt to the bit, in float64 and in
+float32, for 100 steps: the tests compare bits (``EXACT``). Rounding differently in a single
+statement, by one ulp, is already a failure; so is any change to a rule.
+
+The one exception is clipping by global norm (``max_grad_norm``): fastopt sums the squares in a
+fixed blocking (the same bits at every SIMD level), the oracle with NumPy's pairwise sum; both
+are within a few ulps of the exact sum (SPEC section 10 bounds fastopt's at 1e-12 relative), so
+the clip factor, and everything after it, differs by rounding: ``CLIPPED`` is the tolerance for
+those runs (see there).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+
+import numpy as np
+
+#: Bits: every param and state array equal byte for byte, every scalar equal.
+EXACT = 0.0
+#: With clipping by global norm: the largest difference between the oracle's and fastopt's
+#: arrays, relative to the array's largest element (normwise, as tests/test_torch_parity.py
+#: measures, so an element passing near zero does not turn a last-bit difference into a large
+#: relative one). Measured over the clipped runs of tests/test_oracles.py (Adam, SGD, AdamW;
+#: 100 steps): at most 5e-16 in float64, where the two clip factors differ in the last bit at
+#: some steps; 1e-13 leaves a margin of 200 and still sees a learning rate off by one part in
+#: 10**9, or the clip factor without its ``+ 1e-6``. float32: bits. The factor is a float64 that
+#: meets the float32 grads as a float32, and the two factors, within 1e-15 of each other, round
+#: to the same float32 unless one lies within 1e-15 of a rounding boundary (odds of about 1e-8
+#: a step).
+CLIPPED = {np.dtype(np.float64): 1e-13, np.dtype(np.float32): EXACT}
+
+
+# ---------------------------------------------------------------------------------------------
+# What every rule shares: copies, zero state at a param's first step, and the grad a rule sees.
+
+def _copied(params, state):
+    return ({key: np.array(value, copy=True) for key, value in params.items()},
+            copy.deepcopy(state))
+
+
+def _zeros(state, name, params):
+    """State ``name``: a dict of arrays, zeros of each param's shape and dtype where new."""
+    arrays = state.setdefault(name, {})
+    for key, p in params.items():
+        if key not in arrays:
+            arrays[key] = np.zeros_like(p)
+    return arrays
+
+
+def global_norm(grads):
+    """The L2 norm of all grads together: the root of the sum of their float64 squares (NumPy's
+    pairwise sums, then the grads' sums in order)."""
+    total = 0.0
+    for g in grads.values():
+        x = np.asarray(g, dtype=np.float64)
+        total += float(np.sum(x * x))
+    return math.sqrt(total)
+
+
+def grads_seen(params, grads, weight_decay=0.0, weight_decay_filter=None, max_grad_norm=None):
+    """The grads a rule sees (SPEC sections 8 and 10): scaled by ``max_norm/(norm + 1e-6)``
+    when the global norm exceeds ``max_grad_norm`` (torch's clip factor), then with coupled
+    decay ``g + weight_decay*p`` for the params ``weight_decay_filter(key, p)`` accepts (all
+    when None). A term that is off is not there at all (no ``0*p``). New arrays."""
+    seen = {key: np.array(g, copy=True) for key, g in grads.items()}
+    if max_grad_norm is not None:
+        norm = global_norm(grads)
+        if norm > max_grad_norm:
+            factor = max_grad_norm / (norm + 1e-6)
+            seen = {key: g * factor for key, g in seen.items()}
+    if weight_decay:
+        for key, p in params.items():
+            if weight_decay_filter is None or weight_decay_filter(key, p):
+                seen[key] = seen[key] + weight_decay * p
+    return seen
+
+
+def decoupled(oracle):
+    """Whether ``oracle`` applies weight decay itself (to the param, not the grad)."""
+    return "weight_decay" in inspect.signature(oracle).parameters
+
+
+def step(oracle, params, grads, state, t, options):
+    """One update by ``oracle`` with the options every fastopt optimizer takes
+    (``weight_decay``, ``weight_decay_filter``, ``max_grad_norm``) applied around it: the
+    grads are clipped and (for a coupled rule) decayed first; a decoupled rule gets
+    ``weight_decay`` and the filter itself."""
+    options = dict(options)
+    clip = options.pop("max_grad_norm", None)
+    decays = options.pop("weight_decay_filter", None)
+    if decoupled(oracle):
+        seen = grads_seen(params, grads, max_grad_norm=clip)
+        return oracle(params, seen, state, t, weight_decay_filter=decays, **options)
+    seen = grads_seen(params, grads, options.pop("weight_decay", 0.0), decays, clip)
+    return oracle(params, seen, state, t, **options)
+
+
+def _decay_of(weight_decay, weight_decay_filter, key, p):
+    if weight_decay_filter is None or weight_decay_filter(key, p):
+        return weight_decay
+    return 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The book's six (SPEC section 2), as the book's statements, with the documented options.
+
+def sgd(params, grads, state, t, lr=0.01):
+    """``p -= lr*g``. Bits."""
+    params, state = _copied(params, state)
+    for key, p in params.items():
+        p -= lr * grads[key]
+    return params, state
+
+
+def momentum(params, grads, state, t, lr=0.01, momentum=0.9):
+    """``v = momentum*v - lr*g; p += v``. Bits."""
+    params, state = _copied(params, state)
+    v = _zeros(state, "v", params)
+    for key, p in params.items():
+        v[key] = momentum * v[key] - lr * grads[key]
+        p += v[key]
+    return params, state
+
+
+def nesterov(params, grads, state, t, lr=0.01, momentum=0.9, velocity_first=False):
+    """Bengio et al. 2012's form, as the book since 2021::
+
+        p += momentum*momentum*v;  p -= (1 + momentum)*lr*g;  v *= momentum;  v -= lr*g
+
+    and with ``velocity_first`` (the book's 2016 code, Chainer) the two velocity statements
+    first. Bits."""
+    params, state = _copied(params, state)
+    v = _zeros(state, "v", params)
+    for key, p in params.items():
+        g = grads[key]
+        if velocity_first:
+            v[key] *= momentum
+            v[key] -= lr * g
+        p += momentum * momentum * v[key]
+        p -= (1 + momentum) * lr * g
+        if not velocity_first:
+            v[key] *= momentum
+            v[key] -= lr * g
+    return params, state
+
+
+def adagrad(params, grads, state, t, lr=0.01, eps=1e-7, eps_inside_sqrt=False):
+    """``h += g*g; p -= lr*g / (sqrt(h) + eps)`` (``sqrt(h + eps)`` with
+    ``eps_inside_sqrt``). Bits."""
+    params, state = _copied(params, state)
+    h = _zeros(state, "h", params)
+    for key, p in params.items():
+        g = grads[key]
+        h[key] += g * g
+        if eps_inside_sqrt:
+            p -= lr * g / np.sqrt(h[key] + eps)
+        else:
+            p -= lr * g / (np.sqrt(h[key]) + eps)
+    return params, state
+
+
+def rmsprop(params, grads, state, t, lr=0.01, decay_rate=0.99, eps=1e-7, eps_inside_sqrt=False,
+            centered=False, momentum=0.0):
+    """The book's ``h *= decay_rate; h += (1 - decay_rate)*g*g; p -= lr*g / (sqrt(h) + eps)``;
+    with torch's ``centered`` the root of ``h - grad_avg*grad_avg`` where ``grad_avg +=
+    (1 - decay_rate)*(g - grad_avg)``; with a nonzero ``momentum`` the step goes through
+    ``momentum_buffer = momentum*momentum_buffer + g/d; p -= lr*momentum_buffer``. Bits."""
+    params, state = _copied(params, state)
+    h = _zeros(state, "h", params)
+    grad_avg = _zeros(state, "grad_avg", params) if centered else None
+    buffer = _zeros(state, "momentum_buffer", params) if momentum else None
+    for key, p in params.items():
+        g = grads[key]
+        h[key] *= decay_rate
+        h[key] += (1 - decay_rate) * g * g
+        square = h[key]
+        if centered:
+            grad_avg[key] += (1 - decay_rate) * (g - grad_avg[key])
+            square = h[key] - grad_avg[key] * grad_avg[key]
+        d = np.sqrt(square + eps) if eps_inside_sqrt else np.sqrt(square) + eps
+        if momentum:
+            buffer[key] = momentum * buffer[key] + g / d
+            p -= lr * buffer[key]
+        else:
+            p -= lr * g / d
+    return params, state
+
+
+def adam(params, grads, state, t, lr=0.001, beta1=0.9, beta2=0.999, eps=None,
+         eps_inside_sqrt=False, paper_form=False, amsgrad=False):
+    """The book's Adam::
+
+        lr_t = lr * np.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)     (a NumPy float64)
+        m += (1 - beta1)*(g - m)
+        v += (1 - beta2)*(g**2 - v)
+        p -= lr_t*m / (sqrt(v) + eps)                              (eps = 1e-7)
+
+    or with ``paper_form`` Kingma & Ba's Algorithm 1 (eps = 1e-8), all in the array's dtype::
+
+        m = beta1*m + (1 - beta1)*g;  v = beta2*v + (1 - beta2)*g*g
+        m_hat = m/(1 - beta1**t);  v_hat = v/(1 - beta2**t);  p -= lr*m_hat/(sqrt(v_hat) + eps)
+
+    ``eps_inside_sqrt`` moves eps under the root; ``amsgrad`` divides by the running maximum
+    ``v_max = maximum(v_max, v)`` in place of ``v``. Bits.
+    """
+    if eps is None:
+        eps = 1e-8 if paper_form else 1e-7
+    params, state = _copied(params, state)
+    m, v = _zeros(state, "m", params), _zeros(state, "v", params)
+    v_max = _zeros(state, "v_max", params) if amsgrad else None
+    if not paper_form:
+        lr_t = lr * np.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+    for key, p in params.items():
+        g = grads[key]
+        if paper_form:
+            m[key] = beta1 * m[key] + (1 - beta1) * g
+            v[key] = beta2 * v[key] + (1 - beta2) * g * g
+        else:
+            m[key] += (1 - beta1) * (g - m[key])
+            v[key] += (1 - beta2) * (g**2 - v[key])
+        second = v[key]
+        if amsgrad:
+            v_max[key] = np.maximum(v_max[key], v[key])
+            second = v_max[key]
+        if paper_form:
+            m_hat = m[key] / (1 - beta1**t)
+            v_hat = second / (1 - beta2**t)
+            root = np.sqrt(v_hat + eps) if eps_inside_sqrt else np.sqrt(v_hat) + eps
+            p -= lr * m_hat / root
+        else:
+            root = np.sqrt(second + eps) if eps_inside_sqrt else np.sqrt(second) + eps
+            p -= lr_t * m[key] / root
+    return params, state
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules beyond the book (SPEC section 7), as torch.optim 2.13 documents them, with the
+# per-step scalars computed in Python (float64) as the class docstrings say.
+
+def adamw(params, grads, state, t, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8,
+          weight_decay=0.01, amsgrad=False, weight_decay_filter=None):
+    """Loshchilov & Hutter 2019, torch's form::
+
+        p -= lr*weight_decay*p               (decoupled, first; only for params that decay)
+        m = beta1*m + (1 - beta1)*g;  v = beta2*v + (1 - beta2)*g*g
+        p -= (lr/(1 - beta1**t)) * m / (sqrt(v)/sqrt(1 - beta2**t) + eps)
+
+    ``amsgrad``: ``v_max = maximum(v_max, v)`` in the denominator. Bits.
+    """
+    params, state = _copied(params, state)
+    m, v = _zeros(state, "m", params), _zeros(state, "v", params)
+    v_max = _zeros(state, "v_max", params) if amsgrad else None
+    step_size = lr / (1 - beta1**t)
+    root_correction = math.sqrt(1 - beta2**t)
+    for key, p in params.items():
+        g = grads[key]
+        decay = lr * _decay_of(weight_decay, weight_decay_filter, key, p)
+        if decay:
+            p -= decay * p
+        m[key] = beta1 * m[key] + (1 - beta1) * g
+        v[key] = beta2 * v[key] + (1 - beta2) * g * g
+        second = v[key]
+        if amsgrad:
+            v_max[key] = np.maximum(v_max[key], v[key])
+            second = v_max[key]
+        p -= step_size * m[key] / (np.sqrt(second) / root_correction + eps)
+    return params, state
+
+
+def nadam(params, grads, state, t, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+          momentum_decay=4e-3):
+    """Dozat 2016, torch's form, with the scalar state ``mu_product`` (1 before the first
+    step)::
+
+        mu_t = beta1*(1 - 0.5*0.96**(t*momentum_decay))
+        mu_next = beta1*(1 - 0.5*0.96**((t + 1)*momentum_decay))
+        mu_product *= mu_t
+        m = beta1*m + (1 - beta1)*g;  v = beta2*v + (1 - beta2)*g*g
+        d = sqrt(v/(1 - beta2**t)) + eps
+        p -= (lr*(1 - mu_t)/(1 - mu_product)) * g / d
+        p -= (lr*mu_next/(1 - mu_product*mu_next)) * m / d
+
+    Bits.
+    """
+    params, state = _copied(params, state)
+    m, v = _zeros(state, "m", params), _zeros(state, "v", params)
+    mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))
+    mu_next = beta1 * (1 - 0.5 * 0.96**((t + 1) * momentum_decay))
+    state["mu_product"] = state.get("mu_product", 1.0) * mu_t
+    mu_product = state["mu_product"]
+    grad_weight = lr * (1 - mu_t) / (1 - mu_product)
+    momentum_weight = lr * mu_next / (1 - mu_product * mu_next)
+    for key, p in params.items():
+        g = grads[key]
+        m[key] = beta1 * m[key] + (1 - beta1) * g
+        v[key] = beta2 * v[key] + (1 - beta2) * g * g
+        d = np.sqrt(v[key] / (1 - beta2**t)) + eps
+        p -= grad_weight * g / d
+        p -= momentum_weight * m[key] / d
+    return params, state
+
+
+def radam(params, grads, state, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Liu et al. 2020, torch's form::
+
+        m = beta1*m + (1 - beta1)*g;  v = beta2*v + (1 - beta2)*g*g;  m_hat = m/(1 - beta1**t)
+        rho_inf = 2/(1 - beta2) - 1;  rho_t = rho_inf - 2*t*beta2**t/(1 - beta2**t)
+        rho_t > 5:  r = sqrt((rho_t - 4)*(rho_t - 2)*rho_inf/((rho_inf - 4)*(rho_inf - 2)*rho_t))
+                    p -= m_hat*lr*(sqrt(1 - beta2**t)/(sqrt(v) + eps))*r
+        else:       p -= m_hat*lr
+
+    Bits.
+    """
+    params, state = _copied(params, state)
+    m, v = _zeros(state, "m", params), _zeros(state, "v", params)
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+    if rho_t > 5:
+        r = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                      / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+    for key, p in params.items():
+        g = grads[key]
+        m[key] = beta1 * m[key] + (1 - beta1) * g
+        v[key] = beta2 * v[key] + (1 - beta2) * g * g
+        m_hat = m[key] / (1 - beta1**t)
+        if rho_t > 5:
+            p -= m_hat * lr * (math.sqrt(1 - beta2**t) / (np.sqrt(v[key]) + eps)) * r
+        else:
+            p -= m_hat * lr
+    return params, state
+
+
+def adamax(params, grads, state, t, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Kingma & Ba 2015 section 7, torch's form::
+
+        m = beta1*m + (1 - beta1)*g;  u = maximum(beta2*u, abs(g) + eps)
+        p -= (lr/(1 - beta1**t)) * m / u
+
+    Bits.
+    """
+    params, state = _copied(params, state)
+    m, u = _zeros(state, "m", params), _zeros(state, "u", params)
+    for key, p in params.items():
+        g = grads[key]
+        m[key] = beta1 * m[key] + (1 - beta1) * g
+        u[key] = np.maximum(beta2 * u[key], np.abs(g) + eps)
+        p -= (lr / (1 - beta1**t)) * m[key] / u[key]
+    return params, state
+
+
+def adadelta(params, grads, state, t, lr=1.0, rho=0.9, eps=1e-6):
+    """Zeiler 2012, torch's form::
+
+        v = rho*v + (1 - rho)*g*g;  d = sqrt(u + eps)/sqrt(v + eps)*g
+        u = rho*u + (1 - rho)*d*d;  p -= lr*d
+
+    Bits.
+    """
+    params, state = _copied(params, state)
+    v, u = _zeros(state, "v", params), _zeros(state, "u", params)
+    for key, p in params.items():
+        g = grads[key]
+        v[key] = rho * v[key] + (1 - rho) * g * g
+        d = np.sqrt(u[key] + eps) / np.sqrt(v[key] + eps) * g
+        u[key] = rho * u[key] + (1 - rho) * d * d
+        p -= lr * d
+    return params, state
+
+
+def lion(params, grads, state, t, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0,
+         weight_decay_filter=None):
+    """Chen et al. 2023, Algorithm 2 (decoupled decay)::
+
+        c = beta1*m + (1 - beta1)*g
+        p -= lr*(sign(c) + weight_decay*p)        (p -= lr*sign(c) without decay)
+        m = beta2*m + (1 - beta2)*g
+
+    Bits.
+    """
+    params, state = _copied(params, state)
+    m = _zeros(state, "m", params)
+    for key, p in params.items():
+        g = grads[key]
+        c = beta1 * m[key] + (1 - beta1) * g
+        decay = _decay_of(weight_decay, weight_decay_filter, key, p)
+        if decay:
+            p -= lr * (np.sign(c) + decay * p)
+        else:
+            p -= lr * np.sign(c)
+        m[key] = beta2 * m[key] + (1 - beta2) * g
+    return params, state

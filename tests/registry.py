@@ -1,0 +1,146 @@
+"""The one list of fastopt's optimizers that the generic tests read (as torch's ``optim_db``).
+
+One ``Entry`` per optimizer class of ``fastopt.optimizers`` (and of ``fastopt.reference``, which
+has the same classes): its name, the learning rate the tests use, the option sets worth sweeping,
+its state attributes, a second value for each hyperparameter, and its formula oracle from
+``tests/oracles.py``. ``_helpers.CONFIGS``, ``BOOK_CONFIGS`` and ``LEARNING_RATES`` are read off
+it, and so is every test that runs "every optimizer". ``tests/test_oracles.py`` fails while
+fastopt exports an optimizer that has no entry here.
+
+Adding an optimizer to the tests: write its oracle in ``tests/oracles.py`` (the formula, from
+scratch, statement by statement in the order the formula gives) and add its ``Entry`` below.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import oracles
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One optimizer class, as the tests see it.
+
+    Attributes
+    ----------
+    name : str
+        The class name in ``fastopt`` and ``fastopt.reference``.
+    oracle : callable
+        Its rule restated from the formula (``tests/oracles.py``).
+    lr : float
+        The learning rate the tests use: larger than the default, so that 50 steps and more
+        move every param a lot.
+    configs : tuple of dict
+        Keyword options worth sweeping, beyond the book's (see ``book_configs``).
+    book_configs : tuple of dict
+        For the book's six: the book's form and its variant options (the first is ``{}``);
+        empty for an optimizer beyond the book.
+    state : tuple of str
+        The state attributes it always keeps, in order (the book's names first).
+    option_state : mapping of str to str
+        State attributes kept only with an option: attribute -> the option that adds it.
+    scalar_state : tuple of str
+        Scalar state attributes (beside ``iter``), such as NAdam's ``mu_product``.
+    other_values : mapping of str to float
+        A second value for each of its float hyperparameters, set between two steps by
+        ``test_changing_a_hyperparameter_takes_effect_on_the_next_step``.
+    rtol : float
+        How close fastopt comes to the oracle: ``oracles.EXACT`` (bits) when the oracle
+        follows the formula's statements; otherwise the normwise relative bound, and why, in
+        the oracle's docstring.
+    """
+
+    name: str
+    oracle: Callable[..., Any]
+    lr: float
+    configs: tuple[dict[str, Any], ...] = ()
+    book_configs: tuple[dict[str, Any], ...] = ()
+    state: tuple[str, ...] = ()
+    option_state: Mapping[str, str] = field(default_factory=dict)
+    scalar_state: tuple[str, ...] = ()
+    other_values: Mapping[str, float] = field(default_factory=dict)
+    rtol: float = oracles.EXACT
+
+    @property
+    def book(self) -> bool:
+        """Whether it is one of the book's six (*Deep Learning from Scratch*)."""
+        return bool(self.book_configs)
+
+    def state_names(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The state attributes it keeps with ``options``, in order."""
+        return self.state + tuple(name for name, option in self.option_state.items()
+                                  if options.get(option))
+
+
+REGISTRY = (
+    Entry("SGD", oracles.sgd, lr=0.1,
+          book_configs=({},),
+          configs=({"weight_decay": 0.01},),
+          other_values={"lr": 0.3, "weight_decay": 0.5}),
+    Entry("Momentum", oracles.momentum, lr=0.05,
+          book_configs=({},),
+          state=("v",),
+          other_values={"lr": 0.3, "momentum": 0.5}),
+    Entry("Nesterov", oracles.nesterov, lr=0.05,
+          book_configs=({}, {"velocity_first": True}),
+          state=("v",),
+          other_values={"lr": 0.3, "momentum": 0.5}),
+    Entry("AdaGrad", oracles.adagrad, lr=0.1,
+          book_configs=({}, {"eps_inside_sqrt": True}, {"eps": 1e-3}),
+          state=("h",),
+          other_values={"lr": 0.3, "eps": 0.1}),
+    Entry("RMSprop", oracles.rmsprop, lr=0.01,
+          book_configs=({}, {"eps_inside_sqrt": True}),
+          configs=({"centered": True}, {"momentum": 0.9},
+                   {"centered": True, "momentum": 0.5, "eps_inside_sqrt": True}),
+          state=("h",), option_state={"grad_avg": "centered", "momentum_buffer": "momentum"},
+          other_values={"lr": 0.3, "decay_rate": 0.5, "eps": 0.1, "momentum": 0.7}),
+    Entry("Adam", oracles.adam, lr=0.01,
+          book_configs=({}, {"eps_inside_sqrt": True}, {"paper_form": True},
+                        {"paper_form": True, "eps_inside_sqrt": True, "eps": 1e-6}),
+          configs=({"amsgrad": True}, {"paper_form": True, "amsgrad": True},
+                   {"weight_decay": 0.01, "max_grad_norm": 1.0}),
+          state=("m", "v"), option_state={"v_max": "amsgrad"},
+          other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1}),
+    Entry("AdamW", oracles.adamw, lr=0.01,
+          configs=({}, {"amsgrad": True}),
+          state=("m", "v"), option_state={"v_max": "amsgrad"},
+          other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1,
+                        "weight_decay": 0.5}),
+    Entry("NAdam", oracles.nadam, lr=0.01,
+          configs=({},),
+          state=("m", "v"), scalar_state=("mu_product",),
+          other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1,
+                        "momentum_decay": 0.5}),
+    Entry("RAdam", oracles.radam, lr=0.01,
+          configs=({},),
+          state=("m", "v"),
+          # beta2 and eps act only once rho_t > 5, after that test's six steps
+          other_values={"lr": 0.3, "beta1": 0.5}),
+    Entry("Adamax", oracles.adamax, lr=0.01,
+          configs=({},),
+          state=("m", "u"),
+          other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1}),
+    Entry("Adadelta", oracles.adadelta, lr=1.0,
+          configs=({},),
+          state=("v", "u"),
+          other_values={"lr": 0.3, "rho": 0.5, "eps": 0.1}),
+    Entry("Lion", oracles.lion, lr=0.001,
+          configs=({}, {"weight_decay": 0.1}),
+          state=("m",),
+          other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "weight_decay": 0.5}),
+)
+
+BY_NAME = {entry.name: entry for entry in REGISTRY}
+
+#: The book's six and their variant options, as (class name, options), in registry order.
+BOOK_CONFIGS = [(entry.name, options) for entry in REGISTRY for options in entry.book_configs]
+#: BOOK_CONFIGS, then every other option set of every optimizer, in registry order.
+CONFIGS = [*BOOK_CONFIGS,
+           *[(entry.name, options) for entry in REGISTRY for options in entry.configs]]
+#: The learning rate the tests use, by class name.
+LEARNING_RATES = {entry.name: entry.lr for entry in REGISTRY}
+#: The names of the book's six, in the book's order.
+BOOK_NAMES = [entry.name for entry in REGISTRY if entry.book]
