@@ -107,10 +107,12 @@ ctypedef struct Step:
     double momentum_step
     double rectification
     double decoupled_decay   # AdamW's lr*weight_decay, Lion's weight_decay
+    double clip              # ADOPT's bound on the normalised grad
     bint eps_inside_sqrt
     bint soft_roots          # float64 square roots by fastopt_soft_roots (set by _run)
     bint velocity_first
     bint rectified
+    bint first               # ADOPT's first step: the second moment only
     int targets              # the bandwidth probe's: how many arrays it reads and writes
 
 
@@ -228,6 +230,11 @@ cdef inline floating _denominator(floating x, floating eps, bint eps_inside_sqrt
 cdef inline floating _maximum(floating a, floating b) noexcept nogil:
     """``np.maximum(a, b)``: a NaN in either gives NaN; of two equal values (+0 and -0), b."""
     return a if (a > b or a != a) else b
+
+
+cdef inline floating _minimum(floating a, floating b) noexcept nogil:
+    """``np.minimum(a, b)``: a NaN in either gives NaN; of two equal values (+0 and -0), b."""
+    return a if (a < b or a != a) else b
 
 
 cdef inline floating _sign(floating x) noexcept nogil:
@@ -806,6 +813,32 @@ cdef void _lion(floating* p, const floating* g, floating* m, floating* unused1,
         step = lr * (direction + weight_decay * p[i]) if decoupled else lr * direction
         p[i] = p[i] - step
         m[i] = beta2 * m[i] + one_minus_beta2 * grad
+
+
+cdef void _adopt(floating* p, const floating* g, floating* m, floating* v, floating* unused,
+                 intp n, const Step* c, bint decay) noexcept nogil:
+    cdef floating scale = <floating>c.grad_scale, wd = <floating>c.weight_decay
+    cdef bint decayed = decay and c.weight_decay != 0
+    cdef floating lr = <floating>c.lr
+    cdef floating beta2 = <floating>c.beta2
+    cdef floating one_minus_beta1 = <floating>(1.0 - c.beta1)
+    cdef floating one_minus_beta2 = <floating>(1.0 - c.beta2)
+    cdef floating eps = <floating>c.eps
+    cdef floating clip = <floating>c.clip
+    cdef floating grad, normed
+    cdef intp i
+    if c.first:
+        for i in range(n):
+            grad = _grad(g[i], p[i], scale, wd, decayed)
+            v[i] = v[i] + grad * grad
+        return
+    for i in range(n):
+        grad = _grad(g[i], p[i], scale, wd, decayed)
+        normed = grad / _maximum(_root(v[i]), eps)
+        normed = _minimum(_maximum(normed, -clip), clip)
+        m[i] = m[i] + one_minus_beta1 * (normed - m[i])
+        p[i] = p[i] - lr * m[i]
+        v[i] = beta2 * v[i] + one_minus_beta2 * grad * grad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1719,6 +1752,7 @@ _register("radam", _radam[float], _radam[double], 2, DIVIDING_MIN)
 _register("adamax", _adamax[float], _adamax[double], 2, DIVIDING_MIN)
 _register("adadelta", _adadelta[float], _adadelta[double], 2, DIVIDING_MIN)
 _register("lion", _lion[float], _lion[double], 1, STREAMING_MIN)
+_register("adopt", _adopt[float], _adopt[double], 2, DIVIDING_MIN)
 
 
 cdef Rule* _loop_named(str name) except NULL:
@@ -1764,6 +1798,8 @@ _field("decoupled_decay", &_layout.decoupled_decay, False)
 _field("eps_inside_sqrt", &_layout.eps_inside_sqrt, True)
 _field("velocity_first", &_layout.velocity_first, True)
 _field("rectified", &_layout.rectified, True)
+_field("clip", &_layout.clip, False)
+_field("first", &_layout.first, True)
 
 
 def step_fields():

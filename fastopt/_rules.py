@@ -21,8 +21,8 @@ import numpy as np
 from . import _validation as v
 from ._core import DecayFilter, Hyper, OptimizerCore, State, Step
 
-__all__ = ["RULES", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum",
-           "NAdam", "Nesterov", "RAdam", "RMSprop"]
+__all__ = ["ADOPT", "RULES", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion",
+           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSprop"]
 
 
 class SGD(OptimizerCore):
@@ -403,6 +403,41 @@ class Lion(OptimizerCore):
                     {"iter": self.iter + 1}, "lion")
 
 
+class ADOPT(OptimizerCore):
+    """ADOPT (Taniguchi et al. 2024), as timm's Adopt: the grad normalised by the second
+    moment of the steps before it, clipped, drives the momentum; the first update only
+    measures the second moment."""
+
+    _states = ("m", "v")
+    _hyperparameters = {"lr": v.check_learning_rate, "beta1": v.check_coefficient,
+                        "beta2": v.check_coefficient, "eps": v.check_epsilon,
+                        "clip_exp": v.check_nonnegative}
+    beta1: Hyper
+    beta2: Hyper
+    eps: Hyper
+    clip_exp: Hyper
+    m: State
+    v: State
+
+    def __init__(self, lr: Hyper = 1e-3, beta1: Hyper = 0.9, beta2: Hyper = 0.9999, *,
+                 eps: Hyper = 1e-6, clip_exp: Hyper = 0.333, weight_decay: Hyper = 0.0,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.clip_exp = clip_exp
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        t = self.iter + 1
+        return Step("adopt", {"lr": values["lr"], "beta1": values["beta1"],
+                              "beta2": values["beta2"], "eps": values["eps"],
+                              "clip": (t - 1) ** values["clip_exp"], "first": t == 1},
+                    {"iter": t}, "adopt", None)
+
+
 #: Every rule, in the order the documentation and the benchmark list them.
 RULES: tuple[type[OptimizerCore], ...] = (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW,
-                                          NAdam, RAdam, Adamax, Adadelta, Lion)
+                                          NAdam, RAdam, Adamax, Adadelta, Lion, ADOPT)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from . import _rules
 from ._base import Optimizer as Optimizer  # the base of every class here, for annotations
 
-__all__ = ["SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum", "NAdam",
-           "Nesterov", "RAdam", "RMSProp", "RMSprop"]
+__all__ = ["ADOPT", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum",
+           "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop"]
 
 _SHARED = """
     Options every optimizer takes (keyword-only)
@@ -376,6 +376,42 @@ class Lion(Optimizer, _rules.Lion):
     ----------
     m : dict or list of ndarray, or None
         Momentum (the running average of gradients).
+    """
+
+
+class ADOPT(Optimizer, _rules.ADOPT):
+    """ADOPT (Taniguchi et al. 2024, "ADOPT: Modified Adam Can Converge with Any beta2 with
+    the Optimal Rate"), as timm.optim.Adopt::
+
+        t += 1
+        if t == 1:
+            v = g*g                                     (no step: v measures the grad)
+        else:
+            n = clip(g / maximum(sqrt(v), eps), -(t - 1)**clip_exp, (t - 1)**clip_exp)
+            m += (1 - beta1)*(n - m)
+            p -= lr*m
+            v = beta2*v + (1 - beta2)*g*g
+
+    The second moment that normalises a grad is the one before that grad, so the two are
+    independent; the clip keeps the first steps small. ``maximum`` and ``clip`` are NumPy's (a
+    nan stays nan). A param first seen after the first update starts with ``v = 0``: its first
+    step is a clipped one.
+
+    Parameters
+    ----------
+    lr : float or schedule, default 0.001
+    beta1, beta2 : float or schedule, default 0.9 and 0.9999
+    eps : float or schedule, default 1e-6, keyword-only
+        The least denominator, > 0.
+    clip_exp : float or schedule, default 0.333, keyword-only
+        The normalised grad is clipped to ``+-(t - 1)**clip_exp``, >= 0.
+
+    Attributes
+    ----------
+    m, v : dict or list of ndarray, or None
+        First and second moment estimates.
+    iter : int
+        Number of ``update`` calls so far.
     """
 
 

@@ -56,8 +56,8 @@ from ._validation import check_nonnegative as check_nonnegative
 from ._validation import check_option as check_option
 from ._validation import to_float as to_float
 
-__all__ = ["SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum", "NAdam",
-           "Nesterov", "RAdam", "RMSProp", "RMSprop"]
+__all__ = ["ADOPT", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum",
+           "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +231,22 @@ def lion_rule(p: Any, g: Any, m: Any, lr: float, beta1: float, beta2: float,
     return p
 
 
+def adopt_rule(p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float,
+               eps: float, clip: float, first: bool) -> Any:
+    """timm's ADOPT: at the first step ``v = g*g`` and nothing else; then the grad divided by
+    ``max(sqrt(v), eps)`` and clipped to ``[-clip, clip]`` (``clip = (t - 1)**clip_exp``)
+    drives the momentum, and ``v`` takes this step's grad only after."""
+    if first:
+        v += g * g
+        return p
+    normed = g / np.maximum(np.sqrt(v), eps)
+    normed = np.minimum(np.maximum(normed, -clip), clip)
+    m += (1 - beta1) * (normed - m)
+    p -= lr * m
+    v[...] = beta2 * v + (1 - beta2) * g * g
+    return p
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient clipping by global norm. The sum of squares has a fixed blocking, so that the
 # compiled version (fastopt/_kernels.pyx) gives the same bits at every SIMD width and thread
@@ -397,6 +413,11 @@ class Adamax(ReferenceOptimizer, _rules.Adamax):
 class Adadelta(ReferenceOptimizer, _rules.Adadelta):
     """torch's Adadelta: ``v = rho*v + (1-rho)*g*g; d = sqrt(u + eps)/sqrt(v + eps)*g;
     u = rho*u + (1-rho)*d*d; p -= lr*d``."""
+
+
+class ADOPT(ReferenceOptimizer, _rules.ADOPT):
+    """timm's ADOPT: ``m += (1-beta1)*(clip(g/max(sqrt(v), eps)) - m); p -= lr*m;
+    v = beta2*v + (1-beta2)*g*g``, the first update only ``v = g*g``."""
 
 
 class Lion(ReferenceOptimizer, _rules.Lion):

@@ -389,6 +389,30 @@ def adadelta(params, grads, state, t, lr=1.0, rho=0.9, eps=1e-6):
     return params, state
 
 
+def adopt(params, grads, state, t, lr=1e-3, beta1=0.9, beta2=0.9999, eps=1e-6, clip_exp=0.333):
+    """Taniguchi et al. 2024, timm's ``Adopt`` (coupled decay)::
+
+        t = 1:  v = g*g                            (the param does not move)
+        t > 1:  n = clip(g / max(sqrt(v), eps), -(t-1)**clip_exp, (t-1)**clip_exp)
+                m = m + (1 - beta1)*(n - m);  p -= lr*m;  v = beta2*v + (1 - beta2)*g*g
+
+    Bits.
+    """
+    params, state = _copied(params, state)
+    m, v = _zeros(state, "m", params), _zeros(state, "v", params)
+    for key, p in params.items():
+        g = grads[key]
+        if t == 1:
+            v[key] = v[key] + g * g
+            continue
+        bound = (t - 1) ** clip_exp
+        n = np.clip(g / np.maximum(np.sqrt(v[key]), eps), -bound, bound)
+        m[key] = m[key] + (1 - beta1) * (n - m[key])
+        p -= lr * m[key]
+        v[key] = beta2 * v[key] + (1 - beta2) * g * g
+    return params, state
+
+
 def lion(params, grads, state, t, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0,
          weight_decay_filter=None):
     """Chen et al. 2023, Algorithm 2 (decoupled decay)::

@@ -131,6 +131,10 @@ REGISTRY = (
           configs=({}, {"weight_decay": 0.1}),
           state=("m",),
           other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "weight_decay": 0.5}),
+    Entry("ADOPT", oracles.adopt, lr=0.01,
+          configs=({}, {"clip_exp": 0.5}),
+          state=("m", "v"),
+          other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 10.0, "clip_exp": 0.25}),
 )
 
 BY_NAME = {entry.name: entry for entry in REGISTRY}
