@@ -30,6 +30,7 @@ number of CPUs this process may use) unless ``-j``/``--parallel`` says otherwise
 Threads for large params come from a small pool of POSIX threads in the module itself (no
 OpenMP): -pthread with GCC and clang on Linux and macOS; MSVC builds run on one thread.
 """
+import glob
 import os
 import sys
 import tempfile
@@ -87,6 +88,13 @@ int fastopt_probe(void) {
 """
 
 
+# The module's own C: headers next to the .pyx (the thread pool, the software square root,
+# flush-to-zero, the run-time settings, the SIMD probes), each included by a ``cdef extern
+# from`` block. Each level's generated C lives in its own build directory, so fastopt/ is on
+# every level's include path; a changed header rebuilds every module.
+HEADERS = sorted(glob.glob(os.path.join("fastopt", "*.h")))
+
+
 def kernels_extension(suffix="", flags=(), build_dir=None):
     """Cython's C for the module ``fastopt._kernels<suffix>``, as an extension built with
     ``flags`` on top of the shared ones."""
@@ -98,7 +106,8 @@ def kernels_extension(suffix="", flags=(), build_dir=None):
     return Extension(
         name,
         generated.sources,
-        include_dirs=[numpy.get_include()],
+        include_dirs=["fastopt", numpy.get_include()],
+        depends=HEADERS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args + list(flags),
         extra_link_args=link_args,

@@ -4,7 +4,7 @@
 
 The AVX-512 build of fastopt takes float64 square roots in its update loops by an exactly
 rounded software sequence where that is faster than the hardware instruction
-(fastopt/_kernels.pyx, ``fastopt_sqrt8``). IEEE 754 square root is correctly rounded, so the
+(fastopt/_soft_sqrt.h, ``fastopt_sqrt8``). IEEE 754 square root is correctly rounded, so the
 two must agree on every input: this program compares them on ``--count`` inputs (at least
 1e9 by default) split evenly over the classes below, and prints the mismatches per class
 (there must be none). The hardware's result is NumPy's ``np.sqrt``, which is the CPU's

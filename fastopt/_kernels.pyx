@@ -69,6 +69,12 @@ Design rules of this module:
 setup.py compiles this one source at up to three instruction-set levels (``fastopt._kernels``,
 the x86-64 baseline; ``_kernels_avx2``; ``_kernels_avx512``) and fastopt/_simd.py imports the
 widest the CPU runs. The levels differ only in how wide the compiler vectorises the loops.
+
+The module's own C lives in C headers next to it, one per concern, each declared here by a
+``cdef extern from`` block with the same names as in C: fastopt/_pool.h (the thread pool),
+_soft_sqrt.h (the exactly rounded software square root), _fpflags.h (flush-to-zero through
+MXCSR), _settings.h (the atomic run-time settings) and _simd.h (what the module was compiled
+for, and what the CPU runs). setup.py puts fastopt/ on every level's include path.
 """
 cimport cython
 from cpython.dict cimport PyDict_GetItem
@@ -124,73 +130,11 @@ ctypedef void (*loop_double)(double*, const double*, double*, double*, double*, 
 
 
 # ---------------------------------------------------------------------------------------------
-# The exactly rounded software square root (AVX-512 builds, float64). sqrt is one IEEE
-# operation: any method that rounds correctly gives the hardware's bits. Where the hardware
-# square root is slow next to fused multiply-adds (Intel's cores: 3 cycles per float64 element
-# at every width), this sequence is faster: a 14-bit reciprocal square root estimate, one
-# Goldschmidt step (g ~ sqrt(x), h ~ 1/(2 sqrt(x)), about 2**-27 relative), one Markstein step
-# (g + h*(x - g*g), within one unit in the last place), then Tuckerman's test picks the
-# correctly rounded one of g and its two neighbours by the signs of the exact residuals
-# g*below - x and g*above - x (each one FMA, exact in sign). The inputs where a step could
-# overflow or a residual underflow (below 2**-900, above 2**900), and zero, subnormal, inf,
-# nan and negative lanes, go to the hardware instruction instead (a whole vector at a time;
-# zero lanes are passed through). bench/verify_sqrt.py compares it with the hardware on
-# 1e9 and more inputs of every class. The FMAs here are inside one operation proven to be
-# correctly rounded; the update rules' own statements stay uncontracted.
+# The exactly rounded software square root (AVX-512 builds, float64): fused multiply-adds
+# that give the hardware instruction's bits, faster where that instruction is slow. The C, and
+# why it rounds correctly, is in fastopt/_soft_sqrt.h.
 
-cdef extern from *:
-    """
-    #if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
-    #include <immintrin.h>
-    #define FASTOPT_SOFT_SQRT 1
-    static inline __attribute__((always_inline)) __m512d fastopt_sqrt8(__m512d x) {
-        const __m512d half = _mm512_set1_pd(0.5), zero = _mm512_setzero_pd();
-        const __m512i one = _mm512_set1_epi64(1);
-        __mmask8 in_range = _mm512_cmp_pd_mask(x, _mm512_set1_pd(0x1p-900), _CMP_GE_OQ)
-                          & _mm512_cmp_pd_mask(x, _mm512_set1_pd(0x1p900), _CMP_LE_OQ);
-        __mmask8 zeros = _mm512_cmp_pd_mask(x, zero, _CMP_EQ_OQ);
-        __m512d y, g, h, r, below, above;
-        __mmask8 down, up;
-        if ((__mmask8)(in_range | zeros) != (__mmask8)0xFF)
-            return _mm512_sqrt_pd(x);
-        y = _mm512_rsqrt14_pd(x);
-        g = _mm512_mul_pd(x, y);
-        h = _mm512_mul_pd(half, y);
-        r = _mm512_fnmadd_pd(g, h, half);                 /* 1/2 - g*h */
-        g = _mm512_fmadd_pd(g, r, g);
-        h = _mm512_fmadd_pd(h, r, h);
-        g = _mm512_fmadd_pd(h, _mm512_fnmadd_pd(g, g, x), g);   /* g + h*(x - g*g) */
-        below = _mm512_castsi512_pd(_mm512_sub_epi64(_mm512_castpd_si512(g), one));
-        above = _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(g), one));
-        down = _mm512_cmp_pd_mask(_mm512_fmsub_pd(g, below, x), zero, _CMP_GE_OQ);
-        up = _mm512_cmp_pd_mask(_mm512_fmsub_pd(g, above, x), zero, _CMP_LT_OQ);
-        g = _mm512_mask_blend_pd(down, g, below);
-        g = _mm512_mask_blend_pd(up, g, above);
-        return _mm512_mask_blend_pd(zeros, g, x);
-    }
-    /* x[0:n] = sqrt(x[0:n]), in place; inlined, so a block of constant n is straight code. */
-    static inline __attribute__((always_inline)) void fastopt_soft_roots(double* x,
-                                                                         Py_ssize_t n) {
-        Py_ssize_t i = 0;
-        __mmask8 tail;
-        for (; i + 8 <= n; i += 8)
-            _mm512_storeu_pd(x + i, fastopt_sqrt8(_mm512_loadu_pd(x + i)));
-        if (i < n) {
-            tail = (__mmask8)((1u << (n - i)) - 1u);
-            _mm512_mask_storeu_pd(x + i, tail, fastopt_sqrt8(
-                _mm512_mask_loadu_pd(_mm512_set1_pd(1.0), tail, x + i)));
-        }
-    }
-    #else
-    #include <math.h>
-    #define FASTOPT_SOFT_SQRT 0
-    static void fastopt_soft_roots(double* x, Py_ssize_t n) {
-        Py_ssize_t i;
-        for (i = 0; i < n; i++)
-            x[i] = sqrt(x[i]);
-    }
-    #endif
-    """
+cdef extern from "_soft_sqrt.h":
     const bint FASTOPT_SOFT_SQRT
     void fastopt_soft_roots(double* x, intp n) noexcept nogil
 
@@ -933,308 +877,14 @@ cdef enum:
 
 # ---------------------------------------------------------------------------------------------
 # Threads: a small pool of POSIX threads of fastopt's own, started on the first update that
-# uses more than one thread. A large update's elements (all its params laid end to end, each
-# from a whole CHUNK_ALIGN: one region per update, see ``_run_all``) are cut into chunks of
-# whole 64-byte lines, so a chunk may cover the end of one param and the start of the next,
-# and the calling thread and the pool's workers claim chunks one at a time from one
-# shared atomic word. The caller works from the start and never waits for a worker that has
-# not claimed a chunk: when the last chunk is taken it waits only for the chunks other threads
-# are running. A worker that wakes late, or never gets a core, finds nothing left to claim.
-# Every loop is elementwise, so the bits do not depend on who runs which chunk.
-#
-# The word holds the job's generation (32 bits), its number of chunks and the next chunk to
-# claim (16 bits each). A thread claims chunk i with a compare-and-swap from (g, n, i) to
-# (g, n, i + 1), and only then reads the job (its function and the caller's data, which lives
-# on the caller's stack): a successful claim means the job is not finished, because the
-# caller waits until every claimed chunk is done, so the data is still there. Nothing read
-# before the claim is used, so a worker that saw an older job cannot mix it with the current
-# one, and a generation that came round again (after 2**32 jobs) is still the job the word
-# describes. One job runs at a time; a caller that finds the pool busy (another Python thread
-# is updating) runs its param on its own thread, with the same bits.
-#
-# Workers spin briefly after a job (consecutive params of one update find them awake), then
-# sleep on a condition variable; they yield the CPU while they spin, so that a core shared
-# with other work is not held. The caller's own wait (for claimed chunks) spins without
-# yielding for up to twice its own time per chunk (a worker on a core of its own finishes its
-# last chunk within about one chunk's time of the caller), then sleeps; when it had to sleep,
-# a worker lost its CPU, and the next few jobs (4, 8, ... at most 64) run on the caller
-# alone. In a forked child the pool is empty (a pthread_atfork handler forgets the parent's
-# workers) and starts again on its first threaded update. Builds without POSIX threads
-# (MSVC) run on one thread.
+# uses more than one thread. A large update's elements are cut into chunks of whole 64-byte
+# lines (``_run_all``), which the calling thread and the pool's workers claim one at a time
+# from one shared atomic word; the caller never waits for a worker that has not claimed a
+# chunk. Every loop is elementwise, so the bits do not depend on who runs which chunk. The
+# pool is C, in fastopt/_pool.h, which says how claiming, waiting, backing off from late
+# workers and forking work. Builds without POSIX threads (MSVC) run on one thread.
 
-cdef extern from *:
-    """
-    #if (defined(__unix__) || defined(__APPLE__)) && (defined(__GNUC__) || defined(__clang__))
-    #define FASTOPT_POOL 1
-    #include <pthread.h>
-    #include <sched.h>
-    #include <signal.h>
-    #include <stdint.h>
-    #include <time.h>
-
-    typedef void (*fastopt_chunk_fn)(void* job, npy_intp start, npy_intp stop);
-
-    #define FASTOPT_SPIN_NS 50000   /* how long a worker or a waiting caller spins */
-    #define FASTOPT_MAX_BACKOFF 64
-
-    static struct {
-        uint64_t word;        /* atomic: generation << 32 | chunks << 16 | next chunk */
-        npy_intp done;        /* atomic: chunks of the current job finished */
-        int sleepers;         /* atomic: workers asleep on `wake` */
-        int waiting;          /* atomic: the caller is asleep on `finished` */
-        int wanted;           /* atomic: how many workers may join the current job */
-        int busy;             /* atomic: a caller owns the pool */
-        int hold;             /* atomic: tests only; workers claim nothing while set */
-        long long worker_chunks;   /* atomic: chunks run by workers, for the tests */
-        /* The current job: written by its caller before it publishes `word`, read by a
-           thread only after it has claimed one of the job's chunks. */
-        fastopt_chunk_fn fn;
-        void* job;
-        npy_intp chunk, size;
-        /* The caller's side, under `busy`. */
-        uint32_t generation;
-        int backoff, skip;    /* jobs to run on the caller alone after a worker was late */
-        int started;          /* workers running (stored atomically: read from Python) */
-        int atfork;           /* the fork handler is registered */
-        pthread_mutex_t lock;
-        pthread_cond_t wake, finished;
-    } fastopt_pool = {0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0,
-                      PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                      PTHREAD_COND_INITIALIZER};
-
-    static inline uint64_t fastopt_load_word(void) {
-        return __atomic_load_n(&fastopt_pool.word, __ATOMIC_SEQ_CST);
-    }
-
-    static inline uint32_t fastopt_generation(uint64_t word) { return (uint32_t)(word >> 32); }
-    static inline npy_intp fastopt_chunks(uint64_t word) {
-        return (npy_intp)((word >> 16) & 0xffff);
-    }
-    static inline npy_intp fastopt_next(uint64_t word) { return (npy_intp)(word & 0xffff); }
-
-    static inline void fastopt_relax(void) {
-    #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-    #endif
-    }
-
-    static inline long long fastopt_now_ns(void) {
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
-    }
-
-    /* Claim and run chunks of the job in `word` until none is left; return how many ran. */
-    static npy_intp fastopt_claim(void) {
-        uint64_t word = fastopt_load_word();
-        npy_intp ran = 0;
-        while (fastopt_next(word) < fastopt_chunks(word)) {
-            if (!__atomic_compare_exchange_n(&fastopt_pool.word, &word, word + 1, 0,
-                                             __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-                continue;   /* `word` now holds the current value: try again */
-            /* Chunk fastopt_next(word) is ours, so its job is running: read it now. */
-            npy_intp start = fastopt_next(word) * fastopt_pool.chunk;
-            npy_intp stop = start + fastopt_pool.chunk;
-            if (stop > fastopt_pool.size)
-                stop = fastopt_pool.size;
-            fastopt_pool.fn(fastopt_pool.job, start, stop);
-            ran++;
-            npy_intp chunks = fastopt_chunks(word);
-            /* The last access to the job: after it the caller may return. */
-            if (__atomic_add_fetch(&fastopt_pool.done, 1, __ATOMIC_SEQ_CST) == chunks
-                    && __atomic_load_n(&fastopt_pool.waiting, __ATOMIC_SEQ_CST)) {
-                pthread_mutex_lock(&fastopt_pool.lock);
-                pthread_cond_broadcast(&fastopt_pool.finished);
-                pthread_mutex_unlock(&fastopt_pool.lock);
-            }
-            word = fastopt_load_word();
-        }
-        return ran;
-    }
-
-    static void* fastopt_worker(void* arg) {
-        int index = (int)(intptr_t)arg;
-        uint32_t seen = fastopt_generation(fastopt_load_word());
-        for (;;) {
-            uint64_t word = fastopt_load_word();
-            if (fastopt_generation(word) == seen) {
-                /* Nothing new: spin a little (yielding), then sleep until a job comes. */
-                long long until = fastopt_now_ns() + FASTOPT_SPIN_NS;
-                int spins = 0;
-                while (fastopt_generation(fastopt_load_word()) == seen) {
-                    if (++spins % 64 == 0) {
-                        if (fastopt_now_ns() > until)
-                            break;
-                        sched_yield();
-                    }
-                    fastopt_relax();
-                }
-                pthread_mutex_lock(&fastopt_pool.lock);
-                __atomic_add_fetch(&fastopt_pool.sleepers, 1, __ATOMIC_SEQ_CST);
-                while (fastopt_generation(fastopt_load_word()) == seen)
-                    pthread_cond_wait(&fastopt_pool.wake, &fastopt_pool.lock);
-                __atomic_sub_fetch(&fastopt_pool.sleepers, 1, __ATOMIC_SEQ_CST);
-                pthread_mutex_unlock(&fastopt_pool.lock);
-                continue;
-            }
-            seen = fastopt_generation(word);
-            while (__atomic_load_n(&fastopt_pool.hold, __ATOMIC_SEQ_CST)) {
-                struct timespec pause = {0, 1000000};
-                nanosleep(&pause, NULL);
-            }
-            if (index < __atomic_load_n(&fastopt_pool.wanted, __ATOMIC_SEQ_CST)) {
-                npy_intp ran = fastopt_claim();
-                if (ran)
-                    __atomic_add_fetch(&fastopt_pool.worker_chunks, ran, __ATOMIC_RELAXED);
-            }
-        }
-        return NULL;
-    }
-
-    /* In a forked child only the forking thread exists: forget the parent's workers (and a
-       job another of its threads may have been running); the pool starts again when needed. */
-    static void fastopt_pool_forget(void) {
-        pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-        pthread_cond_t wake = PTHREAD_COND_INITIALIZER, finished = PTHREAD_COND_INITIALIZER;
-        fastopt_pool.lock = lock;
-        fastopt_pool.wake = wake;
-        fastopt_pool.finished = finished;
-        fastopt_pool.started = 0;
-        fastopt_pool.sleepers = 0;
-        fastopt_pool.waiting = 0;
-        fastopt_pool.wanted = 0;
-        fastopt_pool.done = 0;
-        fastopt_pool.word = (uint64_t)fastopt_pool.generation << 32;
-        fastopt_pool.busy = 0;
-        fastopt_pool.backoff = fastopt_pool.skip = 0;
-    }
-
-    /* Start workers up to `count`; fewer if the system refuses. Under `busy`. */
-    static void fastopt_pool_grow(int count) {
-        pthread_attr_t attr;
-        sigset_t all, previous;
-        if (!fastopt_pool.atfork) {
-            if (pthread_atfork(NULL, NULL, fastopt_pool_forget) != 0)
-                return;
-            fastopt_pool.atfork = 1;
-        }
-        if (pthread_attr_init(&attr) != 0)
-            return;
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&attr, 1 << 20);
-        /* Workers block every signal: signals go to the process's own threads. */
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &previous);
-        while (fastopt_pool.started < count) {
-            pthread_t thread;
-            if (pthread_create(&thread, &attr, fastopt_worker,
-                               (void*)(intptr_t)fastopt_pool.started) != 0)
-                break;
-            /* atomic: pool_workers() reads it without owning the pool */
-            __atomic_store_n(&fastopt_pool.started, fastopt_pool.started + 1,
-                             __ATOMIC_SEQ_CST);
-        }
-        pthread_sigmask(SIG_SETMASK, &previous, NULL);
-        pthread_attr_destroy(&attr);
-    }
-
-    /* Run fn(job, start, stop) over [0, size) in chunks of `chunk` elements (the last may be
-       shorter; at most 65535 chunks), on the calling thread and up to threads - 1 workers. */
-    static void fastopt_pool_run(fastopt_chunk_fn fn, void* job, npy_intp size, npy_intp chunk,
-                                 int threads) {
-        npy_intp chunks = (size + chunk - 1) / chunk;
-        int expected = 0;
-        if (threads < 2 || chunks < 2 || chunks > 0xffff
-                || !__atomic_compare_exchange_n(&fastopt_pool.busy, &expected, 1, 0,
-                                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
-            fn(job, 0, size);
-            return;
-        }
-        if (fastopt_pool.skip > 0) {
-            /* A worker was late lately: the CPUs are busy with other work. */
-            fastopt_pool.skip--;
-            __atomic_store_n(&fastopt_pool.busy, 0, __ATOMIC_SEQ_CST);
-            fn(job, 0, size);
-            return;
-        }
-        if (fastopt_pool.started < threads - 1)
-            fastopt_pool_grow(threads - 1);
-        fastopt_pool.fn = fn;
-        fastopt_pool.job = job;
-        fastopt_pool.chunk = chunk;
-        fastopt_pool.size = size;
-        __atomic_store_n(&fastopt_pool.done, 0, __ATOMIC_SEQ_CST);
-        __atomic_store_n(&fastopt_pool.wanted, threads - 1, __ATOMIC_SEQ_CST);
-        fastopt_pool.generation++;
-        __atomic_store_n(&fastopt_pool.word, (uint64_t)fastopt_pool.generation << 32
-                         | (uint64_t)chunks << 16, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&fastopt_pool.sleepers, __ATOMIC_SEQ_CST)) {
-            pthread_mutex_lock(&fastopt_pool.lock);
-            pthread_cond_broadcast(&fastopt_pool.wake);
-            pthread_mutex_unlock(&fastopt_pool.lock);
-        }
-        long long began = fastopt_now_ns();
-        npy_intp mine = fastopt_claim();
-        /* Every chunk is claimed: wait for those other threads are running. */
-        if (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
-            /* A worker on a core of its own finishes the chunk it holds within about one
-               chunk's time of this thread's last, so that is how long the wait may take
-               before the worker counts as late: twice the caller's own time per chunk, plus
-               the spin. (Timed against a fixed spin alone, every chunk longer than the spin
-               counted as late, and a large update ran on the caller alone most of the time.)
-               Spin without yielding: sched_yield would hand this CPU to another process for
-               the rest of its time slice, milliseconds. */
-            long long ended = fastopt_now_ns();
-            long long per_chunk = mine > 0 ? (ended - began) / mine : 0;
-            long long until = ended + FASTOPT_SPIN_NS + 2 * per_chunk;
-            int spins = 0;
-            while (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
-                if (++spins % 64 == 0 && fastopt_now_ns() > until)
-                    break;
-                fastopt_relax();
-            }
-            if (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks) {
-                /* A worker that claimed a chunk has lost its CPU: wait for it asleep, and
-                   run the next jobs alone, more of them each time this happens again. */
-                fastopt_pool.backoff = fastopt_pool.backoff ? fastopt_pool.backoff * 2 : 4;
-                if (fastopt_pool.backoff > FASTOPT_MAX_BACKOFF)
-                    fastopt_pool.backoff = FASTOPT_MAX_BACKOFF;
-                fastopt_pool.skip = fastopt_pool.backoff;
-            }
-            pthread_mutex_lock(&fastopt_pool.lock);
-            __atomic_store_n(&fastopt_pool.waiting, 1, __ATOMIC_SEQ_CST);
-            while (__atomic_load_n(&fastopt_pool.done, __ATOMIC_SEQ_CST) != chunks)
-                pthread_cond_wait(&fastopt_pool.finished, &fastopt_pool.lock);
-            __atomic_store_n(&fastopt_pool.waiting, 0, __ATOMIC_SEQ_CST);
-            pthread_mutex_unlock(&fastopt_pool.lock);
-        } else {
-            fastopt_pool.backoff /= 2;
-        }
-        __atomic_store_n(&fastopt_pool.busy, 0, __ATOMIC_SEQ_CST);
-    }
-
-    static void fastopt_pool_hold(int hold) {
-        __atomic_store_n(&fastopt_pool.hold, hold, __ATOMIC_SEQ_CST);
-    }
-    static long long fastopt_pool_worker_chunks(void) {
-        return __atomic_load_n(&fastopt_pool.worker_chunks, __ATOMIC_SEQ_CST);
-    }
-    static int fastopt_pool_workers(void) {
-        return __atomic_load_n(&fastopt_pool.started, __ATOMIC_SEQ_CST);
-    }
-    #else
-    #define FASTOPT_POOL 0
-    typedef void (*fastopt_chunk_fn)(void* job, npy_intp start, npy_intp stop);
-    static void fastopt_pool_run(fastopt_chunk_fn fn, void* job, npy_intp size, npy_intp chunk,
-                                 int threads) {
-        (void)chunk; (void)threads;
-        fn(job, 0, size);
-    }
-    static void fastopt_pool_hold(int hold) { (void)hold; }
-    static long long fastopt_pool_worker_chunks(void) { return 0; }
-    static int fastopt_pool_workers(void) { return 0; }
-    #endif
-    """
+cdef extern from "_pool.h":
     const int FASTOPT_POOL
     ctypedef void (*fastopt_chunk_fn)(void* job, intp start, intp stop) noexcept nogil
     void fastopt_pool_run(fastopt_chunk_fn fn, void* job, intp size, intp chunk,
@@ -1267,26 +917,9 @@ cdef enum:
     MAX_THREADS = 256
 
 
-# The run-time settings, read by every update: atomic loads and stores (see the header).
-# Relaxed order is enough: each is one value on its own, and publishes no other memory.
-cdef extern from *:
-    """
-    #if defined(__GNUC__) || defined(__clang__)
-    #define FASTOPT_LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
-    #define FASTOPT_STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
-    #else
-    /* MSVC: an aligned int is loaded and stored in one instruction; volatile makes the
-       compiler emit exactly one load or store per access. */
-    #define FASTOPT_LOAD(x) (*(volatile int*)&(x))
-    #define FASTOPT_STORE(x, v) (*(volatile int*)&(x) = (v))
-    #endif
-    enum { FASTOPT_THREADS, FASTOPT_SOFT_ROOTS, FASTOPT_FLUSH, FASTOPT_SETTINGS };
-    static int fastopt_settings[FASTOPT_SETTINGS] = {1, 0, 0};
-    static int fastopt_setting_get(int which) { return FASTOPT_LOAD(fastopt_settings[which]); }
-    static void fastopt_setting_set(int which, int value) {
-        FASTOPT_STORE(fastopt_settings[which], value);
-    }
-    """
+# The run-time settings, read by every update: atomic loads and stores (see this module's
+# opening comment), in fastopt/_settings.h.
+cdef extern from "_settings.h":
     enum:
         FASTOPT_THREADS     # threads per large param (set_threads)
         FASTOPT_SOFT_ROOTS  # float64 square roots by the software sequence (set_soft_sqrt)
@@ -1348,25 +981,10 @@ cdef inline intp _chunk_size(intp size, int threads, intp smallest) noexcept nog
 # (bench/denormals.py: Adam 10-60x slower once its state is subnormal). When enabled, each
 # run of a loop sets MXCSR's flush-to-zero and denormals-are-zero bits in the thread that runs
 # it and restores the thread's previous MXCSR afterwards: nothing outside fastopt's loops is
-# affected. Results then differ from NumPy's wherever a value is subnormal.
+# affected. Results then differ from NumPy's wherever a value is subnormal. The C is in
+# fastopt/_fpflags.h.
 
-cdef extern from *:
-    """
-    #if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64)
-    #include <xmmintrin.h>
-    #define FASTOPT_CAN_FLUSH 1
-    static unsigned int fastopt_flush_begin(void) {
-        unsigned int saved = _mm_getcsr();
-        _mm_setcsr(saved | 0x8040u);   /* FTZ (bit 15) | DAZ (bit 6) */
-        return saved;
-    }
-    static void fastopt_flush_end(unsigned int saved) { _mm_setcsr(saved); }
-    #else
-    #define FASTOPT_CAN_FLUSH 0
-    static unsigned int fastopt_flush_begin(void) { return 0; }
-    static void fastopt_flush_end(unsigned int saved) { (void)saved; }
-    #endif
-    """
+cdef extern from "_fpflags.h":
     const int FASTOPT_CAN_FLUSH
     unsigned int fastopt_flush_begin() noexcept nogil
     void fastopt_flush_end(unsigned int saved) noexcept nogil
@@ -2213,22 +1831,7 @@ def scale_in_place(list arrays not None, double factor):
 # ---------------------------------------------------------------------------------------------
 # For the benchmark: what the loops were compiled for, and the memory limit they run against.
 
-cdef extern from *:
-    """
-    #if defined(__AVX512F__)
-    #define FASTOPT_COMPILED_SIMD "AVX-512F"
-    #elif defined(__AVX2__)
-    #define FASTOPT_COMPILED_SIMD "AVX2"
-    #elif defined(__AVX__)
-    #define FASTOPT_COMPILED_SIMD "AVX"
-    #elif defined(__SSE2__) || defined(_M_X64)
-    #define FASTOPT_COMPILED_SIMD "SSE2 (x86-64 baseline)"
-    #elif defined(__ARM_NEON)
-    #define FASTOPT_COMPILED_SIMD "NEON"
-    #else
-    #define FASTOPT_COMPILED_SIMD "none"
-    #endif
-    """
+cdef extern from "_simd.h":
     const char* FASTOPT_COMPILED_SIMD
 
 
@@ -2239,25 +1842,10 @@ def compiled_simd():
 
 # Run-time dispatch (setup.py, fastopt/_simd.py): the baseline module, which any x86-64 runs,
 # tells which of the wider builds this CPU can run. The compiler's builtins also check that the
-# OS saves the wider registers (XGETBV), not only that the CPU has the instructions.
+# OS saves the wider registers (XGETBV), not only that the CPU has the instructions. The C of
+# both is in fastopt/_simd.h.
 
-cdef extern from *:
-    """
-    #if defined(FASTOPT_DISPATCH)
-    static int fastopt_cpu_level(void) {
-        __builtin_cpu_init();
-        if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
-            return 0;
-        if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd")
-              && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
-              && __builtin_cpu_supports("avx512vl")))
-            return 1;
-        return 2;
-    }
-    #else
-    static int fastopt_cpu_level(void) { return 0; }
-    #endif
-    """
+cdef extern from "_simd.h":
     int fastopt_cpu_level() noexcept nogil
 
 

@@ -13,7 +13,7 @@ builds out; a level this CPU cannot run, or that was not built, is refused with 
 rather than run.
 
 The AVX-512 build also has an exactly rounded software square root for the float64 loops
-(fastopt/_kernels.pyx): faster than the hardware instruction on cores where that instruction
+(fastopt/_soft_sqrt.h): faster than the hardware instruction on cores where that instruction
 is slow, slower elsewhere, the same bits everywhere. Which one runs is decided at import,
 the same way in every process on one machine (``decide_sqrt``, below, and docs/simd.md):
 ``FASTOPT_SQRT=hardware|software``; else a table of measured CPU models; else a measurement

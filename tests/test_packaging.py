@@ -1,6 +1,7 @@
 """The package: compiled kernels or a loud failure, one version number, no stray state."""
 import importlib.machinery
 import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
@@ -84,3 +85,21 @@ def test_the_installed_package_carries_the_books_licence_notices():
         assert len(matches) == 1, f"{name} is not in the installed metadata"
         text = matches[0].read_text(encoding="utf-8")
         assert copyright_line in text and "Permission is hereby granted" in text
+
+
+def test_the_kernels_c_is_in_headers_beside_the_cython_source():
+    # The module's C lives in C headers next to _kernels.pyx (shipped with it in the sdist and
+    # the wheel), each included by a ``cdef extern from`` block; none is a string in the .pyx.
+    source = Path(fastopt.__file__).parent
+    pyx = source / "_kernels.pyx"
+    if not pyx.is_file():
+        pytest.skip(f"no {pyx}: this installation does not carry the Cython source")
+    text = pyx.read_text(encoding="utf-8")
+    assert "cdef extern from *" not in text
+    headers = set(re.findall(r'^cdef extern from "(_\w+\.h)":', text, re.MULTILINE))
+    assert headers == {"_pool.h", "_soft_sqrt.h", "_fpflags.h", "_settings.h", "_simd.h"}
+    for name in sorted(headers):
+        header = source / name
+        assert header.is_file(), f"{name}, which _kernels.pyx includes, is not beside it"
+        guard = "FASTOPT_" + name.removeprefix("_").removesuffix(".h").upper() + "_H"
+        assert f"#ifndef {guard}\n#define {guard}\n" in header.read_text(encoding="utf-8")

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Release check, end to end: build the sdist and, from it, a wheel in a clean environment;
-# prove the sdist carries the .pyx and no generated C; repair the wheel to a manylinux tag
-# (auditwheel) and check that its modules carry no debug information; install it into a new
-# virtual environment; run the whole test suite against the installed wheel from outside the
-# source tree; then the tests that depend on NumPy again, with the oldest NumPy that
-# pyproject.toml declares. Artifacts land in dist/ (or $DIST_DIR).
+# prove the sdist carries the .pyx and its C headers and no generated C; repair the wheel to a
+# manylinux tag (auditwheel) and check that its modules carry no debug information; install it
+# into a new virtual environment; run the whole test suite against the installed wheel from
+# outside the source tree; then the tests that depend on NumPy again, with the oldest NumPy
+# that pyproject.toml declares. Artifacts land in dist/ (or $DIST_DIR).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${DIST_DIR:-$root/dist}"
@@ -23,11 +23,15 @@ step "sdist, then a wheel built from that sdist in an isolated environment"
 sdist="$(ls "$work"/raw/fastopt-*.tar.gz)"
 wheel="$(ls "$work"/raw/fastopt-*.whl)"
 
-step "the sdist has the Cython source and no generated C"
+step "the sdist has the Cython source, the C headers it includes, and no generated C"
 tar -tzf "$sdist" > "$work/sdist.txt"
 grep -q '/fastopt/_kernels\.pyx$' "$work/sdist.txt" || { echo "sdist lacks _kernels.pyx"; exit 1; }
+for header in "$root"/fastopt/*.h; do
+    name="fastopt/$(basename "$header")"
+    grep -q "/$name\$" "$work/sdist.txt" || { echo "sdist lacks $name"; exit 1; }
+done
 if grep -E '\.(c|cpp|so)$' "$work/sdist.txt"; then echo "sdist carries generated files"; exit 1; fi
-echo "ok: $(wc -l < "$work/sdist.txt") entries, _kernels.pyx present, no .c/.cpp/.so"
+echo "ok: $(wc -l < "$work/sdist.txt") entries, _kernels.pyx and its headers, no .c/.cpp/.so"
 
 step "the books' licence notices travel in the sdist and in the wheel"
 python3 -m zipfile -l "$wheel" > "$work/wheel.txt"
