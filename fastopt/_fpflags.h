@@ -1,7 +1,7 @@
 /* fastopt's opt-in flush-to-zero, included by fastopt/_kernels.pyx.
 
-   Subnormal operands make x86 arithmetic take slow microcode assists (bench/denormals.py:
-   Adam 10-60x slower once its state is subnormal). When enabled, each run of a loop calls
+   Subnormal operands make x86 arithmetic take slow microcode assists
+   (bench/investigations/denormals.py: Adam 10-60x slower once its state is subnormal). When enabled, each run of a loop calls
    fastopt_flush_begin, which sets MXCSR's flush-to-zero and denormals-are-zero bits in the
    thread that runs it and returns the thread's previous MXCSR, and fastopt_flush_end, which
    restores it: nothing outside fastopt's loops is affected. FASTOPT_CAN_FLUSH is 0 where

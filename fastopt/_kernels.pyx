@@ -23,10 +23,10 @@
 # - The caller's lists and dicts are read through Cython's free-threading-safe accessors
 #   (bounds-checked strong references for lists, a critical section while iterating a dict),
 #   and every planned array is held (``keep``) until its loop has run, as with the GIL.
-# - The Python-level module globals (``_LOOPS``, ``_FIELDS``, ``_FORMS``; fastopt/_simd.py's chosen level
-#   and square-root method) are written only while the module is imported, which CPython
-#   serialises; fastopt/_settings.py's slow-path flag is one module-global bool, whose reads
-#   and writes are atomic in CPython with or without the GIL.
+# - The Python-level module globals (``_LOOPS``, ``_FIELDS``, ``_FORMS``; fastopt/_simd.py's
+#   chosen level and square-root method) are written only while the module is imported,
+#   which CPython serialises; fastopt/_settings.py's slow-path flag is one module-global
+#   bool, whose reads and writes are atomic in CPython with or without the GIL.
 # - Flush-to-zero is each thread's own MXCSR, set and restored around each loop.
 """Compiled update loops of fastopt: every optimizer's arithmetic lives here.
 
@@ -895,14 +895,13 @@ cdef extern from "_pool.h":
 
 cdef enum:
     # From how many elements an update (all its params) is shared out to the pool, measured
-    # per param with bench/threads.py
-    # and bench/digits_threads.py on 2 shared cores (bench/results/threads.txt and
-    # digits_threads.txt): loops that only stream memory (SGD, Momentum, Nesterov, Lion) lose
-    # 1-3% from 2**14 to 2**18 elements when no core is free, and gain 1.1-1.6x from 2**18
-    # when one is; loops bound by sqrt and division (AdaGrad, RMSprop, Adam and the rules
-    # beyond the book) gain from 2**14 when a core is free, but the digits example's params
-    # of 10,000 elements took 1.02-1.31x as long next to BLAS's threads (a worker's last
-    # chunk finishing late): from 2**15.
+    # per param with bench/investigations/threads.py and digits_threads.py on 2 shared cores
+    # (their results/threads.txt and digits_threads.txt): loops that only stream memory (SGD,
+    # Momentum, Nesterov, Lion) lose 1-3% from 2**14 to 2**18 elements when no core is free,
+    # and gain 1.1-1.6x from 2**18 when one is; loops bound by sqrt and division (AdaGrad,
+    # RMSprop, Adam and the rules beyond the book) gain from 2**14 when a core is free, but
+    # the digits example's params of 10,000 elements took 1.02-1.31x as long next to BLAS's
+    # threads (a worker's last chunk finishing late): from 2**15.
     STREAMING_MIN = 1 << 18
     DIVIDING_MIN = 1 << 15
     CHUNK_ALIGN = 16   # elements: chunks start on whole 64-byte lines for float32 and float64
@@ -978,11 +977,11 @@ cdef inline intp _chunk_size(intp size, int threads, intp smallest) noexcept nog
 
 # ---------------------------------------------------------------------------------------------
 # Opt-in flush-to-zero. Subnormal operands make x86 arithmetic take slow microcode assists
-# (bench/denormals.py: Adam 10-60x slower once its state is subnormal). When enabled, each
-# run of a loop sets MXCSR's flush-to-zero and denormals-are-zero bits in the thread that runs
-# it and restores the thread's previous MXCSR afterwards: nothing outside fastopt's loops is
-# affected. Results then differ from NumPy's wherever a value is subnormal. The C is in
-# fastopt/_fpflags.h.
+# (bench/investigations/denormals.py: Adam 10-60x slower once its state is subnormal). When
+# enabled, each run of a loop sets MXCSR's flush-to-zero and denormals-are-zero bits in the
+# thread that runs it and restores the thread's previous MXCSR afterwards: nothing outside
+# fastopt's loops is affected. Results then differ from NumPy's wherever a value is subnormal.
+# The C is in fastopt/_fpflags.h.
 
 cdef extern from "_fpflags.h":
     const int FASTOPT_CAN_FLUSH
