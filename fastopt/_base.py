@@ -49,6 +49,13 @@ from .clipping import global_norm
 # it): the rule's loop by name, the arrays, the grad transform, and the step's scalars by name.
 _run_loop: Callable[..., bool] = _kernels.run
 
+
+def _sum_of_squares(array: Any) -> float:
+    """The blocked float64 sum of squares of ``array`` (fastopt.reference's definition),
+    compiled where the array allows."""
+    total = _kernels.sum_of_squares(array)
+    return reference.sum_of_squares(array) if total is None else total
+
 SLOTS = 3   # state slots of every compiled loop
 
 # What a CallPlan does in place of these methods; a class that defines any of them itself
@@ -421,9 +428,28 @@ class Optimizer(OptimizerCore):
             raise
         if not done:
             return False
+        if step.second is not None:
+            keys = list(params) if kind is dict else list(range(len(params)))
+            self._second_pass(step, values, decays, params, [grads[key] for key in keys],
+                              states, keys)
         for name, value in step.after.items():
             setattr(self, name, value)
         return True
+
+    def _second_pass(self, step: Step, values: dict[str, float], decays: Any, params: Any,
+                     read: list[Any], states: list[Any], keys: list[Any]) -> None:
+        """The second pass of a two-pass rule, param after param (``read``: their grads, as
+        the first pass read them): each param's sums of squares, its scalars, then the
+        compiled loop (NumPy's rule for a param it declines)."""
+        assert step.second is not None
+        for key, grad in zip(keys, read, strict=True):
+            param = params[key]
+            sums = tuple(_sum_of_squares(array) for array in self._reduced_arrays(key, param))
+            scalars = self._per_param(values, sums, decays is None or bool(decays[key]))
+            own = [None if state is None else [state[key]] for state in _pad(states)]
+            if not _run_loop(step.second, [param], [grad], *own, None, None, 0.0, scalars):
+                reference.apply_second(self, step, values, decays, params, {}, states,
+                                       [key], [grad])
 
     def _used_states(self) -> list[Any]:
         """The state containers this optimizer keeps (``state_names``), None for one not
@@ -534,6 +560,8 @@ class Optimizer(OptimizerCore):
                     reference.apply(self, step, values, grad_scale, decays, params, grads,
                                     states, run, read)
                 finished += len(group)
+            if step.second is not None:
+                self._second_pass(step, values, decays, params, grad_list, states, list(keys))
         except BaseException as error:
             # Only an exception from a signal handler (not SIGINT's, which update holds) or
             # from NumPy (MemoryError; a floating-point warning made an error) gets here.

@@ -62,6 +62,10 @@ class Step(NamedTuple):
     #: How a call plan computes the scalars that depend on the step count
     #: (``_kernels.CallPlan``'s forms), or None: every update takes the checked path.
     form: str | None = "constant"
+    #: A second pass over every param, after a reduction of each (the sums of squares of the
+    #: arrays the rule's ``_reduced`` names): its NumPy rule (``<second>_rule``) and compiled
+    #: loop, which take the scalars ``_per_param`` computes from those sums. None: one pass.
+    second: str | None = None
 
 
 def clip_coefficient(norm: float, max_norm: float) -> float | None:
@@ -82,6 +86,7 @@ class OptimizerCore:
     _states: tuple[str, ...] = ()
     _state_shapes: dict[str, Callable[[tuple[int, ...]], tuple[int, ...]]] = {}
     _scalar_state: dict[str, tuple[float, Check]] = {}
+    _reduced: tuple[str, ...] = ()   # arrays whose sums of squares a second pass needs
     _decoupled = False
     lr: Hyper
     weight_decay: Hyper
@@ -167,6 +172,19 @@ class OptimizerCore:
 
     def _next_step(self, values: dict[str, float]) -> Step:
         raise NotImplementedError
+
+    def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
+                   decays: bool) -> dict[str, float]:
+        """The second pass's scalars for one param, from the step's hyperparameter values and
+        the sums of squares of the arrays ``_reduced`` names (``"param"`` or a state name),
+        each a float64 sum in fastopt.reference's fixed blocking; ``decays``: whether this
+        param decays."""
+        raise NotImplementedError
+
+    def _reduced_arrays(self, key: Any, param: Any) -> list[Any]:
+        """The arrays whose sums of squares ``_per_param`` takes, for the param of ``key``."""
+        return [param if name == "param" else getattr(self, name)[key]
+                for name in self._reduced]
 
     def _coupled_decay(self, values: dict[str, float]) -> float:
         """The weight decay added to the grads (0 for decoupled rules)."""

@@ -114,6 +114,7 @@ ctypedef struct Step:
     double rectification
     double decoupled_decay   # AdamW's lr*weight_decay, Lion's weight_decay
     double clip              # ADOPT's bound on the normalised grad
+    double ratio             # LAMB's trust ratio, one param's
     bint eps_inside_sqrt
     bint soft_roots          # float64 square roots by fastopt_soft_roots (set by _run)
     bint velocity_first
@@ -785,6 +786,40 @@ cdef void _adopt(floating* p, const floating* g, floating* m, floating* v, float
         v[i] = beta2 * v[i] + one_minus_beta2 * grad * grad
 
 
+cdef void _lamb(floating* p, const floating* g, floating* m, floating* v, floating* direction,
+                intp n, const Step* c, bint decay) noexcept nogil:
+    # LAMB's first pass: the moments and the direction, its decoupled decay a select.
+    cdef floating scale = <floating>c.grad_scale, wd = <floating>c.weight_decay
+    cdef bint decayed = decay and c.weight_decay != 0
+    cdef floating beta1 = <floating>c.beta1
+    cdef floating beta2 = <floating>c.beta2
+    cdef floating one_minus_beta1 = <floating>(1.0 - c.beta1)
+    cdef floating one_minus_beta2 = <floating>(1.0 - c.beta2)
+    cdef floating bias_correction1 = <floating>c.bias_correction1
+    cdef floating bias_correction2_sqrt = <floating>c.bias_correction2_sqrt
+    cdef floating eps = <floating>c.eps
+    cdef floating weight_decay = <floating>c.decoupled_decay
+    cdef bint decoupled = decay and c.decoupled_decay != 0
+    cdef floating grad, step
+    cdef intp i
+    for i in range(n):
+        grad = _grad(g[i], p[i], scale, wd, decayed)
+        m[i] = beta1 * m[i] + one_minus_beta1 * grad
+        v[i] = beta2 * v[i] + one_minus_beta2 * grad * grad
+        step = (m[i] / bias_correction1) / (_root(v[i]) / bias_correction2_sqrt + eps)
+        direction[i] = step + weight_decay * p[i] if decoupled else step
+
+
+cdef void _lamb_apply(floating* p, const floating* g, floating* m, floating* v,
+                      floating* direction, intp n, const Step* c, bint decay) noexcept nogil:
+    # LAMB's second pass: one param's step, scaled by its trust ratio.
+    cdef floating lr = <floating>c.lr
+    cdef floating ratio = <floating>c.ratio
+    cdef intp i
+    for i in range(n):
+        p[i] = p[i] - lr * (ratio * direction[i])
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks and the driver.
 
@@ -1370,6 +1405,8 @@ _register("adamax", _adamax[float], _adamax[double], 2, DIVIDING_MIN)
 _register("adadelta", _adadelta[float], _adadelta[double], 2, DIVIDING_MIN)
 _register("lion", _lion[float], _lion[double], 1, STREAMING_MIN)
 _register("adopt", _adopt[float], _adopt[double], 2, DIVIDING_MIN)
+_register("lamb", _lamb[float], _lamb[double], 3, DIVIDING_MIN)
+_register("lamb_apply", _lamb_apply[float], _lamb_apply[double], 3, STREAMING_MIN)
 
 
 cdef Rule* _loop_named(str name) except NULL:
@@ -1417,6 +1454,7 @@ _field("velocity_first", &_layout.velocity_first, True)
 _field("rectified", &_layout.rectified, True)
 _field("clip", &_layout.clip, False)
 _field("first", &_layout.first, True)
+_field("ratio", &_layout.ratio, False)
 
 
 def step_fields():

@@ -21,8 +21,8 @@ import numpy as np
 from . import _validation as v
 from ._core import DecayFilter, Hyper, OptimizerCore, State, Step
 
-__all__ = ["ADOPT", "RULES", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion",
-           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSprop"]
+__all__ = ["ADOPT", "LAMB", "RULES", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax",
+           "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSprop"]
 
 
 class SGD(OptimizerCore):
@@ -438,6 +438,61 @@ class ADOPT(OptimizerCore):
                     {"iter": t}, "adopt", None)
 
 
+class LAMB(OptimizerCore):
+    """LAMB (You et al. 2020), as timm's Lamb: Adam's bias-corrected direction plus decoupled
+    weight decay, scaled per param by the trust ratio ``||p|| / ||direction||``."""
+
+    _states = ("m", "v", "direction")
+    _hyperparameters = {"lr": v.check_learning_rate, "beta1": v.check_coefficient,
+                        "beta2": v.check_coefficient, "eps": v.check_epsilon}
+    _options = ("trust_clip", "always_adapt")
+    _decoupled = True
+    _reduced = ("param", "direction")
+    beta1: Hyper
+    beta2: Hyper
+    eps: Hyper
+    trust_clip: bool
+    always_adapt: bool
+    m: State
+    v: State
+    direction: State
+
+    def __init__(self, lr: Hyper = 1e-3, beta1: Hyper = 0.9, beta2: Hyper = 0.999, *,
+                 eps: Hyper = 1e-6, weight_decay: Hyper = 0.01, trust_clip: bool = False,
+                 always_adapt: bool = False, weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.trust_clip = trust_clip
+        self.always_adapt = always_adapt
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        t = self.iter + 1
+        beta1, beta2 = values["beta1"], values["beta2"]
+        return Step("lamb", {"beta1": beta1, "beta2": beta2, "bias_correction1": 1 - beta1**t,
+                             "bias_correction2_sqrt": math.sqrt(1 - beta2**t),
+                             "eps": values["eps"], "decoupled_decay": values["weight_decay"]},
+                    {"iter": t}, "lamb", None, second="lamb_apply")
+
+    def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
+                   decays: bool) -> dict[str, float]:
+        """The trust ratio ``||p|| / ||direction||`` (1 where either norm is 0 or nan, and when
+        the param does not adapt: no decay and not ``always_adapt``), at most 1 with
+        ``trust_clip``."""
+        ratio = 1.0
+        if self.always_adapt or (decays and values["weight_decay"] != 0):
+            weight_norm, direction_norm = math.sqrt(sums[0]), math.sqrt(sums[1])
+            if weight_norm > 0 and direction_norm > 0:
+                ratio = weight_norm / direction_norm
+            if self.trust_clip:
+                ratio = min(ratio, 1.0)
+        return {"lr": values["lr"], "ratio": ratio}
+
+
 #: Every rule, in the order the documentation and the benchmark list them.
 RULES: tuple[type[OptimizerCore], ...] = (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW,
-                                          NAdam, RAdam, Adamax, Adadelta, Lion, ADOPT)
+                                          NAdam, RAdam, Adamax, Adadelta, Lion, ADOPT,
+                                          LAMB)

@@ -560,6 +560,12 @@ class ShardedOptimizer:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be one of fastopt's optimizers (fastopt.Adam(...), "
                             f"...); got {type(optimizer).__name__}")
+        if optimizer._reduced:
+            raise TypeError(f"{type(optimizer).__name__} scales each param's step by norms of "
+                            f"the whole param, which a shard of it does not have: the sharded "
+                            f"optimizer does not take it yet (average the grads with "
+                            f"GradientAverager and step a whole {type(optimizer).__name__} on "
+                            f"every rank instead)")
         if optimizer.iter != 0 or any(state is not None for state in optimizer._used_states()):
             raise ValueError("the optimizer has already been used; wrap a new one, and give it "
                              "a single-process optimizer's state with scatter_state")

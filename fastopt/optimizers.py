@@ -10,8 +10,8 @@ from __future__ import annotations
 from . import _rules
 from ._base import Optimizer as Optimizer  # the base of every class here, for annotations
 
-__all__ = ["ADOPT", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum",
-           "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop"]
+__all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion",
+           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop"]
 
 _SHARED = """
     Options every optimizer takes (keyword-only)
@@ -412,6 +412,51 @@ class ADOPT(Optimizer, _rules.ADOPT):
         First and second moment estimates.
     iter : int
         Number of ``update`` calls so far.
+    """
+
+
+class LAMB(Optimizer, _rules.LAMB):
+    """LAMB (You et al. 2020, "Large Batch Optimization for Deep Learning"), as
+    timm.optim.Lamb with ``max_grad_norm=None``::
+
+        t += 1
+        m = beta1*m + (1 - beta1)*g
+        v = beta2*v + (1 - beta2)*g*g
+        direction = (m/(1 - beta1**t)) / (sqrt(v)/sqrt(1 - beta2**t) + eps)
+        direction += weight_decay*p                           (decoupled decay)
+        ratio = ||p|| / ||direction||   (1 if either is 0; only for params that decay, or all
+                                         with ``always_adapt``; at most 1 with ``trust_clip``)
+        p -= lr*(ratio*direction)
+
+    Two passes: the moments and ``direction`` for every param, then each param's norms (float64
+    sums of squares in fastopt.reference's fixed blocking, so every thread count gives the
+    same bits) and its step. ``1 - beta1**t``, ``sqrt(1 - beta2**t)`` and the ratio are
+    computed in Python (float64). timm clips the grads to a global norm of 1 by default;
+    here that is ``max_grad_norm=1.0``.
+
+    Parameters
+    ----------
+    lr : float or schedule, default 0.001
+    beta1, beta2 : float or schedule, default 0.9 and 0.999
+    eps : float or schedule, default 1e-6, keyword-only
+    weight_decay : float or schedule, default 0.01, keyword-only
+        Decoupled: added to the direction, not to the grad. A param that does not decay
+        (``weight_decay_filter``) keeps a ratio of 1 unless ``always_adapt``.
+    trust_clip : bool, default False, keyword-only
+        Clip the trust ratio at 1.
+    always_adapt : bool, default False, keyword-only
+        Scale every param by its trust ratio, even without weight decay.
+
+    Attributes
+    ----------
+    m, v : dict or list of ndarray, or None
+        First and second moment estimates.
+    direction : dict or list of ndarray, or None
+        The last step's direction, before its trust ratio.
+    iter : int
+        Number of ``update`` calls so far.
+
+    ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard has no whole norm).
     """
 
 

@@ -56,8 +56,8 @@ from ._validation import check_nonnegative as check_nonnegative
 from ._validation import check_option as check_option
 from ._validation import to_float as to_float
 
-__all__ = ["ADOPT", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion", "Momentum",
-           "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop"]
+__all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion",
+           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +247,27 @@ def adopt_rule(p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: f
     return p
 
 
+def lamb_rule(p: Any, g: Any, m: Any, v: Any, direction: Any, beta1: float, beta2: float,
+              bias_correction1: float, bias_correction2_sqrt: float, eps: float,
+              decoupled_decay: float) -> Any:
+    """timm's LAMB, its first pass: the moments, then the ``direction`` (Adam's
+    bias-corrected step plus the decoupled decay), which ``lamb_apply_rule`` scales by the
+    param's trust ratio."""
+    m[...] = beta1 * m + (1 - beta1) * g
+    v[...] = beta2 * v + (1 - beta2) * g * g
+    direction[...] = (m / bias_correction1) / (np.sqrt(v) / bias_correction2_sqrt + eps)
+    if decoupled_decay:
+        direction += decoupled_decay * p
+    return p
+
+
+def lamb_apply_rule(p: Any, g: Any, m: Any, v: Any, direction: Any, lr: float,
+                    ratio: float) -> Any:
+    """LAMB's second pass: ``p -= lr*(ratio*direction)``, ``ratio`` the param's trust ratio."""
+    p -= lr * (ratio * direction)
+    return p
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient clipping by global norm. The sum of squares has a fixed blocking, so that the
 # compiled version (fastopt/_kernels.pyx) gives the same bits at every SIMD width and thread
@@ -342,6 +363,25 @@ def apply(optimizer: OptimizerCore, step: Step, values: dict[str, float],
             params[key] = new   # type: ignore[index]
 
 
+def apply_second(optimizer: OptimizerCore, step: Step, values: dict[str, float],
+                 decays: State, params: Params, grads: Grads, states: list[Any],
+                 keys: list[Any], read: list[Any] | None = None) -> None:
+    """Run ``step``'s second pass, NumPy's, on each key of ``keys``: the sums of squares of
+    the arrays the rule's ``_reduced`` names, its ``_per_param`` scalars from them, then the
+    rule ``<step.second>_rule`` (with the grad ``read``, or ``grads[key]``)."""
+    assert step.second is not None
+    rule: Callable[..., Any] = globals()[step.second + "_rule"]
+    for index, key in enumerate(keys):
+        param = params[key]
+        grad = grads[key] if read is None else read[index]
+        sums = tuple(sum_of_squares(array) for array in optimizer._reduced_arrays(key, param))
+        scalars = optimizer._per_param(values, sums, decays is None or bool(decays[key]))
+        new = rule(param, grad, *[state[key] if state is not None else None
+                                  for state in states], **scalars)
+        if not isinstance(param, np.ndarray):
+            params[key] = new   # type: ignore[index]
+
+
 class ReferenceOptimizer(OptimizerCore):
     """An optimizer whose every update is NumPy's: the rule's statements, one param after
     another, as the book's ``update`` loop runs them."""
@@ -361,6 +401,9 @@ class ReferenceOptimizer(OptimizerCore):
                 setattr(self, name, value)
             apply(self, step, values, grad_scale, decays, params, grads, self._rule_states(),
                   list(_keys(params)))
+            if step.second is not None:
+                apply_second(self, step, values, decays, params, grads, self._rule_states(),
+                             list(_keys(params)))
 
 
 class SGD(ReferenceOptimizer, _rules.SGD):
@@ -418,6 +461,11 @@ class Adadelta(ReferenceOptimizer, _rules.Adadelta):
 class ADOPT(ReferenceOptimizer, _rules.ADOPT):
     """timm's ADOPT: ``m += (1-beta1)*(clip(g/max(sqrt(v), eps)) - m); p -= lr*m;
     v = beta2*v + (1-beta2)*g*g``, the first update only ``v = g*g``."""
+
+
+class LAMB(ReferenceOptimizer, _rules.LAMB):
+    """timm's LAMB: Adam's bias-corrected direction plus decoupled decay, scaled per param by
+    the trust ratio ``||p|| / ||direction||``."""
 
 
 class Lion(ReferenceOptimizer, _rules.Lion):

@@ -46,7 +46,7 @@ class Entry:
     other_values : mapping of str to float
         A second value for each of its float hyperparameters, set between two steps by
         ``test_changing_a_hyperparameter_takes_effect_on_the_next_step``.
-    rtol : float
+    rtol : float, or mapping of dtype to float
         How close fastopt comes to the oracle: ``oracles.EXACT`` (bits) when the oracle
         follows the formula's statements; otherwise the normwise relative bound, and why, in
         the oracle's docstring.
@@ -61,7 +61,7 @@ class Entry:
     option_state: Mapping[str, str] = field(default_factory=dict)
     scalar_state: tuple[str, ...] = ()
     other_values: Mapping[str, float] = field(default_factory=dict)
-    rtol: float = oracles.EXACT
+    rtol: float | Mapping[Any, float] = oracles.EXACT
 
     @property
     def book(self) -> bool:
@@ -135,6 +135,12 @@ REGISTRY = (
           configs=({}, {"clip_exp": 0.5}),
           state=("m", "v"),
           other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 10.0, "clip_exp": 0.25}),
+    Entry("LAMB", oracles.lamb, lr=0.01,
+          configs=({}, {"trust_clip": True}, {"weight_decay": 0.0},
+                   {"weight_decay": 0.0, "always_adapt": True}),
+          state=("m", "v", "direction"),
+          other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1, "weight_decay": 0.5},
+          rtol=oracles.LAMB_RTOL),
 )
 
 BY_NAME = {entry.name: entry for entry in REGISTRY}

@@ -114,6 +114,13 @@ def test_each_step_names_a_loop_and_numpy_rule_that_take_its_scalars(name):
     assert parameters[:2] == ["p", "g"]
     assert set(parameters[2 + states:]) == set(step.scalars)
     assert set(step.after) == {"iter", *optimizer._scalar_state}
+    if step.second is not None:   # a second pass: its loop and NumPy rule take its scalars
+        assert step.second in kernels.loops()
+        second = list(inspect.signature(getattr(reference, step.second + "_rule")).parameters)
+        scalars = optimizer._per_param(optimizer.hyperparameter_values(),
+                                       (1.0,) * len(optimizer._reduced), True)
+        assert set(second[2 + states:]) == set(scalars) <= set(kernels.step_fields())
+        assert set(optimizer._reduced) <= {"param", *optimizer.state_names}
 
 
 def test_a_scalar_the_loops_do_not_take_is_refused_by_name():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt import _base
+from fastopt import _base, _rules
 
 from _helpers import (
     SHAPES,
@@ -45,20 +45,48 @@ def test_trajectory_matches_reference_bit_for_bit(config, shapes, dtype):
     run_trajectories(config, shapes, dtype)
 
 
+def _second_pass_loops():
+    """The compiled loops of the rules' second passes (LAMB's, after its per-param norms)."""
+    loops = set()
+    for rule in _rules.RULES:
+        optimizer = getattr(fastopt, rule.__name__)()
+        loops.add(optimizer._next_step(optimizer.hyperparameter_values()).second)
+    return loops - {None}
+
+
+SECOND_PASS_LOOPS = _second_pass_loops()
+
+
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Record the size of each compiled call that ran (a declined call updates nothing), so a
-    test can prove which path updated the params."""
-    calls = []
+    """Record the size of each compiled call of a first pass that ran (a declined call updates
+    nothing), so a test can prove which path updated the params; ``.second`` records those of
+    a second pass."""
+    calls = KernelCalls()
     run_loop = _base._run_loop
 
     def counted(loop, params, *args):
         done = run_loop(loop, params, *args)
         if done:
-            calls.append(len(params))
+            (calls.second if loop in SECOND_PASS_LOOPS else calls).append(len(params))
         return done
     monkeypatch.setattr(_base, "_run_loop", counted)
     return calls
+
+
+class KernelCalls(list):
+    def __init__(self):
+        super().__init__()
+        self.second = []
+
+
+def test_a_second_pass_runs_compiled_param_by_param(kernel_calls):
+    # LAMB: every param's first pass in one call, then each param's second pass after its
+    # norms, compiled too.
+    shapes = SHAPES["two_layer_net"]
+    run_trajectories(("LAMB", {}), shapes, np.float64, steps=3)
+    assert kernel_calls == [len(shapes)] * 3
+    assert kernel_calls.second == [1] * len(shapes) * 3
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
