@@ -197,12 +197,10 @@ def _plan(optimizer: OptimizerCore, state: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{name} was a schedule of your own when saved; pass it again: "
                              f"{cls.__name__}({name}=your_schedule) before load_state_dict")
     changes.update(state["options"])
-    if state["max_grad_norm"] is None:
-        changes["max_grad_norm"] = None
-    else:
-        changes["max_grad_norm"] = _float("max_grad_norm", state["max_grad_norm"])
-        if not changes["max_grad_norm"] > 0:
-            raise _fail(f"max_grad_norm must be > 0 (or None); got {state['max_grad_norm']!r}")
+    try:
+        changes["max_grad_norm"] = check_max_grad_norm(state["max_grad_norm"])
+    except (TypeError, ValueError) as error:
+        raise _fail(str(error)) from None
     if not state["weight_decay_filter"]:
         changes["weight_decay_filter"] = None
     elif not callable(optimizer.weight_decay_filter):
