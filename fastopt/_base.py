@@ -507,8 +507,7 @@ class Optimizer(OptimizerCore):
                 if state is not None:
                     entry = state.get(key) if by_name else (
                         state[key] if key < len(state) else None)
-                if (entry is not None
-                        and getattr(entry, "shape", None) != self._state_shape(name, shape)):
+                if entry is not None and getattr(entry, "shape", None) != shape:
                     raise ValueError(
                         f"state {name}[{key!r}] has shape {np.shape(entry)} but param {key!r} "
                         f"has shape {shape}; a param's state belongs to the array first seen "

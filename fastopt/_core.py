@@ -6,11 +6,13 @@ A rule is declared once (fastopt/_rules.py), as a class of class attributes and 
   number or a schedule; ``weight_decay`` is added to every rule's;
 - ``_options``: its boolean options;
 - ``_states``, or a ``state_names`` property where options change them: its state arrays,
-  each of its param's shape unless ``_state_shapes`` maps it to a function of that shape;
+  each of its param's shape;
 - ``_rule_state_names()``: the state in the three slots of the rule's loop, in its order;
 - ``_scalar_state``: float state beside the arrays (a running product), with its initial
   value and its check;
 - ``_decoupled``: the rule applies weight decay itself (its ``decoupled_decay`` scalar);
+- ``_reduced`` and ``_per_param``: for a rule with a second pass (LAMB), the arrays whose
+  sums of squares each param's second pass needs, and its scalars from them;
 - ``__init__``: its constructor, the names and defaults users see;
 - ``_next_step(values)``: from the step's hyperparameter values, a ``Step``: the NumPy rule
   and the compiled loop it runs, their scalars by name, the attributes the step sets, and
@@ -84,7 +86,6 @@ class OptimizerCore:
     _checks: dict[str, Check] = {}   # _hyperparameters and weight_decay (__init_subclass__)
     _options: tuple[str, ...] = ()
     _states: tuple[str, ...] = ()
-    _state_shapes: dict[str, Callable[[tuple[int, ...]], tuple[int, ...]]] = {}
     _scalar_state: dict[str, tuple[float, Check]] = {}
     _reduced: tuple[str, ...] = ()   # arrays whose sums of squares a second pass needs
     _decoupled = False
@@ -128,11 +129,6 @@ class OptimizerCore:
         """The state containers the rule takes, in its order (None for one not kept)."""
         return [None if name is None else getattr(self, name)
                 for name in self._rule_state_names()]
-
-    def _state_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """The shape of state ``name`` of a param of ``shape``."""
-        of = self._state_shapes.get(name)
-        return shape if of is None else of(shape)
 
     # --- hyperparameters ------------------------------------------------------------------
 
@@ -203,8 +199,6 @@ class OptimizerCore:
 
     def _new_state(self, name: str, param: Any) -> Any:
         """Zero state ``name`` for ``param``."""
-        if name in self._state_shapes and isinstance(param, np.ndarray):
-            return np.zeros(self._state_shape(name, param.shape), param.dtype)
         return self._zeros(param)
 
     def _add_zero_state(self, params: Params) -> None:
