@@ -16,6 +16,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def run(script, *args, timeout=600, env=None):
+    # One OpenBLAS thread unless the caller's environment says otherwise: the examples' small
+    # matrix products gain nothing from a second thread, whose spin-waiting costs several times
+    # the CPU time of the training wherever the cores are busy (fastopt's own pool is not
+    # OpenBLAS's and keeps its setting).
+    env = {**os.environ, **(env or {})}
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     completed = subprocess.run([sys.executable, str(EXAMPLES / script), *args],
                                capture_output=True, text=True, timeout=timeout, env=env)
     assert completed.returncode == 0, completed.stderr

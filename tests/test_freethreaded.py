@@ -1,12 +1,13 @@
 """Threads without the GIL: fastopt declares that its compiled module runs without it.
 
-On a free-threaded CPython (3.13t, 3.14t; tools/freethreaded.sh builds one and runs the whole
-suite on it) importing fastopt must leave the GIL disabled, and Python threads then run
-fastopt's Python layer, and each other's, truly at once. The stress test below runs on any
-build: threads that update optimizers of their own, threads that share one optimizer, and a
-thread that keeps changing the run-time settings (thread count, flush-to-zero, the square-root
-method, the slow-path warning) while the updates run. Each update must give the bits of the
-same updates run one after another, and the settings must read back only values that were set.
+On a free-threaded CPython (3.13t, 3.14t; tools/freethreaded.sh builds one and runs the tests
+of threads and of the compiled module on it) importing fastopt must leave the GIL disabled,
+and Python threads then run fastopt's Python layer, and each other's, truly at once. The
+stress test below runs on any build: threads that update optimizers of their own, threads that
+share one optimizer, and a thread that keeps changing the run-time settings (thread count,
+flush-to-zero, the square-root method, the slow-path warning) while the updates run. Each
+update must give the bits of the same updates run one after another, and the settings must
+read back only values that were set.
 
 The threads run in a subprocess, so a crash fails one test instead of the session;
 FASTOPT_STRESS_SECONDS sets how long (tools/sanitize.sh runs it longer, under ASan).
