@@ -4,6 +4,7 @@ Each case checks the exception type, that the message names the offending key, a
 rejected call changed nothing: no param, no state (no new keys either) and no step count.
 """
 import copy
+import inspect
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 import fastopt
 
+import registry
 from _helpers import CONFIGS, config_id, make_pair
 
 
@@ -209,28 +211,42 @@ def test_param_replaced_by_another_shape(config):
     assert "state" in message
 
 
-HYPERPARAMETER_CASES = {
-    "lr": [(-0.1, ValueError, ">= 0"), (float("nan"), ValueError, ">= 0"),
-           ("0.1", TypeError, "real number"), (None, TypeError, "real number"),
-           (True, TypeError, "real number"), (1j, TypeError, "real number")],
-    "momentum": [(1.0, ValueError, "< 1"), (-0.1, ValueError, "0 <="),
-                 (float("nan"), ValueError, "< 1")],
-    "decay_rate": [(1.0, ValueError, "< 1"), (-1e-9, ValueError, "0 <=")],
-    "beta1": [(1.0, ValueError, "< 1"), (-0.5, ValueError, "0 <=")],
-    "beta2": [(1.5, ValueError, "< 1"), (float("inf"), ValueError, "< 1")],
-    "eps": [(0.0, ValueError, "> 0"), (-1e-8, ValueError, "> 0"),
-            (float("nan"), ValueError, "> 0"), ("tiny", TypeError, "real number")],
+# What each range check of fastopt/_validation.py rejects: (value, exception, words the
+# message must contain), by the check's name.
+RANGE_CASES = {
+    "check_learning_rate": [(-0.1, ValueError, ">= 0"), (float("nan"), ValueError, ">= 0")],
+    "check_coefficient": [(1.0, ValueError, "< 1"), (1.5, ValueError, "< 1"),
+                          (float("inf"), ValueError, "< 1"), (float("nan"), ValueError, "< 1"),
+                          (-0.1, ValueError, "0 <="), (-1e-9, ValueError, "0 <=")],
+    "check_epsilon": [(0.0, ValueError, "> 0"), (-1e-8, ValueError, "> 0"),
+                      (float("nan"), ValueError, "> 0")],
 }
-OWNERS = {"SGD": ["lr"], "Momentum": ["lr", "momentum"], "Nesterov": ["lr", "momentum"],
-          "AdaGrad": ["lr", "eps"], "RMSprop": ["lr", "decay_rate", "eps"],
-          "Adam": ["lr", "beta1", "beta2", "eps"]}
-HYPERPARAMETER_PARAMS = [(name, attribute, value, error, words)
-                         for name, attributes in OWNERS.items() for attribute in attributes
-                         for value, error, words in HYPERPARAMETER_CASES[attribute]]
+# What every hyperparameter rejects, whatever its range: values that are not real numbers.
+KIND_CASES = [("0.1", TypeError, "real number"), ("tiny", TypeError, "real number"),
+              (None, TypeError, "real number"), (True, TypeError, "real number"),
+              (1j, TypeError, "real number")]
 
 
-@pytest.mark.parametrize("name, attribute, value, error, words", HYPERPARAMETER_PARAMS,
-                         ids=[f"{n}-{a}={v!r}" for n, a, v, _, _ in HYPERPARAMETER_PARAMS])
+def _rejected_at_construction(name, attribute, value):
+    """False only for None where the constructor's default is None (Adam's ``eps``: its
+    default then depends on another option)."""
+    default = inspect.signature(getattr(fastopt, name)).parameters[attribute].default
+    return not (value is None and default is None)
+
+
+# Every float hyperparameter of every optimizer in the registry, with the check its class
+# declares for it (weight_decay included): a check with no cases above fails collection.
+HYPERPARAMETER_PARAMS = [
+    (entry.name, attribute, value, error, words)
+    for entry in registry.REGISTRY
+    for attribute, check in getattr(fastopt, entry.name)._checks.items()
+    for value, error, words in [*RANGE_CASES[check.__name__], *KIND_CASES]]
+CONSTRUCTION_PARAMS = [case for case in HYPERPARAMETER_PARAMS
+                       if _rejected_at_construction(*case[:3])]
+
+
+@pytest.mark.parametrize("name, attribute, value, error, words", CONSTRUCTION_PARAMS,
+                         ids=[f"{n}-{a}={v!r}" for n, a, v, _, _ in CONSTRUCTION_PARAMS])
 def test_hyperparameters_are_checked_at_construction(name, attribute, value, error, words):
     for module in (fastopt, fastopt.reference):
         with pytest.raises(error) as info:
