@@ -26,6 +26,7 @@ import pytest
 import fastopt
 from fastopt import book2, checkpoint, notes, reference
 
+import registry
 from _helpers import CONFIGS, LEARNING_RATES, assert_same_bits, config_id, run_python
 
 # Shared by this process and the subprocess that resumes: how a case builds its optimizer,
@@ -132,7 +133,7 @@ def _cases():
             cases.append({"module": module, "name": name, "options": {}, "lr": 0.01,
                           "container": container, "dtype": "float64", "clip": False,
                           "user_schedule": False, "filter": False})
-    for name in ("Adam", "AdamW", "Lion", "NAdam", "RMSprop"):
+    for name in registry.BY_NAME:    # every optimizer: a schedule, a filter and clipping at once
         for container in ("dict", "list"):
             cases.append({"module": "fastopt", "name": name, "options": {}, "lr": 0.01,
                           "container": container, "dtype": "float32", "clip": True,
@@ -217,7 +218,7 @@ def test_exact_resume_with_a_builtin_schedule_in_a_new_process(tmp_path):
         pytest.skip("fastopt.schedules has no LinearDecay yet")
     # Resumed without the schedule: the checkpoint brings it back.
     cases = []
-    for name in ("SGD", "Momentum", "Adam", "NAdam"):
+    for name in registry.BY_NAME:
         for container in ("dict", "list"):
             cases.append({"module": "fastopt", "name": name, "options": {}, "lr": 0.01,
                           "container": container, "dtype": "float64", "clip": False,

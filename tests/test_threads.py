@@ -12,6 +12,7 @@ import fastopt
 from fastopt import _kernels
 from fastopt._simd import kernels as active
 
+import registry
 from _helpers import assert_same_bits, assert_same_state, copy_params, make_pair, run_python
 
 needs_threads = pytest.mark.skipif(not _kernels.threads_supported(), reason="built without threads")
@@ -240,8 +241,7 @@ def test_an_update_does_not_wait_for_a_worker_without_a_core():
     assert ratio < 3.0, f"2 threads took {ratio:.1f}x the time of 1"
 
 
-CONCURRENT_CONFIGS = [("SGD", {}), ("Momentum", {}), ("Adam", {}), ("RMSprop", {}),
-                      ("AdamW", {}), ("Lion", {})]
+CONCURRENT_CONFIGS = [(name, {}) for name in registry.BY_NAME]
 
 
 def concurrent_run(seed, threads=None, barrier=None):
