@@ -115,6 +115,7 @@ ctypedef struct Step:
     double decoupled_decay   # AdamW's lr*weight_decay, Lion's weight_decay
     double clip              # ADOPT's bound on the normalised grad
     double ratio             # LAMB's trust ratio, one param's
+    double ckp1              # Schedule-Free's averaging weight of the step
     bint eps_inside_sqrt
     bint soft_roots          # float64 square roots by fastopt_soft_roots (set by _run)
     bint velocity_first
@@ -820,6 +821,74 @@ cdef void _lamb_apply(floating* p, const floating* g, floating* m, floating* v,
         p[i] = p[i] - lr * (ratio * direction[i])
 
 
+cdef inline floating _schedulefree_y(floating x, floating z, floating momentum,
+                                     floating one_minus_momentum) noexcept nogil:
+    """Schedule-Free's training point ``momentum*x + (1 - momentum)*z``."""
+    return momentum * x + one_minus_momentum * z
+
+
+cdef void _schedulefree_adamw(floating* p, const floating* g, floating* z, floating* v,
+                              floating* x, intp n, const Step* c, bint decay) noexcept nogil:
+    # schedulefree's AdamWScheduleFreeReference; p holds y. The decay (a select, for params
+    # that decay) is at y and moves z.
+    cdef floating scale = <floating>c.grad_scale, wd = <floating>c.weight_decay
+    cdef bint decayed = decay and c.weight_decay != 0
+    cdef floating lr_weight_decay = <floating>c.decoupled_decay
+    cdef bint decoupled = decay and c.decoupled_decay != 0
+    cdef floating lr = <floating>c.lr
+    cdef floating beta1 = <floating>c.beta1
+    cdef floating one_minus_beta1 = <floating>(1.0 - c.beta1)
+    cdef floating beta2 = <floating>c.beta2
+    cdef floating one_minus_beta2 = <floating>(1.0 - c.beta2)
+    cdef floating bias_correction2 = <floating>c.bias_correction2
+    cdef floating eps = <floating>c.eps
+    cdef floating ckp1 = <floating>c.ckp1
+    cdef floating one_minus_ckp1 = <floating>(1.0 - c.ckp1)
+    cdef floating grad, base, average
+    cdef intp i
+    for i in range(n):
+        grad = _grad(g[i], p[i], scale, wd, decayed)
+        base = z[i] - lr_weight_decay * p[i] if decoupled else z[i]
+        v[i] = beta2 * v[i] + one_minus_beta2 * grad * grad
+        base = base - lr * (grad / (_root(v[i] / bias_correction2) + eps))
+        z[i] = base
+        average = one_minus_ckp1 * x[i] + ckp1 * base
+        x[i] = average
+        p[i] = _schedulefree_y(average, base, beta1, one_minus_beta1)
+
+
+cdef void _schedulefree_sgd(floating* p, const floating* g, floating* z, floating* x,
+                            floating* unused, intp n, const Step* c, bint decay) noexcept nogil:
+    # schedulefree's SGDScheduleFreeReference; p holds y, so coupled decay is at y.
+    cdef floating scale = <floating>c.grad_scale, wd = <floating>c.weight_decay
+    cdef bint decayed = decay and c.weight_decay != 0
+    cdef floating lr = <floating>c.lr
+    cdef floating momentum = <floating>c.momentum
+    cdef floating one_minus_momentum = <floating>(1.0 - c.momentum)
+    cdef floating ckp1 = <floating>c.ckp1
+    cdef floating one_minus_ckp1 = <floating>(1.0 - c.ckp1)
+    cdef floating base, average
+    cdef intp i
+    for i in range(n):
+        base = z[i] - lr * _grad(g[i], p[i], scale, wd, decayed)
+        z[i] = base
+        average = one_minus_ckp1 * x[i] + ckp1 * base
+        x[i] = average
+        p[i] = _schedulefree_y(average, base, momentum, one_minus_momentum)
+
+
+cdef void _schedulefree_train(floating* p, const floating* x, floating* z, floating* unused1,
+                              floating* unused2, intp n, const Step* c,
+                              bint decay) noexcept nogil:
+    # Schedule-Free's train(): y from x (in the grad's place: read only) and z, with the last
+    # step's coefficient as ``momentum`` (AdamW's beta1); the same statement as the steps'.
+    cdef floating momentum = <floating>c.momentum
+    cdef floating one_minus_momentum = <floating>(1.0 - c.momentum)
+    cdef intp i
+    for i in range(n):
+        p[i] = _schedulefree_y(x[i], z[i], momentum, one_minus_momentum)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks and the driver.
 
@@ -1407,6 +1476,12 @@ _register("lion", _lion[float], _lion[double], 1, STREAMING_MIN)
 _register("adopt", _adopt[float], _adopt[double], 2, DIVIDING_MIN)
 _register("lamb", _lamb[float], _lamb[double], 3, DIVIDING_MIN)
 _register("lamb_apply", _lamb_apply[float], _lamb_apply[double], 3, STREAMING_MIN)
+_register("schedulefree_adamw", _schedulefree_adamw[float], _schedulefree_adamw[double], 3,
+          DIVIDING_MIN)
+_register("schedulefree_sgd", _schedulefree_sgd[float], _schedulefree_sgd[double], 2,
+          STREAMING_MIN)
+_register("schedulefree_train", _schedulefree_train[float], _schedulefree_train[double], 1,
+          STREAMING_MIN)
 
 
 cdef Rule* _loop_named(str name) except NULL:
@@ -1455,6 +1530,7 @@ _field("rectified", &_layout.rectified, True)
 _field("clip", &_layout.clip, False)
 _field("first", &_layout.first, True)
 _field("ratio", &_layout.ratio, False)
+_field("ckp1", &_layout.ckp1, False)
 
 
 def step_fields():

@@ -15,14 +15,17 @@ Japan), MIT-licensed: see the notice in ``LICENSES/``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 import numpy as np
 
 from . import _validation as v
-from ._core import DecayFilter, Hyper, OptimizerCore, State, Step
+from ._core import DecayFilter, Hyper, OptimizerCore, Params, State, Step
 
 __all__ = ["ADOPT", "LAMB", "RULES", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax",
-           "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSprop"]
+           "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSprop", "ScheduleFreeAdamW",
+           "ScheduleFreeSGD"]
 
 
 class SGD(OptimizerCore):
@@ -492,7 +495,234 @@ class LAMB(OptimizerCore):
         return {"lr": values["lr"], "ratio": ratio}
 
 
+class _ScheduleFree(OptimizerCore):
+    """What the two Schedule-Free rules (Defazio et al. 2024) share, as schedulefree's
+    ``*ScheduleFreeReference`` classes compute it: the averaging weight ``ckp1`` of each step
+    from the float state ``weight_sum`` and ``lr_max``, the state ``z`` (the base sequence)
+    and ``x`` (its weighted average), both copies of the param at its first update, and the
+    params' two modes. While training (``train_mode`` 1.0) the params hold
+    ``y = momentum*x + (1 - momentum)*z`` (AdamW's ``beta1``), where the grads are taken;
+    ``eval(params)`` puts ``x`` into them (``train_mode`` 0.0), ``train(params)`` puts ``y``
+    back, recomputed from ``x``, ``z`` and the last step's coefficient (``_y_state``) with the
+    step's own statement, so it has the step's bits. No update runs in eval mode."""
+
+    _scalar_state = {"weight_sum": (0.0, v.check_weight_sum),
+                     "lr_max": (-1.0, v.check_running_max),
+                     "train_mode": (1.0, v.check_flag)}
+    _y_state = ""   # the float state that holds the last step's y coefficient
+    warmup_steps: Hyper
+    r: Hyper
+    weight_lr_power: Hyper
+    weight_sum: float
+    lr_max: float
+    train_mode: float
+    z: State
+    x: State
+
+    def _new_state(self, name: str, param: Any) -> Any:
+        """``z`` and ``x`` start as copies of the param (schedulefree's ``torch.clone``), other
+        state at zero."""
+        state = self._zeros(param)
+        if name in ("z", "x"):
+            state[...] = param
+        return state
+
+    @property
+    def training(self) -> bool:
+        """Whether the params hold ``y`` (the training point) rather than ``x``."""
+        return bool(self.train_mode)
+
+    def _averaging(self, values: dict[str, float]) -> tuple[float, float, dict[str, Any]]:
+        """The step's learning rate (warmup applied), its averaging weight ``ckp1`` (0 while
+        the weights sum to 0), and what it sets: ``iter``, ``weight_sum``, ``lr_max``, and
+        ``train_mode`` (still 1.0: no step runs in eval mode)."""
+        if not self.train_mode:
+            raise RuntimeError(f"{type(self).__name__} is in eval mode (the params hold x, the "
+                               f"average); call train(params) before update, as "
+                               f"schedulefree requires")
+        k = self.iter
+        warmup = values["warmup_steps"]
+        sched = (k + 1) / warmup if k < warmup else 1.0
+        lr = values["lr"] * sched
+        lr_max = max(lr, self.lr_max)
+        try:
+            weight = ((k + 1) ** values["r"]) * (lr_max ** values["weight_lr_power"])
+        except OverflowError:
+            raise ValueError(f"the averaging weight (k+1)**r * lr_max**weight_lr_power "
+                             f"overflows at step {k} (r={values['r']!r}, "
+                             f"weight_lr_power={values['weight_lr_power']!r}, "
+                             f"lr_max={lr_max!r})") from None
+        weight_sum = self.weight_sum + weight
+        try:
+            ckp1 = weight / weight_sum
+        except ZeroDivisionError:
+            ckp1 = 0.0
+        return lr, ckp1, {"iter": k + 1, "weight_sum": weight_sum, "lr_max": lr_max,
+                          "train_mode": 1.0}
+
+    # --- the two modes ----------------------------------------------------------------------
+
+    def eval(self, params: Params) -> None:
+        """Put ``x`` (the average, the point to evaluate) into the params, in place; nothing
+        if they hold it already. Params without state (never updated) are left as they are.
+
+        Raises
+        ------
+        TypeError, ValueError, KeyError
+            If ``params`` are not the params this optimizer updates (a key or position it
+            keeps state for is missing, or of another shape or dtype, or read-only); nothing
+            changes then.
+        """
+        self._switch(params, False)
+
+    def train(self, params: Params) -> None:
+        """Put ``y`` (the training point) back into the params, in place; nothing if they hold
+        it already. Raises as ``eval``."""
+        self._switch(params, True)
+
+    def _switch(self, params: Params, training: bool) -> None:
+        with self._lock:
+            targets = self._switch_targets(params)
+            if self.training == training:
+                return
+            # Every target is written whole before the mode changes: a switch stopped part way
+            # (Ctrl-C) is finished by calling the same method again.
+            keys = [key for key, _ in targets]
+            xs = [self.x[key] for key in keys]   # type: ignore[index]
+            if training:
+                zs = [self.z[key] for key in keys]   # type: ignore[index]
+                self._interpolate(params, keys, xs, zs, float(getattr(self, self._y_state)))
+            else:
+                for (key, param), x in zip(targets, xs, strict=True):
+                    if isinstance(param, np.ndarray):
+                        np.copyto(param, x)
+                    else:
+                        params[key] = x[()]   # type: ignore[index]
+            self.train_mode = 1.0 if training else 0.0
+
+    def _switch_targets(self, params: Params) -> list[tuple[Any, Any]]:
+        """(key, param) of every param this optimizer keeps state for, checked."""
+        by_key = isinstance(params, Mapping)
+        if not by_key and not isinstance(params, (list, tuple)):
+            raise TypeError(f"params must be a dict of arrays (or a list or tuple of arrays); "
+                            f"got {type(params).__name__}")
+        kept = self.x
+        if kept is None:
+            return []
+        if isinstance(kept, dict) != by_key:
+            how = "by key (a dict)" if isinstance(kept, dict) else "by position (a list)"
+            raise TypeError(f"the state is kept {how}, but params is a "
+                            f"{type(params).__name__}; pass the params given to update")
+        writable = isinstance(params, (MutableMapping, list))
+        targets = []
+        for key in (kept if by_key else range(len(kept))):
+            if (key not in params) if by_key else (key >= len(params)):
+                raise KeyError(f"params has no entry for param {key!r}, whose state this "
+                               f"optimizer keeps; pass the params given to update")
+            param = params[key]
+            x = kept[key]
+            if isinstance(param, np.ndarray):
+                if param.shape != x.shape or param.dtype != x.dtype:
+                    raise ValueError(f"param {key!r} has shape {param.shape} and dtype "
+                                     f"{param.dtype}, but its state has shape {x.shape} and "
+                                     f"dtype {x.dtype}; pass the params given to update")
+                if not param.flags.writeable:
+                    raise ValueError(f"param {key!r} is read-only; eval and train write the "
+                                     f"params in place")
+            elif isinstance(param, (float, np.floating)) and x.shape == ():
+                if not writable:
+                    raise TypeError(f"param {key!r} is a scalar in a {type(params).__name__}, "
+                                    f"which cannot be written; pass a list or dict")
+            else:
+                raise TypeError(f"param {key!r} is a {type(param).__name__}; expected the "
+                                f"array (or float scalar) given to update, of shape {x.shape}")
+            targets.append((key, param))
+        return targets
+
+    @staticmethod
+    def _interpolate(params: Params, keys: list[Any], xs: list[Any], zs: list[Any],
+                     momentum: float) -> None:
+        """``params[key] = momentum*x + (1 - momentum)*z`` for each key, in place (a scalar's
+        new value stored back): NumPy's (fastopt.reference) or the compiled loop's."""
+        raise NotImplementedError
+
+
+class ScheduleFreeAdamW(_ScheduleFree):
+    """Schedule-Free AdamW (Defazio et al. 2024), as ``schedulefree.AdamWScheduleFreeReference``:
+    Adam's normalised step on ``z``, ``x`` its weighted average, the params at
+    ``y = beta1*x + (1 - beta1)*z``."""
+
+    _states = ("z", "v", "x")
+    _hyperparameters = {"lr": v.check_learning_rate, "beta1": v.check_coefficient,
+                        "beta2": v.check_coefficient, "eps": v.check_epsilon,
+                        "warmup_steps": v.check_nonnegative, "r": v.check_nonnegative,
+                        "weight_lr_power": v.check_nonnegative}
+    _scalar_state = {**_ScheduleFree._scalar_state, "last_beta1": (0.0, v.check_coefficient)}
+    _y_state = "last_beta1"
+    _decoupled = True
+    beta1: Hyper
+    beta2: Hyper
+    eps: Hyper
+    last_beta1: float
+    v: State
+
+    def __init__(self, lr: Hyper = 0.0025, beta1: Hyper = 0.9, beta2: Hyper = 0.999, *,
+                 eps: Hyper = 1e-8, weight_decay: Hyper = 0.0, warmup_steps: Hyper = 0,
+                 r: Hyper = 0.0, weight_lr_power: Hyper = 2.0,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.warmup_steps = warmup_steps
+        self.r = r
+        self.weight_lr_power = weight_lr_power
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        lr, ckp1, after = self._averaging(values)
+        beta1, beta2 = values["beta1"], values["beta2"]
+        return Step("schedulefree_adamw",
+                    {"lr": lr, "beta1": beta1, "beta2": beta2,
+                     "bias_correction2": 1 - beta2 ** after["iter"], "eps": values["eps"],
+                     "ckp1": ckp1, "decoupled_decay": lr * values["weight_decay"]},
+                    {**after, "last_beta1": beta1}, "schedulefree_adamw", None)
+
+
+class ScheduleFreeSGD(_ScheduleFree):
+    """Schedule-Free SGD (Defazio et al. 2024), as ``schedulefree.SGDScheduleFreeReference``:
+    SGD's step on ``z``, ``x`` its weighted average, the params at
+    ``y = momentum*x + (1 - momentum)*z``."""
+
+    _states = ("z", "x")
+    _hyperparameters = {"lr": v.check_learning_rate, "momentum": v.check_coefficient,
+                        "warmup_steps": v.check_nonnegative, "r": v.check_nonnegative,
+                        "weight_lr_power": v.check_nonnegative}
+    _scalar_state = {**_ScheduleFree._scalar_state, "last_momentum": (0.0, v.check_coefficient)}
+    _y_state = "last_momentum"
+    momentum: Hyper
+    last_momentum: float
+
+    def __init__(self, lr: Hyper = 1.0, momentum: Hyper = 0.9, *, weight_decay: Hyper = 0.0,
+                 warmup_steps: Hyper = 0, r: Hyper = 0.0, weight_lr_power: Hyper = 2.0,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.momentum = momentum
+        self.warmup_steps = warmup_steps
+        self.r = r
+        self.weight_lr_power = weight_lr_power
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        lr, ckp1, after = self._averaging(values)
+        momentum = values["momentum"]
+        return Step("schedulefree_sgd", {"lr": lr, "momentum": momentum, "ckp1": ckp1},
+                    {**after, "last_momentum": momentum}, "schedulefree_sgd", None)
+
+
 #: Every rule, in the order the documentation and the benchmark list them.
 RULES: tuple[type[OptimizerCore], ...] = (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW,
                                           NAdam, RAdam, Adamax, Adadelta, Lion, ADOPT,
-                                          LAMB)
+                                          LAMB, ScheduleFreeAdamW, ScheduleFreeSGD)

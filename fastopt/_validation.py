@@ -62,6 +62,27 @@ def check_unit_interval(name: str, value: float, where: str = "") -> None:
                          f"coefficients); got {value!r}{where}")
 
 
+def check_weight_sum(name: str, value: float, where: str = "") -> None:
+    """``value`` must be >= 0, inf included (a sum of Schedule-Free's averaging weights)."""
+    if not 0 <= value:
+        raise ValueError(f"{name!r} must be a number >= 0 (a sum of averaging weights); got "
+                         f"{value!r}{where}")
+
+
+def check_running_max(name: str, value: float, where: str = "") -> None:
+    """``value`` must be -1 (no step yet) or finite and >= 0 (the largest learning rate so
+    far)."""
+    if not (value == -1 or 0 <= value < math.inf):
+        raise ValueError(f"{name!r} must be -1 (before the first step) or a finite number "
+                         f">= 0 (the largest learning rate so far); got {value!r}{where}")
+
+
+def check_flag(name: str, value: float, where: str = "") -> None:
+    """``value`` must be 0.0 or 1.0 (a mode kept as float state)."""
+    if value != 0 and value != 1:
+        raise ValueError(f"{name!r} must be 1.0 (on) or 0.0 (off); got {value!r}{where}")
+
+
 def check_option(name: str, value: Any) -> bool:
     """A boolean option: a bool or NumPy bool, nothing merely truthy."""
     if not isinstance(value, (bool, np.bool_)):

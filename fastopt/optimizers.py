@@ -7,11 +7,16 @@ from the same declarations.
 """
 from __future__ import annotations
 
-from . import _rules
+from typing import Any
+
+from . import _rules, reference
 from ._base import Optimizer as Optimizer  # the base of every class here, for annotations
+from ._core import Params
+from ._simd import kernels as _kernels
 
 __all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion",
-           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop"]
+           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop", "ScheduleFreeAdamW",
+           "ScheduleFreeSGD"]
 
 _SHARED = """
     Options every optimizer takes (keyword-only)
@@ -458,6 +463,145 @@ class LAMB(Optimizer, _rules.LAMB):
 
     ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard has no whole norm).
     """
+
+
+def _schedulefree_interpolate(params: Params, keys: list[Any], xs: list[Any], zs: list[Any],
+                              momentum: float) -> None:
+    """Schedule-Free's ``train()``: ``y = momentum*x + (1 - momentum)*z`` into each param, by
+    the compiled loop (all at once, else param by param), NumPy's rule for a param it
+    declines."""
+    scalars = {"momentum": momentum}
+    arrays = [params[key] for key in keys]
+    if _kernels.run("schedulefree_train", arrays, xs, zs, None, None, None, None, 0.0, scalars):
+        return
+    for key, param, x, z in zip(keys, arrays, xs, zs, strict=True):
+        if not _kernels.run("schedulefree_train", [param], [x], [z], None, None, None, None,
+                            0.0, scalars):
+            reference.schedulefree_interpolate(params, [key], [x], [z], momentum)
+
+
+_SCHEDULE_FREE_MODES = """
+    Modes
+    -----
+    While training, the params hold ``y``, the point where the grads are taken.
+    ``opt.eval(params)`` puts ``x``, the average, into them in place (to evaluate or save the
+    model), ``opt.train(params)`` puts ``y`` back (recomputed from ``x`` and ``z`` with the
+    last step's statement, so it has its bits); each does nothing when the params are already
+    in its mode, and ``train_mode`` (1.0 or 0.0, in checkpoints) says which they hold.
+    ``update`` in eval mode raises RuntimeError. Unlike schedulefree's AdamW, a new optimizer
+    starts in train mode (its ``train()`` before the first step changes no param).
+    ``fastopt.distributed.ShardedOptimizer`` has no ``eval``/``train`` of its own.
+
+    The step's scalars depend on the float state (``weight_sum``, ``lr_max``), which a call
+    plan does not restate: every update takes the checked path (with one compiled call for
+    all params).
+"""
+
+
+class ScheduleFreeAdamW(Optimizer, _rules.ScheduleFreeAdamW):
+    """Schedule-Free AdamW (Defazio et al. 2024, "The Road Less Scheduled"), as
+    ``schedulefree.AdamWScheduleFreeReference`` (no learning-rate schedule needed)::
+
+        k = iter (before this step);  t = k + 1
+        lr_k = lr*(t/warmup_steps if k < warmup_steps else 1)
+        lr_max = max(lr_k, lr_max)                      (lr_max = -1 before the first step)
+        weight = t**r * lr_max**weight_lr_power;  weight_sum += weight
+        ckp1 = weight/weight_sum                        (0 if weight_sum is 0)
+        z -= lr_k*weight_decay*y                        (decoupled, at y; params that decay)
+        v = beta2*v + (1 - beta2)*g*g
+        z -= lr_k*(g/(sqrt(v/(1 - beta2**t)) + eps))
+        x = (1 - ckp1)*x + ckp1*z
+        y = beta1*x + (1 - beta1)*z                     (the params, while training)
+
+    ``z`` and ``x`` start as copies of the param at its first update, ``v`` at zero. The
+    scalars (``lr_k``, ``ckp1``, ``1 - beta2**t``, ``lr_k*weight_decay``) are computed in Python
+    (float64) as schedulefree does; the arrays in the param's dtype, statement by statement.
+    schedulefree's ``decay_at_z`` option is not offered (its default, decay at ``y``, is).
+
+    Parameters
+    ----------
+    lr : float or schedule, default 0.0025
+    beta1, beta2 : float or schedule, default 0.9 and 0.999
+        ``beta1`` is the interpolation between ``x`` and ``z``; ``beta2`` the second moment's.
+    eps : float or schedule, default 1e-8, keyword-only
+    weight_decay : float or schedule, default 0, keyword-only
+        Decoupled, as schedulefree's: ``z -= lr_k*weight_decay*y``; ``weight_decay_filter``
+        chooses the params, as for every optimizer.
+    warmup_steps : float or schedule, default 0, keyword-only
+        Linear warmup of the learning rate over that many steps, >= 0.
+    r : float or schedule, default 0, keyword-only
+        Polynomial weighting of the average, ``t**r``, >= 0.
+    weight_lr_power : float or schedule, default 2, keyword-only
+        The average's weights grow as ``lr_max**weight_lr_power``, >= 0.
+
+    Attributes
+    ----------
+    z, v, x : dict or list of ndarray, or None
+        The base sequence, the second moment and the average.
+    weight_sum, lr_max : float
+        The sum of the averaging weights and the largest ``lr_k`` so far.
+    last_beta1 : float
+        The last step's ``beta1``, with which ``train()`` recomputes ``y``.
+    train_mode : float
+        1.0 while the params hold ``y``, 0.0 after ``eval``; ``training`` is it as a bool.
+    iter : int
+        Number of ``update`` calls so far.
+    """
+
+    _interpolate = staticmethod(_schedulefree_interpolate)
+
+
+class ScheduleFreeSGD(Optimizer, _rules.ScheduleFreeSGD):
+    """Schedule-Free SGD (Defazio et al. 2024, "The Road Less Scheduled"), as
+    ``schedulefree.SGDScheduleFreeReference`` (no learning-rate schedule needed)::
+
+        k = iter (before this step);  t = k + 1
+        lr_k = lr*(t/warmup_steps if k < warmup_steps else 1)
+        lr_max = max(lr_k, lr_max)                      (lr_max = -1 before the first step)
+        weight = t**r * lr_max**weight_lr_power;  weight_sum += weight
+        ckp1 = weight/weight_sum                        (0 if weight_sum is 0)
+        z -= lr_k*g                                     (g + weight_decay*y with decay)
+        x = (1 - ckp1)*x + ckp1*z
+        y = momentum*x + (1 - momentum)*z               (the params, while training)
+
+    ``z`` and ``x`` start as copies of the param at its first update. The scalars are computed
+    in Python (float64) as schedulefree does; the arrays in the param's dtype, statement by
+    statement. schedulefree refuses ``momentum=0``; here it is allowed (then ``y = z``).
+
+    Parameters
+    ----------
+    lr : float or schedule, default 1.0
+    momentum : float or schedule, default 0.9
+        The interpolation between ``x`` and ``z``, 0 <= momentum < 1.
+    weight_decay : float or schedule, default 0, keyword-only
+        Coupled, as schedulefree's: ``g + weight_decay*y`` (the params hold ``y``), through
+        the transform every optimizer has (``weight_decay_filter`` chooses the params).
+    warmup_steps : float or schedule, default 0, keyword-only
+        Linear warmup of the learning rate over that many steps, >= 0.
+    r : float or schedule, default 0, keyword-only
+        Polynomial weighting of the average, ``t**r``, >= 0.
+    weight_lr_power : float or schedule, default 2, keyword-only
+        The average's weights grow as ``lr_max**weight_lr_power``, >= 0.
+
+    Attributes
+    ----------
+    z, x : dict or list of ndarray, or None
+        The base sequence and the average.
+    weight_sum, lr_max : float
+        The sum of the averaging weights and the largest ``lr_k`` so far.
+    last_momentum : float
+        The last step's ``momentum``, with which ``train()`` recomputes ``y``.
+    train_mode : float
+        1.0 while the params hold ``y``, 0.0 after ``eval``; ``training`` is it as a bool.
+    iter : int
+        Number of ``update`` calls so far.
+    """
+
+    _interpolate = staticmethod(_schedulefree_interpolate)
+
+
+for _cls in (ScheduleFreeAdamW, ScheduleFreeSGD):
+    _cls.__doc__ = (_cls.__doc__ or "").rstrip() + "\n" + _SCHEDULE_FREE_MODES
 
 
 for _cls in {globals()[_name] for _name in __all__}:   # RMSProp is RMSprop: once each

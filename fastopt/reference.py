@@ -57,7 +57,8 @@ from ._validation import check_option as check_option
 from ._validation import to_float as to_float
 
 __all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion",
-           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop"]
+           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop", "ScheduleFreeAdamW",
+           "ScheduleFreeSGD"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +269,50 @@ def lamb_apply_rule(p: Any, g: Any, m: Any, v: Any, direction: Any, lr: float,
     return p
 
 
+def schedulefree_y_rule(p: Any, x: Any, z: Any, momentum: float) -> Any:
+    """Schedule-Free's training point ``y = momentum*x + (1 - momentum)*z`` into ``p`` (the
+    last statement of both Schedule-Free rules, and ``train()``)."""
+    y = momentum * x + (1 - momentum) * z
+    if isinstance(p, np.ndarray):
+        p[...] = y
+        return p
+    return y
+
+
+def schedulefree_adamw_rule(p: Any, g: Any, z: Any, v: Any, x: Any, lr: float, beta1: float,
+                            beta2: float, bias_correction2: float, eps: float, ckp1: float,
+                            decoupled_decay: float) -> Any:
+    """schedulefree's ``AdamWScheduleFreeReference``: ``p`` holds ``y``, ``lr`` is the step's
+    (warmup applied), ``decoupled_decay = lr*weight_decay`` (decay at ``y``, applied to
+    ``z``), ``ckp1`` the step's averaging weight."""
+    if decoupled_decay:
+        z -= decoupled_decay * p
+    v[...] = beta2 * v + (1 - beta2) * g * g
+    z -= lr * (g / (np.sqrt(v / bias_correction2) + eps))
+    x[...] = (1 - ckp1) * x + ckp1 * z
+    return schedulefree_y_rule(p, x, z, beta1)
+
+
+def schedulefree_sgd_rule(p: Any, g: Any, z: Any, x: Any, lr: float, momentum: float,
+                          ckp1: float) -> Any:
+    """schedulefree's ``SGDScheduleFreeReference``: ``p`` holds ``y`` (where its weight decay
+    is coupled: ``g + weight_decay*y``), ``lr`` is the step's (warmup applied), ``ckp1`` the
+    step's averaging weight."""
+    z -= lr * g
+    x[...] = (1 - ckp1) * x + ckp1 * z
+    return schedulefree_y_rule(p, x, z, momentum)
+
+
+def schedulefree_interpolate(params: Params, keys: list[Any], xs: list[Any], zs: list[Any],
+                             momentum: float) -> None:
+    """``schedulefree_y_rule`` for each key (a scalar param's new value stored back)."""
+    for key, x, z in zip(keys, xs, zs, strict=True):
+        param = params[key]
+        new = schedulefree_y_rule(param, x, z, momentum)
+        if not isinstance(param, np.ndarray):
+            params[key] = new   # type: ignore[index]
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient clipping by global norm. The sum of squares has a fixed blocking, so that the
 # compiled version (fastopt/_kernels.pyx) gives the same bits at every SIMD width and thread
@@ -471,3 +516,18 @@ class LAMB(ReferenceOptimizer, _rules.LAMB):
 class Lion(ReferenceOptimizer, _rules.Lion):
     """Lion (Chen et al. 2023): ``c = beta1*m + (1-beta1)*g;
     p -= lr*(sign(c) + weight_decay*p); m = beta2*m + (1-beta2)*g``."""
+
+
+class ScheduleFreeAdamW(ReferenceOptimizer, _rules.ScheduleFreeAdamW):
+    """schedulefree's ``AdamWScheduleFreeReference``: ``z -= lr*weight_decay*y;
+    v = beta2*v + (1-beta2)*g*g; z -= lr*(g/(sqrt(v/(1-beta2**t)) + eps));
+    x = (1-ckp1)*x + ckp1*z; y = beta1*x + (1-beta1)*z``."""
+
+    _interpolate = staticmethod(schedulefree_interpolate)
+
+
+class ScheduleFreeSGD(ReferenceOptimizer, _rules.ScheduleFreeSGD):
+    """schedulefree's ``SGDScheduleFreeReference``: ``z -= lr*g; x = (1-ckp1)*x + ckp1*z;
+    y = momentum*x + (1-momentum)*z``."""
+
+    _interpolate = staticmethod(schedulefree_interpolate)

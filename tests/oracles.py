@@ -484,3 +484,88 @@ def lion(params, grads, state, t, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0
             p -= lr * np.sign(c)
         m[key] = beta2 * m[key] + (1 - beta2) * g
     return params, state
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule-Free (Defazio et al. 2024, "The Road Less Scheduled"), as the schedulefree package's
+# reference classes state it (``AdamWScheduleFreeReference.step``,
+# ``SGDScheduleFreeReference.step``): each torch statement here in NumPy, in its order, with
+# its scalars as Python floats (``addcdiv_(g, d, value=-lr)`` is ``z + (-lr)*(g/d)``,
+# ``mul_(a).add_(b, alpha=c)`` is ``x*a + c*b``).
+
+def _schedule_free_weight(state, t, lr, warmup_steps, r, weight_lr_power):
+    """The step's learning rate and averaging weight ``ckp1``; updates the scalar state
+    ``lr_max`` (-1 before the first step) and ``weight_sum``."""
+    k = t - 1
+    sched = (k + 1) / warmup_steps if k < warmup_steps else 1.0
+    lr = lr * sched
+    lr_max = state["lr_max"] = max(lr, state.get("lr_max", -1.0))
+    weight = ((k + 1)**r) * (lr_max**weight_lr_power)
+    weight_sum = state["weight_sum"] = state.get("weight_sum", 0.0) + weight
+    try:
+        ckp1 = weight / weight_sum
+    except ZeroDivisionError:
+        ckp1 = 0
+    state["train_mode"] = 1.0
+    return lr, ckp1
+
+
+def _clones(state, name, params):
+    """State ``name``: copies of each param where new (schedulefree's ``torch.clone(p)``)."""
+    arrays = state.setdefault(name, {})
+    for key, p in params.items():
+        if key not in arrays:
+            arrays[key] = np.array(p, copy=True)
+    return arrays
+
+
+def schedulefree_adamw(params, grads, state, t, lr=0.0025, beta1=0.9, beta2=0.999, eps=1e-8,
+                       weight_decay=0.0, warmup_steps=0, r=0.0, weight_lr_power=2.0,
+                       weight_decay_filter=None):
+    """Schedule-Free AdamW (decoupled decay, at y: the params)::
+
+        lr_k = lr*sched;  lr_max = max(lr_k, lr_max);  weight = t**r * lr_max**weight_lr_power
+        weight_sum += weight;  ckp1 = weight/weight_sum
+        z -= lr_k*weight_decay*y;  v = v*beta2 + (1 - beta2)*g*g
+        z += -lr_k*(g/(sqrt(v/(1 - beta2**t)) + eps))
+        x = x*(1 - ckp1) + ckp1*z;  y = x*beta1 + (1 - beta1)*z
+
+    Bits.
+    """
+    params, state = _copied(params, state)
+    lr, ckp1 = _schedule_free_weight(state, t, lr, warmup_steps, r, weight_lr_power)
+    z, x = _clones(state, "z", params), _clones(state, "x", params)
+    v = _zeros(state, "v", params)
+    bias_correction2 = 1 - beta2**t
+    for key, y in params.items():
+        g = grads[key]
+        decay = _decay_of(weight_decay, weight_decay_filter, key, y)
+        if decay != 0:
+            z[key] = z[key] - (lr * decay) * y
+        v[key] = v[key] * beta2 + (1 - beta2) * g * g
+        denom = np.sqrt(v[key] / bias_correction2) + eps
+        z[key] = z[key] + (-lr) * (g / denom)
+        x[key] = x[key] * (1 - ckp1) + ckp1 * z[key]
+        y[...] = x[key] * beta1 + (1 - beta1) * z[key]
+    state["last_beta1"] = beta1
+    return params, state
+
+
+def schedulefree_sgd(params, grads, state, t, lr=1.0, momentum=0.9, warmup_steps=0, r=0.0,
+                     weight_lr_power=2.0):
+    """Schedule-Free SGD (coupled decay ``g + weight_decay*y``, in the grads it is given)::
+
+        lr_k, ckp1 as Schedule-Free AdamW's
+        z -= lr_k*g;  x = x*(1 - ckp1) + ckp1*z;  y = x*momentum + (1 - momentum)*z
+
+    Bits.
+    """
+    params, state = _copied(params, state)
+    lr, ckp1 = _schedule_free_weight(state, t, lr, warmup_steps, r, weight_lr_power)
+    z, x = _clones(state, "z", params), _clones(state, "x", params)
+    for key, y in params.items():
+        z[key] = z[key] - lr * grads[key]
+        x[key] = x[key] * (1 - ckp1) + ckp1 * z[key]
+        y[...] = x[key] * momentum + (1 - momentum) * z[key]
+    state["last_momentum"] = momentum
+    return params, state

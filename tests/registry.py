@@ -43,6 +43,11 @@ class Entry:
         State attributes kept only with an option: attribute -> the option that adds it.
     scalar_state : tuple of str
         Scalar state attributes (beside ``iter``), such as NAdam's ``mu_product``.
+    param_state : tuple of str
+        State arrays that start as copies of the param (Schedule-Free's ``z`` and ``x``), not at
+        zero: tests/test_weight_decay.py's check that the state never sees the params' inf and
+        nan does not apply to such a rule (tests/test_schedulefree.py makes it after the first
+        update instead).
     other_values : mapping of str to float
         A second value for each of its float hyperparameters, set between two steps by
         ``test_changing_a_hyperparameter_takes_effect_on_the_next_step``.
@@ -60,6 +65,7 @@ class Entry:
     state: tuple[str, ...] = ()
     option_state: Mapping[str, str] = field(default_factory=dict)
     scalar_state: tuple[str, ...] = ()
+    param_state: tuple[str, ...] = ()
     other_values: Mapping[str, float] = field(default_factory=dict)
     rtol: float | Mapping[Any, float] = oracles.EXACT
 
@@ -141,6 +147,20 @@ REGISTRY = (
           state=("m", "v", "direction"),
           other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1, "weight_decay": 0.5},
           rtol=oracles.LAMB_RTOL),
+    Entry("ScheduleFreeAdamW", oracles.schedulefree_adamw, lr=0.01,
+          configs=({}, {"warmup_steps": 5, "r": 0.5, "weight_decay": 0.01}),
+          state=("z", "v", "x"),
+          scalar_state=("weight_sum", "lr_max", "train_mode", "last_beta1"),
+          param_state=("z", "x"),
+          other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1, "weight_decay": 0.5,
+                        "warmup_steps": 10, "r": 1.0, "weight_lr_power": 0.5}),
+    Entry("ScheduleFreeSGD", oracles.schedulefree_sgd, lr=0.1,
+          configs=({}, {"warmup_steps": 5, "r": 0.5, "weight_decay": 0.01}),
+          state=("z", "x"),
+          scalar_state=("weight_sum", "lr_max", "train_mode", "last_momentum"),
+          param_state=("z", "x"),
+          other_values={"lr": 0.3, "momentum": 0.5, "weight_decay": 0.5, "warmup_steps": 10,
+                        "r": 1.0, "weight_lr_power": 0.5}),
 )
 
 BY_NAME = {entry.name: entry for entry in REGISTRY}

@@ -136,7 +136,8 @@ def test_a_key_first_seen_later_gets_zero_state(config, dtype):
     ours["new"] = rng.standard_normal(6).astype(dtype)
     theirs["new"] = ours["new"].copy()
     fresh_start = ours["new"].copy()
-    mu_product = getattr(ref, "mu_product", None)   # NAdam's running product, before this step
+    # The scalar state before this step (NAdam's running product, Schedule-Free's weight sum)
+    scalars = {name: getattr(ref, name) for name in type(ref)._scalar_state}
     grads = {"old": rng.standard_normal((4, 3)).astype(dtype),
              "new": rng.standard_normal(6).astype(dtype)}
     fast.update(ours, grads)
@@ -150,8 +151,8 @@ def test_a_key_first_seen_later_gets_zero_state(config, dtype):
         return   # clipping scales by the norm of all grads, which a key alone does not have
     fresh = getattr(reference, name)(lr=LEARNING_RATES[name], **options)
     fresh.iter = fast.iter - 1
-    if mu_product is not None:
-        fresh.mu_product = mu_product
+    for scalar, value in scalars.items():
+        setattr(fresh, scalar, value)
     alone = {"new": fresh_start}
     fresh.update(alone, {"new": grads["new"]})
     assert_same_bits(ours["new"], alone["new"])
