@@ -62,6 +62,11 @@ def _not_bias(key, param):
 
 def configs():
     """(name, class name, kwargs, dtype per key, by key) for the trajectory tests."""
+    # Imported here, not at import (see NEUTRAL); registry from tests/, on the path of pytest
+    # and of this file run as a script.
+    import fastopt
+
+    import registry
     f64 = dict.fromkeys(SHAPES, "float64")
     mixed = {key: ("float32" if key.startswith("W") else "float64") for key in SHAPES}
     f32 = dict.fromkeys(SHAPES, "float32")
@@ -74,6 +79,12 @@ def configs():
          {"weight_decay": 1e-2, "weight_decay_filter": _not_bias, "max_grad_norm": 2.0}, mixed,
          True),
         ("nadam-mixed-dict", "NAdam", {}, mixed, True),
+        # every other rule ShardedOptimizer takes (not those with a per-param reduction), with
+        # its defaults and the test's learning rate
+        *[(f"{entry.name.lower()}-f64-dict", entry.name, {"lr": entry.lr}, f64, True)
+          for entry in registry.REGISTRY
+          if entry.name not in ("Adam", "AdamW", "Momentum", "NAdam")
+          and not getattr(fastopt, entry.name)._reduced],
     ]
 
 
@@ -569,7 +580,8 @@ def test_state_per_rank_is_its_share_of_the_single_process_state(ranks, tmp_path
                    for array in (getattr(single, state_name).values() if by_key
                                  else getattr(single, state_name)))
         per_rank = data[f"{name}/nbytes"]
-        assert full > 0 and per_rank.sum() == full, name   # the shares partition the state
+        # the shares partition the state (none for a rule without state arrays: SGD)
+        assert (full > 0) == bool(single.state_names) and per_rank.sum() == full, name
         # No rank holds more than its ceil(N/W) block of each dtype, for each state array.
         slots = len(single.state_names)
         arrays = list(params.values()) if by_key else params
