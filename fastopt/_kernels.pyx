@@ -115,6 +115,7 @@ ctypedef struct Step:
     double decoupled_decay   # AdamW's lr*weight_decay, Lion's weight_decay
     double clip              # ADOPT's bound on the normalised grad
     double ratio             # LAMB's trust ratio, one param's
+    double lookahead_alpha   # Lookahead's slow step size (fastopt/wrappers.py)
     bint eps_inside_sqrt
     bint soft_roots          # float64 square roots by fastopt_soft_roots (set by _run)
     bint velocity_first
@@ -820,6 +821,19 @@ cdef void _lamb_apply(floating* p, const floating* g, floating* m, floating* v,
         p[i] = p[i] - lr * (ratio * direction[i])
 
 
+cdef void _lookahead(floating* p, const floating* g, floating* slow, floating* unused1,
+                     floating* unused2, intp n, const Step* c, bint decay) noexcept nogil:
+    # Lookahead's sync (Zhang et al. 2019; timm's Lookahead), not an update rule: the slow
+    # weights move toward the fast ones (the param), then the param is set to them. It reads no
+    # grad, so it has no grad transform: the wrapper passes the step's grads only because every
+    # loop's checks (``_plan``) take one of the param's shape and dtype.
+    cdef floating alpha = <floating>c.lookahead_alpha
+    cdef intp i
+    for i in range(n):
+        slow[i] = slow[i] + alpha * (p[i] - slow[i])
+        p[i] = slow[i]
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks and the driver.
 
@@ -1407,6 +1421,7 @@ _register("lion", _lion[float], _lion[double], 1, STREAMING_MIN)
 _register("adopt", _adopt[float], _adopt[double], 2, DIVIDING_MIN)
 _register("lamb", _lamb[float], _lamb[double], 3, DIVIDING_MIN)
 _register("lamb_apply", _lamb_apply[float], _lamb_apply[double], 3, STREAMING_MIN)
+_register("lookahead", _lookahead[float], _lookahead[double], 1, STREAMING_MIN)
 
 
 cdef Rule* _loop_named(str name) except NULL:
@@ -1455,6 +1470,7 @@ _field("rectified", &_layout.rectified, True)
 _field("clip", &_layout.clip, False)
 _field("first", &_layout.first, True)
 _field("ratio", &_layout.ratio, False)
+_field("lookahead_alpha", &_layout.lookahead_alpha, False)
 
 
 def step_fields():
