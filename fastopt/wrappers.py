@@ -235,8 +235,10 @@ class Partition(_Wrapper):
                                 f"a group holds one of fastopt's optimizers (a Partition's "
                                 f"groups are flat; wrap the whole Partition in Lookahead)")
             if not isinstance(optimizer, Optimizer):
-                raise TypeError(f"group {index}'s optimizer is {describe(optimizer)}; expected "
-                                f"one of fastopt's optimizers (fastopt.Adam(...), ...)")
+                kind = type(optimizer)
+                raise TypeError(f"group {index}'s optimizer is a {kind.__module__}."
+                                f"{kind.__qualname__}; expected one of fastopt's compiled "
+                                f"optimizers (fastopt.Adam(...), ...)")
             for other, (_, earlier) in enumerate(checked):
                 if earlier is optimizer:
                     raise ValueError(f"groups {other} and {index} hold the same "
@@ -529,8 +531,10 @@ class Lookahead(_Wrapper):
         if isinstance(base, Lookahead):
             raise TypeError("base is already a Lookahead; wrap the optimizer once")
         if not isinstance(base, (OptimizerCore, Partition)):
-            raise TypeError(f"base is {describe(base)}; expected one of fastopt's optimizers "
-                            f"(fastopt.Adam(...), ...) or a fastopt.Partition")
+            kind = type(base)
+            raise TypeError(f"base is a {kind.__module__}.{kind.__qualname__}; expected one of "
+                            f"fastopt's optimizers (fastopt.Adam(...), ...) or a "
+                            f"fastopt.Partition")
         self.base = base
         self.alpha = alpha
         self.k = k
