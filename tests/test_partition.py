@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import io
+import json
 import pickle
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -490,3 +493,58 @@ def test_sharded_optimizer_refuses_a_partition_and_says_why():
                                "optimizer's params into flat pieces"), lines
     assert lines[1].startswith("a Lookahead cannot be sharded"), lines
     assert "GradientAverager" in lines[0]
+
+
+# --- the wrapper's file: tampered or truncated files are refused clearly ---------------------
+
+def rewritten(source, target, change_members=None, change_metadata=None):
+    """A copy of checkpoint ``source`` at ``target`` with its members or metadata changed."""
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    if change_metadata is not None:
+        record = json.loads(str(np.load(io.BytesIO(members["metadata.npy"]))))
+        change_metadata(record)
+        buffer = io.BytesIO()
+        np.save(buffer, np.array(json.dumps(record)))
+        members["metadata.npy"] = buffer.getvalue()
+    if change_members is not None:
+        change_members(members)
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_a_tampered_wrapper_file_is_refused_by_name(tmp_path):
+    partition, _, _ = trained_partition()
+    good = tmp_path / "good.npz"
+    fastopt.save(good, Lookahead(partition))
+    bad = tmp_path / "bad.npz"
+
+    def drop(members):
+        del members["parts.0.parts.0.state.m.1.npy"]
+
+    def add(members):
+        members["parts.0.state.m.0.npy"] = members["parts.0.parts.0.state.m.0.npy"]
+
+    def deep(record):
+        part = record
+        for _ in range(9):
+            part["parts"] = [{**part, "parts": []}]
+            part = part["parts"][0]
+
+    cases = [
+        ({"change_members": drop}, r"is missing the arrays \['parts\.0\.parts\.0\.state\.m\.1'\]"),
+        ({"change_members": add}, r"holds members its metadata does not name: "
+                                  r"\['parts\.0\.state\.m\.0\.npy'\]"),
+        ({"change_metadata": lambda record: record.update(parts={"a": 1})},
+         r"'parts' must be a list of checkpoints"),
+        ({"change_metadata": lambda record: record["parts"][0].pop("routes")},
+         r"part 0: not a usable fastopt checkpoint: a wrapper's checkpoint: missing fields "
+         r"\['routes'\]"),
+        ({"change_metadata": deep}, "wrappers' checkpoints nest more than 8 deep"),
+    ]
+    for change, message in cases:
+        rewritten(good, bad, **change)
+        with pytest.raises(ValueError, match=message):
+            fastopt.load(bad)
+    assert fastopt.load(good)["parts"][0]["routes"] == partition.routes
