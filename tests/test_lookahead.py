@@ -157,6 +157,48 @@ def test_the_compiled_sync_has_the_bits_of_its_numpy_definition(dtype, size, alp
     assert_same_bits(slow, slow_numpy)
 
 
+LEVEL_WORKER = """
+import sys
+import numpy as np
+import fastopt
+from fastopt._simd import kernels
+sys.path.insert(0, sys.argv[1])
+import test_lookahead as here
+arrays = {}
+for dtype in (np.float64, np.float32):
+    for size in (1023, 2**18 + 9):
+        fast, slow = here.special_arrays(dtype, size, np.random.default_rng(size))
+        with np.errstate(all="ignore"):
+            assert kernels.run("lookahead", [fast], [np.zeros_like(fast)], [slow], None, None,
+                               None, None, 0.0, {"lookahead_alpha": 0.3})
+        arrays[f"{np.dtype(dtype).name} {size} fast"] = fast
+        arrays[f"{np.dtype(dtype).name} {size} slow"] = slow
+np.savez(sys.argv[2], **arrays)
+print(fastopt.simd_level())
+"""
+
+
+def test_every_simd_level_and_thread_count_gives_the_numpy_bits(tmp_path):
+    expected = {}
+    for dtype in (np.float64, np.float32):
+        for size in (1023, 2**18 + 9):
+            fast, slow = special_arrays(dtype, size, np.random.default_rng(size))
+            with np.errstate(all="ignore"):
+                reference.lookahead_rule(fast, None, slow, 0.3)
+            expected[f"{np.dtype(dtype).name} {size} fast"] = fast
+            expected[f"{np.dtype(dtype).name} {size} slow"] = slow
+    runs = [(level, "2") for level in fastopt.simd_levels()] + [(fastopt.simd_level(), "1")]
+    for level, threads in runs:
+        out = tmp_path / f"{level}-{threads}.npz"
+        result = run_python(LEVEL_WORKER, str(Path(__file__).parent), str(out),
+                            FASTOPT_SIMD=level, FASTOPT_NUM_THREADS=threads)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [level]
+        found = np.load(out)
+        for name, array in expected.items():
+            assert_same_bits(found[name], array)
+
+
 def test_params_the_loops_do_not_take_get_the_same_numbers():
     # Non-contiguous views and float16 take NumPy's rule; the numbers are the loop's.
     rng = np.random.default_rng(3)
