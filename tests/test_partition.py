@@ -143,17 +143,19 @@ def test_params_are_updated_in_place():
 # --- one clip over all grads -----------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_one_clip_over_all_grads_gives_the_bits_of_one_optimizer_on_all_keys(dtype):
+@pytest.mark.parametrize("name", ["Adam", "LAMB", "NAdam", "SGD"])   # LAMB: two passes
+def test_one_clip_over_all_grads_gives_the_bits_of_one_optimizer_on_all_keys(dtype, name):
     rng = np.random.default_rng(3)
     params, grads = params_and_grads(rng, dtype, scale=5.0)
     single_params, per_group_params = copied(params), copied(params)
     limit = 1.0
     assert fastopt.clipping.global_norm(list(grads[0].values())) > 4 * limit   # it clips
-    partition = Partition([(matrices, Adam(lr=0.1)), (None, Adam(lr=0.1))],
+    cls = getattr(fastopt, name)
+    partition = Partition([(matrices, cls(lr=0.1)), (None, cls(lr=0.1))],
                           max_grad_norm=limit)
-    single = Adam(lr=0.1, max_grad_norm=limit)
+    single = cls(lr=0.1, max_grad_norm=limit)
     # What the test must tell apart: each group clipping by the norm of its own grads.
-    per_group = [Adam(lr=0.1, max_grad_norm=limit), Adam(lr=0.1, max_grad_norm=limit)]
+    per_group = [cls(lr=0.1, max_grad_norm=limit), cls(lr=0.1, max_grad_norm=limit)]
     for grad in grads:
         originals = copied(grad)
         partition.update(params, grad)
