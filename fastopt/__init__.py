@@ -49,12 +49,15 @@ from .checkpoint import load as load
 from .checkpoint import save as save
 from .clipping import clip_grad_norm as clip_grad_norm
 from .optimizers import *  # noqa: F403 - every optimizer class
+from .wrappers import Lookahead as Lookahead
+from .wrappers import Partition as Partition
 
 # `from fastopt import *` gives every name `from common.optimizer import *` gives a script of
 # the first book, `np` included (that file has no __all__ and its scripts use its `np`), plus
 # the optimizers beyond the book. `from fastopt.book import *` gives the book's names and no more.
 __all__ = ["np"]
 __all__ += _optimizers.__all__
+__all__ += ["Lookahead", "Partition"]   # fastopt.wrappers: optimizers made of optimizers
 
 # With threadpoolctl installed, threadpool_info() lists fastopt's pool and threadpool_limits()
 # limits it (fastopt/_config.py); fastopt does not need threadpoolctl.

@@ -34,7 +34,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -241,6 +241,16 @@ def _partial_note(optimizer: Any, keys: list[Any], finished: int) -> str:
     return (f"fastopt: this {type(optimizer).__name__}.update was stopped part way: {where}, "
             f"and iter is now {optimizer.iter}: continue from a checkpoint taken "
             f"before")
+
+
+class Checked(NamedTuple):
+    """What the check phase of a checked update found (``Optimizer._check_inputs``)."""
+
+    keys: Any                  # the params' keys, or range(len(params))
+    params: list[Any]          # in that order
+    grads: list[Any]           # each read once, in that order
+    compiled: list[bool]       # whether the compiled loops take each (``_kernels.ready``)
+    decays: Any                # the weight-decay filter's answers (None: every param decays)
 
 
 def _pad(states: list[Any]) -> list[Any]:
@@ -459,7 +469,14 @@ class Optimizer(OptimizerCore):
     def _update_checked(self, params: Params, grads: Grads, values: dict[str, float],
                         step: Step) -> None:
         """Validate every key, then update each by the kernel or by NumPy's rule."""
-        # --- check: nothing is written until "apply" ---------------------------------------
+        checked = self._check_inputs(params, grads)
+        self._apply_checked(params, grads, checked, values, step,
+                            self._clip_factor(checked.grads))
+
+    def _check_inputs(self, params: Params, grads: Grads) -> Checked:
+        """The check phase of a checked update: validate every key's param, grad and existing
+        state (each grad read once) and ask the weight-decay filter about new keys; nothing is
+        written. ``fastopt.Partition`` runs it for every group before any group's apply."""
         by_name = isinstance(params, Mapping)
         if by_name:
             if not isinstance(grads, Mapping):
@@ -526,7 +543,6 @@ class Optimizer(OptimizerCore):
             compiled.append(_kernels.ready(param, grad, *own))
             owns.append(own)
         decays = self._key_decays(params)
-        grad_scale = self._clip_factor(grad_list)
         if _settings.slow_path_warning():
             names = [name for name, _ in used]
             for key, param, grad, own, fast in zip(keys, param_list, grad_list, owns,
@@ -535,9 +551,15 @@ class Optimizer(OptimizerCore):
                     reason = _slow_reason(param, grad, list(zip(names, own, strict=True)))
                     warnings.warn(f"param {key!r} is updated by NumPy's path, several times "
                                   f"slower than the compiled loops, because {reason}",
-                                  SlowPathWarning, stacklevel=4)
+                                  SlowPathWarning, stacklevel=5)
+        return Checked(keys, param_list, grad_list, compiled, decays)
 
-        # --- apply ---------------------------------------------------------------------------
+    def _apply_checked(self, params: Params, grads: Grads, checked: Checked,
+                       values: dict[str, float], step: Step, grad_scale: float | None) -> None:
+        """The apply phase of a checked update, after ``_check_inputs``: zero state for new
+        keys, the step counted, every key updated with the grads scaled by ``grad_scale``
+        (the clip factor, None for none)."""
+        keys, param_list, grad_list, compiled, decays = checked
         finished = 0   # keys updated, in order
         try:
             self._add_zero_state(params)

@@ -116,6 +116,7 @@ ctypedef struct Step:
     double clip              # ADOPT's bound on the normalised grad
     double ratio             # LAMB's trust ratio, one param's
     double ckp1              # Schedule-Free's averaging weight of the step
+    double lookahead_alpha   # Lookahead's slow step size (fastopt/wrappers.py)
     bint eps_inside_sqrt
     bint soft_roots          # float64 square roots by fastopt_soft_roots (set by _run)
     bint velocity_first
@@ -889,6 +890,19 @@ cdef void _schedulefree_train(floating* p, const floating* x, floating* z, float
         p[i] = _schedulefree_y(x[i], z[i], momentum, one_minus_momentum)
 
 
+cdef void _lookahead(floating* p, const floating* g, floating* slow, floating* unused1,
+                     floating* unused2, intp n, const Step* c, bint decay) noexcept nogil:
+    # Lookahead's sync (Zhang et al. 2019; timm's Lookahead), not an update rule: the slow
+    # weights move toward the fast ones (the param), then the param is set to them. It reads no
+    # grad, so it has no grad transform: the wrapper passes the step's grads only because every
+    # loop's checks (``_plan``) take one of the param's shape and dtype.
+    cdef floating alpha = <floating>c.lookahead_alpha
+    cdef intp i
+    for i in range(n):
+        slow[i] = slow[i] + alpha * (p[i] - slow[i])
+        p[i] = slow[i]
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks and the driver.
 
@@ -1482,6 +1496,7 @@ _register("schedulefree_sgd", _schedulefree_sgd[float], _schedulefree_sgd[double
           STREAMING_MIN)
 _register("schedulefree_train", _schedulefree_train[float], _schedulefree_train[double], 1,
           STREAMING_MIN)
+_register("lookahead", _lookahead[float], _lookahead[double], 1, STREAMING_MIN)
 
 
 cdef Rule* _loop_named(str name) except NULL:
@@ -1531,6 +1546,7 @@ _field("clip", &_layout.clip, False)
 _field("first", &_layout.first, True)
 _field("ratio", &_layout.ratio, False)
 _field("ckp1", &_layout.ckp1, False)
+_field("lookahead_alpha", &_layout.lookahead_alpha, False)
 
 
 def step_fields():

@@ -167,6 +167,9 @@ def _plan(optimizer: OptimizerCore, state: Mapping[str, Any]) -> dict[str, Any]:
     if saved != mine:
         raise ValueError(f"the checkpoint is of class {saved}, but this optimizer is a {mine}; "
                          f"load it into a {saved}")
+    if "parts" in state:   # fastopt/wrappers.py's kind, whatever class it names
+        raise _fail(f"it names class {saved} but is a wrapper's checkpoint (with parts); an "
+                    f"optimizer's has none")
     changes: dict[str, Any] = {}
     checks = optimizer._all_hyperparameters()
     hypers = state["hyperparameters"]

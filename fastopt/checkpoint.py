@@ -43,6 +43,22 @@ container replaced by its description (``{"container": "dict", "keys": [...]}`` 
 [...], "values": [...]}`` or ``{"container": "list", "values": [...]}``; then one member per
 state array, ``state.<name>.<i>`` for the ``i``-th entry of state ``name`` (float16, float32 or
 float64, as the optimizer holds it). Keys must be str or int to be saved.
+
+A wrapper of optimizers (``fastopt.Partition``, ``fastopt.Lookahead``) saves one checkpoint
+of another shape, holding the ordinary checkpoints of the optimizers it wraps::
+
+    {"format": "fastopt-checkpoint", "version": 1,
+     "class": {"module": "fastopt.wrappers", "qualname": "Lookahead"},
+     "settings": {"alpha": 0.5, "k": 6},        # the wrapper's own numbers (or None)
+     "iter": 12,
+     "routes": None,                            # or which part takes each key (an int by key
+                                                # or position): Partition's routing
+     "state": {"slow": {"W1": array, ...}},     # the wrapper's own arrays, as above
+     "parts": [{...}, ...]}                     # the wrapped optimizers' checkpoints, in order
+
+In the file, ``routes`` is described as ``decays`` is, and each part's record sits in its
+place in the metadata, its arrays being the members ``parts.<j>.state.<name>.<i>`` (nested
+wrappers prefix again: ``parts.0.parts.1.state.m.0``); parts nest at most ``MAX_DEPTH`` deep.
 """
 from __future__ import annotations
 
@@ -74,6 +90,10 @@ _FLOAT_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float
 # Float state kept beside the arrays, by attribute name, on the classes that have it.
 FIELDS = ("format", "version", "class", "hyperparameters", "options", "max_grad_norm",
            "weight_decay_filter", "iter", "state", "decays")
+#: The fields of a wrapper's checkpoint (``parts``: the wrapped optimizers' checkpoints).
+WRAPPER_FIELDS = ("format", "version", "class", "settings", "iter", "routes", "state", "parts")
+#: How deep wrappers' checkpoints may nest (a Lookahead of a Partition is 2).
+MAX_DEPTH = 8
 _SCHEDULES = "fastopt.schedules"
 
 
@@ -123,8 +143,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_plain(state: Mapping[str, Any]) -> None:
-    """Raise ValueError unless ``state`` is a well-formed checkpoint of this version."""
+def _check_plain(state: Mapping[str, Any], depth: int = 0) -> None:
+    """Raise ValueError unless ``state`` is a well-formed checkpoint of this version (an
+    optimizer's, or a wrapper's whose parts are, ``depth`` levels down)."""
     if state.get("format") != FORMAT:
         raise ValueError(f"not a fastopt checkpoint: its 'format' is {state.get('format')!r}; "
                          f"expected {FORMAT!r}")
@@ -134,6 +155,9 @@ def _check_plain(state: Mapping[str, Any]) -> None:
         raise ValueError(f"fastopt checkpoint of version {version!r}; this fastopt reads "
                          f"version {VERSION}" + (" (the file is from a newer fastopt)"
                                                  if newer else ""))
+    if "parts" in state:
+        _check_wrapper(state, depth)
+        return
     # Beside the fields every checkpoint has, a rule's float state (NAdam's mu_product): any
     # other field a number; which the optimizer keeps, and their ranges, it checks itself.
     missing = [name for name in FIELDS if name not in state]
@@ -141,10 +165,7 @@ def _check_plain(state: Mapping[str, Any]) -> None:
                    if name not in FIELDS and not (isinstance(name, str) and _is_number(value)))
     if missing or extra:
         raise _fail(_differences("fields", missing, extra))
-    cls = state["class"]
-    if (not isinstance(cls, Mapping) or set(cls) != {"module", "qualname"}
-            or not all(isinstance(cls[name], str) for name in cls)):
-        raise _fail(f"'class' must be {{'module': str, 'qualname': str}}; got {cls!r}")
+    _check_class(state["class"])
     hypers = state["hyperparameters"]
     if not isinstance(hypers, Mapping) or not all(isinstance(name, str) for name in hypers):
         raise _fail(f"'hyperparameters' must map names to values; got {hypers!r}")
@@ -167,13 +188,31 @@ def _check_plain(state: Mapping[str, Any]) -> None:
     if type(state["weight_decay_filter"]) is not bool:
         raise _fail(f"'weight_decay_filter' must be True or False; got "
                     f"{state['weight_decay_filter']!r}")
-    # iter below 2**53: a step count a float holds exactly (bias corrections use t as one)
-    if type(state["iter"]) is not int or not 0 <= state["iter"] < 2**53:
-        raise _fail(f"'iter' must be an int >= 0 and < 2**53; got {state['iter']!r}")
+    _check_iter(state["iter"])
     for name, value in hypers.items():   # rebuilt and evaluated: a schedule that loads works
         if isinstance(value, Mapping) and "schedule" in value:
             _rebuild_schedule(name, value["schedule"], state["iter"])
-    containers = state["state"]
+    kinds = _check_containers(state["state"])
+    decays = state["decays"]
+    if decays is not None:
+        if isinstance(decays, Mapping):
+            kinds["decays"] = dict
+            values = list(decays.values())
+        elif isinstance(decays, list):
+            kinds["decays"] = list
+            values = decays
+        else:
+            raise _fail(f"'decays' must be None, a dict or a list; got {type(decays).__name__}")
+        if not all(type(value) is bool for value in values):
+            raise _fail("'decays' must hold True or False for each key")
+    if len(set(kinds.values())) > 1:
+        by = {name: "by key" if kind is dict else "by position" for name, kind in kinds.items()}
+        raise _fail(f"state kept partly by key and partly by position: {by}")
+
+
+def _check_containers(containers: Any) -> dict[str, type]:
+    """Check a checkpoint's ``state``: names -> None, or a dict or list of float arrays, the
+    state of one param (one key) agreeing in shape and dtype; return each one's kind."""
     if not isinstance(containers, Mapping) or not all(isinstance(n, str) for n in containers):
         raise _fail(f"'state' must map state names to None, a dict or a list; got "
                     f"{type(containers).__name__}")
@@ -204,21 +243,56 @@ def _check_plain(state: Mapping[str, Any]) -> None:
                 raise _fail(f"{where} has shape {array.shape} and dtype {array.dtype}, but "
                             f"state {first[0]}[{key!r}] has shape {first[1].shape} and dtype "
                             f"{first[1].dtype}; the state of one param must agree")
-    decays = state["decays"]
-    if decays is not None:
-        if isinstance(decays, Mapping):
-            kinds["decays"] = dict
-            values = list(decays.values())
-        elif isinstance(decays, list):
-            kinds["decays"] = list
-            values = decays
-        else:
-            raise _fail(f"'decays' must be None, a dict or a list; got {type(decays).__name__}")
-        if not all(type(value) is bool for value in values):
-            raise _fail("'decays' must hold True or False for each key")
-    if len(set(kinds.values())) > 1:
-        by = {name: "by key" if kind is dict else "by position" for name, kind in kinds.items()}
-        raise _fail(f"state kept partly by key and partly by position: {by}")
+    return kinds
+
+
+def _check_class(cls: Any) -> None:
+    if (not isinstance(cls, Mapping) or set(cls) != {"module", "qualname"}
+            or not all(isinstance(cls[name], str) for name in cls)):
+        raise _fail(f"'class' must be {{'module': str, 'qualname': str}}; got {cls!r}")
+
+
+def _check_iter(count: Any) -> None:
+    # iter below 2**53: a step count a float holds exactly (bias corrections use t as one)
+    if type(count) is not int or not 0 <= count < 2**53:
+        raise _fail(f"'iter' must be an int >= 0 and < 2**53; got {count!r}")
+
+
+def _is_index(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _check_wrapper(state: Mapping[str, Any], depth: int) -> None:
+    """The checks of ``_check_plain`` for a wrapper's checkpoint, its parts' included."""
+    missing = [name for name in WRAPPER_FIELDS if name not in state]
+    extra = sorted(str(name) for name in state if name not in WRAPPER_FIELDS)
+    if missing or extra:
+        raise _fail("a wrapper's checkpoint: " + _differences("fields", missing, extra))
+    _check_class(state["class"])
+    settings = state["settings"]
+    if (not isinstance(settings, Mapping)
+            or not all(isinstance(name, str) and (value is None or _is_number(value))
+                       for name, value in settings.items())):
+        raise _fail(f"'settings' must map names to numbers or None; got {settings!r}")
+    _check_iter(state["iter"])
+    routes = state["routes"]
+    if routes is not None:
+        values = (list(routes.values()) if isinstance(routes, Mapping)
+                  else routes if isinstance(routes, list) else None)
+        if values is None or not all(_is_index(value) for value in values):
+            raise _fail(f"'routes' must be None, or a dict or list of part numbers (ints >= "
+                        f"0); got {type(routes).__name__}")
+    _check_containers(state["state"])
+    parts = state["parts"]
+    if not isinstance(parts, list) or not all(isinstance(part, Mapping) for part in parts):
+        raise _fail(f"'parts' must be a list of checkpoints; got {type(parts).__name__}")
+    if depth >= MAX_DEPTH:
+        raise _fail(f"wrappers' checkpoints nest more than {MAX_DEPTH} deep")
+    for index, part in enumerate(parts):
+        try:
+            _check_plain(part, depth + 1)
+        except ValueError as error:
+            raise ValueError(f"part {index}: {error}") from None
 
 
 def _float(name: str, value: Any) -> float:
@@ -282,8 +356,18 @@ def _encode_key(key: Any, where: str) -> str | int:
 
 def _to_members(state: Mapping[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
     """The ``.npz`` members of a checked state dict: metadata first, then the arrays."""
-    record = {name: value for name, value in state.items() if name not in ("state", "decays")}
     arrays: dict[str, np.ndarray[Any, Any]] = {}
+    record = _encode(state, "", arrays)
+    text = json.dumps(record, allow_nan=True)
+    return {_METADATA: np.array(text), **arrays}
+
+
+def _encode(state: Mapping[str, Any], prefix: str,
+            arrays: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
+    """The metadata record of one checkpoint (a wrapper's parts' within it); its arrays go
+    to ``arrays`` as the members ``<prefix>state.<name>.<i>``."""
+    record = {name: value for name, value in state.items()
+              if name not in ("state", "decays", "routes", "parts")}
     described: dict[str, Any] = {}
     for name, container in state["state"].items():
         if container is None:
@@ -298,19 +382,24 @@ def _to_members(state: Mapping[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
             described[name] = {"container": "list", "length": len(container)}
             values = list(container)
         for index, array in enumerate(values):
-            arrays[f"state.{name}.{index}"] = array
+            arrays[f"{prefix}state.{name}.{index}"] = array
     record["state"] = described
-    decays = state["decays"]
-    if isinstance(decays, Mapping):
-        record["decays"] = {"container": "dict",
-                            "keys": [_encode_key(key, "decays") for key in decays],
-                            "values": list(decays.values())}
-    elif decays is not None:
-        record["decays"] = {"container": "list", "values": list(decays)}
-    else:
-        record["decays"] = None
-    text = json.dumps(record, allow_nan=True)
-    return {_METADATA: np.array(text), **arrays}
+    for field in ("decays", "routes"):
+        if field not in state:
+            continue
+        values = state[field]
+        if isinstance(values, Mapping):
+            record[field] = {"container": "dict",
+                             "keys": [_encode_key(key, field) for key in values],
+                             "values": list(values.values())}
+        elif values is not None:
+            record[field] = {"container": "list", "values": list(values)}
+        else:
+            record[field] = None
+    if "parts" in state:
+        record["parts"] = [_encode(part, f"{prefix}parts.{index}.", arrays)
+                           for index, part in enumerate(state["parts"])]
+    return record
 
 
 def save(file: str | os.PathLike[str], optimizer: Any) -> None:
@@ -532,58 +621,84 @@ def _read_archive(archive: zipfile.ZipFile, name: str, end: int) -> dict[str, An
                          f"not a JSON object")
     if record.get("format") != FORMAT or record.get("version") != VERSION:
         _check_plain_in(record, name)   # the format and version messages
-    if not isinstance(record.get("state"), dict):
-        raise _fail(f"{name}'s 'state' must map state names to their descriptions")
     # Every description checked, every named member present and every header read before
     # any array's data: nothing is built for more entries than the file has members.
+    nodes = _nodes(record, "", name, 0)   # the checkpoint, and a wrapper's parts within it
     arrays = len(members) - 1
-    described_keys: dict[str, list[Any] | None] = {}
     expected = {_METADATA + ".npy"}
-    for state_name, described in record["state"].items():
-        try:
-            keys = _container_keys(described, f"state {state_name!r}", arrays)
-        except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
-        described_keys[state_name] = keys
-        if keys is None:
-            continue
-        expected.update(f"state.{state_name}.{index}.npy" for index in range(len(keys)))
-        missing = [f"state.{state_name}.{index}" for index in range(len(keys))
-                   if f"state.{state_name}.{index}.npy" not in members]
-        if missing:
-            raise ValueError(f"{name} is missing the arrays {missing[:10]} that its "
-                             f"metadata names")
+    node_keys: list[dict[str, list[Any] | None]] = []
+    for prefix, node in nodes:
+        described_keys: dict[str, list[Any] | None] = {}
+        for state_name, described in node["state"].items():
+            member = f"{prefix}state.{state_name}"
+            try:
+                keys = _container_keys(described, f"state {prefix + state_name!r}", arrays)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+            described_keys[state_name] = keys
+            if keys is None:
+                continue
+            expected.update(f"{member}.{index}.npy" for index in range(len(keys)))
+            missing = [f"{member}.{index}" for index in range(len(keys))
+                       if f"{member}.{index}.npy" not in members]
+            if missing:
+                raise ValueError(f"{name} is missing the arrays {missing[:10]} that its "
+                                 f"metadata names")
+        node_keys.append(described_keys)
     extra = sorted(set(members) - expected)
     if extra:
         raise ValueError(f"{name} holds members its metadata does not name: {extra[:10]}; "
                          f"a fastopt checkpoint holds only its metadata and state arrays")
-    first: dict[tuple[bool, Any], tuple[str, tuple[int, ...], np.dtype[Any]]] = {}
-    for state_name, keys in described_keys.items():
-        for index, key in enumerate(keys or ()):
-            shape, dtype = _read_member(archive, f"state.{state_name}.{index}", name,
-                                        header_only=True)
-            by_key = record["state"][state_name]["container"] == "dict"
-            other, other_shape, other_dtype = first.setdefault((by_key, key),
-                                                               (state_name, shape, dtype))
-            if (other_shape, _native(other_dtype)) != (shape, _native(dtype)):
-                raise ValueError(f"{name}: " + str(_fail(
-                    f"state {state_name}[{key!r}] has shape {shape} and dtype {dtype}, but "
-                    f"state {other}[{key!r}] has shape {other_shape} and dtype "
-                    f"{other_dtype}; the state of one param must agree")))
-    state: dict[str, Any] = {}
-    for state_name, keys in described_keys.items():
-        if keys is None:
-            state[state_name] = None
-            continue
-        loaded = [_read_member(archive, f"state.{state_name}.{index}", name)
-                  for index in range(len(keys))]
-        state[state_name] = (dict(zip(keys, loaded, strict=True))
-                             if record["state"][state_name]["container"] == "dict"
-                             else loaded)
-    record["state"] = state
-    record["decays"] = _decode_decays(record.get("decays"))
+    for (prefix, node), described_keys in zip(nodes, node_keys, strict=True):
+        first: dict[tuple[bool, Any], tuple[str, tuple[int, ...], np.dtype[Any]]] = {}
+        for state_name, keys in described_keys.items():
+            for index, key in enumerate(keys or ()):
+                shape, dtype = _read_member(archive, f"{prefix}state.{state_name}.{index}",
+                                            name, header_only=True)
+                by_key = node["state"][state_name]["container"] == "dict"
+                other, other_shape, other_dtype = first.setdefault((by_key, key),
+                                                                   (state_name, shape, dtype))
+                if (other_shape, _native(other_dtype)) != (shape, _native(dtype)):
+                    raise ValueError(f"{name}: " + str(_fail(
+                        f"state {prefix}{state_name}[{key!r}] has shape {shape} and dtype "
+                        f"{dtype}, but state {prefix}{other}[{key!r}] has shape {other_shape} "
+                        f"and dtype {other_dtype}; the state of one param must agree")))
+    for (prefix, node), described_keys in zip(nodes, node_keys, strict=True):
+        state: dict[str, Any] = {}
+        for state_name, keys in described_keys.items():
+            if keys is None:
+                state[state_name] = None
+                continue
+            loaded = [_read_member(archive, f"{prefix}state.{state_name}.{index}", name)
+                      for index in range(len(keys))]
+            state[state_name] = (dict(zip(keys, loaded, strict=True))
+                                 if node["state"][state_name]["container"] == "dict"
+                                 else loaded)
+        node["state"] = state
+        for field in ("decays", "routes"):
+            if field in node or (field == "decays" and "parts" not in node):
+                node[field] = _decode_decays(node.get(field), field)
     _check_plain_in(record, name)
     return record
+
+
+def _nodes(record: dict[str, Any], prefix: str, name: str, depth: int
+           ) -> list[tuple[str, dict[str, Any]]]:
+    """The records of a checkpoint's metadata that describe arrays, with their members'
+    prefix: the checkpoint's own, then its parts' (a wrapper's), depth first."""
+    where = f"part {prefix[:-1]!r}'s " if prefix else ""
+    if not isinstance(record.get("state"), dict):
+        raise _fail(f"{name}'s {where}'state' must map state names to their descriptions")
+    found = [(prefix, record)]
+    if "parts" in record:
+        parts = record["parts"]
+        if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
+            raise _fail(f"{name}'s {where}'parts' must be a list of checkpoints")
+        if depth >= MAX_DEPTH:
+            raise _fail(f"{name}: wrappers' checkpoints nest more than {MAX_DEPTH} deep")
+        for index, part in enumerate(parts):
+            found += _nodes(part, f"{prefix}parts.{index}.", name, depth + 1)
+    return found
 
 
 def _check_plain_in(record: dict[str, Any], name: str) -> None:
@@ -628,7 +743,8 @@ def _container_keys(described: Any, where: str, limit: int | None = None
                 f"{{'container': 'list', 'length': n}}")
 
 
-def _decode_decays(described: Any) -> Any:
+def _decode_decays(described: Any, field: str = "decays") -> Any:
+    """``decays`` (or a wrapper's ``routes``) from its description in the metadata."""
     if described is None:
         return None
     if isinstance(described, dict):
@@ -637,11 +753,11 @@ def _decode_decays(described: Any) -> Any:
             if isinstance(values, list):
                 return values
         keys = _container_keys({"container": "dict", "keys": described.get("keys")},
-                               "decays") if described.get("container") == "dict" else None
+                               field) if described.get("container") == "dict" else None
         if (keys is not None and set(described) == {"container", "keys", "values"}
                 and isinstance(values, list) and len(values) == len(keys)):
             return dict(zip(keys, values, strict=True))
-    raise _fail(f"'decays' is described as {described!r}; expected None, {{'container': "
+    raise _fail(f"{field!r} is described as {described!r}; expected None, {{'container': "
                 f"'dict', 'keys': [...], 'values': [...]}} or {{'container': 'list', "
                 f"'values': [...]}}")
 

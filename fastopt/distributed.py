@@ -118,6 +118,7 @@ from ._simd import kernels as _kernels
 from ._validation import decision
 from .clipping import clip_coefficient
 from .schedules import Schedule
+from .wrappers import Lookahead, Partition
 
 try:
     # mpi4py ships its own stubs; the ignore is for type-checking without the extra.
@@ -557,6 +558,13 @@ class ShardedOptimizer:
 
     def _plan(self, optimizer: Optimizer, params: Any) -> None:
         """Check the optimizer and params; lay out the groups and this rank's pieces."""
+        if isinstance(optimizer, (Partition, Lookahead)):
+            name = type(optimizer).__name__
+            raise TypeError(f"a {name} cannot be sharded: ShardedOptimizer splits one "
+                            f"optimizer's params into flat pieces across the ranks, but a "
+                            f"Partition routes whole params by key (and clips over all of "
+                            f"them) and a Lookahead keeps whole slow copies; average the grads "
+                            f"with GradientAverager and step the {name} on every rank instead")
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be one of fastopt's optimizers (fastopt.Adam(...), "
                             f"...); got {type(optimizer).__name__}")

@@ -313,6 +313,17 @@ def schedulefree_interpolate(params: Params, keys: list[Any], xs: list[Any], zs:
             params[key] = new   # type: ignore[index]
 
 
+def lookahead_rule(p: Any, g: Any, slow: Any, lookahead_alpha: float) -> Any:
+    """Lookahead's sync (Zhang et al. 2019, timm's ``Lookahead``; ``fastopt.Lookahead``): the
+    slow weights move toward the fast ones, ``slow += alpha*(p - slow)``, then the param takes
+    their value. Not an update rule: ``g`` is not read (the compiled loop's signature has it)."""
+    slow += lookahead_alpha * (p - slow)
+    if isinstance(p, np.ndarray):
+        p[...] = slow
+        return p
+    return slow[()]
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient clipping by global norm. The sum of squares has a fixed blocking, so that the
 # compiled version (fastopt/_kernels.pyx) gives the same bits at every SIMD width and thread
