@@ -15,9 +15,21 @@ momentum coefficient grows from 0.5 to 0.9 (LinearRamp), and the grads are clipp
 norm of 1 (max_grad_norm); beside it, Momentum with the book's constant lr=0.01, momentum=0.9.
 The picture shows both losses and the two hyperparameters over the steps.
 
+With --schedule-free it trains ScheduleFreeAdamW at its defaults (lr=0.0025) with no schedule
+against Adam at the book's defaults (constant lr=0.001), from the same initial weights and on
+the same mini-batches, each again with fastopt and fastopt.reference. While training the
+params hold y, where the grads are taken; after each epoch opt.eval(params) puts x, the
+average, into them for the test set, and opt.train(params) puts y back before the next update.
+Its lr warms up over the first epoch (11 updates): the first Adam-style steps move every weight
+by about lr whatever its gradient (the second moment is one mini-batch's), and a warmup keeps
+those steps small and, through the averaging weights (lr_max**2), light in x. The picture
+shows the training losses (Schedule-Free's at y) and the test loss and accuracy after each
+epoch, Schedule-Free's at x and, dashed, at y.
+
     python examples/train_digits.py                    # writes examples/train_digits.png
     python examples/train_digits.py --quick            # 3 epochs, into $TMPDIR/fastopt-examples/
     python examples/train_digits.py --schedule         # writes examples/train_digits_schedule.png
+    python examples/train_digits.py --schedule-free    # examples/train_digits_schedulefree.png
 
 Needs the examples extra: pip install ".[examples]" (matplotlib, scikit-learn, tqdm).
 """
@@ -85,6 +97,14 @@ class Network:
                 delta = (delta @ self.params[f"W{i}"].T) * (activations[i - 1] > 0)
         return loss, grads
 
+    def loss(self, x: np.ndarray, t: np.ndarray) -> float:
+        """The cross-entropy loss_and_gradient returns, without the gradient."""
+        scores = self.scores(x)
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        y = np.exp(shifted)
+        y /= y.sum(axis=1, keepdims=True)
+        return float(-np.mean(np.log(y[np.arange(x.shape[0]), t] + 1e-7)))
+
     def accuracy(self, x: np.ndarray, t: np.ndarray) -> float:
         return float(np.mean(self.scores(x).argmax(axis=1) == t))
 
@@ -106,8 +126,14 @@ Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 def train(module: ModuleType, name: str, data: Data, epochs: int, seed: int, progress: bool,
           options: dict[str, Any] | None = None, label: str | None = None) -> dict[str, Any]:
-    """Train one network with ``getattr(module, name)(**options)``; return its losses,
-    accuracies and timings, and with ``options`` the hyperparameters of every step."""
+    """Train one network with ``getattr(module, name)(**options)``; return its losses, test
+    losses and accuracies (after each epoch), timings, the network and the optimizer, and with
+    ``options`` the hyperparameters of every step.
+
+    A Schedule-Free optimizer (one with ``eval``) is evaluated at ``x``, its average:
+    ``eval(params)`` before the test set, ``train(params)`` after it, so the next update sees
+    ``y`` again; its test loss and accuracy at ``y``, where the grads are taken, are kept too
+    (``test_losses_at_y``, ``accuracies_at_y``)."""
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     x_train, t_train, x_test, t_test = data
@@ -116,6 +142,9 @@ def train(module: ModuleType, name: str, data: Data, epochs: int, seed: int, pro
     batches = np.random.default_rng(seed + 1)
     per_epoch = len(x_train) // BATCH_SIZE
     losses, epoch_losses, accuracies, update_seconds, hyperparameters = [], [], [], [], []
+    test_losses: list[float] = []
+    at_y: dict[str, list[float]] = {"test_losses_at_y": [], "accuracies_at_y": []}
+    schedule_free = hasattr(optimizer, "eval")
     started = time.perf_counter()
     label = label or name
     where = "fastopt" if module is fastopt else "NumPy"
@@ -133,11 +162,19 @@ def train(module: ModuleType, name: str, data: Data, epochs: int, seed: int, pro
             update_seconds.append(time.perf_counter() - tick)
             losses.append(loss)
         epoch_losses.append(float(np.mean(losses[-per_epoch:])))
+        if schedule_free:
+            at_y["test_losses_at_y"].append(network.loss(x_test, t_test))
+            at_y["accuracies_at_y"].append(network.accuracy(x_test, t_test))
+            optimizer.eval(network.params)     # the params hold x, the average
+        test_losses.append(network.loss(x_test, t_test))
         accuracies.append(network.accuracy(x_test, t_test))
+        if schedule_free:
+            optimizer.train(network.params)    # y again, for the next update
         bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}", acc=f"{accuracies[-1]:.3f}")
-    return {"losses": losses, "epoch_losses": epoch_losses, "accuracies": accuracies,
+    return {"losses": losses, "epoch_losses": epoch_losses, "test_losses": test_losses,
+            "accuracies": accuracies, **(at_y if schedule_free else {}),
             "update_seconds": update_seconds, "total_seconds": time.perf_counter() - started,
-            "hyperparameters": hyperparameters}
+            "hyperparameters": hyperparameters, "network": network, "optimizer": optimizer}
 
 
 def epoch_axis(axis: Any) -> None:
@@ -272,6 +309,99 @@ def schedule_figure(results: dict[str, Any], epochs: int) -> Any:
     return figure
 
 
+def compare_schedule_free(data: Data, epochs: int, seed: int, progress: bool
+                          ) -> dict[str, Any]:
+    """--schedule-free: Adam at the book's defaults (constant lr) and ScheduleFreeAdamW at its
+    defaults with no schedule but one epoch of warmup, from the same initial weights and on
+    the same mini-batches; each trained by fastopt and by fastopt.reference, which must give
+    identical losses (Schedule-Free's test losses at x and at y too)."""
+    per_epoch = len(data[0]) // BATCH_SIZE
+    runs_of = {"Adam": ("Adam", {}),
+               "ScheduleFreeAdamW": ("ScheduleFreeAdamW", {"warmup_steps": per_epoch})}
+    results = {}
+    for label, (name, options) in runs_of.items():
+        runs = {where: train(module, name, data, epochs, seed, progress, options, label)
+                for where, module in (("fastopt", fastopt), ("numpy", reference))}
+        for key in ("losses", "test_losses", "test_losses_at_y"):
+            assert runs["fastopt"].get(key) == runs["numpy"].get(key), (
+                f"{label}: fastopt's {key} differ from fastopt.reference's")
+        results[label] = runs
+        print(f"  {runs['fastopt']['optimizer']!r}  (identical losses)")
+    print(f"\n{f'after {epochs} epochs':34} training loss  test loss  test accuracy")
+    for label, runs in results.items():
+        run = runs["fastopt"]
+        if "test_losses_at_y" in run:
+            print(f"  {label + ' at x (eval)':32} {'':>13} {run['test_losses'][-1]:10.4f} "
+                  f"{run['accuracies'][-1]:14.4f}")
+            print(f"  {label + ' at y (train)':32} {run['epoch_losses'][-1]:13.4f} "
+                  f"{run['test_losses_at_y'][-1]:10.4f} {run['accuracies_at_y'][-1]:14.4f}")
+        else:
+            print(f"  {label:32} {run['epoch_losses'][-1]:13.4f} {run['test_losses'][-1]:10.4f} "
+                  f"{run['accuracies'][-1]:14.4f}")
+    print("(training loss: the mean mini-batch loss of the last epoch, taken where the grads "
+          "are, Schedule-Free's y; test: the 360 held-out digits)")
+    return results
+
+
+def draw_schedule_free(results: dict[str, Any], out: Path, epochs: int) -> None:
+    figure = schedule_free_figure(results, epochs)
+    figure.savefig(out, dpi=90, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+    plt.close(figure)
+
+
+def schedule_free_figure(results: dict[str, Any], epochs: int) -> Any:
+    """--schedule-free's picture: training loss, and test loss and accuracy after each epoch
+    (Schedule-Free's at x, the average it evaluates, and thin dashed at y)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.6))
+    colors = {"Adam": "tab:blue", "ScheduleFreeAdamW": "tab:red"}
+    axis_epochs = np.arange(1, epochs + 1)
+    for label, runs in results.items():
+        run = runs["fastopt"]
+        color = colors.get(label)
+        losses = np.array(run["losses"])
+        window = max(1, len(losses) // 60)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        schedule_free = "test_losses_at_y" in run
+        left.plot(np.arange(len(smooth)) + window, smooth, color=color,
+                  label=f"{label} (at y)" if schedule_free else label)
+        name = f"{label} at x (eval)" if schedule_free else label
+        middle.plot(axis_epochs, run["test_losses"], "o-", markersize=3, color=color, label=name)
+        right.plot(axis_epochs, run["accuracies"], "o-", markersize=3, color=color, label=name)
+        if schedule_free:
+            middle.plot(axis_epochs, run["test_losses_at_y"], "--", linewidth=1, color=color,
+                        alpha=0.6, label=f"{label} at y (train)")
+            right.plot(axis_epochs, run["accuracies_at_y"], "--", linewidth=1, color=color,
+                       alpha=0.6, label=f"{label} at y (train)")
+    left.set_yscale("log")
+    left.set_xlabel("iteration (mini-batch of 128)")
+    left.set_ylabel("training loss (moving average)")
+    middle.set_yscale("log")
+    middle.set_ylabel("test loss (360 held-out digits)")
+    right.set_ylabel("test accuracy (360 held-out digits)")
+    low = min(min(runs["fastopt"]["accuracies"][epochs // 3:]) for runs in results.values())
+    right.set_ylim(min(0.9, np.floor(low * 50) / 50), 1)
+    for axis in (middle, right):
+        epoch_axis(axis)
+    for axis in (left, middle, right):
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    free = results["ScheduleFreeAdamW"]["fastopt"]["optimizer"]
+    figure.suptitle(f"scikit-learn's 8x8 digits, same initial weights and mini-batches: Adam at "
+                    f"the book's defaults (lr={results['Adam']['fastopt']['optimizer'].lr}, "
+                    f"constant) against ScheduleFreeAdamW (lr={free.lr}, no schedule, "
+                    f"warmup_steps={free.warmup_steps:g})\nfastopt, losses identical to "
+                    f"fastopt.reference; Schedule-Free evaluated at x, its average, after each "
+                    f"epoch (eval(params), then train(params))",
+                    fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     here = Path(__file__).resolve().parent
@@ -279,11 +409,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="the PNG to write (default: examples/train_digits.png, or with "
                              "--quick the temporary directory's fastopt-examples/"
                              "train_digits.png, so the committed picture stays; with "
-                             "--schedule train_digits_schedule.png in the same place)")
+                             "--schedule train_digits_schedule.png, with --schedule-free "
+                             "train_digits_schedulefree.png in the same place)")
     parser.add_argument("--quick", action="store_true", help="3 epochs instead of 30")
-    parser.add_argument("--schedule", action="store_true",
-                        help="train Momentum with the lecture notes' linear lr decay, their "
-                             "momentum ramp and clipping, against the book's constants")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--schedule", action="store_true",
+                      help="train Momentum with the lecture notes' linear lr decay, their "
+                           "momentum ramp and clipping, against the book's constants")
+    mode.add_argument("--schedule-free", action="store_true",
+                      help="train ScheduleFreeAdamW (no schedule, one epoch of warmup), "
+                           "evaluated at its average x, against Adam at the book's defaults")
     parser.add_argument("--epochs", type=int, help="epochs per optimizer (overrides --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -291,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         args.out = (Path(tempfile.gettempdir()) / "fastopt-examples" if args.quick
                     else here) / ("train_digits_schedule.png" if args.schedule
+                                  else "train_digits_schedulefree.png" if args.schedule_free
                                   else "train_digits.png")
     epochs = args.epochs or (3 if args.quick else 30)
 
@@ -302,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         results = compare_schedules(data, epochs, args.seed, not args.no_progress)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         draw_schedules(results, args.out, epochs)
+        print(f"wrote {args.out}")
+        return 0
+    if args.schedule_free:
+        results = compare_schedule_free(data, epochs, args.seed, not args.no_progress)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        draw_schedule_free(results, args.out, epochs)
         print(f"wrote {args.out}")
         return 0
     results = {}

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fastopt
+
 from registry import BOOK_NAMES
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -61,9 +63,18 @@ def test_the_digits_pictures_tick_whole_epochs(epochs):
     run = {"fastopt": {"losses": list(np.linspace(2, 0.1, 11 * epochs)),
                        "accuracies": list(np.linspace(0.3, 0.9, epochs)),
                        "hyperparameters": [{"lr": 0.1, "momentum": 0.9}] * (11 * epochs)}}
+    adam = {"fastopt": {**run["fastopt"], "test_losses": list(np.linspace(2, 0.2, epochs)),
+                        "optimizer": fastopt.Adam()}}
+    free = {"fastopt": {**adam["fastopt"], "test_losses_at_y": adam["fastopt"]["test_losses"],
+                        "accuracies_at_y": run["fastopt"]["accuracies"],
+                        "optimizer": fastopt.ScheduleFreeAdamW(warmup_steps=11)}}
     for figure, axis in ((digits.digits_figure({"SGD": run}, epochs), 1),
                          (digits.schedule_figure({"constants": run, "schedules": run}, epochs),
-                          1)):
+                          1),
+                         (digits.schedule_free_figure({"Adam": adam, "ScheduleFreeAdamW": free},
+                                                      epochs), 1),
+                         (digits.schedule_free_figure({"Adam": adam, "ScheduleFreeAdamW": free},
+                                                      epochs), 2)):
         figure.canvas.draw()
         low, high = figure.axes[axis].get_xlim()
         ticks = [tick for tick in figure.axes[axis].get_xticks() if low <= tick <= high]
@@ -155,3 +166,61 @@ def test_train_digits_schedule(tmp_path):
     assert f"wrote {written}" in stdout
     assert written.read_bytes()[:8] == PNG_SIGNATURE
     assert (picture.read_bytes() if picture.exists() else None) == committed
+
+
+def test_train_digits_schedule_free(tmp_path):
+    """--schedule-free --quick: Adam and ScheduleFreeAdamW with identical losses to
+    fastopt.reference, Schedule-Free's figures at x (eval) unlike those at y (train), into the
+    temporary directory; the committed picture stays."""
+    for extra in ("matplotlib", "sklearn", "tqdm"):
+        pytest.importorskip(extra)
+    assert "--schedule-free" in run("train_digits.py", "--help")
+    picture = EXAMPLES / "train_digits_schedulefree.png"
+    committed = picture.read_bytes() if picture.exists() else None   # (not in the sdist)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    stdout = run("train_digits.py", "--quick", "--schedule-free", "--no-progress", env=env)
+    assert "  Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-07)  (identical losses)" in stdout
+    assert ("  ScheduleFreeAdamW(lr=0.0025, beta1=0.9, beta2=0.999, warmup_steps=11)  "
+            "(identical losses)") in stdout
+    lines = stdout.splitlines()
+    header = lines.index("after 3 epochs" + " " * 20 + " training loss  test loss  test accuracy")
+    rows = {line[:34].strip(): [float(value) for value in line[34:].split()]
+            for line in lines[header + 1:header + 4]}
+    assert list(rows) == ["Adam", "ScheduleFreeAdamW at x (eval)",
+                          "ScheduleFreeAdamW at y (train)"]
+    assert len(rows["Adam"]) == 3 and len(rows["ScheduleFreeAdamW at y (train)"]) == 3
+    at_x, at_y = rows["ScheduleFreeAdamW at x (eval)"], rows["ScheduleFreeAdamW at y (train)"]
+    assert len(at_x) == 2 and at_x[0] != at_y[1]   # test loss: x is not y
+    for values in rows.values():
+        assert all(value > 0 for value in values) and 0 < values[-1] <= 1
+    written = tmp_path / "fastopt-examples" / "train_digits_schedulefree.png"
+    assert f"wrote {written}" in stdout
+    assert written.read_bytes()[:8] == PNG_SIGNATURE
+    assert (picture.read_bytes() if picture.exists() else None) == committed
+
+
+def test_train_digits_evaluates_schedule_free_at_its_average():
+    # The recorded test figures are the network's at x, the optimizer's average, those "at y"
+    # at the training point, and train(params) put y back bit for bit: without eval the two
+    # would agree; without train the next update would raise; a broken switch would differ.
+    for extra in ("sklearn", "tqdm"):
+        pytest.importorskip(extra)
+    digits = load_module(EXAMPLES / "train_digits.py")
+    data = digits.load_data(0)
+    result = digits.train(fastopt, "ScheduleFreeAdamW", data, 2, 0, False, {"warmup_steps": 11})
+    network, optimizer = result["network"], result["optimizer"]
+    _, _, x_test, t_test = data
+    assert optimizer.training and optimizer.iter == 2 * 11
+    assert network.loss(x_test, t_test) == result["test_losses_at_y"][-1]
+    assert network.accuracy(x_test, t_test) == result["accuracies_at_y"][-1]
+    y = {key: param.copy() for key, param in network.params.items()}
+    network.params = {key: optimizer.x[key].copy() for key in y}
+    assert network.loss(x_test, t_test) == result["test_losses"][-1]
+    assert network.accuracy(x_test, t_test) == result["accuracies"][-1]
+    assert all(at_x != at_y for at_x, at_y in zip(result["test_losses"],
+                                                   result["test_losses_at_y"], strict=True))
+    assert any(not np.array_equal(y[key], optimizer.x[key]) for key in y)
+    # Adam has no average: its figures are its params', with no "at y".
+    adam = digits.train(fastopt, "Adam", data, 1, 0, False)
+    assert "test_losses_at_y" not in adam
+    assert adam["network"].loss(x_test, t_test) == adam["test_losses"][-1]
