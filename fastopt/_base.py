@@ -507,7 +507,15 @@ class Optimizer(OptimizerCore):
                 if state is not None:
                     entry = state.get(key) if by_name else (
                         state[key] if key < len(state) else None)
-                if entry is not None and getattr(entry, "shape", None) != shape:
+                if name in self._state_shapes:
+                    expected = self._state_shape(name, shape)
+                    if entry is not None and getattr(entry, "shape", None) != expected:
+                        raise ValueError(
+                            f"state {name}[{key!r}] has shape {np.shape(entry)} but a param "
+                            f"of shape {shape} (as {key!r} is) keeps one of shape {expected}; "
+                            f"a param's state belongs to the array first seen under its key "
+                            f"(use a new optimizer for a new shape)")
+                elif entry is not None and getattr(entry, "shape", None) != shape:
                     raise ValueError(
                         f"state {name}[{key!r}] has shape {np.shape(entry)} but param {key!r} "
                         f"has shape {shape}; a param's state belongs to the array first seen "
