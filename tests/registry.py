@@ -141,6 +141,13 @@ REGISTRY = (
           state=("m", "v", "direction"),
           other_values={"lr": 0.3, "beta1": 0.5, "beta2": 0.6, "eps": 0.1, "weight_decay": 0.5},
           rtol=oracles.LAMB_RTOL),
+    Entry("Adafactor", oracles.adafactor, lr=0.1,
+          configs=({}, {"weight_decay": 0.1}, {"eps1": 1e-20, "beta2_decay": -0.5, "d": 1.5}),
+          state=("row_var", "col_var", "variance"),
+          # eps2 acts where it exceeds the params' root mean square (about 1)
+          other_values={"lr": 0.3, "beta2_decay": -0.5, "eps2": 10.0, "d": 1.5,
+                        "weight_decay": 0.5},
+          rtol=oracles.ADAFACTOR_RTOL),
 )
 
 BY_NAME = {entry.name: entry for entry in REGISTRY}
