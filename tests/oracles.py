@@ -516,9 +516,9 @@ def adafactor(params, grads, state, t, lr=1e-2, beta2_decay=-0.8, eps1=None, eps
         factored = p.ndim >= 2
         if key not in arrays["row_var"]:
             zeros = np.zeros((0,), p.dtype)
-            arrays["row_var"][key] = (np.zeros(p.shape[:-1] + (1,), p.dtype) if factored
+            arrays["row_var"][key] = (np.zeros((*p.shape[:-1], 1), p.dtype) if factored
                                       else zeros)
-            arrays["col_var"][key] = (np.zeros(p.shape[:-2] + (1, p.shape[-1]), p.dtype)
+            arrays["col_var"][key] = (np.zeros((*p.shape[:-2], 1, p.shape[-1]), p.dtype)
                                       if factored else zeros)
             arrays["variance"][key] = zeros if factored else np.zeros(p.shape, p.dtype)
         if p.size == 0:
