@@ -531,7 +531,9 @@ class Optimizer(OptimizerCore):
                 own.append(entry)
             param_list.append(param)
             grad_list.append(grad)
-            compiled.append(_kernels.ready(param, grad, *own))
+            # (the loop by name: a rule with its own driver takes state of other shapes;
+            # own is in state_names' order, which is then its slots')
+            compiled.append(_kernels.ready(param, grad, *own, loop=step.loop))
             owns.append(own)
         decays = self._key_decays(params)
         grad_scale = self._clip_factor(grad_list)

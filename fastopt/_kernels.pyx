@@ -906,10 +906,17 @@ cdef bint _plan(object param, object grad, list states, Task* task) noexcept:
     return True
 
 
-def ready(param, grad, state0=None, state1=None, state2=None):
+def ready(param, grad, state0=None, state1=None, state2=None, str loop=None):
     """Whether the compiled loops can update this param (with these state arrays) exactly as
-    NumPy would; otherwise the caller takes NumPy's path."""
+    NumPy would; otherwise the caller takes NumPy's path. ``loop``: the rule's loop by name,
+    needed for a rule that updates each param whole with its own driver (``_PARAM_RULES``:
+    its state has other shapes than the param's, in the slots' order); None, or any
+    elementwise loop: the state arrays must have the param's shape. A state that is None is
+    one not created yet (the update creates it, of the right shape)."""
     cdef Task task
+    cdef Factored factored
+    if loop is not None and loop in _PARAM_RULES:
+        return _adafactor_plan(param, grad, [state0, state1, state2], &factored, True)
     return _plan(param, grad, [state0, state1, state2], &task)
 
 
@@ -2073,11 +2080,14 @@ cdef bint _has_shape(object array, cnp.ndarray like, intp* dims, int ndim) noexc
     return True
 
 
-cdef bint _adafactor_plan(object param, object grad, list states, Factored* f) noexcept:
+cdef bint _adafactor_plan(object param, object grad, list states, Factored* f,
+                          bint missing=False) noexcept:
     """Fill ``f`` and return True if ``_adafactor_param`` can update this param as NumPy
     would: ``_plan``'s conditions, with state of the shapes fastopt/_rules.py declares
     (``row_var`` dims[:-1] + (1,), ``col_var`` dims[:-2] + (1, dims[-1]), ``variance`` (0,)
-    for 2 dims or more; ``(0,)``, ``(0,)`` and the param's shape otherwise)."""
+    for 2 dims or more; ``(0,)``, ``(0,)`` and the param's shape otherwise). ``missing``
+    (``ready``'s question, before the update creates a new key's state): a state that is None
+    passes, and ``f``'s buffers are not to be used."""
     cdef intp shapes[3][64]
     cdef int ndims[3]
     cdef void* data[3]
@@ -2119,13 +2129,16 @@ cdef bint _adafactor_plan(object param, object grad, list states, Factored* f) n
             shapes[2][d] = cnp.PyArray_DIMS(p)[d]
         ndims[2] = ndim
     for k in range(3):
+        data[k] = NULL
+        if missing and states[k] is None:
+            continue
         if not _has_shape(states[k], p, shapes[k], ndims[k]):
             return False
         s = <cnp.ndarray>states[k]
         if _overlap(s, p) or _overlap(s, g):
             return False
         for j in range(k):
-            if _overlap(s, <cnp.ndarray>states[j]):
+            if states[j] is not None and _overlap(s, <cnp.ndarray>states[j]):
                 return False
         data[k] = cnp.PyArray_DATA(s)
     f.param = cnp.PyArray_DATA(p)

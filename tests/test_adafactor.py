@@ -211,3 +211,23 @@ def test_eps1_none_is_kept_out_of_the_checkpoints_hyperparameters():
     assert numbered.state_dict()["hyperparameters"]["eps1"] == 1e-30
     with pytest.raises(ValueError, match="eps1 must be finite and >= 0"):
         fastopt.Adafactor(eps1=-1.0)
+
+
+def test_ready_takes_the_declared_state_shapes_given_the_loop():
+    # The checked path asks _kernels.ready about each param: with Adafactor's loop it takes
+    # state of the declared shapes (or none yet), and nothing else.
+    from fastopt._simd import kernels
+    p, g = np.ones((5, 3)), np.ones((5, 3))
+    row, col, none = np.zeros((5, 1)), np.zeros((1, 3)), np.zeros((0,))
+    assert kernels.ready(p, g, row, col, none, loop="adafactor")
+    assert kernels.ready(p, g, None, None, None, loop="adafactor")
+    assert not kernels.ready(p, g, row, col, none)                            # elementwise
+    assert not kernels.ready(p, g, np.zeros((5, 3)), col, none, loop="adafactor")
+    assert not kernels.ready(p, g, row, col, np.zeros((5, 3)), loop="adafactor")
+    assert not kernels.ready(p, g, row, col.astype(np.float32), none, loop="adafactor")
+    assert not kernels.ready(p.T, g.T, np.zeros((3, 1)), np.zeros((1, 5)), none,
+                             loop="adafactor")                                   # a view
+    assert not kernels.ready(p, g, p[:, :1], col, none, loop="adafactor")     # not contiguous
+    v = np.ones(7)
+    assert kernels.ready(v, v.copy(), none, none, np.zeros(7), loop="adafactor")
+    assert not kernels.ready(v, v.copy(), none, none, v, loop="adafactor")    # the param
