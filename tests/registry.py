@@ -43,6 +43,13 @@ class Entry:
         State attributes kept only with an option: attribute -> the option that adds it.
     scalar_state : tuple of str
         Scalar state attributes (beside ``iter``), such as NAdam's ``mu_product``.
+    param_norm_step : bool
+        Its step size reads the whole param's norm, with or without decay (Adafactor's
+        relative step ``max(eps2, RMS(p))*rho``, as torch's): an inf or nan in a param then
+        reaches every element of that param, so tests/test_weight_decay.py's check that the
+        params' inf and nan stay in their places does not apply to it. tests/test_adafactor.py
+        checks what does hold: the state never depends on the params, and a param's inf or
+        nan reaches no other param.
     other_values : mapping of str to float
         A second value for each of its float hyperparameters, set between two steps by
         ``test_changing_a_hyperparameter_takes_effect_on_the_next_step``.
@@ -60,6 +67,7 @@ class Entry:
     state: tuple[str, ...] = ()
     option_state: Mapping[str, str] = field(default_factory=dict)
     scalar_state: tuple[str, ...] = ()
+    param_norm_step: bool = False
     other_values: Mapping[str, float] = field(default_factory=dict)
     rtol: float | Mapping[Any, float] = oracles.EXACT
 
@@ -143,7 +151,7 @@ REGISTRY = (
           rtol=oracles.LAMB_RTOL),
     Entry("Adafactor", oracles.adafactor, lr=0.1,
           configs=({}, {"weight_decay": 0.1}, {"eps1": 1e-20, "beta2_decay": -0.5, "d": 1.5}),
-          state=("row_var", "col_var", "variance"),
+          state=("row_var", "col_var", "variance"), param_norm_step=True,
           # eps2 acts where it exceeds the params' root mean square (about 1)
           other_values={"lr": 0.3, "beta2_decay": -0.5, "eps2": 10.0, "d": 1.5,
                         "weight_decay": 0.5},

@@ -231,3 +231,77 @@ def test_ready_takes_the_declared_state_shapes_given_the_loop():
     v = np.ones(7)
     assert kernels.ready(v, v.copy(), none, none, np.zeros(7), loop="adafactor")
     assert not kernels.ready(v, v.copy(), none, none, v, loop="adafactor")    # the param
+
+
+# --- what holds of the params' inf and nan -----------------------------------------------------
+# The step size reads the whole param's norm (torch's relative step), so an inf or nan in a
+# param reaches every element of that param: tests/test_weight_decay.py's check that they stay
+# in their places leaves Adafactor out (the registry's param_norm_step). What holds instead:
+# the state is a function of the grads alone (the decay, decoupled, scales only the param),
+# and a param's inf or nan reaches no other param (a nan does not even spread in its own:
+# see below).
+
+def _views(params):
+    return {key: np.ascontiguousarray(value.T).T if value.ndim >= 2 else value.copy()
+            for key, value in params.items()}
+
+
+def _state_bits(optimizer):
+    return {(name, key): array.tobytes() for name in optimizer.state_names
+            for key, array in getattr(optimizer, name).items()}
+
+
+@pytest.mark.parametrize("layout", ["compiled", "views"])
+@pytest.mark.parametrize("decay", [0.0, 0, lambda step: 0.0, 0.1],
+                         ids=["0.0", "int-0", "schedule", "0.1"])
+@pytest.mark.parametrize("module", [fastopt, reference], ids=["fastopt", "reference"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_state_never_depends_on_the_params(dtype, module, decay, layout):
+    rng = np.random.default_rng(8)
+    shapes = {"W": (6, 5), "T": (3, 4, 2), "b": (7,)}
+    first = {key: rng.standard_normal(shape).astype(dtype) for key, shape in shapes.items()}
+    second = {key: (3 * rng.standard_normal(shape)).astype(dtype)
+              for key, shape in shapes.items()}
+    special = {key: value.copy() for key, value in first.items()}
+    special["W"][0, 0], special["T"][1, 2, 0], special["b"][3] = np.inf, -np.inf, np.nan
+    runs = [_views(params) if layout == "views" else params
+            for params in (first, second, special)]
+    optimizers = [module.Adafactor(lr=0.1, weight_decay=decay) for _ in runs]
+    with np.errstate(invalid="ignore", over="ignore"):
+        for _ in range(5):
+            grads = {key: rng.standard_normal(shape).astype(dtype)
+                     for key, shape in shapes.items()}
+            grads["W"][:, 3] = -0.0
+            grads["b"][2:5] = 0.0
+            for optimizer, params in zip(optimizers, runs, strict=True):
+                optimizer.update(params, grads)
+    assert not np.array_equal(runs[0]["W"], runs[1]["W"])   # the params did differ
+    for optimizer in optimizers[1:]:
+        assert _state_bits(optimizer) == _state_bits(optimizers[0])
+
+
+@pytest.mark.parametrize("layout", ["compiled", "views"])
+@pytest.mark.parametrize("module", [fastopt, reference], ids=["fastopt", "reference"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_params_inf_or_nan_reaches_no_other_param(dtype, module, layout):
+    rng = np.random.default_rng(9)
+    shapes = {"W": (6, 5), "b": (7,), "c": (4,)}
+    finite = {key: rng.standard_normal(shape).astype(dtype) for key, shape in shapes.items()}
+    special = {key: value.copy() for key, value in finite.items()}
+    special["W"][2, 2], special["b"][1] = np.inf, np.nan
+    runs = [_views(params) if layout == "views" else params for params in (finite, special)]
+    optimizers = [module.Adafactor(lr=0.1) for _ in runs]
+    with np.errstate(invalid="ignore", over="ignore"):
+        for _ in range(5):
+            grads = {key: rng.standard_normal(shape).astype(dtype)
+                     for key, shape in shapes.items()}
+            for optimizer, params in zip(optimizers, runs, strict=True):
+                optimizer.update(params, grads)
+    assert_same_bits(runs[1]["c"], runs[0]["c"])
+    assert np.all(np.isfinite(runs[0]["W"])) and np.all(np.isfinite(runs[0]["b"]))
+    # As torch's: an inf makes the norm, so the step size, infinite: every element of its
+    # param is then inf or nan. A nan makes the norm nan, and Python's max(eps2, nan) is eps2
+    # (torch's max too): the step size is eps2*rho, and the nan stays in its place.
+    assert not np.any(np.isfinite(runs[1]["W"]))
+    assert np.isnan(runs[1]["b"][1])
+    assert np.all(np.isfinite(np.delete(runs[1]["b"], 1)))
