@@ -53,6 +53,11 @@ class Entry:
     other_values : mapping of str to float
         A second value for each of its float hyperparameters, set between two steps by
         ``test_changing_a_hyperparameter_takes_effect_on_the_next_step``.
+    other_values_setup : mapping of str to dict
+        For a hyperparameter of ``other_values`` that acts only in some setting, whatever its
+        value: options (over each config's) with which that test makes all three of its
+        optimizers (the one changed, its reference twin and the unchanged control) when it
+        changes that hyperparameter. The reason goes beside the entry.
     rtol : float, or mapping of dtype to float
         How close fastopt comes to the oracle: ``oracles.EXACT`` (bits) when the oracle
         follows the formula's statements; otherwise the normwise relative bound, and why, in
@@ -69,6 +74,7 @@ class Entry:
     scalar_state: tuple[str, ...] = ()
     param_norm_step: bool = False
     other_values: Mapping[str, float] = field(default_factory=dict)
+    other_values_setup: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     rtol: float | Mapping[Any, float] = oracles.EXACT
 
     @property
@@ -152,9 +158,15 @@ REGISTRY = (
     Entry("Adafactor", oracles.adafactor, lr=0.1,
           configs=({}, {"weight_decay": 0.1}, {"eps1": 1e-20, "beta2_decay": -0.5, "d": 1.5}),
           state=("row_var", "col_var", "variance"), param_norm_step=True,
-          # eps2 acts where it exceeds the params' root mean square (about 1)
-          other_values={"lr": 0.3, "beta2_decay": -0.5, "eps2": 10.0, "d": 1.5,
+          # eps2 acts where it exceeds the params' root mean square (about 1). d (>= 1, as
+          # torch's) clips the update only where the update's RMS exceeds it, and lr has no
+          # part in that RMS: with the test's (9,) param and grads, at the default beta2_decay
+          # it is 0.83-0.93 at the steps after the change (below every allowed d). With
+          # beta2_decay=-3 the second moment keeps mostly the first steps' g*g, and the RMS is
+          # 1.43, 1.81, 1.35 there: d=1.3 changes the step from d=1 and from d=1.5 alike.
+          other_values={"lr": 0.3, "beta2_decay": -0.3, "eps2": 10.0, "d": 1.3,
                         "weight_decay": 0.5},
+          other_values_setup={"d": {"beta2_decay": -3.0}},
           rtol=oracles.ADAFACTOR_RTOL),
 )
 

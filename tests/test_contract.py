@@ -177,8 +177,9 @@ def test_a_list_that_grows_gets_zero_state_for_new_positions(config):
     assert_same_state(fast, ref)
 
 
-# A second value for each hyperparameter, by class name.
+# A second value for each hyperparameter, by class name; the setting some need to act in.
 HYPERPARAMETERS = {entry.name: entry.other_values for entry in REGISTRY}
+SETUPS = {entry.name: entry.other_values_setup for entry in REGISTRY}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])
@@ -186,11 +187,12 @@ HYPERPARAMETERS = {entry.name: entry.other_values for entry in REGISTRY}
 def test_changing_a_hyperparameter_takes_effect_on_the_next_step(config, dtype):
     name, _ = config
     for attribute, value in HYPERPARAMETERS[name].items():
-        fast, ref = make_pair(config)
+        setup = SETUPS[name].get(attribute, {})
+        fast, ref = make_pair(config, **setup)
         rng = np.random.default_rng(4)
         ours = random_params([(9,)], dtype, rng)
         theirs, unchanged = copy_params(ours), copy_params(ours)
-        control, _ = make_pair(config)
+        control, _ = make_pair(config, **setup)
         for step in range(6):
             if step == 3:
                 setattr(fast, attribute, value)
