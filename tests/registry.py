@@ -58,6 +58,11 @@ class Entry:
         value: options (over each config's) with which that test makes all three of its
         optimizers (the one changed, its reference twin and the unchanged control) when it
         changes that hyperparameter. The reason goes beside the entry.
+    floors : mapping of str to float
+        Hyperparameters whose range has a floor other than 0 (Adafactor's ``d`` >= 1, as
+        torch's): a test that derives a value by taking a valid one toward 0
+        (tests/test_callpath.py halves it, or decays it linearly to 1%) takes its distance
+        from the floor there instead.
     rtol : float, or mapping of dtype to float
         How close fastopt comes to the oracle: ``oracles.EXACT`` (bits) when the oracle
         follows the formula's statements; otherwise the normwise relative bound, and why, in
@@ -75,6 +80,7 @@ class Entry:
     param_norm_step: bool = False
     other_values: Mapping[str, float] = field(default_factory=dict)
     other_values_setup: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    floors: Mapping[str, float] = field(default_factory=dict)
     rtol: float | Mapping[Any, float] = oracles.EXACT
 
     @property
@@ -167,6 +173,7 @@ REGISTRY = (
           other_values={"lr": 0.3, "beta2_decay": -0.3, "eps2": 10.0, "d": 1.3,
                         "weight_decay": 0.5},
           other_values_setup={"d": {"beta2_decay": -3.0}},
+          floors={"d": 1.0},
           rtol=oracles.ADAFACTOR_RTOL),
 )
 
