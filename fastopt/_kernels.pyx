@@ -906,7 +906,7 @@ cdef bint _plan(object param, object grad, list states, Task* task) noexcept:
     return True
 
 
-def ready(param, grad, state0=None, state1=None, state2=None, str loop=None):
+def ready(param, grad, state0=None, state1=None, state2=None, *, str loop=None):
     """Whether the compiled loops can update this param (with these state arrays) exactly as
     NumPy would; otherwise the caller takes NumPy's path. ``loop``: the rule's loop by name,
     needed for a rule that updates each param whole with its own driver (``_PARAM_RULES``:
