@@ -469,14 +469,15 @@ class Optimizer(OptimizerCore):
     def _update_checked(self, params: Params, grads: Grads, values: dict[str, float],
                         step: Step) -> None:
         """Validate every key, then update each by the kernel or by NumPy's rule."""
-        checked = self._check_inputs(params, grads)
+        checked = self._check_inputs(params, grads, step.loop)
         self._apply_checked(params, grads, checked, values, step,
                             self._clip_factor(checked.grads))
 
-    def _check_inputs(self, params: Params, grads: Grads) -> Checked:
-        """The check phase of a checked update: validate every key's param, grad and existing
-        state (each grad read once) and ask the weight-decay filter about new keys; nothing is
-        written. ``fastopt.Partition`` runs it for every group before any group's apply."""
+    def _check_inputs(self, params: Params, grads: Grads, loop: str | None) -> Checked:
+        """The check phase of a checked update (of the step's compiled ``loop``): validate
+        every key's param, grad and existing state (each grad read once) and ask the
+        weight-decay filter about new keys; nothing is written. ``fastopt.Partition`` runs it
+        for every group before any group's apply."""
         by_name = isinstance(params, Mapping)
         if by_name:
             if not isinstance(grads, Mapping):
@@ -524,7 +525,15 @@ class Optimizer(OptimizerCore):
                 if state is not None:
                     entry = state.get(key) if by_name else (
                         state[key] if key < len(state) else None)
-                if entry is not None and getattr(entry, "shape", None) != shape:
+                if name in self._state_shapes:
+                    expected = self._state_shape(name, shape)
+                    if entry is not None and getattr(entry, "shape", None) != expected:
+                        raise ValueError(
+                            f"state {name}[{key!r}] has shape {np.shape(entry)} but a param "
+                            f"of shape {shape} (as {key!r} is) keeps one of shape {expected}; "
+                            f"a param's state belongs to the array first seen under its key "
+                            f"(use a new optimizer for a new shape)")
+                elif entry is not None and getattr(entry, "shape", None) != shape:
                     raise ValueError(
                         f"state {name}[{key!r}] has shape {np.shape(entry)} but param {key!r} "
                         f"has shape {shape}; a param's state belongs to the array first seen "
@@ -540,7 +549,9 @@ class Optimizer(OptimizerCore):
                 own.append(entry)
             param_list.append(param)
             grad_list.append(grad)
-            compiled.append(_kernels.ready(param, grad, *own))
+            # (the loop by name: a rule with its own driver takes state of other shapes;
+            # own is in state_names' order, which is then its slots')
+            compiled.append(_kernels.ready(param, grad, *own, loop=loop))
             owns.append(own)
         decays = self._key_decays(params)
         if _settings.slow_path_warning():

@@ -6,7 +6,12 @@ A rule is declared once (fastopt/_rules.py), as a class of class attributes and 
   number or a schedule; ``weight_decay`` is added to every rule's;
 - ``_options``: its boolean options;
 - ``_states``, or a ``state_names`` property where options change them: its state arrays,
-  each of its param's shape;
+  each of its param's shape unless ``_state_shapes`` says otherwise;
+- ``_state_shapes`` and ``_param_shape``: for state arrays of other shapes (Adafactor's row
+  and column moments), the shape of each such state as a function of its param's shape, and
+  the param shape that one key's state arrays imply (a checkpoint's, before any update);
+  state allocation, the update's checks of existing state, ``state_dict`` and
+  ``load_state_dict`` all read them;
 - ``_rule_state_names()``: the state in the three slots of the rule's loop, in its order;
 - ``_scalar_state``: float state beside the arrays (a running product), with its initial
   value and its check;
@@ -87,6 +92,8 @@ class OptimizerCore:
     _options: tuple[str, ...] = ()
     _states: tuple[str, ...] = ()
     _scalar_state: dict[str, tuple[float, Check]] = {}
+    # state arrays not of their param's shape: name -> its shape from the param's shape
+    _state_shapes: dict[str, Callable[[tuple[int, ...]], tuple[int, ...]]] = {}
     _reduced: tuple[str, ...] = ()   # arrays whose sums of squares a second pass needs
     _decoupled = False
     lr: Hyper
@@ -198,8 +205,25 @@ class OptimizerCore:
         return np.zeros_like(param)
 
     def _new_state(self, name: str, param: Any) -> Any:
-        """Zero state ``name`` for ``param``."""
-        return self._zeros(param)
+        """Zero state ``name`` for ``param``: of its shape, or of the shape ``_state_shapes``
+        gives; always of its dtype."""
+        shape_of = self._state_shapes.get(name)
+        if shape_of is None:
+            return self._zeros(param)
+        return np.zeros(shape_of(np.shape(param)), np.asarray(param).dtype)
+
+    def _state_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of state ``name`` for a param of ``shape``."""
+        shape_of = self._state_shapes.get(name)
+        return shape if shape_of is None else tuple(shape_of(shape))
+
+    def _param_shape(self, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...] | None:
+        """The param shape that one key's state arrays (``shapes``, by state name) imply, or
+        None if they fit no param. Without ``_state_shapes``: the shape they all have."""
+        for name, shape in shapes.items():
+            if name not in self._state_shapes:
+                return shape
+        return None
 
     def _add_zero_state(self, params: Params) -> None:
         """Zero state for every param that has none: all of them on the first call."""

@@ -80,6 +80,7 @@ cimport cython
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from cython cimport floating
+from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport fabs, fabsf, pow, sqrt, sqrtf
 from libc.stdlib cimport free, malloc, qsort
 
@@ -117,11 +118,17 @@ ctypedef struct Step:
     double ratio             # LAMB's trust ratio, one param's
     double ckp1              # Schedule-Free's averaging weight of the step
     double lookahead_alpha   # Lookahead's slow step size (fastopt/wrappers.py)
+    double step_lr           # Adafactor's min(lr, 1/sqrt(t))
+    double lerp_weight       # Adafactor's t**beta2_decay
+    double eps1              # Adafactor's floor of the second moment's estimate
+    double eps2              # Adafactor's floor of the param's root mean square
+    double clip_threshold    # Adafactor's d
     bint eps_inside_sqrt
     bint soft_roots          # float64 square roots by fastopt_soft_roots (set by _run)
     bint velocity_first
     bint rectified
     bint first               # ADOPT's first step: the second moment only
+    bint eps1_of_dtype       # Adafactor: eps1 is the dtype's machine epsilon
     int targets              # the bandwidth probe's: how many arrays it reads and writes
 
 
@@ -982,10 +989,17 @@ cdef bint _plan(object param, object grad, list states, Task* task) noexcept:
     return True
 
 
-def ready(param, grad, state0=None, state1=None, state2=None):
+def ready(param, grad, state0=None, state1=None, state2=None, *, str loop=None):
     """Whether the compiled loops can update this param (with these state arrays) exactly as
-    NumPy would; otherwise the caller takes NumPy's path."""
+    NumPy would; otherwise the caller takes NumPy's path. ``loop``: the rule's loop by name,
+    needed for a rule that updates each param whole with its own driver (``_PARAM_RULES``:
+    its state has other shapes than the param's, in the slots' order); None, or any
+    elementwise loop: the state arrays must have the param's shape. A state that is None is
+    one not created yet (the update creates it, of the right shape)."""
     cdef Task task
+    cdef Factored factored
+    if loop is not None and loop in _PARAM_RULES:
+        return _adafactor_plan(param, grad, [state0, state1, state2], &factored, True)
     return _plan(param, grad, [state0, state1, state2], &task)
 
 
@@ -1508,8 +1522,9 @@ cdef Rule* _loop_named(str name) except NULL:
 
 
 def loops():
-    """The names of the compiled loops, in the order they were registered."""
-    return tuple(_LOOPS)
+    """The names of the compiled loops, in the order they were registered, then the rules
+    that update each param whole (``_PARAM_RULES``)."""
+    return tuple(_LOOPS) + _PARAM_RULES
 
 
 # The Step fields a rule's scalars may fill, by name: (byte offset << 1) | 1 for a flag (bint),
@@ -1547,6 +1562,12 @@ _field("first", &_layout.first, True)
 _field("ratio", &_layout.ratio, False)
 _field("ckp1", &_layout.ckp1, False)
 _field("lookahead_alpha", &_layout.lookahead_alpha, False)
+_field("step_lr", &_layout.step_lr, False)
+_field("lerp_weight", &_layout.lerp_weight, False)
+_field("eps1", &_layout.eps1, False)
+_field("eps2", &_layout.eps2, False)
+_field("clip_threshold", &_layout.clip_threshold, False)
+_field("eps1_of_dtype", &_layout.eps1_of_dtype, True)
 
 
 def step_fields():
@@ -1596,7 +1617,12 @@ def run(str loop not None, params, grads, s0, s1, s2, decays, grad_scale,
         The rule's scalars by ``Step`` field name (``step_fields()``).
     """
     cdef Step c
-    cdef Rule* r = _loop_named(loop)
+    cdef Rule* r
+    if loop == "adafactor":   # _PARAM_RULES: state of other shapes, its own driver
+        _prepare(&c, grad_scale, weight_decay)
+        _fill(&c, scalars)
+        return _adafactor_run(params, grads, (s0, s1, s2), decays, &c)
+    r = _loop_named(loop)
     _prepare(&c, grad_scale, weight_decay)
     _fill(&c, scalars)
     return _run(params, grads, (s0, s1, s2), r.required, decays, r.run_float, r.run_double, &c,
@@ -1955,6 +1981,345 @@ def scale_in_place(list arrays not None, double factor):
             else:
                 _scale(<double*>task.grad, task.size, factor)
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Adafactor (torch's): state of other shapes than the param's (the row and column factors of
+# the second moment), two reductions per param (the param's norm before its step, the
+# update's norm before it is applied) and sums over rows and columns. Not an elementwise
+# loop, so not one of the table's: ``run`` gives it to ``_adafactor_run``, which checks every
+# param and its state (the shapes of fastopt/_rules.py's ``_state_shapes``) before it writes
+# anything, then updates param after param on one thread, each as fastopt.reference's
+# ``adafactor_rule`` does, statement by statement: the row and column sums added in index
+# order, the norms in the fixed blocking above, the update recomputed element by element
+# where it is needed (for its norm, then for the step) and never stored, and the outer
+# product row_var @ col_var one product per element. Its one allocation: a C scratch of
+# (columns + leading batches) elements for the largest param, once per update.
+
+_PARAM_RULES = ("adafactor",)
+
+
+ctypedef struct Factored:
+    # One param's Adafactor update: its buffers, its size, and its factoring.
+    void* param
+    void* grad
+    void* row     # row_var: batches*rows elements (NULL when not factored)
+    void* col     # col_var: batches*cols elements (NULL when not factored)
+    void* var     # variance: size elements (NULL when factored)
+    intp size
+    intp batches  # the product of the dims before the last two (1 for a matrix)
+    intp rows     # the second-to-last dim; 0: not factored (fewer than 2 dims)
+    intp cols     # the last dim
+    bint single
+    bint decay
+
+
+cdef inline floating _lerp(floating start, floating end, floating weight, floating rest,
+                           bint small) noexcept nogil:
+    """torch's ``start.lerp_(end, weight)`` (``rest``: 1 - weight), by the weight's size."""
+    if small:
+        return start + weight * (end - start)
+    return end - (end - start) * rest
+
+
+cdef inline floating _adafactor_update(const floating* g, const floating* row,
+                                       const floating* col, const floating* var,
+                                       const floating* means, intp i, intp rows, intp cols,
+                                       floating scale, floating floor) noexcept nogil:
+    """Element i of the update: ``1/sqrt(max(estimate, eps1*eps1)) * g``, the estimate
+    ``row_var*col_var/mean(row_var)`` (factored) or ``variance``."""
+    cdef floating estimate
+    cdef intp r, b
+    if rows == 0:
+        estimate = var[i]
+    else:
+        r = i // cols      # row_var's flat index: batch*rows + row
+        b = r // rows
+        estimate = row[r] * col[b * cols + (i - r * cols)] / means[b]
+    return <floating>1 / _root(_maximum(estimate, floor)) * (g[i] * scale)
+
+
+cdef double _update_block(const floating* g, const floating* row, const floating* col,
+                          const floating* var, const floating* means, intp start, intp n,
+                          intp rows, intp cols, floating scale, floating floor) noexcept nogil:
+    """``_block_sum`` of the update's elements [start, start + n)."""
+    cdef double acc[NORM_LANES]
+    cdef intp k, j, full = n - n % NORM_LANES
+    cdef double value
+    for j in range(NORM_LANES):
+        acc[j] = 0.0
+    for k in range(full // NORM_LANES):
+        for j in range(NORM_LANES):
+            value = <double>_adafactor_update(g, row, col, var, means,
+                                              start + k * NORM_LANES + j, rows, cols, scale,
+                                              floor)
+            acc[j] = acc[j] + value * value
+    for j in range(n - full):
+        value = <double>_adafactor_update(g, row, col, var, means, start + full + j, rows,
+                                          cols, scale, floor)
+        acc[j] = acc[j] + value * value
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
+cdef double _update_squares(const floating* g, const floating* row, const floating* col,
+                            const floating* var, const floating* means, intp n, intp first,
+                            intp count, intp rows, intp cols, floating scale,
+                            floating floor) noexcept nogil:
+    """The update's sum of squares over blocks [first, first + count), as ``sum_of_squares``
+    combines them (pairwise, first half + second half)."""
+    cdef intp start
+    if count == 0:
+        return 0.0
+    if count == 1:
+        start = first * NORM_BLOCK
+        return _update_block(g, row, col, var, means, start, min(n - start, <intp>NORM_BLOCK),
+                             rows, cols, scale, floor)
+    return (_update_squares(g, row, col, var, means, n, first, count // 2, rows, cols, scale,
+                            floor)
+            + _update_squares(g, row, col, var, means, n, first + count // 2,
+                              count - count // 2, rows, cols, scale, floor))
+
+
+cdef double _squares(const floating* x, intp n, intp first, intp count) noexcept nogil:
+    """``sum_of_squares`` of ``x[0:n]``, blocks [first, first + count), on this thread."""
+    cdef intp start
+    if count == 0:
+        return 0.0
+    if count == 1:
+        start = first * NORM_BLOCK
+        return _block_sum(x + start, min(n - start, <intp>NORM_BLOCK))
+    return (_squares(x, n, first, count // 2)
+            + _squares(x, n, first + count // 2, count - count // 2))
+
+
+cdef void _adafactor_param(floating* p, const floating* g, floating* row, floating* col,
+                           floating* var, Factored* f, const Step* c,
+                           floating* scratch) noexcept nogil:
+    """One param's update (fastopt.reference's ``adafactor_rule``); ``scratch`` holds
+    cols + batches elements."""
+    cdef intp n = f.size, rows = f.rows, cols = f.cols, b, r, k, i, base
+    cdef intp blocks = (n + NORM_BLOCK - 1) // NORM_BLOCK
+    cdef double eps1 = c.eps1, root_n, rms, alpha, norm, denominator
+    cdef floating scale = <floating>c.grad_scale
+    cdef floating weight = <floating>c.lerp_weight, rest = <floating>(1.0 - c.lerp_weight)
+    cdef bint small = fabs(c.lerp_weight) < 0.5
+    cdef floating x, total, floor, keep, step
+    cdef floating* sums = scratch          # the columns' sums of one batch
+    cdef floating* means = scratch + cols  # each batch's floored mean of row_var
+    if n == 0:
+        return
+    if c.eps1_of_dtype:
+        eps1 = FLT_EPSILON if floating is float else DBL_EPSILON
+    floor = <floating>(eps1 * eps1)
+    root_n = pow(<double>n, 0.5)
+    rms = sqrt(_squares(p, n, 0, blocks)) / root_n
+    alpha = (rms if rms > c.eps2 else c.eps2) * c.step_lr   # Python's max(eps2, rms)
+    if f.decay and c.decoupled_decay != 0:
+        keep = <floating>(1.0 - c.decoupled_decay)
+        for i in range(n):
+            p[i] = p[i] * keep
+    if rows == 0:
+        for i in range(n):
+            x = g[i] * scale
+            var[i] = _lerp(var[i], x * x, weight, rest, small)
+    else:
+        for b in range(f.batches):
+            base = b * rows * cols
+            for r in range(rows):
+                total = 0
+                for k in range(cols):
+                    x = g[base + r * cols + k] * scale
+                    total = total + x * x
+                row[b * rows + r] = _lerp(row[b * rows + r], total / <floating>cols, weight,
+                                          rest, small)
+            for k in range(cols):
+                sums[k] = 0
+            for r in range(rows):
+                for k in range(cols):
+                    x = g[base + r * cols + k] * scale
+                    sums[k] = sums[k] + x * x
+            for k in range(cols):
+                col[b * cols + k] = _lerp(col[b * cols + k], sums[k] / <floating>rows, weight,
+                                          rest, small)
+            total = 0
+            for r in range(rows):
+                total = total + row[b * rows + r]
+            means[b] = _maximum(total / <floating>rows, <floating>eps1)
+    norm = sqrt(_update_squares(g, row, col, var, means, n, 0, blocks, rows, cols, scale,
+                                floor))
+    denominator = norm / (root_n * c.clip_threshold)
+    if not denominator > 1.0:   # Python's max(1.0, ...)
+        denominator = 1.0
+    step = <floating>(alpha / denominator)
+    for i in range(n):
+        p[i] = p[i] - step * _adafactor_update(g, row, col, var, means, i, rows, cols, scale,
+                                               floor)
+
+
+cdef bint _has_shape(object array, cnp.ndarray like, intp* dims, int ndim) noexcept:
+    """Whether ``array`` is a writeable C-contiguous aligned native ndarray of ``like``'s
+    dtype and shape ``dims[:ndim]``."""
+    if type(array) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>array
+    cdef int d
+    if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(like) or cnp.PyArray_NDIM(a) != ndim
+            or not cnp.PyArray_ISCARRAY(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+        return False
+    for d in range(ndim):
+        if cnp.PyArray_DIMS(a)[d] != dims[d]:
+            return False
+    return True
+
+
+cdef bint _adafactor_plan(object param, object grad, list states, Factored* f,
+                          bint missing=False) noexcept:
+    """Fill ``f`` and return True if ``_adafactor_param`` can update this param as NumPy
+    would: ``_plan``'s conditions, with state of the shapes fastopt/_rules.py declares
+    (``row_var`` dims[:-1] + (1,), ``col_var`` dims[:-2] + (1, dims[-1]), ``variance`` (0,)
+    for 2 dims or more; ``(0,)``, ``(0,)`` and the param's shape otherwise). ``missing``
+    (``ready``'s question, before the update creates a new key's state): a state that is None
+    passes, and ``f``'s buffers are not to be used."""
+    cdef intp shapes[3][64]
+    cdef int ndims[3]
+    cdef void* data[3]
+    cdef cnp.ndarray p, g, s
+    cdef int typenum, ndim, d, k, j
+    if type(param) is not cnp.ndarray or type(grad) is not cnp.ndarray:
+        return False
+    p = <cnp.ndarray>param
+    g = <cnp.ndarray>grad
+    typenum = cnp.PyArray_TYPE(p)
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        return False
+    if not (cnp.PyArray_ISCARRAY(p) and _fits(g, p, False)) or _overlap(p, g):
+        return False
+    ndim = cnp.PyArray_NDIM(p)
+    if ndim > 64:
+        return False
+    f.size = cnp.PyArray_SIZE(p)
+    f.single = typenum == cnp.NPY_FLOAT
+    if ndim >= 2:
+        f.rows = cnp.PyArray_DIMS(p)[ndim - 2]
+        f.cols = cnp.PyArray_DIMS(p)[ndim - 1]
+        f.batches = 1
+        for d in range(ndim - 2):
+            f.batches *= cnp.PyArray_DIMS(p)[d]
+        for d in range(ndim):
+            shapes[0][d] = shapes[1][d] = cnp.PyArray_DIMS(p)[d]
+        shapes[0][ndim - 1] = 1
+        shapes[1][ndim - 2] = 1
+        ndims[0] = ndims[1] = ndim
+        shapes[2][0] = 0
+        ndims[2] = 1
+    else:
+        f.rows = f.cols = 0
+        f.batches = 1
+        shapes[0][0] = shapes[1][0] = 0
+        ndims[0] = ndims[1] = 1
+        for d in range(ndim):
+            shapes[2][d] = cnp.PyArray_DIMS(p)[d]
+        ndims[2] = ndim
+    for k in range(3):
+        data[k] = NULL
+        if missing and states[k] is None:
+            continue
+        if not _has_shape(states[k], p, shapes[k], ndims[k]):
+            return False
+        s = <cnp.ndarray>states[k]
+        if _overlap(s, p) or _overlap(s, g):
+            return False
+        for j in range(k):
+            if states[j] is not None and _overlap(s, <cnp.ndarray>states[j]):
+                return False
+        data[k] = cnp.PyArray_DATA(s)
+    f.param = cnp.PyArray_DATA(p)
+    f.grad = cnp.PyArray_DATA(g)
+    f.row = data[0] if ndim >= 2 else NULL
+    f.col = data[1] if ndim >= 2 else NULL
+    f.var = NULL if ndim >= 2 else data[2]
+    return True
+
+
+cdef bint _adafactor_run(object params, object grads, tuple states, object decays,
+                         Step* c) except -1:
+    """``_run`` for Adafactor: every param, or (returning False) none."""
+    cdef Py_ssize_t k, count
+    cdef Factored stack[STACK_TASKS]
+    cdef Factored* tasks = stack
+    cdef bint flush = fastopt_setting_get(FASTOPT_FLUSH)
+    cdef bint by_key = type(params) is dict
+    cdef type kind = dict if by_key else list
+    cdef list keep = []
+    cdef object grad, entry, decision
+    cdef list own
+    cdef intp largest = 0
+    cdef void* scratch = NULL
+    cdef unsigned int saved = 0
+    cdef Factored* f
+    if not by_key and type(params) is not list:
+        raise TypeError(f"params must be a list or a dict; got {type(params).__name__}")
+    if type(grads) is not kind or (decays is not None and type(decays) is not kind):
+        raise TypeError(f"params is a {kind.__name__}, so grads and decays must be too")
+    for k in range(STATES):
+        if type(states[k]) is not kind:
+            raise TypeError(f"params is a {kind.__name__}, so the state must be too")
+    count = len(params)
+    if not by_key:
+        if len(grads) != count or (decays is not None and len(decays) != count):
+            raise ValueError("params, grads and decays must have the same length")
+        for entry in states:
+            if len(entry) != count:
+                raise ValueError("params and state lists must have the same length")
+    keys = list(params)
+    if len(keys) != count:
+        return False
+    if count > STACK_TASKS:
+        tasks = <Factored*>malloc(count * sizeof(Factored))
+        if tasks == NULL:
+            raise MemoryError()
+    try:
+        for k in range(count):
+            key = keys[k] if by_key else k
+            if by_key and type(key) is not str:
+                return False
+            param = (<dict>params).get(key) if by_key else (<list>params)[k]
+            grad = (<dict>grads).get(key) if by_key else (<list>grads)[k]
+            own = [(<dict>state).get(key) if by_key else (<list>state)[k] for state in states]
+            decision = True
+            if decays is not None:
+                decision = (<dict>decays).get(key) if by_key else (<list>decays)[k]
+                if decision is not True and decision is not False:
+                    return False
+            keep.append((param, grad, own))
+            if grad is None or not _adafactor_plan(param, grad, own, &tasks[k]):
+                return False
+            tasks[k].decay = decision is True
+            if tasks[k].rows and tasks[k].size:
+                largest = max(largest, tasks[k].cols + tasks[k].batches)
+        if largest:
+            scratch = malloc(largest * sizeof(double))
+            if scratch == NULL:
+                raise MemoryError()
+        with nogil:
+            if flush:
+                saved = fastopt_flush_begin()
+            for k in range(count):
+                f = &tasks[k]
+                if f.single:
+                    _adafactor_param(<float*>f.param, <const float*>f.grad, <float*>f.row,
+                                     <float*>f.col, <float*>f.var, f, c, <float*>scratch)
+                else:
+                    _adafactor_param(<double*>f.param, <const double*>f.grad,
+                                     <double*>f.row, <double*>f.col, <double*>f.var, f, c,
+                                     <double*>scratch)
+            if flush:
+                fastopt_flush_end(saved)
+        return True
+    finally:
+        free(scratch)
+        if tasks != stack:
+            free(tasks)
 
 
 # ---------------------------------------------------------------------------------------------

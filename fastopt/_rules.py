@@ -22,10 +22,11 @@ import numpy as np
 
 from . import _validation as v
 from ._core import DecayFilter, Hyper, OptimizerCore, Params, State, Step
+from ._validation import Check
 
-__all__ = ["ADOPT", "LAMB", "RULES", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax",
-           "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSprop", "ScheduleFreeAdamW",
-           "ScheduleFreeSGD"]
+__all__ = ["ADOPT", "LAMB", "RULES", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam",
+           "AdamW", "Adamax", "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSprop",
+           "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 
 class SGD(OptimizerCore):
@@ -722,7 +723,84 @@ class ScheduleFreeSGD(_ScheduleFree):
                     {**after, "last_momentum": momentum}, "schedulefree_sgd", None)
 
 
+def _row_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Adafactor's ``row_var``: the mean square over the last axis (size 0 when not factored)."""
+    return (*shape[:-1], 1) if len(shape) >= 2 else (0,)
+
+
+def _col_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Adafactor's ``col_var``: the mean square over the axis before the last (size 0 when
+    not factored)."""
+    return (*shape[:-2], 1, shape[-1]) if len(shape) >= 2 else (0,)
+
+
+def _variance_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Adafactor's ``variance``: the param's shape when not factored (size 0 when factored)."""
+    return (0,) if len(shape) >= 2 else shape
+
+
+class Adafactor(OptimizerCore):
+    """torch's Adafactor (Shazeer and Stern 2018): for a param of 2 or more dims, the second
+    moment as the product of a row and a column factor; a relative step size; the update
+    clipped by its root mean square."""
+
+    _states = ("row_var", "col_var", "variance")
+    _state_shapes = {"row_var": _row_shape, "col_var": _col_shape, "variance": _variance_shape}
+    _hyperparameters = {"lr": v.check_learning_rate, "beta2_decay": v.check_nonpositive,
+                        "eps2": v.check_nonnegative, "d": v.check_at_least_one}
+    _decoupled = True
+    beta2_decay: Hyper
+    eps1: Hyper | None
+    eps2: Hyper
+    d: Hyper
+    row_var: State
+    col_var: State
+    variance: State
+
+    def __init__(self, lr: Hyper = 1e-2, *, beta2_decay: Hyper = -0.8,
+                 eps1: Hyper | None = None, eps2: Hyper = 1e-3, d: Hyper = 1.0,
+                 weight_decay: Hyper = 0.0, weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.beta2_decay = beta2_decay
+        self.eps1 = eps1
+        self.eps2 = eps2
+        self.d = d
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _all_hyperparameters(self) -> dict[str, Check]:
+        """``eps1`` is a hyperparameter (a number or a schedule, >= 0) unless it is None: then
+        each param's dtype's machine epsilon."""
+        if self.eps1 is None:
+            return self._checks
+        return {**self._checks, "eps1": v.check_nonnegative}
+
+    def _param_shape(self, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...] | None:
+        row, col = shapes.get("row_var"), shapes.get("col_var")
+        variance = shapes.get("variance")
+        if row is None or col is None or variance is None:
+            return None
+        if len(row) >= 2 and len(col) == len(row):
+            return (*row[:-1], col[-1])
+        if row == col == (0,) and len(variance) < 2:
+            return variance
+        return None
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        t = self.iter + 1
+        lr = values["lr"]
+        eps1 = values.get("eps1")
+        return Step("adafactor", {"step_lr": min(lr, 1 / t**0.5),
+                                  "lerp_weight": t ** values["beta2_decay"],
+                                  "eps1": 0.0 if eps1 is None else eps1,
+                                  "eps1_of_dtype": eps1 is None, "eps2": values["eps2"],
+                                  "clip_threshold": values["d"],
+                                  "decoupled_decay": lr * values["weight_decay"]},
+                    {"iter": t}, "adafactor", None)
+
+
 #: Every rule, in the order the documentation and the benchmark list them.
 RULES: tuple[type[OptimizerCore], ...] = (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW,
                                           NAdam, RAdam, Adamax, Adadelta, Lion, ADOPT,
-                                          LAMB, ScheduleFreeAdamW, ScheduleFreeSGD)
+                                          LAMB, Adafactor, ScheduleFreeAdamW,
+                                          ScheduleFreeSGD)

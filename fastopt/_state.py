@@ -24,6 +24,7 @@ from .checkpoint import (
     _SCHEDULES,
     FIELDS,
     FORMAT,
+    OTHER_SHAPES,
     VERSION,
     _check_plain,
     _copy_array,
@@ -74,6 +75,9 @@ def state_dict(optimizer: OptimizerCore) -> dict[str, Any]:
             state[name] = to_float(name, getattr(optimizer, name))
         state["state"] = {name: _copy_container(getattr(optimizer, name), name)
                           for name in optimizer.state_names}
+        other_shapes = _other_shapes(optimizer, optimizer.state_names)
+        if other_shapes:
+            state[OTHER_SHAPES] = other_shapes
         state["decays"] = _copy_decays(optimizer._decays)
         _check_plain(state)   # what load_state_dict would refuse, refused now
         return state
@@ -212,7 +216,7 @@ def _plan(optimizer: OptimizerCore, state: Mapping[str, Any]) -> dict[str, Any]:
                          f"load_state_dict")
     changes["iter"] = state["iter"]
     for name in state:
-        if name not in FIELDS and name not in optimizer._scalar_state:
+        if name not in FIELDS and name not in optimizer._scalar_state and name != OTHER_SHAPES:
             raise _fail(f"it has {name!r}, which a {mine} does not keep")
     for name, (_, check) in optimizer._scalar_state.items():
         if name not in state:
@@ -233,6 +237,11 @@ def _plan(optimizer: OptimizerCore, state: Mapping[str, Any]) -> dict[str, Any]:
     if set(state["state"]) != set(names):
         raise _fail(f"it holds state {sorted(state['state'])}, but a {mine} with its options "
                     f"keeps {sorted(names)}")
+    other_shapes = _other_shapes(candidate, names)
+    if state.get(OTHER_SHAPES, []) != other_shapes:
+        raise _fail(f"it lists {state.get(OTHER_SHAPES, [])} as its state of other shapes than "
+                    f"its params', but a {mine} keeps {other_shapes} so")
+    _check_state_shapes(candidate, {name: state["state"][name] for name in names})
     for name in names:
         container = state["state"][name]
         _check_against_existing(optimizer, name, container)
@@ -249,6 +258,38 @@ def _plan(optimizer: OptimizerCore, state: Mapping[str, Any]) -> dict[str, Any]:
             changes[name] = None   # as the constructor leaves a state the options do not use
     changes["_decays"] = _copy_decays(state["decays"])
     return changes
+
+
+def _other_shapes(optimizer: OptimizerCore, names: Any) -> list[str]:
+    """The states among ``names`` whose arrays are not of their param's shape, in order."""
+    return [name for name in names if name in optimizer._state_shapes]
+
+
+def _check_state_shapes(optimizer: OptimizerCore, containers: dict[str, Any]) -> None:
+    """Each key's state arrays have the shapes one param's would (the declaration's
+    ``_state_shapes`` and ``_param_shape``); without state of other shapes,
+    ``checkpoint._check_plain`` has already seen that they all have one shape."""
+    if not optimizer._state_shapes:
+        return
+    by_key: dict[Any, dict[str, tuple[int, ...]]] = {}
+    for name, container in containers.items():
+        if container is None:
+            continue
+        items = container.items() if isinstance(container, Mapping) else enumerate(container)
+        for key, array in items:
+            by_key.setdefault(key, {})[name] = tuple(np.shape(array))
+    for key, shapes in by_key.items():
+        param_shape = optimizer._param_shape(shapes)
+        if param_shape is None:
+            described = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+            raise _fail(f"the state of {key!r} fits no param: its arrays have the shapes "
+                        f"{described}")
+        for name, shape in shapes.items():
+            expected = optimizer._state_shape(name, param_shape)
+            if shape != expected:
+                raise _fail(f"its state {name}[{key!r}] has shape {shape}, but a param of shape "
+                            f"{param_shape} (as its other state implies) keeps one of shape "
+                            f"{expected}")
 
 
 def _check_against_existing(optimizer: OptimizerCore, name: str,

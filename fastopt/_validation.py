@@ -55,6 +55,18 @@ def check_epsilon(name: str, value: float, where: str = "") -> None:
 check_nonnegative = check_learning_rate
 
 
+def check_nonpositive(name: str, value: float, where: str = "") -> None:
+    """``value`` must be finite and <= 0 (Adafactor's ``beta2_decay``)."""
+    if not -math.inf < value <= 0:
+        raise ValueError(f"{name} must be finite and <= 0; got {value!r}{where}")
+
+
+def check_at_least_one(name: str, value: float, where: str = "") -> None:
+    """``value`` must be finite and >= 1 (Adafactor's clipping threshold ``d``)."""
+    if not 1 <= value < math.inf:
+        raise ValueError(f"{name} must be finite and >= 1; got {value!r}{where}")
+
+
 def check_unit_interval(name: str, value: float, where: str = "") -> None:
     """``value`` must satisfy 0 <= value <= 1 (a product of momentum coefficients)."""
     if not 0 <= value <= 1:

@@ -95,6 +95,10 @@ WRAPPER_FIELDS = ("format", "version", "class", "settings", "iter", "routes", "s
 #: How deep wrappers' checkpoints may nest (a Lookahead of a Partition is 2).
 MAX_DEPTH = 8
 _SCHEDULES = "fastopt.schedules"
+#: An optional field: the states whose arrays are not of their param's shape (a list of
+#: names; absent when every state is param-shaped). The arrays of one param must otherwise
+#: all have its shape.
+OTHER_SHAPES = "other_shapes"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +166,8 @@ def _check_plain(state: Mapping[str, Any], depth: int = 0) -> None:
     # other field a number; which the optimizer keeps, and their ranges, it checks itself.
     missing = [name for name in FIELDS if name not in state]
     extra = sorted(str(name) for name, value in state.items()
-                   if name not in FIELDS and not (isinstance(name, str) and _is_number(value)))
+                   if name not in FIELDS and name != OTHER_SHAPES
+                   and not (isinstance(name, str) and _is_number(value)))
     if missing or extra:
         raise _fail(_differences("fields", missing, extra))
     _check_class(state["class"])
@@ -192,7 +197,7 @@ def _check_plain(state: Mapping[str, Any], depth: int = 0) -> None:
     for name, value in hypers.items():   # rebuilt and evaluated: a schedule that loads works
         if isinstance(value, Mapping) and "schedule" in value:
             _rebuild_schedule(name, value["schedule"], state["iter"])
-    kinds = _check_containers(state["state"])
+    kinds = _check_containers(state["state"], _other_shapes(state))
     decays = state["decays"]
     if decays is not None:
         if isinstance(decays, Mapping):
@@ -210,14 +215,18 @@ def _check_plain(state: Mapping[str, Any], depth: int = 0) -> None:
         raise _fail(f"state kept partly by key and partly by position: {by}")
 
 
-def _check_containers(containers: Any) -> dict[str, type]:
+def _check_containers(containers: Any, other_shapes: frozenset[str] = frozenset()
+                      ) -> dict[str, type]:
     """Check a checkpoint's ``state``: names -> None, or a dict or list of float arrays, the
-    state of one param (one key) agreeing in shape and dtype; return each one's kind."""
+    state of one param (one key) agreeing in dtype, and in shape but for the states of
+    ``other_shapes``; return each one's kind."""
     if not isinstance(containers, Mapping) or not all(isinstance(n, str) for n in containers):
         raise _fail(f"'state' must map state names to None, a dict or a list; got "
                     f"{type(containers).__name__}")
     kinds: dict[str, type] = {}
-    entries: dict[Any, tuple[str, np.ndarray[Any, Any]]] = {}   # key -> first state's array
+    # key -> the first state's (name, shape, dtype), and the first param-shaped state's
+    entries: dict[Any, _Entry] = {}
+    shaped_entries: dict[Any, _Entry] = {}
     for name, container in containers.items():
         if container is None:
             continue
@@ -237,12 +246,12 @@ def _check_containers(containers: Any) -> dict[str, type]:
             if _native(array.dtype) not in _FLOAT_DTYPES:
                 raise _fail(f"{where} has dtype {array.dtype}; a checkpoint holds float16, "
                             f"float32 or float64 arrays")
-            first = entries.setdefault(key, (name, array))
-            if ((first[1].shape, _native(first[1].dtype))
-                    != (array.shape, _native(array.dtype))):
+            first = _disagreeing(entries, shaped_entries, key, name, array.shape,
+                                 array.dtype, other_shapes)
+            if first is not None:
                 raise _fail(f"{where} has shape {array.shape} and dtype {array.dtype}, but "
-                            f"state {first[0]}[{key!r}] has shape {first[1].shape} and dtype "
-                            f"{first[1].dtype}; the state of one param must agree")
+                            f"state {first[0]}[{key!r}] has shape {first[1]} and dtype "
+                            f"{first[2]}; the state of one param must agree")
     return kinds
 
 
@@ -293,6 +302,39 @@ def _check_wrapper(state: Mapping[str, Any], depth: int) -> None:
             _check_plain(part, depth + 1)
         except ValueError as error:
             raise ValueError(f"part {index}: {error}") from None
+
+
+_Entry = tuple[str, tuple[int, ...], np.dtype[Any]]
+
+
+def _other_shapes(state: Mapping[str, Any]) -> frozenset[str]:
+    """The states of ``state`` whose arrays are not of their param's shape (its optional
+    ``other_shapes`` field: Adafactor's row and column moments), checked."""
+    names = state.get(OTHER_SHAPES, [])
+    containers = state.get("state")
+    if (not isinstance(names, list) or (not names and OTHER_SHAPES in state)
+            or not all(isinstance(name, str) for name in names)
+            or len(set(names)) != len(names)
+            or not isinstance(containers, Mapping) or not set(names) <= set(containers)):
+        raise _fail(f"{OTHER_SHAPES!r} must list distinct names of its states, at least one; "
+                    f"got {_shown(names)}")
+    return frozenset(names)
+
+
+def _disagreeing(entries: dict[Any, _Entry], shaped_entries: dict[Any, _Entry], key: Any,
+                 name: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+                 other_shapes: frozenset[str]) -> _Entry | None:
+    """The state of ``key`` seen before that this array of state ``name`` disagrees with, or
+    None: every state of one param has one dtype, and every state not in ``other_shapes`` its
+    param's shape (the first such state's)."""
+    first = entries.setdefault(key, (name, shape, dtype))
+    if name not in other_shapes:
+        first_shaped = shaped_entries.setdefault(key, (name, shape, dtype))
+        if first_shaped[1] != shape:
+            return first_shaped
+    if _native(first[2]) != _native(dtype):
+        return first
+    return None
 
 
 def _float(name: str, value: Any) -> float:
@@ -650,15 +692,21 @@ def _read_archive(archive: zipfile.ZipFile, name: str, end: int) -> dict[str, An
         raise ValueError(f"{name} holds members its metadata does not name: {extra[:10]}; "
                          f"a fastopt checkpoint holds only its metadata and state arrays")
     for (prefix, node), described_keys in zip(nodes, node_keys, strict=True):
-        first: dict[tuple[bool, Any], tuple[str, tuple[int, ...], np.dtype[Any]]] = {}
+        try:
+            other_shapes = _other_shapes(node)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        first: dict[Any, _Entry] = {}
+        first_shaped: dict[Any, _Entry] = {}
         for state_name, keys in described_keys.items():
             for index, key in enumerate(keys or ()):
                 shape, dtype = _read_member(archive, f"{prefix}state.{state_name}.{index}",
                                             name, header_only=True)
                 by_key = node["state"][state_name]["container"] == "dict"
-                other, other_shape, other_dtype = first.setdefault((by_key, key),
-                                                                   (state_name, shape, dtype))
-                if (other_shape, _native(other_dtype)) != (shape, _native(dtype)):
+                seen = _disagreeing(first, first_shaped, (by_key, key), state_name, shape,
+                                    dtype, other_shapes)
+                if seen is not None:
+                    other, other_shape, other_dtype = seen
                     raise ValueError(f"{name}: " + str(_fail(
                         f"state {prefix}{state_name}[{key!r}] has shape {shape} and dtype "
                         f"{dtype}, but state {prefix}{other}[{key!r}] has shape {other_shape} "

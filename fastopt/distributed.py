@@ -574,6 +574,13 @@ class ShardedOptimizer:
                             f"optimizer does not take it yet (average the grads with "
                             f"GradientAverager and step a whole {type(optimizer).__name__} on "
                             f"every rank instead)")
+        if optimizer._state_shapes:
+            raise TypeError(f"{type(optimizer).__name__} keeps state of other shapes than its "
+                            f"params' ({', '.join(optimizer._state_shapes)}: moments of whole "
+                            f"rows and columns of a param), which a shard of a param's elements "
+                            f"cannot update alone: the sharded optimizer does not take it (average "
+                            f"the grads with GradientAverager and step a whole "
+                            f"{type(optimizer).__name__} on every rank instead)")
         if optimizer.iter != 0 or any(state is not None for state in optimizer._used_states()):
             raise ValueError("the optimizer has already been used; wrap a new one, and give it "
                              "a single-process optimizer's state with scatter_state")

@@ -14,9 +14,9 @@ from ._base import Optimizer as Optimizer  # the base of every class here, for a
 from ._core import Params
 from ._simd import kernels as _kernels
 
-__all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion",
-           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop", "ScheduleFreeAdamW",
-           "ScheduleFreeSGD"]
+__all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam", "AdamW", "Adamax",
+           "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop",
+           "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 _SHARED = """
     Options every optimizer takes (keyword-only)
@@ -602,6 +602,65 @@ class ScheduleFreeSGD(Optimizer, _rules.ScheduleFreeSGD):
 
 for _cls in (ScheduleFreeAdamW, ScheduleFreeSGD):
     _cls.__doc__ = (_cls.__doc__ or "").rstrip() + "\n" + _SCHEDULE_FREE_MODES
+
+class Adafactor(Optimizer, _rules.Adafactor):
+    """Adafactor (Shazeer and Stern 2018), as torch.optim.Adafactor 2.13::
+
+        t += 1
+        beta2_t = t**beta2_decay;  rho = min(lr, 1/sqrt(t))
+        alpha = max(eps2, ||p||/sqrt(p.size)) * rho           (p before its decay)
+        p *= 1 - lr*weight_decay                               (decoupled decay)
+        2 dims or more (factored over the last two):
+            row_var = lerp(row_var, mean(g*g, axis=-1), beta2_t)
+            col_var = lerp(col_var, mean(g*g, axis=-2), beta2_t)
+            v = row_var*col_var / max(mean(row_var, axis=-2), eps1)
+        fewer:
+            variance = lerp(variance, g*g, beta2_t);  v = variance
+        update = 1/sqrt(max(v, eps1*eps1)) * g
+        p -= alpha/max(1, ||update||/(sqrt(p.size)*d)) * update
+
+    ``lerp(a, b, w)`` is torch's: ``a + w*(b - a)`` when ``|w| < 0.5``, else
+    ``b - (b - a)*(1 - w)``. The sums over rows and columns are added in index order, the
+    norms are float64 sums of squares in fastopt.reference's fixed blocking, and ``update`` is
+    computed element by element where it is needed, never stored (``row_var*col_var`` is one
+    product per element, not a materialised outer product). A param with no elements is left
+    as it is (torch divides by its size). Every param is updated on one thread; the only
+    allocation of an update is a C scratch of (last dim + the product of the dims before the
+    last two) elements for the largest param.
+
+    Parameters
+    ----------
+    lr : float or schedule, default 0.01
+        The largest relative step: the step's rho is ``min(lr, 1/sqrt(t))``.
+    beta2_decay : float or schedule, default -0.8, keyword-only
+        The second moment's weight at step t is ``t**beta2_decay`` (<= 0).
+    eps1 : float, schedule or None, default None, keyword-only
+        Floor of the second moment's estimate (squared: ``eps1*eps1``) and of the rows'
+        mean; None: the machine epsilon of each param's dtype (torch's ``eps=(None, 1e-3)``
+        is spelled ``eps1=None, eps2=1e-3``). A checkpoint keeps eps1 only as a number: load
+        one saved with ``eps1=None`` into an optimizer made with ``eps1=None``.
+    eps2 : float or schedule, default 1e-3, keyword-only
+        Floor of the param's root mean square in the step size.
+    d : float or schedule, default 1.0, keyword-only
+        Clipping threshold of the update's root mean square (>= 1).
+    weight_decay : float or schedule, default 0, keyword-only
+        Decoupled, as torch: ``p *= 1 - lr*weight_decay`` (lr, not rho).
+
+    Attributes
+    ----------
+    row_var, col_var : dict or list of ndarray, or None
+        For a param of 2 or more dims, the row and column factors of the second moment:
+        shapes ``shape[:-1] + (1,)`` and ``shape[:-2] + (1, shape[-1])`` (size 0 for other
+        params).
+    variance : dict or list of ndarray, or None
+        For a param of fewer than 2 dims, its second moment, of its shape (size 0 for other
+        params).
+    iter : int
+        Number of ``update`` calls so far.
+
+    ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard of a param's elements
+    has no whole rows and columns). torch's ``maximize`` has no counterpart (negate the grads).
+    """
 
 
 for _cls in {globals()[_name] for _name in __all__}:   # RMSProp is RMSprop: once each

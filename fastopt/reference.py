@@ -56,9 +56,9 @@ from ._validation import check_nonnegative as check_nonnegative
 from ._validation import check_option as check_option
 from ._validation import to_float as to_float
 
-__all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion",
-           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop", "ScheduleFreeAdamW",
-           "ScheduleFreeSGD"]
+__all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam", "AdamW", "Adamax",
+           "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop",
+           "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +324,56 @@ def lookahead_rule(p: Any, g: Any, slow: Any, lookahead_alpha: float) -> Any:
     return slow[()]
 
 
+def _lerp(start: Any, end: Any, weight: float) -> Any:
+    """torch's ``start.lerp_(end, weight)``, its two forms by the weight's size."""
+    if abs(weight) < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1 - weight)
+
+
+def _sequential_sum(x: Any, axis: int) -> Any:
+    """The sum of ``x`` over ``axis`` (kept, of size 1), added from 0 in index order (the
+    order of the compiled loop, where NumPy's own sum is pairwise)."""
+    shape = list(x.shape)
+    shape[axis] = 1
+    total = np.zeros(shape, x.dtype)
+    for index in range(x.shape[axis]):
+        total += np.take(x, [index], axis=axis)
+    return total
+
+
+def adafactor_rule(p: Any, g: Any, row_var: Any, col_var: Any, variance: Any, step_lr: float,
+                   lerp_weight: float, eps1: float, eps1_of_dtype: bool, eps2: float,
+                   clip_threshold: float, decoupled_decay: float) -> Any:
+    """torch's Adafactor (its single-tensor path), for one param: ``step_lr`` is
+    ``min(lr, 1/sqrt(t))``, ``lerp_weight`` is ``t**beta2_decay``, ``eps1`` the dtype's
+    machine epsilon if ``eps1_of_dtype``. Sums over rows and columns are added in index order,
+    norms are ``sum_of_squares``'s; a param with no elements is left as it is (torch divides
+    by its size)."""
+    size = np.size(p)
+    if size == 0:
+        return p
+    if eps1_of_dtype:
+        eps1 = float(np.finfo(np.asarray(p).dtype).eps)
+    alpha = max(eps2, math.sqrt(sum_of_squares(p)) / size**0.5) * step_lr
+    if decoupled_decay:
+        p *= 1 - decoupled_decay
+    squared = g * g
+    if np.ndim(p) >= 2:
+        rows, cols = np.shape(p)[-2:]
+        row_var[...] = _lerp(row_var, _sequential_sum(squared, -1) / cols, lerp_weight)
+        col_var[...] = _lerp(col_var, _sequential_sum(squared, -2) / rows, lerp_weight)
+        row_mean = np.maximum(_sequential_sum(row_var, -2) / rows, eps1)
+        estimate = row_var * col_var / row_mean
+    else:
+        variance[...] = _lerp(variance, squared, lerp_weight)
+        estimate = variance
+    update = 1 / np.sqrt(np.maximum(estimate, eps1 * eps1)) * g
+    denominator = max(1.0, math.sqrt(sum_of_squares(update)) / (size**0.5 * clip_threshold))
+    p -= alpha / denominator * update
+    return p
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient clipping by global norm. The sum of squares has a fixed blocking, so that the
 # compiled version (fastopt/_kernels.pyx) gives the same bits at every SIMD width and thread
@@ -542,3 +592,8 @@ class ScheduleFreeSGD(ReferenceOptimizer, _rules.ScheduleFreeSGD):
     y = momentum*x + (1-momentum)*z``."""
 
     _interpolate = staticmethod(schedulefree_interpolate)
+
+
+class Adafactor(ReferenceOptimizer, _rules.Adafactor):
+    """torch's Adafactor: factored row and column second moments for params of 2 or more
+    dims, a full one otherwise; a relative step size; the update clipped by its RMS."""

@@ -378,7 +378,7 @@ class Partition(_Wrapper):
                                        f"grad for every param") from None
                 values = optimizer._checked_values()
                 step = optimizer._next_step(values)
-                checked = optimizer._check_inputs(sub_params, sub_grads)
+                checked = optimizer._check_inputs(sub_params, sub_grads, step.loop)
                 read.update(zip(group_keys, checked.grads, strict=True))
                 plans.append((optimizer, sub_params, sub_grads, checked, values, step))
             grad_scale = None

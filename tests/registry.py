@@ -48,9 +48,26 @@ class Entry:
         zero: tests/test_weight_decay.py's check that the state never sees the params' inf and
         nan does not apply to such a rule (tests/test_schedulefree.py makes it after the first
         update instead).
+    param_norm_step : bool
+        Its step size reads the whole param's norm, with or without decay (Adafactor's
+        relative step ``max(eps2, RMS(p))*rho``, as torch's): an inf or nan in a param then
+        reaches every element of that param, so tests/test_weight_decay.py's check that the
+        params' inf and nan stay in their places does not apply to it. tests/test_adafactor.py
+        checks what does hold: the state never depends on the params, and a param's inf or
+        nan reaches no other param.
     other_values : mapping of str to float
         A second value for each of its float hyperparameters, set between two steps by
         ``test_changing_a_hyperparameter_takes_effect_on_the_next_step``.
+    other_values_setup : mapping of str to dict
+        For a hyperparameter of ``other_values`` that acts only in some setting, whatever its
+        value: options (over each config's) with which that test makes all three of its
+        optimizers (the one changed, its reference twin and the unchanged control) when it
+        changes that hyperparameter. The reason goes beside the entry.
+    floors : mapping of str to float
+        Hyperparameters whose range has a floor other than 0 (Adafactor's ``d`` >= 1, as
+        torch's): a test that derives a value by taking a valid one toward 0
+        (tests/test_callpath.py halves it, or decays it linearly to 1%) takes its distance
+        from the floor there instead.
     rtol : float, or mapping of dtype to float
         How close fastopt comes to the oracle: ``oracles.EXACT`` (bits) when the oracle
         follows the formula's statements; otherwise the normwise relative bound, and why, in
@@ -66,7 +83,10 @@ class Entry:
     option_state: Mapping[str, str] = field(default_factory=dict)
     scalar_state: tuple[str, ...] = ()
     param_state: tuple[str, ...] = ()
+    param_norm_step: bool = False
     other_values: Mapping[str, float] = field(default_factory=dict)
+    other_values_setup: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    floors: Mapping[str, float] = field(default_factory=dict)
     rtol: float | Mapping[Any, float] = oracles.EXACT
 
     @property
@@ -161,6 +181,20 @@ REGISTRY = (
           param_state=("z", "x"),
           other_values={"lr": 0.3, "momentum": 0.5, "weight_decay": 0.5, "warmup_steps": 10,
                         "r": 1.0, "weight_lr_power": 0.5}),
+    Entry("Adafactor", oracles.adafactor, lr=0.1,
+          configs=({}, {"weight_decay": 0.1}, {"eps1": 1e-20, "beta2_decay": -0.5, "d": 1.5}),
+          state=("row_var", "col_var", "variance"), param_norm_step=True,
+          # eps2 acts where it exceeds the params' root mean square (about 1). d (>= 1, as
+          # torch's) clips the update only where the update's RMS exceeds it, and lr has no
+          # part in that RMS: with the test's (9,) param and grads, at the default beta2_decay
+          # it is 0.83-0.93 at the steps after the change (below every allowed d). With
+          # beta2_decay=-3 the second moment keeps mostly the first steps' g*g, and the RMS is
+          # 1.43, 1.81, 1.35 there: d=1.3 changes the step from d=1 and from d=1.5 alike.
+          other_values={"lr": 0.3, "beta2_decay": -0.3, "eps2": 10.0, "d": 1.3,
+                        "weight_decay": 0.5},
+          other_values_setup={"d": {"beta2_decay": -3.0}},
+          floors={"d": 1.0},
+          rtol=oracles.ADAFACTOR_RTOL),
 )
 
 BY_NAME = {entry.name: entry for entry in REGISTRY}

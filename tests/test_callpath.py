@@ -94,17 +94,24 @@ def test_no_plan_where_the_steps_are_not_restated(config):
 
 def _change(optimizer, name, how):
     """Set hyperparameter ``name`` another way at each step: a new value, an equal value in a
-    new object, a schedule, a NumPy scalar, back to a number."""
-    value = OTHER.get(name, BY_NAME[type(optimizer).__name__].other_values.get(name))
+    new object, a schedule, a NumPy scalar, back to a number. (The schedule and the last
+    number go toward 0, or toward the range's floor where the registry declares one.)"""
+    entry = BY_NAME[type(optimizer).__name__]
+    value = OTHER.get(name, entry.other_values.get(name))
     if how == 0:
         return value
     current = getattr(optimizer, name)
     if how == 1 and not callable(current):
         return float.fromhex(float(current).hex())   # equal, but another object
     if how == 2:
+        if name in entry.floors:
+            floor = entry.floors[name]
+            return schedules.LinearDecay(value, n=7, end=floor + 0.01 * (value - floor))
         return schedules.LinearDecay(value, n=7)
     if how == 3:
         return np.float32(value)
+    if name in entry.floors:
+        return entry.floors[name] + (value - entry.floors[name]) * 0.5
     return value * 0.5
 
 

@@ -220,6 +220,10 @@ RANGE_CASES = {
                           (-0.1, ValueError, "0 <="), (-1e-9, ValueError, "0 <=")],
     "check_epsilon": [(0.0, ValueError, "> 0"), (-1e-8, ValueError, "> 0"),
                       (float("nan"), ValueError, "> 0")],
+    "check_nonpositive": [(0.1, ValueError, "<= 0"), (float("-inf"), ValueError, "<= 0"),
+                          (float("nan"), ValueError, "<= 0")],
+    "check_at_least_one": [(0.5, ValueError, ">= 1"), (float("inf"), ValueError, ">= 1"),
+                           (float("nan"), ValueError, ">= 1")],
 }
 # What every hyperparameter rejects, whatever its range: values that are not real numbers.
 KIND_CASES = [("0.1", TypeError, "real number"), ("tiny", TypeError, "real number"),

@@ -68,6 +68,9 @@ STATE_KEYS = {
     "AdaGrad": {"h": "sum"},
     "RMSprop": {"h": "square_avg", "grad_avg": "grad_avg",
                 "momentum_buffer": "momentum_buffer"},
+    # torch keeps row_var and col_var for a param of 2 or more dims, variance for the others;
+    # fastopt keeps all three, of size 0 where unused (tests/test_adafactor.py compares them)
+    "Adafactor": {"row_var": "row_var", "col_var": "col_var", "variance": "variance"},
 }
 # torch's state keys that are scalars, not per-element arrays.
 TORCH_SCALAR_STATE = {"step", "mu_product"}
@@ -83,6 +86,7 @@ SINGLE_TENSOR = {
     "Adadelta": ("adadelta", "_single_tensor_adadelta"),
     "Adagrad": ("adagrad", "_single_tensor_adagrad"),
     "RMSprop": ("rmsprop", "_single_tensor_rmsprop"),
+    "Adafactor": ("_adafactor", "_single_tensor_adafactor"),
 }
 
 
@@ -132,6 +136,10 @@ def to_fastopt(torch_name, torch_options):
         return "RMSprop", {"lr": o["lr"], "decay_rate": o["alpha"], "eps": o["eps"],
                            "weight_decay": o["weight_decay"], "momentum": o["momentum"],
                            "centered": o["centered"]}
+    if torch_name == "Adafactor":
+        eps1, eps2 = o["eps"]
+        return "Adafactor", {"lr": o["lr"], "beta2_decay": o["beta2_decay"], "eps1": eps1,
+                             "eps2": eps2, "d": o["d"], "weight_decay": o["weight_decay"]}
     raise AssertionError(f"no port for torch.optim.{torch_name}")
 
 
@@ -385,7 +393,8 @@ def fastopt_defaults(name):
     return {key: parameter.default for key, parameter in signature.parameters.items()}
 
 
-@pytest.mark.parametrize("torch_name", ["AdamW", "NAdam", "RAdam", "Adamax", "Adadelta"])
+@pytest.mark.parametrize("torch_name", ["AdamW", "NAdam", "RAdam", "Adamax", "Adadelta",
+                                        "Adafactor"])
 def test_defaults_equal_torch(torch_name):
     # SPEC §7: where torch.optim has the optimizer, its defaults are fastopt's, so that
     # torch_name(params) ports to fastopt.<name>() with no arguments.
