@@ -820,6 +820,13 @@ cdef void _lamb_apply(floating* p, const floating* g, floating* m, floating* v,
         p[i] = p[i] - lr * (ratio * direction[i])
 
 
+cdef void _none(floating* p, const floating* g, floating* unused0, floating* unused1,
+                floating* unused2, intp n, const Step* c, bint decay) noexcept nogil:
+    # The first pass of a rule whose every statement follows its per-param norms (LARS): the
+    # call only checks, all or none, that the loops take every param.
+    pass
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks and the driver.
 
@@ -939,6 +946,7 @@ cdef enum:
     # threads (a worker's last chunk finishing late): from 2**15.
     STREAMING_MIN = 1 << 18
     DIVIDING_MIN = 1 << 15
+    NEVER_SPLIT = 0x7fffffff   # a loop that writes nothing ("none"): never worth a thread
     CHUNK_ALIGN = 16   # elements: chunks start on whole 64-byte lines for float32 and float64
     # The smallest chunk, in elements (a multiple of CHUNK_ALIGN): claiming one costs about as
     # much as a few dozen elements of the cheapest loop, so that stays within a few percent.
@@ -1407,6 +1415,7 @@ _register("lion", _lion[float], _lion[double], 1, STREAMING_MIN)
 _register("adopt", _adopt[float], _adopt[double], 2, DIVIDING_MIN)
 _register("lamb", _lamb[float], _lamb[double], 3, DIVIDING_MIN)
 _register("lamb_apply", _lamb_apply[float], _lamb_apply[double], 3, STREAMING_MIN)
+_register("none", _none[float], _none[double], 0, NEVER_SPLIT)
 
 
 cdef Rule* _loop_named(str name) except NULL:
@@ -1733,8 +1742,14 @@ cdef enum:
     NORM_LANES = 8
 
 
-cdef double _block_sum(const floating* x, intp n) noexcept nogil:
-    """Sum of squares of ``x[0:n]`` (n <= NORM_BLOCK), in NORM_LANES lanes."""
+cdef inline double _scaled(floating x, floating scale, bint scaled) noexcept nogil:
+    """``x``, or ``x*scale`` rounded to its dtype (the grad a loop reads), as a double."""
+    return <double>(x * scale) if scaled else <double>x
+
+
+cdef double _block_sum(const floating* x, intp n, floating scale, bint scaled) noexcept nogil:
+    """Sum of squares of ``x[0:n]`` (n <= NORM_BLOCK), each times ``scale`` first if
+    ``scaled``, in NORM_LANES lanes."""
     cdef double acc[NORM_LANES]
     cdef intp row, i, j, full = n - n % NORM_LANES
     cdef double value
@@ -1743,10 +1758,10 @@ cdef double _block_sum(const floating* x, intp n) noexcept nogil:
     for row in range(full // NORM_LANES):
         i = row * NORM_LANES
         for j in range(NORM_LANES):
-            value = <double>x[i + j]
+            value = _scaled(x[i + j], scale, scaled)
             acc[j] = acc[j] + value * value
     for j in range(n - full):
-        value = <double>x[full + j]
+        value = _scaled(x[full + j], scale, scaled)
         acc[j] = acc[j] + value * value
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
@@ -1763,6 +1778,8 @@ ctypedef struct SumJob:
     # What a run of blocks of ``_array_sum`` needs; it lives on that function's stack.
     Task* task
     double* sums
+    double scale   # each element is multiplied by it first (in its dtype), if ``scaled``
+    bint scaled
 
 
 cdef void _sum_blocks(void* job, intp first, intp stop) noexcept nogil:
@@ -1774,24 +1791,30 @@ cdef void _sum_blocks(void* job, intp first, intp stop) noexcept nogil:
         start = b * NORM_BLOCK
         if task.single:
             j.sums[b] = _block_sum(<const float*>task.grad + start,
-                                   min(task.size - start, <intp>NORM_BLOCK))
+                                   min(task.size - start, <intp>NORM_BLOCK),
+                                   <float>j.scale, j.scaled)
         else:
             j.sums[b] = _block_sum(<const double*>task.grad + start,
-                                   min(task.size - start, <intp>NORM_BLOCK))
+                                   min(task.size - start, <intp>NORM_BLOCK), j.scale, j.scaled)
 
 
-cdef int _array_sum(Task* task, int threads, double* result) noexcept nogil:
-    """``result[0]`` = the blocked sum of squares of the task's grad; -1 if out of memory.
-    From STREAMING_MIN elements the blocks are shared out by the thread pool; each block's sum
-    and their pairwise combination do not depend on which thread summed it."""
+cdef int _array_sum(Task* task, int threads, double* result, double scale,
+                    bint scaled) noexcept nogil:
+    """``result[0]`` = the blocked sum of squares of the task's grad (each element times
+    ``scale`` first, in its dtype, if ``scaled``); -1 if out of memory. From STREAMING_MIN
+    elements the blocks are shared out by the thread pool; each block's sum and their pairwise
+    combination do not depend on which thread summed it."""
     cdef intp blocks = (task.size + NORM_BLOCK - 1) // NORM_BLOCK
     cdef intp chunks
     cdef SumJob job
     if blocks <= 1:
-        result[0] = (_block_sum(<const float*>task.grad, task.size) if task.single
-                     else _block_sum(<const double*>task.grad, task.size))
+        result[0] = (_block_sum(<const float*>task.grad, task.size, <float>scale, scaled)
+                     if task.single
+                     else _block_sum(<const double*>task.grad, task.size, scale, scaled))
         return 0
     job.task = task
+    job.scale = scale
+    job.scaled = scaled
     job.sums = <double*>malloc(blocks * sizeof(double))
     if job.sums == NULL:
         return -1
@@ -1823,17 +1846,20 @@ cdef bint _readable(object array, Task* task) noexcept:
     return True
 
 
-def sum_of_squares(array):
-    """The blocked float64 sum of squares of one array (see above), or None if the loops
-    cannot read it (the caller then computes the same sum with NumPy)."""
+def sum_of_squares(array, scale=None):
+    """The blocked float64 sum of squares of one array (see above), each element multiplied
+    by ``scale`` first (in the array's dtype) unless it is None; or None if the loops cannot
+    read the array (the caller then computes the same sum with NumPy)."""
     cdef Task task
     cdef double result
     cdef int status
     cdef int threads = fastopt_setting_get(FASTOPT_THREADS)
+    cdef bint scaled = scale is not None
+    cdef double factor = <double>scale if scaled else 1.0
     if not _readable(array, &task):
         return None
     with nogil:
-        status = _array_sum(&task, threads, &result)
+        status = _array_sum(&task, threads, &result, factor, scaled)
     if status != 0:
         raise MemoryError()
     return result
