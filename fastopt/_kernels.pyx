@@ -114,12 +114,15 @@ ctypedef struct Step:
     double rectification
     double decoupled_decay   # AdamW's lr*weight_decay, Lion's weight_decay
     double clip              # ADOPT's bound on the normalised grad
-    double ratio             # LAMB's trust ratio, one param's
+    double ratio             # LAMB's and LARS's trust ratio, one param's
+    double dampening         # LARS's momentum dampening
     bint eps_inside_sqrt
     bint soft_roots          # float64 square roots by fastopt_soft_roots (set by _run)
     bint velocity_first
     bint rectified
-    bint first               # ADOPT's first step: the second moment only
+    bint first               # ADOPT's first step: the second moment only; LARS's: the
+    #                          momentum buffer is the grad
+    bint nesterov            # LARS: Nesterov momentum
     int targets              # the bandwidth probe's: how many arrays it reads and writes
 
 
@@ -827,6 +830,66 @@ cdef void _none(floating* p, const floating* g, floating* unused0, floating* unu
     pass
 
 
+cdef inline floating _sum(floating a, floating b) noexcept nogil:
+    """``a + b`` as NumPy's array add gives it, nan included: of two nans, ``a``'s (x86's
+    first-operand rule). A compiler may swap the operands of a commutative add, so a nan
+    ``a`` comes through a select (``a + a``: ``a`` quieted), not through the order of the
+    add. A select, so the loops still vectorise."""
+    return a + b if a == a else a + a
+
+
+cdef inline floating _lars_grad(floating grad, floating p, floating weight_decay,
+                                bint decoupled, floating ratio) noexcept nogil:
+    """LARS's grad: plus decoupled decay (if this param decays), times the trust ratio."""
+    if decoupled:
+        grad = _sum(grad, weight_decay * p)
+    return grad * ratio
+
+
+cdef void _lars(floating* p, const floating* g, floating* buffer, floating* unused1,
+                floating* unused2, intp n, const Step* c, bint decay) noexcept nogil:
+    # LARS, one param after its norms; decay and ratio are that param's (its second pass).
+    cdef floating scale = <floating>c.grad_scale, wd = <floating>c.weight_decay
+    cdef bint decayed = decay and c.weight_decay != 0
+    cdef floating lr = <floating>c.lr
+    cdef floating momentum = <floating>c.momentum
+    cdef floating one_minus_dampening = <floating>(1.0 - c.dampening)
+    cdef floating weight_decay = <floating>c.decoupled_decay
+    cdef bint decoupled = c.decoupled_decay != 0
+    cdef floating ratio = <floating>c.ratio
+    cdef floating grad
+    cdef intp i
+    if buffer == NULL or c.momentum == 0:
+        for i in range(n):
+            grad = _grad(g[i], p[i], scale, wd, decayed)
+            grad = _lars_grad(grad, p[i], weight_decay, decoupled, ratio)
+            p[i] = p[i] - lr * grad
+    elif c.first:
+        for i in range(n):
+            grad = _grad(g[i], p[i], scale, wd, decayed)
+            grad = _lars_grad(grad, p[i], weight_decay, decoupled, ratio)
+            _lars_step(p, buffer, i, grad, grad, lr, momentum, c.nesterov)
+    else:
+        for i in range(n):
+            grad = _grad(g[i], p[i], scale, wd, decayed)
+            grad = _lars_grad(grad, p[i], weight_decay, decoupled, ratio)
+            _lars_step(p, buffer, i, grad,
+                       _sum(momentum * buffer[i], one_minus_dampening * grad), lr, momentum,
+                       c.nesterov)
+
+
+cdef inline void _lars_step(floating* p, floating* buffer, intp i, floating grad,
+                            floating updated, floating lr, floating momentum,
+                            bint nesterov) noexcept nogil:
+    """Store the momentum buffer's new value ``updated``, then step: Nesterov's
+    ``grad + momentum*buffer``, or the buffer."""
+    buffer[i] = updated
+    if nesterov:
+        p[i] = p[i] - lr * _sum(grad, momentum * updated)
+    else:
+        p[i] = p[i] - lr * updated
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks and the driver.
 
@@ -1416,6 +1479,7 @@ _register("adopt", _adopt[float], _adopt[double], 2, DIVIDING_MIN)
 _register("lamb", _lamb[float], _lamb[double], 3, DIVIDING_MIN)
 _register("lamb_apply", _lamb_apply[float], _lamb_apply[double], 3, STREAMING_MIN)
 _register("none", _none[float], _none[double], 0, NEVER_SPLIT)
+_register("lars", _lars[float], _lars[double], 0, STREAMING_MIN)
 
 
 cdef Rule* _loop_named(str name) except NULL:
@@ -1464,6 +1528,8 @@ _field("rectified", &_layout.rectified, True)
 _field("clip", &_layout.clip, False)
 _field("first", &_layout.first, True)
 _field("ratio", &_layout.ratio, False)
+_field("dampening", &_layout.dampening, False)
+_field("nesterov", &_layout.nesterov, True)
 
 
 def step_fields():

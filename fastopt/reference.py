@@ -56,8 +56,8 @@ from ._validation import check_nonnegative as check_nonnegative
 from ._validation import check_option as check_option
 from ._validation import to_float as to_float
 
-__all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax", "Lion",
-           "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop"]
+__all__ = ["ADOPT", "LAMB", "LARS", "SGD", "AdaGrad", "Adadelta", "Adam", "AdamW", "Adamax",
+           "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +274,28 @@ def none_rule(p: Any, g: Any, *states: Any) -> Any:
     return p
 
 
+def lars_rule(p: Any, g: Any, momentum_buffer: Any, lr: float, momentum: float,
+              dampening: float, nesterov: bool, first: bool, decoupled_decay: float,
+              ratio: float) -> Any:
+    """timm's LARS, one param (its only pass, after the norms of ``p`` and ``g``): the grad
+    with decoupled decay scaled by the trust ratio, then SGD's momentum (the buffer is the
+    grad itself at the first step; not used while ``momentum`` is 0), then the step."""
+    if decoupled_decay:
+        g = g + decoupled_decay * p
+    g = g * ratio
+    if momentum_buffer is not None and momentum != 0:
+        if first:
+            momentum_buffer[...] = g
+        else:
+            momentum_buffer[...] = momentum * momentum_buffer + (1 - dampening) * g
+        if nesterov:
+            g = g + momentum * momentum_buffer
+        else:
+            g = momentum_buffer
+    p -= lr * g
+    return p
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient clipping by global norm. The sum of squares has a fixed blocking, so that the
 # compiled version (fastopt/_kernels.pyx) gives the same bits at every SIMD width and thread
@@ -478,6 +500,11 @@ class ADOPT(ReferenceOptimizer, _rules.ADOPT):
 class LAMB(ReferenceOptimizer, _rules.LAMB):
     """timm's LAMB: Adam's bias-corrected direction plus decoupled decay, scaled per param by
     the trust ratio ``||p|| / ||direction||``."""
+
+
+class LARS(ReferenceOptimizer, _rules.LARS):
+    """timm's LARS: SGD with momentum on the grad plus decoupled decay, scaled per param by
+    the trust ratio ``trust_coeff*||p|| / (||g|| + weight_decay*||p|| + eps)``."""
 
 
 class Lion(ReferenceOptimizer, _rules.Lion):
