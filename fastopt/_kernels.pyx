@@ -830,20 +830,28 @@ cdef void _none(floating* p, const floating* g, floating* unused0, floating* unu
     pass
 
 
-cdef inline floating _sum(floating a, floating b) noexcept nogil:
-    """``a + b`` as NumPy's array add gives it, nan included: of two nans, ``a``'s (x86's
-    first-operand rule). A compiler may swap the operands of a commutative add, so a nan
-    ``a`` comes through a select (``a + a``: ``a`` quieted), not through the order of the
-    add. A select, so the loops still vectorise."""
-    return a + b if a == a else a + a
+cdef inline floating _plus(floating a, floating negated, floating x) noexcept nogil:
+    """``a + factor*x`` as NumPy's arrays give it, nan included, from ``negated``, which is
+    ``-factor``: ``a - negated*x`` is the same number (IEEE) through a subtraction, which a
+    compiler may not commute. So of two nans the result is ``a``'s, as NumPy's add gives
+    (x86: the first operand's), where an add's operands may be swapped; a nan ``x`` comes
+    through the product unchanged, as through NumPy's ``factor*x``. ``negated`` is made as
+    ``0.0 - factor`` (``_negated``), which a compiler may not fold back into an add."""
+    return a - negated * x
 
 
-cdef inline floating _lars_grad(floating grad, floating p, floating weight_decay,
+cdef inline double _negated(double factor) noexcept nogil:
+    """``-factor`` for a factor > 0, as ``0.0 - factor``, which stays a subtraction (see
+    ``_plus``); rounded to float it is minus the factor rounded."""
+    return 0.0 - factor
+
+
+cdef inline floating _lars_grad(floating grad, floating p, floating negated_decay,
                                 bint decoupled, floating ratio) noexcept nogil:
-    """LARS's grad: plus decoupled decay (if this param decays), times the trust ratio."""
-    if decoupled:
-        grad = _sum(grad, weight_decay * p)
-    return grad * ratio
+    """LARS's grad: plus decoupled decay (if this param decays), times the trust ratio. (Both
+    values are computed and one selected, so the loops vectorise.)"""
+    cdef floating decayed = _plus(grad, negated_decay, p)
+    return (decayed if decoupled else grad) * ratio
 
 
 cdef void _lars(floating* p, const floating* g, floating* buffer, floating* unused1,
@@ -853,8 +861,9 @@ cdef void _lars(floating* p, const floating* g, floating* buffer, floating* unus
     cdef bint decayed = decay and c.weight_decay != 0
     cdef floating lr = <floating>c.lr
     cdef floating momentum = <floating>c.momentum
-    cdef floating one_minus_dampening = <floating>(1.0 - c.dampening)
-    cdef floating weight_decay = <floating>c.decoupled_decay
+    cdef floating negated_momentum = <floating>_negated(c.momentum)
+    cdef floating negated_dampened = <floating>_negated(1.0 - c.dampening)
+    cdef floating negated_decay = <floating>_negated(c.decoupled_decay)
     cdef bint decoupled = c.decoupled_decay != 0
     cdef floating ratio = <floating>c.ratio
     cdef floating grad
@@ -862,32 +871,29 @@ cdef void _lars(floating* p, const floating* g, floating* buffer, floating* unus
     if buffer == NULL or c.momentum == 0:
         for i in range(n):
             grad = _grad(g[i], p[i], scale, wd, decayed)
-            grad = _lars_grad(grad, p[i], weight_decay, decoupled, ratio)
+            grad = _lars_grad(grad, p[i], negated_decay, decoupled, ratio)
             p[i] = p[i] - lr * grad
     elif c.first:
         for i in range(n):
             grad = _grad(g[i], p[i], scale, wd, decayed)
-            grad = _lars_grad(grad, p[i], weight_decay, decoupled, ratio)
-            _lars_step(p, buffer, i, grad, grad, lr, momentum, c.nesterov)
+            grad = _lars_grad(grad, p[i], negated_decay, decoupled, ratio)
+            _lars_step(p, buffer, i, grad, grad, lr, negated_momentum, c.nesterov)
     else:
         for i in range(n):
             grad = _grad(g[i], p[i], scale, wd, decayed)
-            grad = _lars_grad(grad, p[i], weight_decay, decoupled, ratio)
-            _lars_step(p, buffer, i, grad,
-                       _sum(momentum * buffer[i], one_minus_dampening * grad), lr, momentum,
-                       c.nesterov)
+            grad = _lars_grad(grad, p[i], negated_decay, decoupled, ratio)
+            _lars_step(p, buffer, i, grad, _plus(momentum * buffer[i], negated_dampened, grad),
+                       lr, negated_momentum, c.nesterov)
 
 
 cdef inline void _lars_step(floating* p, floating* buffer, intp i, floating grad,
-                            floating updated, floating lr, floating momentum,
+                            floating updated, floating lr, floating negated_momentum,
                             bint nesterov) noexcept nogil:
     """Store the momentum buffer's new value ``updated``, then step: Nesterov's
-    ``grad + momentum*buffer``, or the buffer."""
+    ``grad + momentum*buffer``, or the buffer (both computed, one selected: vectorised)."""
+    cdef floating ahead = _plus(grad, negated_momentum, updated)
     buffer[i] = updated
-    if nesterov:
-        p[i] = p[i] - lr * _sum(grad, momentum * updated)
-    else:
-        p[i] = p[i] - lr * updated
+    p[i] = p[i] - lr * (ahead if nesterov else updated)
 
 
 # ---------------------------------------------------------------------------------------------
