@@ -1821,7 +1821,14 @@ cdef inline double _scaled(floating x, floating scale, bint scaled) noexcept nog
 
 cdef double _block_sum(const floating* x, intp n, floating scale, bint scaled) noexcept nogil:
     """Sum of squares of ``x[0:n]`` (n <= NORM_BLOCK), each times ``scale`` first if
-    ``scaled``, in NORM_LANES lanes."""
+    ``scaled``, in NORM_LANES lanes. (``scaled`` is a constant in each call of ``_lanes``,
+    so each form vectorises; a flag read inside the loop would keep it scalar.)"""
+    if scaled:
+        return _lanes(x, n, scale, True)
+    return _lanes(x, n, scale, False)
+
+
+cdef inline double _lanes(const floating* x, intp n, floating scale, bint scaled) noexcept nogil:
     cdef double acc[NORM_LANES]
     cdef intp row, i, j, full = n - n % NORM_LANES
     cdef double value
