@@ -50,11 +50,11 @@ from .clipping import global_norm
 _run_loop: Callable[..., bool] = _kernels.run
 
 
-def _sum_of_squares(array: Any) -> float:
-    """The blocked float64 sum of squares of ``array`` (fastopt.reference's definition),
-    compiled where the array allows."""
-    total = _kernels.sum_of_squares(array)
-    return reference.sum_of_squares(array) if total is None else total
+def _sum_of_squares(array: Any, scale: float | None = None) -> float:
+    """The blocked float64 sum of squares of ``array`` (times ``scale`` first, in its dtype;
+    fastopt.reference's definition), compiled where the array allows."""
+    total = _kernels.sum_of_squares(array, scale)
+    return reference.sum_of_squares(array, scale) if total is None else total
 
 SLOTS = 3   # state slots of every compiled loop
 
@@ -438,28 +438,32 @@ class Optimizer(OptimizerCore):
             raise
         if not done:
             return False
-        if step.second is not None:
-            keys = list(params) if kind is dict else list(range(len(params)))
-            self._second_pass(step, values, decays, params, [grads[key] for key in keys],
-                              states, keys)
         for name, value in step.after.items():
             setattr(self, name, value)
+        if step.second is not None:
+            keys = list(params) if kind is dict else list(range(len(params)))
+            self._second_pass(step, values, grad_scale, decays, params,
+                              [grads[key] for key in keys], states, keys)
         return True
 
-    def _second_pass(self, step: Step, values: dict[str, float], decays: Any, params: Any,
-                     read: list[Any], states: list[Any], keys: list[Any]) -> None:
+    def _second_pass(self, step: Step, values: dict[str, float], grad_scale: float | None,
+                     decays: Any, params: Any, read: list[Any], states: list[Any],
+                     keys: list[Any]) -> None:
         """The second pass of a two-pass rule, param after param (``read``: their grads, as
-        the first pass read them): each param's sums of squares, its scalars, then the
-        compiled loop (NumPy's rule for a param it declines)."""
+        the first pass read them, before the clip factor ``grad_scale``): each param's sums
+        of squares, its scalars, then the compiled loop (NumPy's rule for a param it
+        declines)."""
         assert step.second is not None
         for key, grad in zip(keys, read, strict=True):
             param = params[key]
-            sums = tuple(_sum_of_squares(array) for array in self._reduced_arrays(key, param))
+            sums = tuple(_sum_of_squares(array, scale)
+                         for array, scale in self._reductions(key, param, grad, grad_scale))
             scalars = self._per_param(values, sums, decays is None or bool(decays[key]))
             own = [None if state is None else [state[key]] for state in _pad(states)]
-            if not _run_loop(step.second, [param], [grad], *own, None, None, 0.0, scalars):
-                reference.apply_second(self, step, values, decays, params, {}, states,
-                                       [key], [grad])
+            if not _run_loop(step.second, [param], [grad], *own, None, grad_scale, 0.0,
+                             scalars):
+                reference.apply_second(self, step, values, grad_scale, decays, params, {},
+                                       states, [key], [grad])
 
     def _used_states(self) -> list[Any]:
         """The state containers this optimizer keeps (``state_names``), None for one not
@@ -593,7 +597,8 @@ class Optimizer(OptimizerCore):
                                     states, run, read)
                 finished += len(group)
             if step.second is not None:
-                self._second_pass(step, values, decays, params, grad_list, states, list(keys))
+                self._second_pass(step, values, grad_scale, decays, params, grad_list, states,
+                                  list(keys))
         except BaseException as error:
             # Only an exception from a signal handler (not SIGINT's, which update holds) or
             # from NumPy (MemoryError; a floating-point warning made an error) gets here.

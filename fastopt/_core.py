@@ -16,8 +16,9 @@ A rule is declared once (fastopt/_rules.py), as a class of class attributes and 
 - ``_scalar_state``: float state beside the arrays (a running product), with its initial
   value and its check;
 - ``_decoupled``: the rule applies weight decay itself (its ``decoupled_decay`` scalar);
-- ``_reduced`` and ``_per_param``: for a rule with a second pass (LAMB), the arrays whose
-  sums of squares each param's second pass needs, and its scalars from them;
+- ``_reduced`` and ``_per_param``: for a rule with a second pass (LAMB, LARS), the arrays
+  whose sums of squares each param's second pass needs (the param, the grad as the loops
+  read it, or a state array), and its scalars from them;
 - ``__init__``: its constructor, the names and defaults users see;
 - ``_next_step(values)``: from the step's hyperparameter values, a ``Step``: the NumPy rule
   and the compiled loop it runs, their scalars by name, the attributes the step sets, and
@@ -71,7 +72,11 @@ class Step(NamedTuple):
     form: str | None = "constant"
     #: A second pass over every param, after a reduction of each (the sums of squares of the
     #: arrays the rule's ``_reduced`` names): its NumPy rule (``<second>_rule``) and compiled
-    #: loop, which take the scalars ``_per_param`` computes from those sums. None: one pass.
+    #: loop, which take the scalars ``_per_param`` computes from those sums. It runs once
+    #: every param's first pass is done and the step is counted (``after`` is set). None: one
+    #: pass. A rule whose every statement follows its reductions (LARS: norms of the param
+    #: and grad as they come) has the first pass ``"none"``, which writes nothing (its
+    #: compiled call still checks, all or none, that the loops take every param).
     second: str | None = None
 
 
@@ -94,7 +99,10 @@ class OptimizerCore:
     _scalar_state: dict[str, tuple[float, Check]] = {}
     # state arrays not of their param's shape: name -> its shape from the param's shape
     _state_shapes: dict[str, Callable[[tuple[int, ...]], tuple[int, ...]]] = {}
-    _reduced: tuple[str, ...] = ()   # arrays whose sums of squares a second pass needs
+    # The arrays whose sums of squares a second pass needs: "param", "grad" (as the loops read
+    # it: scaled by the clip factor; a rule that reduces it applies its weight decay itself,
+    # ``_decoupled``) or a state name.
+    _reduced: tuple[str, ...] = ()
     _decoupled = False
     lr: Hyper
     weight_decay: Hyper
@@ -179,14 +187,18 @@ class OptimizerCore:
     def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
                    decays: bool) -> dict[str, float]:
         """The second pass's scalars for one param, from the step's hyperparameter values and
-        the sums of squares of the arrays ``_reduced`` names (``"param"`` or a state name),
-        each a float64 sum in fastopt.reference's fixed blocking; ``decays``: whether this
-        param decays."""
+        the sums of squares of the arrays ``_reduced`` names (``"param"``, ``"grad"`` or a
+        state name), each a float64 sum in fastopt.reference's fixed blocking; ``decays``:
+        whether this param decays. The step is counted already: ``iter`` is its t."""
         raise NotImplementedError
 
-    def _reduced_arrays(self, key: Any, param: Any) -> list[Any]:
-        """The arrays whose sums of squares ``_per_param`` takes, for the param of ``key``."""
-        return [param if name == "param" else getattr(self, name)[key]
+    def _reductions(self, key: Any, param: Any, grad: Any,
+                    grad_scale: float | None) -> list[tuple[Any, float | None]]:
+        """The arrays whose sums of squares ``_per_param`` takes, for the param of ``key``,
+        each with the factor it is multiplied by (in its dtype) before it is squared: the clip
+        factor for the grad, so that its sum is that of the grad the loops read; else None."""
+        return [(grad, grad_scale) if name == "grad"
+                else (param if name == "param" else getattr(self, name)[key], None)
                 for name in self._reduced]
 
     def _coupled_decay(self, values: dict[str, float]) -> float:
@@ -195,7 +207,9 @@ class OptimizerCore:
 
     def _scalars_without_decay(self, scalars: dict[str, Any]) -> dict[str, Any]:
         """The step's scalars for a param that does not decay."""
-        return {**scalars, "decoupled_decay": 0.0} if self._decoupled else scalars
+        if self._decoupled and "decoupled_decay" in scalars:
+            return {**scalars, "decoupled_decay": 0.0}
+        return scalars
 
     # --- state ----------------------------------------------------------------------------
 

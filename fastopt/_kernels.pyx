@@ -115,7 +115,7 @@ ctypedef struct Step:
     double rectification
     double decoupled_decay   # AdamW's lr*weight_decay, Lion's weight_decay
     double clip              # ADOPT's bound on the normalised grad
-    double ratio             # LAMB's trust ratio, one param's
+    double ratio             # LAMB's and LARS's trust ratio, one param's
     double ckp1              # Schedule-Free's averaging weight of the step
     double lookahead_alpha   # Lookahead's slow step size (fastopt/wrappers.py)
     double step_lr           # Adafactor's min(lr, 1/sqrt(t))
@@ -123,11 +123,14 @@ ctypedef struct Step:
     double eps1              # Adafactor's floor of the second moment's estimate
     double eps2              # Adafactor's floor of the param's root mean square
     double clip_threshold    # Adafactor's d
+    double dampening         # LARS's momentum dampening
     bint eps_inside_sqrt
     bint soft_roots          # float64 square roots by fastopt_soft_roots (set by _run)
     bint velocity_first
     bint rectified
-    bint first               # ADOPT's first step: the second moment only
+    bint first               # ADOPT's first step: the second moment only; LARS's: the
+    #                          momentum buffer is the grad
+    bint nesterov            # LARS: Nesterov momentum
     bint eps1_of_dtype       # Adafactor: eps1 is the dtype's machine epsilon
     int targets              # the bandwidth probe's: how many arrays it reads and writes
 
@@ -910,6 +913,79 @@ cdef void _lookahead(floating* p, const floating* g, floating* slow, floating* u
         p[i] = slow[i]
 
 
+cdef void _none(floating* p, const floating* g, floating* unused0, floating* unused1,
+                floating* unused2, intp n, const Step* c, bint decay) noexcept nogil:
+    # The first pass of a rule whose every statement follows its per-param norms (LARS): the
+    # call only checks, all or none, that the loops take every param.
+    pass
+
+
+cdef inline floating _plus(floating a, floating negated, floating x) noexcept nogil:
+    """``a + factor*x`` as NumPy's arrays give it, nan included, from ``negated``, which is
+    ``-factor``: ``a - negated*x`` is the same number (IEEE) through a subtraction, which a
+    compiler may not commute. So of two nans the result is ``a``'s, as NumPy's add gives
+    (x86: the first operand's), where an add's operands may be swapped; a nan ``x`` comes
+    through the product unchanged, as through NumPy's ``factor*x``. ``negated`` is made as
+    ``0.0 - factor`` (``_negated``), which a compiler may not fold back into an add."""
+    return a - negated * x
+
+
+cdef inline double _negated(double factor) noexcept nogil:
+    """``-factor`` for a factor > 0, as ``0.0 - factor``, which stays a subtraction (see
+    ``_plus``); rounded to float it is minus the factor rounded."""
+    return 0.0 - factor
+
+
+cdef inline floating _lars_grad(floating grad, floating p, floating negated_decay,
+                                bint decoupled, floating ratio) noexcept nogil:
+    """LARS's grad: plus decoupled decay (if this param decays), times the trust ratio. (Both
+    values are computed and one selected, so the loops vectorise.)"""
+    cdef floating decayed = _plus(grad, negated_decay, p)
+    return (decayed if decoupled else grad) * ratio
+
+
+cdef void _lars(floating* p, const floating* g, floating* buffer, floating* unused1,
+                floating* unused2, intp n, const Step* c, bint decay) noexcept nogil:
+    # LARS, one param after its norms; decay and ratio are that param's (its second pass).
+    cdef floating scale = <floating>c.grad_scale, wd = <floating>c.weight_decay
+    cdef bint decayed = decay and c.weight_decay != 0
+    cdef floating lr = <floating>c.lr
+    cdef floating momentum = <floating>c.momentum
+    cdef floating negated_momentum = <floating>_negated(c.momentum)
+    cdef floating negated_dampened = <floating>_negated(1.0 - c.dampening)
+    cdef floating negated_decay = <floating>_negated(c.decoupled_decay)
+    cdef bint decoupled = c.decoupled_decay != 0
+    cdef floating ratio = <floating>c.ratio
+    cdef floating grad
+    cdef intp i
+    if buffer == NULL or c.momentum == 0:
+        for i in range(n):
+            grad = _grad(g[i], p[i], scale, wd, decayed)
+            grad = _lars_grad(grad, p[i], negated_decay, decoupled, ratio)
+            p[i] = p[i] - lr * grad
+    elif c.first:
+        for i in range(n):
+            grad = _grad(g[i], p[i], scale, wd, decayed)
+            grad = _lars_grad(grad, p[i], negated_decay, decoupled, ratio)
+            _lars_step(p, buffer, i, grad, grad, lr, negated_momentum, c.nesterov)
+    else:
+        for i in range(n):
+            grad = _grad(g[i], p[i], scale, wd, decayed)
+            grad = _lars_grad(grad, p[i], negated_decay, decoupled, ratio)
+            _lars_step(p, buffer, i, grad, _plus(momentum * buffer[i], negated_dampened, grad),
+                       lr, negated_momentum, c.nesterov)
+
+
+cdef inline void _lars_step(floating* p, floating* buffer, intp i, floating grad,
+                            floating updated, floating lr, floating negated_momentum,
+                            bint nesterov) noexcept nogil:
+    """Store the momentum buffer's new value ``updated``, then step: Nesterov's
+    ``grad + momentum*buffer``, or the buffer (both computed, one selected: vectorised)."""
+    cdef floating ahead = _plus(grad, negated_momentum, updated)
+    buffer[i] = updated
+    p[i] = p[i] - lr * (ahead if nesterov else updated)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks and the driver.
 
@@ -1036,6 +1112,7 @@ cdef enum:
     # threads (a worker's last chunk finishing late): from 2**15.
     STREAMING_MIN = 1 << 18
     DIVIDING_MIN = 1 << 15
+    NEVER_SPLIT = 0x7fffffff   # a loop that writes nothing ("none"): never worth a thread
     CHUNK_ALIGN = 16   # elements: chunks start on whole 64-byte lines for float32 and float64
     # The smallest chunk, in elements (a multiple of CHUNK_ALIGN): claiming one costs about as
     # much as a few dozen elements of the cheapest loop, so that stays within a few percent.
@@ -1511,6 +1588,8 @@ _register("schedulefree_sgd", _schedulefree_sgd[float], _schedulefree_sgd[double
 _register("schedulefree_train", _schedulefree_train[float], _schedulefree_train[double], 1,
           STREAMING_MIN)
 _register("lookahead", _lookahead[float], _lookahead[double], 1, STREAMING_MIN)
+_register("none", _none[float], _none[double], 0, NEVER_SPLIT)
+_register("lars", _lars[float], _lars[double], 0, STREAMING_MIN)
 
 
 cdef Rule* _loop_named(str name) except NULL:
@@ -1568,6 +1647,8 @@ _field("eps1", &_layout.eps1, False)
 _field("eps2", &_layout.eps2, False)
 _field("clip_threshold", &_layout.clip_threshold, False)
 _field("eps1_of_dtype", &_layout.eps1_of_dtype, True)
+_field("dampening", &_layout.dampening, False)
+_field("nesterov", &_layout.nesterov, True)
 
 
 def step_fields():
@@ -1851,8 +1932,21 @@ cdef enum:
     NORM_LANES = 8
 
 
-cdef double _block_sum(const floating* x, intp n) noexcept nogil:
-    """Sum of squares of ``x[0:n]`` (n <= NORM_BLOCK), in NORM_LANES lanes."""
+cdef inline double _scaled(floating x, floating scale, bint scaled) noexcept nogil:
+    """``x``, or ``x*scale`` rounded to its dtype (the grad a loop reads), as a double."""
+    return <double>(x * scale) if scaled else <double>x
+
+
+cdef double _block_sum(const floating* x, intp n, floating scale, bint scaled) noexcept nogil:
+    """Sum of squares of ``x[0:n]`` (n <= NORM_BLOCK), each times ``scale`` first if
+    ``scaled``, in NORM_LANES lanes. (``scaled`` is a constant in each call of ``_lanes``,
+    so each form vectorises; a flag read inside the loop would keep it scalar.)"""
+    if scaled:
+        return _lanes(x, n, scale, True)
+    return _lanes(x, n, scale, False)
+
+
+cdef inline double _lanes(const floating* x, intp n, floating scale, bint scaled) noexcept nogil:
     cdef double acc[NORM_LANES]
     cdef intp row, i, j, full = n - n % NORM_LANES
     cdef double value
@@ -1861,10 +1955,10 @@ cdef double _block_sum(const floating* x, intp n) noexcept nogil:
     for row in range(full // NORM_LANES):
         i = row * NORM_LANES
         for j in range(NORM_LANES):
-            value = <double>x[i + j]
+            value = _scaled(x[i + j], scale, scaled)
             acc[j] = acc[j] + value * value
     for j in range(n - full):
-        value = <double>x[full + j]
+        value = _scaled(x[full + j], scale, scaled)
         acc[j] = acc[j] + value * value
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
@@ -1881,6 +1975,8 @@ ctypedef struct SumJob:
     # What a run of blocks of ``_array_sum`` needs; it lives on that function's stack.
     Task* task
     double* sums
+    double scale   # each element is multiplied by it first (in its dtype), if ``scaled``
+    bint scaled
 
 
 cdef void _sum_blocks(void* job, intp first, intp stop) noexcept nogil:
@@ -1892,24 +1988,30 @@ cdef void _sum_blocks(void* job, intp first, intp stop) noexcept nogil:
         start = b * NORM_BLOCK
         if task.single:
             j.sums[b] = _block_sum(<const float*>task.grad + start,
-                                   min(task.size - start, <intp>NORM_BLOCK))
+                                   min(task.size - start, <intp>NORM_BLOCK),
+                                   <float>j.scale, j.scaled)
         else:
             j.sums[b] = _block_sum(<const double*>task.grad + start,
-                                   min(task.size - start, <intp>NORM_BLOCK))
+                                   min(task.size - start, <intp>NORM_BLOCK), j.scale, j.scaled)
 
 
-cdef int _array_sum(Task* task, int threads, double* result) noexcept nogil:
-    """``result[0]`` = the blocked sum of squares of the task's grad; -1 if out of memory.
-    From STREAMING_MIN elements the blocks are shared out by the thread pool; each block's sum
-    and their pairwise combination do not depend on which thread summed it."""
+cdef int _array_sum(Task* task, int threads, double* result, double scale,
+                    bint scaled) noexcept nogil:
+    """``result[0]`` = the blocked sum of squares of the task's grad (each element times
+    ``scale`` first, in its dtype, if ``scaled``); -1 if out of memory. From STREAMING_MIN
+    elements the blocks are shared out by the thread pool; each block's sum and their pairwise
+    combination do not depend on which thread summed it."""
     cdef intp blocks = (task.size + NORM_BLOCK - 1) // NORM_BLOCK
     cdef intp chunks
     cdef SumJob job
     if blocks <= 1:
-        result[0] = (_block_sum(<const float*>task.grad, task.size) if task.single
-                     else _block_sum(<const double*>task.grad, task.size))
+        result[0] = (_block_sum(<const float*>task.grad, task.size, <float>scale, scaled)
+                     if task.single
+                     else _block_sum(<const double*>task.grad, task.size, scale, scaled))
         return 0
     job.task = task
+    job.scale = scale
+    job.scaled = scaled
     job.sums = <double*>malloc(blocks * sizeof(double))
     if job.sums == NULL:
         return -1
@@ -1941,17 +2043,20 @@ cdef bint _readable(object array, Task* task) noexcept:
     return True
 
 
-def sum_of_squares(array):
-    """The blocked float64 sum of squares of one array (see above), or None if the loops
-    cannot read it (the caller then computes the same sum with NumPy)."""
+def sum_of_squares(array, scale=None):
+    """The blocked float64 sum of squares of one array (see above), each element multiplied
+    by ``scale`` first (in the array's dtype) unless it is None; or None if the loops cannot
+    read the array (the caller then computes the same sum with NumPy)."""
     cdef Task task
     cdef double result
     cdef int status
     cdef int threads = fastopt_setting_get(FASTOPT_THREADS)
+    cdef bint scaled = scale is not None
+    cdef double factor = <double>scale if scaled else 1.0
     if not _readable(array, &task):
         return None
     with nogil:
-        status = _array_sum(&task, threads, &result)
+        status = _array_sum(&task, threads, &result, factor, scaled)
     if status != 0:
         raise MemoryError()
     return result
@@ -2087,7 +2192,7 @@ cdef double _squares(const floating* x, intp n, intp first, intp count) noexcept
         return 0.0
     if count == 1:
         start = first * NORM_BLOCK
-        return _block_sum(x + start, min(n - start, <intp>NORM_BLOCK))
+        return _block_sum(x + start, min(n - start, <intp>NORM_BLOCK), <floating>1, False)
     return (_squares(x, n, first, count // 2)
             + _squares(x, n, first + count // 2, count - count // 2))
 

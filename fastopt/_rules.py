@@ -24,9 +24,9 @@ from . import _validation as v
 from ._core import DecayFilter, Hyper, OptimizerCore, Params, State, Step
 from ._validation import Check
 
-__all__ = ["ADOPT", "LAMB", "RULES", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam",
-           "AdamW", "Adamax", "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSprop",
-           "ScheduleFreeAdamW", "ScheduleFreeSGD"]
+__all__ = ["ADOPT", "LAMB", "LARS", "RULES", "SGD", "AdaGrad", "Adadelta", "Adafactor",
+           "Adam", "AdamW", "Adamax", "Lion", "Momentum", "NAdam", "Nesterov", "RAdam",
+           "RMSprop", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 
 class SGD(OptimizerCore):
@@ -799,8 +799,88 @@ class Adafactor(OptimizerCore):
                     {"iter": t}, "adafactor", None)
 
 
+class LARS(OptimizerCore):
+    """LARS (You et al. 2017), as timm's Lars: per param, the grad plus decoupled weight decay
+    scaled by the trust ratio ``trust_coeff*||p|| / (||g|| + weight_decay*||p|| + eps)``,
+    then SGD's momentum."""
+
+    _hyperparameters = {"lr": v.check_learning_rate, "momentum": v.check_coefficient,
+                        "dampening": v.check_coefficient, "trust_coeff": v.check_nonnegative,
+                        "eps": v.check_epsilon}
+    _options = ("nesterov", "trust_clip", "always_adapt")
+    _decoupled = True
+    _reduced = ("param", "grad")
+    momentum: Hyper
+    dampening: Hyper
+    trust_coeff: Hyper
+    eps: Hyper
+    nesterov: bool
+    trust_clip: bool
+    always_adapt: bool
+    momentum_buffer: State
+
+    def __init__(self, lr: Hyper = 1.0, momentum: Hyper = 0.0, *, dampening: Hyper = 0.0,
+                 weight_decay: Hyper = 0.0, nesterov: bool = False, trust_coeff: Hyper = 0.001,
+                 eps: Hyper = 1e-8, trust_clip: bool = False, always_adapt: bool = False,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.momentum = momentum
+        self.dampening = dampening
+        self.nesterov = nesterov
+        self.trust_coeff = trust_coeff
+        self.eps = eps
+        self.trust_clip = trust_clip
+        self.always_adapt = always_adapt
+        self.momentum_buffer = None
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    @property
+    def _uses_momentum(self) -> bool:
+        """Momentum is used (with its buffer) when it is a schedule or nonzero."""
+        return callable(self.momentum) or self.momentum != 0
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return ("momentum_buffer",) if self._uses_momentum else ()
+
+    def _rule_state_names(self) -> list[str | None]:
+        return ["momentum_buffer" if self._uses_momentum else None]
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        # Every statement follows the norms of the param and grad as they come: no first pass.
+        return Step("none", {}, {"iter": self.iter + 1}, "none", None, second="lars")
+
+    def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
+                   decays: bool) -> dict[str, float]:
+        """The trust ratio ``trust_coeff*||p|| / (||g|| + weight_decay*||p|| + eps)`` (1 where
+        either norm is 0 or nan, and when the param does not adapt: no decay and not
+        ``always_adapt``); with ``trust_clip``, ``ratio/lr`` at most 1."""
+        lr, weight_decay = values["lr"], values["weight_decay"] if decays else 0.0
+        ratio = 1.0
+        if self.always_adapt or weight_decay != 0:
+            weight_norm, grad_norm = math.sqrt(sums[0]), math.sqrt(sums[1])
+            if weight_norm > 0 and grad_norm > 0:
+                ratio = values["trust_coeff"] * weight_norm / (
+                    grad_norm + weight_norm * weight_decay + values["eps"])
+            if self.trust_clip:
+                ratio = min(_divide(ratio, lr), 1.0)
+        return {"lr": lr, "momentum": values["momentum"], "dampening": values["dampening"],
+                "nesterov": bool(self.nesterov), "first": self.iter == 1,
+                "decoupled_decay": weight_decay, "ratio": ratio}
+
+
+def _divide(x: float, y: float) -> float:
+    """``x/y`` as IEEE (and torch) divide: inf or nan where ``y`` is 0, not an error."""
+    if y != 0:
+        return x / y
+    if x == 0 or math.isnan(x):
+        return math.nan
+    return math.copysign(math.inf, x) * math.copysign(1.0, y)
+
+
 #: Every rule, in the order the documentation and the benchmark list them.
 RULES: tuple[type[OptimizerCore], ...] = (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW,
                                           NAdam, RAdam, Adamax, Adadelta, Lion, ADOPT,
-                                          LAMB, Adafactor, ScheduleFreeAdamW,
+                                          LAMB, LARS, Adafactor, ScheduleFreeAdamW,
                                           ScheduleFreeSGD)

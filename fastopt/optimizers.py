@@ -14,9 +14,9 @@ from ._base import Optimizer as Optimizer  # the base of every class here, for a
 from ._core import Params
 from ._simd import kernels as _kernels
 
-__all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam", "AdamW", "Adamax",
-           "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop",
-           "ScheduleFreeAdamW", "ScheduleFreeSGD"]
+__all__ = ["ADOPT", "LAMB", "LARS", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam",
+           "AdamW", "Adamax", "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp",
+           "RMSprop", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 _SHARED = """
     Options every optimizer takes (keyword-only)
@@ -660,6 +660,60 @@ class Adafactor(Optimizer, _rules.Adafactor):
 
     ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard of a param's elements
     has no whole rows and columns). torch's ``maximize`` has no counterpart (negate the grads).
+    """
+
+
+class LARS(Optimizer, _rules.LARS):
+    """LARS (You et al. 2017, "Large Batch Training of Convolutional Networks"), as
+    timm.optim.Lars::
+
+        t += 1
+        if weight_decay != 0 or always_adapt:                 (per param)
+            ratio = trust_coeff*||p|| / (||g|| + ||p||*weight_decay + eps)
+                                                  (1 if either norm is 0)
+            ratio = min(ratio/lr, 1)                           (with trust_clip)
+            g = (g + weight_decay*p)*ratio                     (decoupled decay)
+        if momentum != 0:
+            b = g                                              (t == 1)
+            b = momentum*b + (1 - dampening)*g                 (t > 1)
+            g = g + momentum*b if nesterov else b
+        p -= lr*g
+
+    The norms are of the param and its grad before the step (the grad clipped first with
+    ``max_grad_norm``): float64 sums of squares in fastopt.reference's fixed blocking, so every
+    thread count gives the same bits, and the ratio is computed in Python (float64). Without
+    decay and ``always_adapt`` it is SGD with torch's momentum. The buffer is the grad itself
+    at the first update (timm's clone); a param first seen later, or momentum that starts at
+    0, begins from a zero buffer. The term ``weight_decay*p`` is left out where the decay is 0.
+    timm refuses ``nesterov`` without momentum or with dampening; here the formula runs
+    as written.
+
+    Parameters
+    ----------
+    lr : float or schedule, default 1.0
+    momentum : float or schedule, default 0
+        In [0, 1); 0 keeps no buffer.
+    dampening : float or schedule, default 0, keyword-only
+        In [0, 1).
+    weight_decay : float or schedule, default 0, keyword-only
+        Decoupled: added to the grad inside the trust ratio. A param that does not decay
+        (``weight_decay_filter``) keeps a ratio of 1 unless ``always_adapt``.
+    nesterov : bool, default False, keyword-only
+    trust_coeff : float or schedule, default 0.001, keyword-only
+    eps : float or schedule, default 1e-8, keyword-only
+    trust_clip : bool, default False, keyword-only
+        LARC: the ratio divided by lr, at most 1.
+    always_adapt : bool, default False, keyword-only
+        Scale every param by its trust ratio, even without weight decay.
+
+    Attributes
+    ----------
+    momentum_buffer : dict or list of ndarray, or None
+        The momentum buffer (kept while momentum is a schedule or nonzero).
+    iter : int
+        Number of ``update`` calls so far.
+
+    ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard has no whole norm).
     """
 
 

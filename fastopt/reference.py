@@ -56,9 +56,9 @@ from ._validation import check_nonnegative as check_nonnegative
 from ._validation import check_option as check_option
 from ._validation import to_float as to_float
 
-__all__ = ["ADOPT", "LAMB", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam", "AdamW", "Adamax",
-           "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp", "RMSprop",
-           "ScheduleFreeAdamW", "ScheduleFreeSGD"]
+__all__ = ["ADOPT", "LAMB", "LARS", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam",
+           "AdamW", "Adamax", "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp",
+           "RMSprop", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +374,34 @@ def adafactor_rule(p: Any, g: Any, row_var: Any, col_var: Any, variance: Any, st
     return p
 
 
+def none_rule(p: Any, g: Any, *states: Any) -> Any:
+    """The first pass of a rule whose every statement follows its per-param reductions
+    (LARS): nothing."""
+    return p
+
+
+def lars_rule(p: Any, g: Any, momentum_buffer: Any, lr: float, momentum: float,
+              dampening: float, nesterov: bool, first: bool, decoupled_decay: float,
+              ratio: float) -> Any:
+    """timm's LARS, one param (its only pass, after the norms of ``p`` and ``g``): the grad
+    with decoupled decay scaled by the trust ratio, then SGD's momentum (the buffer is the
+    grad itself at the first step; not used while ``momentum`` is 0), then the step."""
+    if decoupled_decay:
+        g = g + decoupled_decay * p
+    g = g * ratio
+    if momentum_buffer is not None and momentum != 0:
+        if first:
+            momentum_buffer[...] = g
+        else:
+            momentum_buffer[...] = momentum * momentum_buffer + (1 - dampening) * g
+        if nesterov:
+            g = g + momentum * momentum_buffer
+        else:
+            g = momentum_buffer
+    p -= lr * g
+    return p
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient clipping by global norm. The sum of squares has a fixed blocking, so that the
 # compiled version (fastopt/_kernels.pyx) gives the same bits at every SIMD width and thread
@@ -395,11 +423,14 @@ def _pairwise(sums: list[float]) -> float:
     return _pairwise(sums[:half]) + _pairwise(sums[half:])
 
 
-def sum_of_squares(grad: Any) -> float:
-    """The blocked float64 sum of squares of one grad (an array or a real scalar)."""
+def sum_of_squares(grad: Any, scale: float | None = None) -> float:
+    """The blocked float64 sum of squares of one grad (an array or a real scalar), multiplied
+    by ``scale`` first (in its own dtype, as ``transform_grad`` scales it) if given."""
     x = np.asarray(grad)
     if x.dtype.kind not in "fiu":
         raise TypeError(f"a grad of dtype {x.dtype} has no real norm")
+    if scale is not None:
+        x = np.asarray(x * scale)
     x = x.astype(np.float64).reshape(-1)
     if x.size == 0:
         return 0.0
@@ -470,20 +501,23 @@ def apply(optimizer: OptimizerCore, step: Step, values: dict[str, float],
 
 
 def apply_second(optimizer: OptimizerCore, step: Step, values: dict[str, float],
-                 decays: State, params: Params, grads: Grads, states: list[Any],
-                 keys: list[Any], read: list[Any] | None = None) -> None:
+                 grad_scale: float | None, decays: State, params: Params, grads: Grads,
+                 states: list[Any], keys: list[Any], read: list[Any] | None = None) -> None:
     """Run ``step``'s second pass, NumPy's, on each key of ``keys``: the sums of squares of
     the arrays the rule's ``_reduced`` names, its ``_per_param`` scalars from them, then the
-    rule ``<step.second>_rule`` (with the grad ``read``, or ``grads[key]``)."""
+    rule ``<step.second>_rule`` with the grad (``read``, or ``grads[key]``) clipped: the
+    decay is the rule's own."""
     assert step.second is not None
     rule: Callable[..., Any] = globals()[step.second + "_rule"]
     for index, key in enumerate(keys):
         param = params[key]
         grad = grads[key] if read is None else read[index]
-        sums = tuple(sum_of_squares(array) for array in optimizer._reduced_arrays(key, param))
+        sums = tuple(sum_of_squares(array, scale) for array, scale
+                     in optimizer._reductions(key, param, grad, grad_scale))
         scalars = optimizer._per_param(values, sums, decays is None or bool(decays[key]))
-        new = rule(param, grad, *[state[key] if state is not None else None
-                                  for state in states], **scalars)
+        new = rule(param, transform_grad(grad, param, grad_scale, 0.0),
+                   *[state[key] if state is not None else None for state in states],
+                   **scalars)
         if not isinstance(param, np.ndarray):
             params[key] = new   # type: ignore[index]
 
@@ -508,8 +542,8 @@ class ReferenceOptimizer(OptimizerCore):
             apply(self, step, values, grad_scale, decays, params, grads, self._rule_states(),
                   list(_keys(params)))
             if step.second is not None:
-                apply_second(self, step, values, decays, params, grads, self._rule_states(),
-                             list(_keys(params)))
+                apply_second(self, step, values, grad_scale, decays, params, grads,
+                             self._rule_states(), list(_keys(params)))
 
 
 class SGD(ReferenceOptimizer, _rules.SGD):
@@ -572,6 +606,11 @@ class ADOPT(ReferenceOptimizer, _rules.ADOPT):
 class LAMB(ReferenceOptimizer, _rules.LAMB):
     """timm's LAMB: Adam's bias-corrected direction plus decoupled decay, scaled per param by
     the trust ratio ``||p|| / ||direction||``."""
+
+
+class LARS(ReferenceOptimizer, _rules.LARS):
+    """timm's LARS: SGD with momentum on the grad plus decoupled decay, scaled per param by
+    the trust ratio ``trust_coeff*||p|| / (||g|| + weight_decay*||p|| + eps)``."""
 
 
 class Lion(ReferenceOptimizer, _rules.Lion):

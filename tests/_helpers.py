@@ -1,10 +1,13 @@
 """Shared helpers: the optimizer configurations and parameter shapes the tests sweep."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
+import types
 
 import numpy as np
 
@@ -132,3 +135,30 @@ def run_python(code, *args, timeout=600, **environment):
     # repository root that is the uncompiled source folder.
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env=env, cwd=tempfile.gettempdir(), timeout=timeout)
+
+
+# --- peers loaded without their package's init ------------------------------------------------
+
+_TIMM_OPTIM = "_timm_optim"   # a private name: never the real timm.optim
+
+
+def timm_optim(name):
+    """timm's optimizer module ``timm/optim/<name>.py`` (``"lars"``, ``"lamb"``, ...), or None
+    when timm or torch is not installed.
+
+    timm's package init imports torchvision and its models, which may not match the torch
+    installed here, but its optimizer files need only torch and each other: the installed
+    timm's directory is found without importing it, an empty package of a private name is
+    registered over its ``optim`` folder, and the module is imported from there (its relative
+    imports, ``._helpers``, resolve inside that package)."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    if _TIMM_OPTIM not in sys.modules:
+        package = types.ModuleType(_TIMM_OPTIM)
+        package.__path__ = [os.path.join(location, "optim")
+                            for location in spec.submodule_search_locations]
+        sys.modules[_TIMM_OPTIM] = package
+    return importlib.import_module(f"{_TIMM_OPTIM}.{name}")

@@ -195,6 +195,18 @@ REGISTRY = (
           other_values_setup={"d": {"beta2_decay": -3.0}},
           floors={"d": 1.0},
           rtol=oracles.ADAFACTOR_RTOL),
+    # Every option set keeps momentum and adapts (decay or always_adapt), so that each
+    # hyperparameter changes the step; trust_coeff=2 with trust_clip puts ratio/lr near 1.
+    Entry("LARS", oracles.lars, lr=2.0,
+          configs=({"momentum": 0.9, "weight_decay": 0.01},
+                   {"momentum": 0.9, "weight_decay": 0.01, "nesterov": True},
+                   {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01, "trust_clip": True,
+                    "trust_coeff": 2.0},
+                   {"momentum": 0.5, "weight_decay": 0.0, "always_adapt": True}),
+          option_state={"momentum_buffer": "momentum"},
+          other_values={"lr": 0.3, "momentum": 0.7, "dampening": 0.5, "weight_decay": 0.5,
+                        "trust_coeff": 0.01, "eps": 1000.0},
+          rtol=oracles.LARS_RTOL),
 )
 
 BY_NAME = {entry.name: entry for entry in REGISTRY}

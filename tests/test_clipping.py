@@ -47,6 +47,20 @@ def test_compiled_sum_equals_the_numpy_definition(size, dtype):
     assert compiled.hex() == reference.sum_of_squares(grad).hex()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [0, 9, 4097, 2**20 + 7])
+def test_a_scaled_sum_is_that_of_the_grad_scaled_in_its_dtype(size, dtype):
+    # A second pass's norm of the grad as the loops read it: each element times the clip
+    # factor, rounded to the grad's dtype, then squared in float64.
+    (grad,) = grads_of([size], dtype, seed=size)
+    scale = 0.1234567891234
+    expected = reference.sum_of_squares(grad * scale)
+    assert kernels.sum_of_squares(grad, scale).hex() == expected.hex()
+    assert reference.sum_of_squares(grad, scale).hex() == expected.hex()
+    if size and dtype is np.float32:   # the product was rounded to float32 first
+        assert expected != reference.sum_of_squares(grad.astype(np.float64) * scale)
+
+
 def test_arrays_the_loops_cannot_read_are_summed_by_numpy_with_the_same_bits():
     rng = np.random.default_rng(1)
     base = rng.standard_normal((300, 70))

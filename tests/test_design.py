@@ -120,7 +120,9 @@ def test_each_step_names_a_loop_and_numpy_rule_that_take_its_scalars(name):
         scalars = optimizer._per_param(optimizer.hyperparameter_values(),
                                        (1.0,) * len(optimizer._reduced), True)
         assert set(second[2 + states:]) == set(scalars) <= set(kernels.step_fields())
-        assert set(optimizer._reduced) <= {"param", *optimizer.state_names}
+        assert set(optimizer._reduced) <= {"param", "grad", *optimizer.state_names}
+        if "grad" in optimizer._reduced:   # the grad as the loops read it: the decay is its own
+            assert optimizer._decoupled
 
 
 def test_a_scalar_the_loops_do_not_take_is_refused_by_name():

@@ -801,19 +801,20 @@ def test_ranks_configured_differently_all_raise_naming_the_difference(kind, diff
     assert reports[0][kind] == reports[1][kind]
 
 
-def test_a_rule_that_needs_whole_params_is_refused_with_the_reason():
-    """LAMB's trust ratio takes norms of whole params, which no rank's shard has: the sharded
-    optimizer refuses it, naming the reason and what to do."""
+@pytest.mark.parametrize("name", ["LAMB", "LARS"])
+def test_a_rule_that_needs_whole_params_is_refused_with_the_reason(name):
+    """LAMB's and LARS's trust ratios take norms of whole params, which no rank's shard has:
+    the sharded optimizer refuses them, naming the reason and what to do."""
     code = ("import numpy as np, fastopt\n"
             "from fastopt import distributed\n"
             "try:\n"
-            "    distributed.ShardedOptimizer(fastopt.LAMB(), {'w': np.ones(3)})\n"
+            f"    distributed.ShardedOptimizer(fastopt.{name}(), {{'w': np.ones(3)}})\n"
             "except TypeError as error:\n"
             "    print(error)\n")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                timeout=60, cwd=NEUTRAL, env=environment())
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.startswith("LAMB scales each param's step by norms of the whole "
+    assert completed.stdout.startswith(f"{name} scales each param's step by norms of the whole "
                                        "param, which a shard of it does not have"), completed.stdout
     assert "GradientAverager" in completed.stdout
 

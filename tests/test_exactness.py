@@ -89,6 +89,16 @@ def test_a_second_pass_runs_compiled_param_by_param(kernel_calls):
     assert kernel_calls.second == [1] * len(shapes) * 3
 
 
+def test_a_rule_with_only_a_per_param_pass_runs_compiled_param_by_param(kernel_calls):
+    # LARS: a first pass that only checks every param, in one call, then each param's pass
+    # after its norms, compiled.
+    shapes = SHAPES["two_layer_net"]
+    run_trajectories(("LARS", {"momentum": 0.9, "weight_decay": 0.01}), shapes, np.float64,
+                     steps=3)
+    assert kernel_calls == [len(shapes)] * 3
+    assert kernel_calls.second == [1] * len(shapes) * 3
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_contiguous_arrays_take_one_compiled_call(config, dtype, kernel_calls):
     # Without this, every exactness test could pass through the NumPy fallback.
