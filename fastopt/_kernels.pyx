@@ -2478,7 +2478,7 @@ def time_soft_sqrt(int rounds=15):
     (the least is the run the rest of the machine disturbed least). fastopt/_simd.py reads it
     for CPUs its table does not know, over several rounds, and keeps the answer per machine."""
     cdef intp n = 4096, i
-    cdef int r, k
+    cdef int k, _round
     cdef Step c
     cdef double* data
     cdef double best[2]
@@ -2496,7 +2496,7 @@ def time_soft_sqrt(int rounds=15):
         for i in range(4 * n):   # p, g, m, v: v stays positive and in the fast range
             data[i] = 1.0 + (i % 97) * 1e-3
         best[0] = best[1] = float("inf")
-        for r in range(rounds):
+        for _round in range(rounds):
             for k in range(2):
                 c.soft_roots = k == 1
                 start = perf_counter()
