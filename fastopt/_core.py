@@ -192,6 +192,14 @@ class OptimizerCore:
         whether this param decays. The step is counted already: ``iter`` is its t."""
         raise NotImplementedError
 
+    @classmethod
+    def _elementwise(cls) -> bool:
+        """Whether each element's update reads only that element of the param, its grad and
+        its state, beside the step's scalars: no per-param reduction and no state of other
+        shapes. fastopt.distributed.ShardedOptimizer takes only such rules (a shard of a
+        param's elements has no whole norm, row or column)."""
+        return not (cls._reduced or cls._state_shapes)
+
     def _reductions(self, key: Any, param: Any, grad: Any,
                     grad_scale: float | None) -> list[tuple[Any, float | None]]:
         """The arrays whose sums of squares ``_per_param`` takes, for the param of ``key``,

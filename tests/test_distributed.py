@@ -79,12 +79,12 @@ def configs():
          {"weight_decay": 1e-2, "weight_decay_filter": _not_bias, "max_grad_norm": 2.0}, mixed,
          True),
         ("nadam-mixed-dict", "NAdam", {}, mixed, True),
-        # every other rule ShardedOptimizer takes (not those with a per-param reduction), with
-        # its defaults and the test's learning rate
+        # every other rule ShardedOptimizer takes (the elementwise ones), with its defaults
+        # and the test's learning rate
         *[(f"{entry.name.lower()}-f64-dict", entry.name, {"lr": entry.lr}, f64, True)
           for entry in registry.REGISTRY
           if entry.name not in ("Adam", "AdamW", "Momentum", "NAdam")
-          and not getattr(fastopt, entry.name)._reduced],
+          and getattr(fastopt, entry.name)._elementwise()],
     ]
 
 
