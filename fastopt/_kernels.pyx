@@ -1096,9 +1096,11 @@ cdef extern from "_pool.h":
     const int FASTOPT_POOL
     ctypedef void (*fastopt_chunk_fn)(void* job, intp start, intp stop) noexcept nogil
     void fastopt_pool_run(fastopt_chunk_fn fn, void* job, intp size, intp chunk,
-                          int threads) noexcept nogil
+                          int threads, int wake) noexcept nogil
     void fastopt_pool_hold(int hold) noexcept nogil
     long long fastopt_pool_worker_chunks() noexcept nogil
+    long long fastopt_pool_wakes() noexcept nogil
+    int fastopt_pool_sleepers() noexcept nogil
     int fastopt_pool_workers() noexcept nogil
 
 cdef enum:
@@ -1113,6 +1115,12 @@ cdef enum:
     STREAMING_MIN = 1 << 18
     DIVIDING_MIN = 1 << 15
     NEVER_SPLIT = 0x7fffffff   # a loop that writes nothing ("none"): never worth a thread
+    # An update of fewer than WAKE_FACTOR * parallel_min elements uses the pool only while its
+    # workers are awake (they ran a job in the last 50 us, as in back-to-back updates): waking
+    # a sleeping worker (between updates of a training loop) cost the caller 20-30 us on a
+    # 2-vCPU Intel Xeon VM, so the book's TwoLayerNet took 53-61 us with 2 threads against 33
+    # us with one (bench/investigations/wake.py).
+    WAKE_FACTOR = 4
     CHUNK_ALIGN = 16   # elements: chunks start on whole 64-byte lines for float32 and float64
     # The smallest chunk, in elements (a multiple of CHUNK_ALIGN): claiming one costs about as
     # much as a few dozen elements of the cheapest loop, so that stays within a few percent.
@@ -1168,6 +1176,16 @@ def pool_workers() -> int:
 def pool_worker_chunks() -> int:
     """How many chunks the pool's workers have run in this process (for the tests)."""
     return fastopt_pool_worker_chunks()
+
+
+def pool_wakes() -> int:
+    """How many jobs woke sleeping workers in this process (for the tests)."""
+    return fastopt_pool_wakes()
+
+
+def pool_sleeping_workers() -> int:
+    """How many of the pool's workers are asleep now (for the tests)."""
+    return fastopt_pool_sleepers()
 
 
 def hold_pool_workers(bint hold):
@@ -1288,7 +1306,7 @@ cdef void _run_task(Task* task, loop_float run_float, loop_double run_double, co
     job.c = c
     job.flush = flush
     fastopt_pool_run(_run_chunk, &job, task.size, _chunk_size(task.size, threads, CHUNK_MIN),
-                     threads)
+                     threads, task.size >= WAKE_FACTOR * parallel_min)
 
 
 ctypedef struct Region:
@@ -1415,7 +1433,7 @@ cdef void _run_all(Task* tasks, Py_ssize_t count, loop_float run_float, loop_dou
     region.c = c
     region.flush = flush
     fastopt_pool_run(_run_region_chunk, &region, end, _chunk_size(end, threads, CHUNK_MIN),
-                     threads)
+                     threads, total >= WAKE_FACTOR * parallel_min)
 
 
 cdef bint _run(object params, object grads, tuple states, int required, object decays,
@@ -2020,7 +2038,8 @@ cdef int _array_sum(Task* task, int threads, double* result, double scale,
     else:
         # chunks of whole blocks (NORM_BLOCK >= CHUNK_MIN elements each)
         chunks = <intp>threads * CHUNKS_PER_THREAD
-        fastopt_pool_run(_sum_blocks, &job, blocks, (blocks + chunks - 1) // chunks, threads)
+        fastopt_pool_run(_sum_blocks, &job, blocks, (blocks + chunks - 1) // chunks, threads,
+                         True)
     result[0] = _pairwise(job.sums, blocks)
     free(job.sums)
     return 0
@@ -2517,8 +2536,8 @@ def cpu_simd_level():
 
 
 cdef void _stream(floating* t0, const floating* s, floating* t1, floating* t2,
-                  floating* unused, intp n, const Step* c, bint decay) noexcept nogil:
-    # t1 and t2 are NULL when unused
+                  floating* t3, intp n, const Step* c, bint decay) noexcept nogil:
+    # t1, t2 and t3 are NULL when unused
     cdef int targets = c.targets
     cdef intp i
     if targets == 1:
@@ -2528,15 +2547,22 @@ cdef void _stream(floating* t0, const floating* s, floating* t1, floating* t2,
         for i in range(n):
             t0[i] = t0[i] + s[i]
             t1[i] = t1[i] + s[i]
+    elif targets == 3:
+        for i in range(n):
+            t0[i] = t0[i] + s[i]
+            t1[i] = t1[i] + s[i]
+            t2[i] = t2[i] + s[i]
     else:
         for i in range(n):
             t0[i] = t0[i] + s[i]
             t1[i] = t1[i] + s[i]
             t2[i] = t2[i] + s[i]
+            t3[i] = t3[i] + s[i]
 
 
 def bandwidth_probe(list targets not None, source):
-    """One pass that reads ``source`` and reads and writes 1 to 3 ``targets``.
+    """One pass that reads ``source`` and reads and writes 1 to 4 ``targets`` (a param and
+    up to three state arrays, as the loops' slots).
 
     The memory traffic of an update that reads a grad and reads and writes the param and its
     state, with trivial arithmetic, run by the same planner and on the same threads as the
@@ -2544,12 +2570,13 @@ def bandwidth_probe(list targets not None, source):
     """
     cdef Step c
     cdef int count = len(targets)
-    if not 1 <= count <= 3:
-        raise ValueError("bandwidth_probe takes 1 to 3 targets")
+    if not 1 <= count <= 4:
+        raise ValueError("bandwidth_probe takes 1 to 4 targets")
     _prepare(&c, None, 0.0)
     c.targets = count
     if not _run([targets[0]], [source], ([targets[1]] if count > 1 else None,
-                                         [targets[2]] if count > 2 else None, None),
+                                         [targets[2]] if count > 2 else None,
+                                         [targets[3]] if count > 3 else None),
                 count - 1, None, _stream[float], _stream[double], &c, STREAMING_MIN):
         raise ValueError("targets and source must be C-contiguous, aligned float32 or float64 "
                          "arrays of one dtype and shape, the targets writeable, none sharing "

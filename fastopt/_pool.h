@@ -22,7 +22,8 @@
 
    Workers spin briefly after a job (consecutive params of one update find them awake), then
    sleep on a condition variable; they yield the CPU while they spin, so that a core shared
-   with other work is not held. The caller's own wait (for claimed chunks) spins without
+   with other work is not held. A job too small to repay a wake-up (the caller says so) runs
+   on the caller alone while the workers sleep. The caller's own wait (for claimed chunks) spins without
    yielding for up to twice its own time per chunk (a worker on a core of its own finishes its
    last chunk within about one chunk's time of the caller), then sleeps; when it had to sleep,
    a worker lost its CPU, and the next few jobs (4, 8, ... at most 64) run on the caller
@@ -58,6 +59,7 @@ static struct {
     int busy;             /* atomic: a caller owns the pool */
     int hold;             /* atomic: tests only; workers claim nothing while set */
     long long worker_chunks;   /* atomic: chunks run by workers, for the tests */
+    long long wakes;      /* atomic: jobs that woke sleeping workers, for the tests */
     /* The current job: written by its caller before it publishes `word`, read by a
        thread only after it has claimed one of the job's chunks. */
     fastopt_chunk_fn fn;
@@ -211,11 +213,18 @@ static void fastopt_pool_grow(int count) {
 }
 
 /* Run fn(job, start, stop) over [0, size) in chunks of `chunk` elements (the last may be
-   shorter; at most 65535 chunks), on the calling thread and up to threads - 1 workers. */
+   shorter; at most 65535 chunks), on the calling thread and up to threads - 1 workers. With
+   `wake` 0 (a job too small to repay a sleeping worker's wake-up), the workers join only if
+   none of them is asleep (they ran a job within the last FASTOPT_SPIN_NS, or the pool is
+   starting); otherwise the caller runs the whole job alone. */
 static void fastopt_pool_run(fastopt_chunk_fn fn, void* job, npy_intp size, npy_intp chunk,
-                             int threads) {
+                             int threads, int wake) {
     npy_intp chunks = (size + chunk - 1) / chunk;
     int expected = 0;
+    if (!wake && __atomic_load_n(&fastopt_pool.sleepers, __ATOMIC_SEQ_CST)) {
+        fn(job, 0, size);
+        return;
+    }
     if (threads < 2 || chunks < 2 || chunks > 0xffff
             || !__atomic_compare_exchange_n(&fastopt_pool.busy, &expected, 1, 0,
                                             __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
@@ -241,6 +250,7 @@ static void fastopt_pool_run(fastopt_chunk_fn fn, void* job, npy_intp size, npy_
     __atomic_store_n(&fastopt_pool.word, (uint64_t)fastopt_pool.generation << 32
                      | (uint64_t)chunks << 16, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&fastopt_pool.sleepers, __ATOMIC_SEQ_CST)) {
+        __atomic_add_fetch(&fastopt_pool.wakes, 1, __ATOMIC_RELAXED);
         pthread_mutex_lock(&fastopt_pool.lock);
         pthread_cond_broadcast(&fastopt_pool.wake);
         pthread_mutex_unlock(&fastopt_pool.lock);
@@ -291,6 +301,12 @@ static void fastopt_pool_hold(int hold) {
 static long long fastopt_pool_worker_chunks(void) {
     return __atomic_load_n(&fastopt_pool.worker_chunks, __ATOMIC_SEQ_CST);
 }
+static long long fastopt_pool_wakes(void) {
+    return __atomic_load_n(&fastopt_pool.wakes, __ATOMIC_SEQ_CST);
+}
+static int fastopt_pool_sleepers(void) {
+    return __atomic_load_n(&fastopt_pool.sleepers, __ATOMIC_SEQ_CST);
+}
 static int fastopt_pool_workers(void) {
     return __atomic_load_n(&fastopt_pool.started, __ATOMIC_SEQ_CST);
 }
@@ -298,12 +314,14 @@ static int fastopt_pool_workers(void) {
 #define FASTOPT_POOL 0
 typedef void (*fastopt_chunk_fn)(void* job, npy_intp start, npy_intp stop);
 static void fastopt_pool_run(fastopt_chunk_fn fn, void* job, npy_intp size, npy_intp chunk,
-                             int threads) {
-    (void)chunk; (void)threads;
+                             int threads, int wake) {
+    (void)chunk; (void)threads; (void)wake;
     fn(job, 0, size);
 }
 static void fastopt_pool_hold(int hold) { (void)hold; }
 static long long fastopt_pool_worker_chunks(void) { return 0; }
+static long long fastopt_pool_wakes(void) { return 0; }
+static int fastopt_pool_sleepers(void) { return 0; }
 static int fastopt_pool_workers(void) { return 0; }
 #endif
 

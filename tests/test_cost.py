@@ -218,7 +218,7 @@ def test_kernel_entries_refuse_none_for_a_state_list(entry, arguments):
     assert np.all(p == 1.0)
 
 
-@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bandwidth_probe_adds_the_source_to_each_target(count, dtype):
     size = 300_001   # split across threads when there are several
@@ -226,8 +226,9 @@ def test_bandwidth_probe_adds_the_source_to_each_target(count, dtype):
     _kernels.bandwidth_probe(targets, np.full(size, 0.5, dtype))
     for i, target in enumerate(targets):
         assert np.all(target == i + 0.5)
-    with pytest.raises(ValueError, match="1 to 3"):
-        _kernels.bandwidth_probe([], np.ones(3, dtype))
+    for wrong in ([], [np.ones(3, dtype) for _ in range(5)]):
+        with pytest.raises(ValueError, match="1 to 4"):
+            _kernels.bandwidth_probe(wrong, np.ones(3, dtype))
     with pytest.raises(ValueError, match="C-contiguous"):
         _kernels.bandwidth_probe([np.ones(3, dtype)], np.ones(4, dtype))
 

@@ -292,8 +292,9 @@ def test_optimizers_in_several_python_threads_at_once_keep_their_bits(restore_th
 
 
 # One region per update: a network of many mid-size params, none large enough to be split on
-# its own, shares one parallel region whose chunks span params.
-MANY_MID_SIZE = [(4_099,)] * 80 + [(1_031, 3), (5,), ()]
+# its own (below 2**15 elements), shares one parallel region whose chunks span params; the
+# whole is large enough to wake a sleeping worker (over 4 * 2**18 elements).
+MANY_MID_SIZE = [(13_313,)] * 80 + [(1_031, 3), (5,), ()]
 
 
 @needs_threads
@@ -321,6 +322,36 @@ def test_many_mid_size_params_share_one_region_over_the_threads(name, restore_th
     while active.pool_worker_chunks() == before and time.monotonic() < deadline:
         two.update(threaded, grads)
     assert active.pool_worker_chunks() > before, "the worker never took a chunk"
+
+
+@needs_threads
+@pytest.mark.parametrize("name, small, large", [("SGD", 2**19, 2**20), ("Adam", 2**16, 2**17)])
+def test_a_sleeping_worker_is_woken_only_for_an_update_that_repays_it(name, small, large,
+                                                                      restore_threads):
+    # Between the updates of a training loop (the forward and backward passes) the pool's
+    # workers go to sleep; waking one costs the caller more than half an update of a few
+    # times the split size (the book's TwoLayerNet took 53-61 us with 2 threads against 33 us
+    # with one), so an update below 4 times the size from which its loop splits runs on the
+    # caller alone while the workers sleep, and a larger one wakes them.
+    fastopt.set_num_threads(2)
+    rng = np.random.default_rng(4)
+    for size, wakes in ((small, False), (large, True)):
+        params = {"w": rng.standard_normal(size)}
+        grads = {"w": rng.standard_normal(size)}
+        optimizer = getattr(fastopt, name)()
+        optimizer.update(params, grads)         # starts the pool if it has not started
+        woke = False
+        for _ in range(50):                     # until the workers are seen asleep
+            time.sleep(0.02)
+            if not active.pool_sleeping_workers():
+                continue
+            before = active.pool_wakes()
+            optimizer.update(params, grads)
+            woke = active.pool_wakes() > before
+            break
+        else:
+            pytest.skip("the pool's worker never went to sleep (no core of its own?)")
+        assert woke == wakes, (name, size)
 
 
 @needs_threads
