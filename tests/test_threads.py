@@ -329,10 +329,10 @@ def test_many_mid_size_params_share_one_region_over_the_threads(name, restore_th
 def test_a_sleeping_worker_is_woken_only_for_an_update_that_repays_it(name, small, large,
                                                                       restore_threads):
     # Between the updates of a training loop (the forward and backward passes) the pool's
-    # workers go to sleep; waking one costs the caller more than half an update of a few
-    # times the split size (the book's TwoLayerNet took 53-61 us with 2 threads against 33 us
-    # with one), so an update below 4 times the size from which its loop splits runs on the
-    # caller alone while the workers sleep, and a larger one wakes them.
+    # workers go to sleep; waking one costs the caller more than the second thread saves on an
+    # update of a few times the split size (bench/investigations/results/wake.txt), so an
+    # update below 4 times the size from which its loop splits runs on the caller alone while
+    # the workers sleep, and a larger one wakes them.
     fastopt.set_num_threads(2)
     rng = np.random.default_rng(4)
     for size, wakes in ((small, False), (large, True)):
