@@ -1,5 +1,6 @@
 """What the benchmark (bench/run.py), its investigations (bench/investigations/) and its tools
-share: the optimizers and workloads timed, their arrays, the timing, and the machine.
+share: the optimizers and workloads timed, their arrays, the timing, the machine, and the
+loader of timm's optimizer modules (the tests' too: tests/_helpers.py imports it from here).
 
 Imports no fastopt: bench/investigations/callpath.py imports this before it puts the build it
 times on ``sys.path``. Scripts in bench/ import it as ``_common`` (their folder is on
@@ -8,12 +9,17 @@ times on ``sys.path``. Scripts in bench/ import it as ``_common`` (their folder 
 from __future__ import annotations
 
 import gc
+import importlib
+import importlib.util
 import itertools
 import math
+import os
 import platform
 import subprocess
+import sys
 import sysconfig
 import time
+import types
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -243,3 +249,33 @@ def header() -> str:
     return (f"fastopt {fastopt.__version__} ({fastopt.simd_level()}, "
             f"{fastopt.get_num_threads()} thread(s)), {cpu_model()}, Python "
             f"{platform.python_version()}, NumPy {np.__version__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Peers loaded without their package's init.
+
+_TIMM_OPTIM = "_timm_optim"   # a private name: never the real timm.optim
+
+
+def timm_optim(name: str) -> types.ModuleType | None:
+    """timm's optimizer module ``timm/optim/<name>.py`` (``"lars"``, ``"lamb"``, ...), or None
+    when timm or torch is not installed.
+
+    timm's package init imports torchvision and its models, which may not match the torch
+    installed here, but its optimizer files need only torch and each other: the installed
+    timm's directory is found without importing it, an empty package of a private name is
+    registered over its ``optim`` folder, and the module is imported from there (its relative
+    imports, ``._helpers``, resolve inside that package). The benchmark's peers
+    (bench/run.py) and the tests' oracles (tests/test_timm.py, tests/test_lookahead.py) load
+    timm through this."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    if _TIMM_OPTIM not in sys.modules:
+        package = types.ModuleType(_TIMM_OPTIM)
+        package.__path__ = [os.path.join(location, "optim")
+                            for location in spec.submodule_search_locations]
+        sys.modules[_TIMM_OPTIM] = package
+    return importlib.import_module(f"{_TIMM_OPTIM}.{name}")

@@ -1,18 +1,27 @@
-"""Benchmark fastopt against the book's pure-NumPy optimizers and torch.optim.
+"""Benchmark fastopt against the book's pure-NumPy optimizers and each rule's torch peer.
 
     python bench/run.py --quick                 # the README's main command, about a minute
     python bench/run.py --json results.json --plot speedup.png
     python bench/run.py --optimizer Adam --dtype float32 --workload 1e7
 
+Peers (PEERS). Each rule's peer is torch.optim's class where torch.optim has the rule (fused
+where torch has a fused CPU kernel: TORCH_EQUIVALENTS), else the torch implementation its
+tests compare with (OTHER_PEERS): schedulefree's fast classes for the Schedule-Free rules,
+timm's optimizer modules (loaded alone, ``_common.timm_optim``) for ADOPT, LAMB and LARS; all
+at fastopt's defaults, which are theirs. A peer that is not installed is left out, and the
+header says so once. Only torch.optim's cells are stored under ``torch`` (``speedup_vs_torch``,
+read by bench/targets.py); every peer's cell names it (``peer``) and has ``speedup_vs_peer``.
+
 Method. For each cell (optimizer x dtype x workload) every contender gets its own copy of the
 same params and grads and runs at the same thread count N (``--threads``, default fastopt's
-own): fastopt's pool through ``fastopt.set_num_threads``, torch through
+own): fastopt's pool through ``fastopt.set_num_threads``, torch (and so every peer) through
 ``torch.set_num_threads``, NumPy's BLAS through threadpoolctl when it is installed. fastopt,
 the book's NumPy code and the bandwidth probe are timed in this process, interleaved round by
-round (their only threads are fastopt's pool); torch.optim is timed in a worker process of its
-own (its OpenMP threads spin after each parallel region and would otherwise run during
-fastopt's samples). The timing blocks alternate ``--blocks`` times per cell: this process at N
-threads, torch at N, then fastopt, the probe and torch at 1 thread for the scaling columns;
+round (their only threads are fastopt's pool); the peer is timed in a worker process of its
+own, the torch worker (torch's OpenMP threads spin after each parallel region and would
+otherwise run during fastopt's samples). The timing blocks alternate ``--blocks`` times per
+cell: this process at N threads, the peer at N, then fastopt, the probe and the peer at 1
+thread for the scaling columns;
 before each block the machine is left idle for ``--settle`` seconds so that the previous
 block's spinning threads go to sleep, and each block starts with two untimed calls per
 contender, which wake its threads. Every contender gets the same number of samples, each the
@@ -21,7 +30,7 @@ same number of ``update()`` calls (one, unless the fastest contender needs more 
 and the 10th, 25th, 75th and 90th percentiles, ns per element, effective GB/s (the bytes one
 fused pass must read and write, over the time), speedups computed from those medians, time on
 1 thread over time on N, and the bytes allocated by one update as tracemalloc sees them
-(NumPy's temporaries; torch allocates outside Python's view, so n/a).
+(NumPy's temporaries; the peers allocate in torch, outside Python's view, so n/a).
 
 The bandwidth probe is a compiled streaming pass with the same reads and writes as the
 optimizer (``bandwidth_probe`` at the SIMD level fastopt runs), on fastopt's threads and timed
@@ -32,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -41,7 +52,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -65,26 +76,30 @@ from _common import (
     make_arrays,
     make_numpy_like,
     time_block,
+    timm_optim,
     warm_allocator,
     workload_named,
 )
 
 
-def _traffic(name: str) -> tuple[int, int]:
-    """Arrays ``name`` reads and writes per element with its default options: (read,
-    written), the param, the grad and its state arrays of the param's shape (state of other
-    shapes, as Adafactor's row and column factors, is a vanishing share of the bytes)."""
-    optimizer = getattr(fastopt, name)()
-    param = np.zeros((8, 8))
-    optimizer.update({"w": param}, {"w": np.ones_like(param)})
-    shaped = sum(1 for state in optimizer.state_names
-                 if np.shape(getattr(optimizer, state)["w"]) == param.shape)
-    return 2 + shaped, 1 + shaped
+def state_elements(optimizer: str, shape: tuple) -> int:
+    """Elements of the state arrays one param of ``shape`` has under ``optimizer`` with its
+    default options: each of the param's shape unless the rule declares another (Adafactor's
+    row and column factors of a matrix, and its ``variance`` only for a vector:
+    ``_state_shapes``)."""
+    rule = getattr(fastopt, optimizer)()
+    shapes = rule._state_shapes
+    return sum(math.prod(shapes[name](shape) if name in shapes else shape)
+               for name in rule.state_names)
 
 
-# The bandwidth probe reads and writes as many targets as an update writes arrays, to move the
-# same bytes (with the grad as source).
-TRAFFIC = {name: _traffic(name) for name in OPTIMIZERS}
+def traffic(optimizer: str, shapes) -> tuple[int, int]:
+    """Elements one fused pass of ``optimizer`` reads and writes over params of ``shapes``:
+    (read, written), the params, grads and state read, the params and state written."""
+    elements = sum(math.prod(shape) for shape in shapes)
+    states = sum(state_elements(optimizer, shape) for shape in shapes)
+    return 2 * elements + states, elements + states
+
 
 # torch.optim with the book's hyperparameters. torch's Adam is the paper's form, whose cost is
 # the same as the book's.
@@ -101,7 +116,54 @@ TORCH_EQUIVALENTS = {
     "RAdam": ("RAdam", {}),
     "Adamax": ("Adamax", {}),
     "Adadelta": ("Adadelta", {}),
+    "Adafactor": ("Adafactor", {}),
 }
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A rule's implementation outside fastopt, timed in the torch worker: class ``name`` of
+    ``namespace`` (as its users import it) with ``options``; ``package`` is what pip installs,
+    ``timm_module`` the file of timm/optim/ it is loaded from alone (``timm_optim``), and
+    ``train`` whether ``train()`` must be called before it steps (schedulefree's classes)."""
+    package: str
+    namespace: str
+    name: str
+    options: dict = field(default_factory=dict)
+    timm_module: str | None = None
+    train: bool = False
+
+    @property
+    def contender(self) -> str:
+        """The key of its results in a cell: ``torch`` for torch.optim only (the cells
+        bench/targets.py and the README's figures read), else its package."""
+        return "torch" if self.namespace == "torch.optim" else self.package
+
+    def label(self, implementation: str) -> str:
+        """How the JSON, the printout and the table name it: ``torch.optim.Adam (fused)``,
+        ``timm.optim.Lars``."""
+        return f"{self.namespace}.{self.name}" + (" (fused)" if implementation == "fused"
+                                                   else "")
+
+
+# The rules torch.optim lacks, against the torch implementations fastopt's tests compare them
+# with, at fastopt's defaults (which are theirs): schedulefree's fast classes (foreach kernels;
+# the tests' oracles are its Reference classes, whose formulas these compute) and timm 1.0.31's
+# classes (LAMB without its global clipping, which is fastopt's max_grad_norm).
+OTHER_PEERS = {
+    "ADOPT": Peer("timm", "timm.optim", "Adopt", timm_module="adopt"),
+    "LAMB": Peer("timm", "timm.optim", "Lamb", {"max_grad_norm": None}, timm_module="lamb"),
+    "LARS": Peer("timm", "timm.optim", "Lars", timm_module="lars"),
+    "ScheduleFreeAdamW": Peer("schedulefree", "schedulefree", "AdamWScheduleFree", train=True),
+    "ScheduleFreeSGD": Peer("schedulefree", "schedulefree", "SGDScheduleFree", train=True),
+}
+
+#: Each rule's peer: torch.optim's class where torch.optim has the rule, else OTHER_PEERS'.
+PEERS = {**{optimizer: Peer("torch", "torch.optim", name, options)
+            for optimizer, (name, options) in TORCH_EQUIVALENTS.items()}, **OTHER_PEERS}
+
+INSTALL = {"torch": "pip install torch==2.13.0", "schedulefree": "pip install schedulefree",
+           "timm": "pip install --no-deps timm==1.0.31"}
 
 QUICK_WORKLOADS = ["1e2", "1e4", "1e6", "two_layer_net", "five_layer_net", "many_small"]
 
@@ -109,31 +171,76 @@ QUICK_WORKLOADS = ["1e2", "1e4", "1e6", "two_layer_net", "five_layer_net", "many
 # --------------------------------------------------------------------------------------------
 # Contenders: each returns a zero-argument callable that performs one update().
 
+def package_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def peer_class(torch, peer: Peer) -> tuple[type | None, str | None]:
+    """The peer's class and None, or None and why it is missing (its package not installed,
+    or without the class); in the torch worker."""
+    if peer.package == "torch":
+        found = getattr(torch.optim, peer.name, None)
+        return (found, None) if found is not None else (
+            None, f"torch {torch.__version__} has no torch.optim.{peer.name}")
+    if importlib.util.find_spec(peer.package) is None:
+        return None, f"{peer.package} is not installed ({INSTALL[peer.package]})"
+    try:
+        module = (timm_optim(peer.timm_module) if peer.timm_module is not None
+                  else importlib.import_module(peer.namespace))
+    except ImportError as error:
+        return None, f"{peer.namespace} does not load here ({error})"
+    found = getattr(module, peer.name, None)
+    if found is None:
+        return None, (f"{peer.package} {package_version(peer.package)} has no "
+                      f"{peer.namespace}.{peer.name}")
+    return found, None
+
+
 def torch_implementation(torch, optimizer, dtype):
-    """Construct torch's equivalent fused where torch has a fused CPU kernel; say which."""
-    name, options = TORCH_EQUIVALENTS[optimizer]
+    """Which implementation of the peer runs: torch.optim's ``fused`` where torch has a fused
+    CPU kernel for it, else ``default``; another peer's own default, ``foreach`` where that is
+    its multi-tensor path (schedulefree's), else ``default`` (timm's on CPU: one tensor at a
+    time, as torch.optim's)."""
+    peer = PEERS[optimizer]
+    cls, _ = peer_class(torch, peer)
     probe = torch.zeros(4, dtype=getattr(torch, dtype))
     probe.grad = torch.ones(4, dtype=getattr(torch, dtype))
+    if peer.package != "torch":
+        return "foreach" if cls([probe], **peer.options).defaults.get("foreach") else "default"
     try:
-        getattr(torch.optim, name)([probe], fused=True, **options).step()
+        cls([probe], fused=True, **peer.options).step()
         return "fused"
     except (RuntimeError, TypeError, ValueError):
         return "default"
 
 
 def make_torch(torch, optimizer, params, grads, implementation):
-    name, options = TORCH_EQUIVALENTS[optimizer]
+    """The peer's step over torch copies of ``params`` and ``grads``."""
+    peer = PEERS[optimizer]
+    cls, _ = peer_class(torch, peer)
     tensors = [torch.from_numpy(value.copy()) for value in params.values()]
     for tensor, grad in zip(tensors, grads.values(), strict=True):
         tensor.grad = torch.from_numpy(grad.copy())
     extra = {"fused": True} if implementation == "fused" else {}
-    instance = getattr(torch.optim, name)(tensors, **options, **extra)
+    instance = cls(tensors, **peer.options, **extra)
+    if peer.train:
+        instance.train()          # schedulefree steps only in train mode
     return instance.step
 
 
-def make_probe(optimizer, params, grads):
+# The most targets bandwidth_probe reads and writes in one pass: the param and three state
+# arrays, as the loops' slots. An update that writes more has no probe to compare with: two
+# passes would read the source twice.
+PROBE_TARGETS = 4
+
+
+def make_probe(params, grads, written: int):
+    """The bandwidth probe over the single param: ``written`` targets of its size."""
     (array,) = params.values()
-    targets = [np.zeros_like(array) for _ in range(TRAFFIC[optimizer][1])]
+    targets = [np.zeros_like(array) for _ in range(written)]
     source = next(iter(grads.values()))
 
     def step():
@@ -174,7 +281,9 @@ def allocated_bytes(step) -> int:
 # torch in a process of its own.
 
 class TorchWorker:
-    """torch.optim timed in a child process (``run.py --torch-worker``), one request at a time.
+    """The peers timed in a child process (``run.py --torch-worker``), one request at a time;
+    ``available``: the optimizers whose peer loads there, ``missing``: why each other one's
+    does not, ``versions``: the other peers' packages, None where not installed.
 
     torch's OpenMP threads spin for a while after each parallel region; in the benchmark's
     own process they would compete for the CPUs with fastopt's pool during fastopt's samples
@@ -191,6 +300,9 @@ class TorchWorker:
         self.version = info["torch"]
         self.default_threads = info["default_threads"]
         self.pid = info["pid"]
+        self.missing = info["missing"]
+        self.versions = info["versions"]
+        self.available = set(PEERS) - set(self.missing)
 
     def ask(self, message: dict) -> dict:
         self.process.stdin.write(json.dumps(message) + "\n")
@@ -220,8 +332,12 @@ def torch_worker(stdin=sys.stdin, stdout=sys.stdout) -> None:
         if message["op"] == "quit":
             break
         if message["op"] == "info":
+            missing = {optimizer: peer_class(torch, peer)[1] for optimizer, peer in PEERS.items()}
             reply = {"torch": torch.__version__, "default_threads": torch.get_num_threads(),
-                     "pid": os.getpid()}
+                     "pid": os.getpid(),
+                     "missing": {name: why for name, why in missing.items() if why is not None},
+                     "versions": {package: package_version(package)
+                                  for package in ("schedulefree", "timm")}}
         elif message["op"] == "setup":
             step = None
             workload = workload_named(message["workload"])
@@ -257,7 +373,9 @@ class Plan:
     scaling: bool = True
 
 
-def summarize(seconds: list, workload: Workload, traffic: int, calls: int) -> dict:
+def summarize(seconds: list, workload: Workload, moved: int, calls: int) -> dict:
+    """One contender's samples: their median and spread, and per element and per byte of the
+    ``moved`` bytes one fused pass reads and writes."""
     median = float(np.median(seconds))
     return {
         "median_us": median * 1e6,
@@ -270,39 +388,42 @@ def summarize(seconds: list, workload: Workload, traffic: int, calls: int) -> di
         "samples": len(seconds),
         "calls_per_sample": calls,
         "ns_per_element": median * 1e9 / workload.elements,
-        "gb_per_s": traffic / median / 1e9,
+        "gb_per_s": moved / median / 1e9,
     }
 
 
 def run_cell(optimizer, dtype, workload, plan: Plan, worker: TorchWorker | None) -> dict:
     """Time one cell: fastopt, NumPy and the probe interleaved round by round in this process
-    (one thread pool among them: fastopt's), torch in its worker process, in separate blocks
-    that alternate ``plan.blocks`` times; every contender at ``plan.threads`` threads, and
-    fastopt, the probe and torch at 1 thread too when ``plan.scaling``."""
+    (one thread pool among them: fastopt's), the rule's peer in the torch worker, in separate
+    blocks that alternate ``plan.blocks`` times; every contender at ``plan.threads`` threads,
+    and fastopt, the probe and the peer at 1 thread too when ``plan.scaling``."""
     params, grads = make_arrays(workload.shapes, dtype)
+    read, written = traffic(optimizer, workload.shapes)
     steps = {"fastopt": make_numpy_like(fastopt, optimizer, params, grads),
              "numpy": make_numpy_like(reference, optimizer, params, grads)}
-    if workload.single_array:
-        steps["probe"] = make_probe(optimizer, params, grads)
+    if workload.single_array and written <= PROBE_TARGETS * workload.elements:
+        steps["probe"] = make_probe(params, grads, round(written / workload.elements))
     set_threads(plan.threads)
     fastest = {}
     for name, step in steps.items():          # the first call allocates state; then warm up
         step()
         step()
         fastest[name] = fastest_call(step)
-    with_torch = worker is not None and optimizer in TORCH_EQUIVALENTS
-    torch_impl = None
-    if with_torch:
+    with_peer = worker is not None and optimizer in worker.available
+    peer = PEERS[optimizer] if with_peer else None
+    key = peer.contender if peer is not None else None    # its results' key: "torch", "timm"
+    implementation = None
+    if peer is not None:
         reply = worker.ask({"op": "setup", "optimizer": optimizer, "dtype": dtype,
                             "workload": workload.name, "threads": plan.threads})
-        torch_impl = reply["implementation"]
-        fastest["torch"] = reply["fastest"]
+        implementation = reply["implementation"]
+        fastest[key] = reply["fastest"]
     calls = calls_for(min(fastest.values()))
 
     counts = [plan.threads] + ([1] if plan.scaling and plan.threads > 1 else [])
     one_thread = {name: steps[name] for name in ("fastopt", "probe") if name in steps}
     per_round = calls * (sum(fastest.values()) + (len(counts) - 1) * (
-        sum(fastest[name] for name in one_thread) + fastest.get("torch", 0.0)))
+        sum(fastest[name] for name in one_thread) + fastest.get(key, 0.0)))
     count = max(math.ceil(plan.min_rounds / plan.blocks),
                 min(100_000, int(plan.budget / (plan.blocks * max(per_round, 1e-9)))))
     samples: dict[tuple[str, int], list[float]] = {}
@@ -316,23 +437,24 @@ def run_cell(optimizer, dtype, workload, plan: Plan, worker: TorchWorker | None)
                 samples.setdefault((name, threads), []).extend(seconds)
                 threads_used[name, threads] = blas if name == "numpy" else \
                     fastopt.get_num_threads()
-            if with_torch:
+            if peer is not None:
                 time.sleep(plan.settle)
                 reply = worker.ask({"op": "time", "threads": threads, "calls": calls,
                                     "count": count})
-                samples.setdefault(("torch", threads), []).extend(reply["samples"])
-                threads_used["torch", threads] = reply["threads"]
+                samples.setdefault((key, threads), []).extend(reply["samples"])
+                threads_used[key, threads] = reply["threads"]
     set_threads(plan.threads)
 
-    read, written = TRAFFIC[optimizer]
-    traffic = (read + written) * np.dtype(dtype).itemsize * workload.elements
+    moved = (read + written) * np.dtype(dtype).itemsize
+    label = peer.label(implementation) if peer is not None else None
     results, single = {}, {}
     for (name, threads), seconds in samples.items():
-        result = summarize(seconds, workload, traffic, calls)
+        result = summarize(seconds, workload, moved, calls)
         result["threads"] = threads_used[name, threads]
-        if name == "torch":
+        if name == key:
             result["alloc_bytes"] = None
-            result["implementation"] = torch_impl
+            result["implementation"] = implementation
+            result["peer"] = label
         elif threads == plan.threads:
             result["alloc_bytes"] = allocated_bytes(steps[name])
         (results if threads == plan.threads else single)[name] = result
@@ -344,20 +466,26 @@ def run_cell(optimizer, dtype, workload, plan: Plan, worker: TorchWorker | None)
 
     def ratios(table, slow, names):
         return {name: ratio(table, slow, name) for name in names
-                if ratio(table, slow, name) is not None}
+                if name is not None and ratio(table, slow, name) is not None}
 
     cell = {
         "optimizer": optimizer, "dtype": dtype, "workload": workload.name,
         "description": workload.description, "arrays": len(workload.shapes),
-        "elements": workload.elements, "bytes_per_update": traffic, "threads": plan.threads,
+        "elements": workload.elements, "bytes_per_update": moved, "threads": plan.threads,
+        # the peer timed (PEERS), None without one; its results are under "torch" for
+        # torch.optim, else under its package ("schedulefree", "timm")
+        "peer": label,
         "results": results,
-        "speedup_vs_numpy": ratios(results, "numpy", ("fastopt", "torch")),
+        "speedup_vs_numpy": ratios(results, "numpy", ("fastopt", key)),
+        # torch.optim's cells only, as before there were other peers (bench/targets.py)
         "speedup_vs_torch": ratios(results, "torch", ("fastopt",)),
+        # against the peer, whichever it is
+        "speedup_vs_peer": ratios(results, key, ("fastopt",)) if key is not None else {},
         # probe time over the contender's: 1.0 means at the probe's bandwidth
-        "fraction_of_probe": ratios(results, "probe", ("fastopt", "numpy", "torch")),
+        "fraction_of_probe": ratios(results, "probe", ("fastopt", "numpy", key)),
         # the same contenders on 1 thread (absent when the run's thread count is 1)
         "one_thread": single,
-        "fraction_of_probe_one_thread": ratios(single, "probe", ("fastopt", "torch")),
+        "fraction_of_probe_one_thread": ratios(single, "probe", ("fastopt", key)),
         # time on 1 thread over time on N threads: above 1.0 the threads pay
         "scaling": {name: single[name]["median_us"] / results[name]["median_us"]
                     for name in single},
@@ -392,6 +520,8 @@ def machine_info(worker: TorchWorker | None, threads: int) -> dict:
         "torch": worker.version if worker is not None else None,
         "torch_threads": threads if worker is not None else None,
         "torch_default_threads": worker.default_threads if worker is not None else None,
+        # the other peers' packages (schedulefree, timm): their versions, None where missing
+        "peer_versions": worker.versions if worker is not None else None,
         "platform": platform.platform(),
     }
 
@@ -407,17 +537,29 @@ def print_header(info: dict, settings: dict) -> None:
           f"{info['fastopt_simd']} (FASTOPT_SIMD to force a level)")
     print(f"  versions Python {info['python']}, NumPy {info['numpy']}, Cython {info['cython']}, "
           f"{info['compiler']}")
-    torch_line = (f"torch {info['torch']} in a process of its own" if info["torch"]
-                  else "torch not installed: no torch column (pip install torch==2.13.0)")
+    if info["torch"]:
+        others = [f"{package} {version}" for package, version in
+                  (info.get("peer_versions") or {}).items() if version]
+        torch_line = (f"in a process of its own, torch {info['torch']}: torch.optim"
+                      + (f", and {' and '.join(others)} where torch.optim lacks the rule"
+                         if others else ""))
+    else:
+        torch_line = (f"torch not installed: no peer column (torch.optim, schedulefree, timm; "
+                      f"{INSTALL['torch']})")
     print(f"  peers    fastopt.reference (pure NumPy, the book's code); {torch_line}")
+    by_reason: dict[str, list[str]] = {}
+    for optimizer, why in (info.get("peers_missing") or {}).items():
+        by_reason.setdefault(why, []).append(optimizer)
+    for why, optimizers in by_reason.items():
+        print(f"  skipped  no peer for {', '.join(optimizers)}: {why}")
     print(f"  threads  every contender at {threads} (fastopt's pool, torch.set_num_threads, "
           f"NumPy's BLAS through threadpoolctl"
           + ("" if info.get("blas_limited") else ": not installed, BLAS left as it is") + ")"
-          + (f"; fastopt, the probe and torch also at 1 thread for the 1->{threads} columns"
+          + (f"; fastopt, the probe and the peer also at 1 thread for the 1->{threads} columns"
              if settings.get("scaling") and threads > 1 else ""))
     print(f"  method   {settings['budget']:g} s of samples per cell in "
           f"{settings.get('blocks', 1)} alternations of timing blocks (fastopt, NumPy and the "
-          f"probe interleaved round by round; torch in its own process; "
+          f"probe interleaved round by round; the peer in its own process; "
           f"{settings.get('settle', 0) * 1e3:g} ms idle before each block), at least "
           f"{settings['min_rounds']} samples each; medians, spread of the samples (min, max, "
           f"10th, 25th, 75th and 90th percentiles in the JSON); malloc warmed as in a training "
@@ -451,34 +593,60 @@ def spread_text(results: dict) -> str:
     return text + (f" noisy: {', '.join(noisy)}" if noisy else "")
 
 
+def peer_key(cell: dict) -> str | None:
+    """The key of the cell's peer among its results (``torch``, ``schedulefree``, ``timm``),
+    None without one. Runs from before there were other peers timed torch.optim only, under
+    ``torch``."""
+    return next((name for name, result in cell["results"].items() if "peer" in result),
+                "torch" if "torch" in cell["results"] else None)
+
+
+def peer_speedup(cell: dict) -> float | None:
+    """fastopt's speedup over the cell's peer (ratio of medians), None without a peer."""
+    return cell.get("speedup_vs_peer", cell["speedup_vs_torch"]).get("fastopt")
+
+
+def peer_names(cells: list) -> dict[str, list[str]]:
+    """Each optimizer's peers as the cells record them (one, unless torch fuses the rule for
+    one dtype only), in the order of OPTIMIZERS; none for runs that did not record them."""
+    names: dict[str, list[str]] = {}
+    for optimizer in OPTIMIZERS:
+        labels = sorted({c["peer"] for c in cells if c["optimizer"] == optimizer and c.get("peer")})
+        if labels:
+            names[optimizer] = labels
+    return names
+
+
 def print_row(cell: dict, first: bool) -> None:
     results = cell["results"]
     threads = cell.get("threads", 1)
+    width = max(len(name) for name in OPTIMIZERS)    # ScheduleFreeAdamW
     if first:
         scaling = f"1->{threads}"
-        print(f"{'optimizer':9} {'dtype':7} {'workload':14} {'fastopt us':>11} {'numpy us':>10} "
-              f"{'torch us':>9} {'x numpy':>8} {'x torch':>8} {'ns/elem':>8} {'GB/s':>6} "
-              f"{'of probe':>8} {scaling:>6} {'torch ' + scaling:>10} {'probe@1':>7}  "
+        print(f"{'optimizer':{width}} {'dtype':7} {'workload':14} {'fastopt us':>11} "
+              f"{'numpy us':>10} {'peer us':>9} {'x numpy':>8} {'x peer':>8} {'ns/elem':>8} "
+              f"{'GB/s':>6} {'of probe':>8} {scaling:>6} {'peer ' + scaling:>10} {'probe@1':>7}  "
               f"{'alloc fastopt/numpy':>19}  spread")
-    torch = results.get("torch")
+    key = peer_key(cell)
+    peer = results.get(key) if key is not None else None
     fast = results["fastopt"]
     probe = cell["fraction_of_probe"].get("fastopt")
     probe_single = cell.get("fraction_of_probe_one_thread", {}).get("fastopt")
     scaling = cell.get("scaling", {})
-    torch_us = f"{torch['median_us']:9.2f}" if torch else f"{'-':>9}"
-    versus_torch = cell["speedup_vs_torch"].get("fastopt")
-    versus_torch_text = f"{versus_torch:8.2f}" if versus_torch else f"{'-':>8}"
+    peer_us = f"{peer['median_us']:9.2f}" if peer else f"{'-':>9}"
+    versus_peer = peer_speedup(cell)
+    versus_peer_text = f"{versus_peer:8.2f}" if versus_peer else f"{'-':>8}"
     allocations = (f"{format_bytes(fast['alloc_bytes'])}/"
                    f"{format_bytes(results['numpy']['alloc_bytes'])}")
 
     def ratio_text(value, width):
         return f"{value:{width}.2f}" if value is not None else f"{'-':>{width}}"
-    print(f"{cell['optimizer']:9} {cell['dtype']:7} {cell['workload']:14} "
+    print(f"{cell['optimizer']:{width}} {cell['dtype']:7} {cell['workload']:14} "
           f"{fast['median_us']:11.2f} {results['numpy']['median_us']:10.2f} "
-          f"{torch_us} {cell['speedup_vs_numpy']['fastopt']:8.2f} {versus_torch_text} "
+          f"{peer_us} {cell['speedup_vs_numpy']['fastopt']:8.2f} {versus_peer_text} "
           f"{fast['ns_per_element']:8.3f} {fast['gb_per_s']:6.1f} "
           f"{'' if probe is None else f'{probe:.0%}':>8} "
-          f"{ratio_text(scaling.get('fastopt'), 6)} {ratio_text(scaling.get('torch'), 10)} "
+          f"{ratio_text(scaling.get('fastopt'), 6)} {ratio_text(scaling.get(key), 10)} "
           f"{'' if probe_single is None else f'{probe_single:.0%}':>7}  "
           f"{allocations:>19}  {spread_text(results)}",
           flush=True)
@@ -519,9 +687,10 @@ def speedup_figure(cells: list, info: dict):
             sizes = [cell["elements"] for cell in rows]
             axis.plot(sizes, [cell["speedup_vs_numpy"]["fastopt"] for cell in rows], "o-",
                       color=colors[optimizer], label=f"fastopt {optimizer}")
-            if all("torch" in cell["speedup_vs_numpy"] for cell in rows):
-                axis.plot(sizes, [cell["speedup_vs_numpy"]["torch"] for cell in rows], "x--",
-                          color=colors[optimizer], alpha=0.6, label=f"torch {optimizer}")
+            key = peer_key(rows[0])
+            if key is not None and all(key in cell["speedup_vs_numpy"] for cell in rows):
+                axis.plot(sizes, [cell["speedup_vs_numpy"][key] for cell in rows], "x--",
+                          color=colors[optimizer], alpha=0.6, label=f"{key} {optimizer}")
         axis.axhline(1.0, color="grey", linewidth=0.8)
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -531,8 +700,9 @@ def speedup_figure(cells: list, info: dict):
     axes[0][0].set_ylabel("speedup over the book's NumPy code (x)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, fontsize=8, ncol=6, loc="outside lower center")
-    figure.suptitle(f"fastopt vs pure NumPy (solid) and torch.optim (dashed), higher is "
-                    f"better\n{info['cpu']}, {info['date_utc']} UTC", fontsize=10)
+    figure.suptitle(f"fastopt vs pure NumPy (solid) and each rule's torch peer (dashed: "
+                    f"torch.optim, schedulefree, timm), higher is better\n{info['cpu']}, "
+                    f"{info['date_utc']} UTC", fontsize=10)
     return figure
 
 
@@ -544,6 +714,16 @@ def markdown(cells: list, info: dict, command: str) -> str:
     speedups and its thread scaling, per optimizer; the README's headline first."""
     optimizers = [name for name in OPTIMIZERS if any(c["optimizer"] == name for c in cells)]
     with_torch = any("fastopt" in cell["speedup_vs_torch"] for cell in cells)
+    # the peers beyond torch.optim in the run (schedulefree, timm)
+    others = sorted({peer_key(cell) for cell in cells if peer_speedup(cell) is not None}
+                    - {"torch"})
+    if others:
+        against = (" and over its peer (" + "; ".join(
+            (["torch.optim's class, `× torch`"] if with_torch else [])
+            + [f"{package}'s torch implementation, `× {package}`" for package in others])
+            + "; each named below the table)")
+    else:
+        against = " and over torch.optim" if with_torch else ""
     threads = info.get("threads", info["fastopt_threads"])
     same = "threads" in info             # runs before it: each contender at its own default
     with_scaling = any("fastopt" in cell.get("scaling", {}) for cell in cells)
@@ -552,6 +732,8 @@ def markdown(cells: list, info: dict, command: str) -> str:
         f"Measured {info['date_utc']} UTC on {info['cpu']} ({info['logical_cpus']} CPUs, loops "
         f"compiled for {info['fastopt_simd']}), Python {info['python']}, NumPy {info['numpy']}"
         + (f", torch {info['torch']}" if info["torch"] else "")
+        + "".join(f", {package} {(info.get('peer_versions') or {}).get(package)}"
+                  for package in others)
         + (f"; every contender at {threads} thread{'s' if threads > 1 else ''}" if same
            else f"; fastopt up to {threads} threads, torch at {info.get('torch_threads')}")
         + f", with `{command}`.",
@@ -562,7 +744,7 @@ def markdown(cells: list, info: dict, command: str) -> str:
     lines += [
         "Each cell: fastopt's median time per `update()` and the interquartile range of its "
         "samples over the median, then its speedup over the book's NumPy code"
-        + (" and over torch.optim" if with_torch else "") + " (ratios of medians"
+        + against + " (ratios of medians"
         + (", every contender at the same thread count)" if same else ")")
         + (f", then fastopt's time on 1 thread over its time on {threads} (1→{threads})"
            if with_scaling else "") + ".",
@@ -585,13 +767,18 @@ def markdown(cells: list, info: dict, command: str) -> str:
                 if "p25_us" in fast:
                     text += f" ±{(fast['p75_us'] - fast['p25_us']) / fast['median_us']:.0%}"
                 text += f" · {cell['speedup_vs_numpy']['fastopt']:.1f}× np"
-                if "fastopt" in cell["speedup_vs_torch"]:
-                    text += f" · {cell['speedup_vs_torch']['fastopt']:.2f}× torch"
+                if peer_speedup(cell) is not None:
+                    text += f" · {peer_speedup(cell):.2f}× {peer_key(cell)}"
                 if "fastopt" in cell.get("scaling", {}):
                     text += f" · {cell['scaling']['fastopt']:.2f}× 1→{cell['threads']}"
                 row.append(text)
             if any(row):
                 lines.append(f"| {workload.description} | {dtype} | " + " | ".join(row) + " |")
+    peers = peer_names(cells)
+    if peers:
+        lines += ["", "Peers, each timed in a torch process of its own at the same thread count: "
+                  + "; ".join(f"{optimizer} `{'`, `'.join(labels)}`"
+                              for optimizer, labels in peers.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -637,9 +824,10 @@ def parse_args(argv=None):
     parser.add_argument("--settle", type=float, default=0.05,
                         help="seconds of idleness before each timing block, for the last "
                              "block's spinning threads to go to sleep (default 0.05)")
-    parser.add_argument("--no-torch", action="store_true", help="leave torch out")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="leave torch and so every peer out (torch.optim, schedulefree, timm)")
     parser.add_argument("--threads", type=int,
-                        help="threads for every contender: fastopt per large param, torch, "
+                        help="threads for every contender: fastopt per large param, the peer, "
                              "NumPy's BLAS (default: fastopt's own, from FASTOPT_NUM_THREADS "
                              "or OMP_NUM_THREADS, else the CPUs it may use, at most 8)")
     parser.add_argument("--no-scaling", action="store_true",
@@ -690,6 +878,9 @@ def run(args, argv, threads: int, worker: TorchWorker | None) -> int:
                 blocks=args.blocks, settle=args.settle, scaling=not args.no_scaling)
     info = machine_info(worker, threads)
     info["blas_limited"] = importlib.util.find_spec("threadpoolctl") is not None
+    # the run's optimizers whose peer is not installed, and why: said once, in the header
+    info["peers_missing"] = ({optimizer: worker.missing[optimizer] for optimizer in args.optimizer
+                              if optimizer in worker.missing} if worker is not None else None)
     settings = {"quick": args.quick, "budget": args.budget, "min_rounds": args.min_rounds,
                 "blocks": args.blocks, "settle": args.settle, "threads": threads,
                 "scaling": plan.scaling and threads > 1,
@@ -709,14 +900,16 @@ def run(args, argv, threads: int, worker: TorchWorker | None) -> int:
                 print_row(cell, first=not cells)
                 cells.append(cell)
     elapsed = time.perf_counter() - started
-    if worker is not None:
-        impls = sorted({f"{c['optimizer']}: {c['results']['torch']['implementation']}"
-                        for c in cells if "torch" in c["results"]})
-        print("\ntorch.optim implementation used:", ", ".join(impls))
-    print(f"\n{len(cells)} cells in {elapsed:.0f} s. 'x numpy' and 'x torch' are speedups of "
-          f"fastopt (median over median); 'of probe' is the bandwidth probe's time over "
+    peers = peer_names(cells)
+    if peers:
+        print("\npeers ('peer' columns):", "; ".join(
+            f"{optimizer} {', '.join(labels)}" for optimizer, labels in peers.items()))
+    print(f"\n{len(cells)} cells in {elapsed:.0f} s. 'x numpy' and 'x peer' are speedups of "
+          f"fastopt (median over median), 'x peer' over the rule's peer named above (torch.optim "
+          f"where it has the rule, else schedulefree's or timm's torch implementation); "
+          f"'of probe' is the bandwidth probe's time over "
           f"fastopt's on single arrays (100% = at the memory limit the probe reaches). "
-          + (f"'1->{threads}' is fastopt's (and 'torch 1->{threads}' torch's) time on 1 thread "
+          + (f"'1->{threads}' is fastopt's (and 'peer 1->{threads}' the peer's) time on 1 thread "
              f"over its time on {threads} (above 1.00 the threads pay); 'probe@1' is 'of probe' "
              f"with both on 1 thread. " if settings["scaling"] else "")
           + f"'spread' is the widest (90th - 10th percentile) / median among the contenders' "

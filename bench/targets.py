@@ -12,6 +12,11 @@ Targets (medians of one run; ratios of medians measured in the same interleaved 
 - 1e7 elements, every such optimizer and dtype, fastopt at its default threads: >= 1.0x
   torch.optim's fused kernels at torch's default threads, and >= 90% of the bandwidth probe
 
+The torch targets and ``against_torch`` read torch.optim's cells only (their peer's results
+under ``torch``, ``speedup_vs_torch``); the rules torch.optim lacks are timed against
+schedulefree's or timm's torch implementation (``speedup_vs_peer``, results under the package's
+name), which bench/run.py reports and no target reads.
+
 Prints one row per target with the worst cell and how many cells meet it, and the README's
 figures as read off the run (``headline``, and ``against_torch`` when the run timed torch);
 ``--readme`` fails when README.md does not say them.

@@ -1,13 +1,11 @@
 """Shared helpers: the optimizer configurations and parameter shapes the tests sweep."""
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
-import types
 
 import numpy as np
 
@@ -139,26 +137,20 @@ def run_python(code, *args, timeout=600, **environment):
 
 # --- peers loaded without their package's init ------------------------------------------------
 
-_TIMM_OPTIM = "_timm_optim"   # a private name: never the real timm.optim
+def _bench_common():
+    """bench/_common.py, loaded from its file as tests/test_sqrt.py loads bench/verify_sqrt.py
+    (bench/ is beside tests/ in the repository and wherever the tests run from a wheel)."""
+    name = "fastopt_bench_common"
+    if name not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "bench", "_common.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module          # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-def timm_optim(name):
-    """timm's optimizer module ``timm/optim/<name>.py`` (``"lars"``, ``"lamb"``, ...), or None
-    when timm or torch is not installed.
-
-    timm's package init imports torchvision and its models, which may not match the torch
-    installed here, but its optimizer files need only torch and each other: the installed
-    timm's directory is found without importing it, an empty package of a private name is
-    registered over its ``optim`` folder, and the module is imported from there (its relative
-    imports, ``._helpers``, resolve inside that package)."""
-    if importlib.util.find_spec("torch") is None:
-        return None
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    if _TIMM_OPTIM not in sys.modules:
-        package = types.ModuleType(_TIMM_OPTIM)
-        package.__path__ = [os.path.join(location, "optim")
-                            for location in spec.submodule_search_locations]
-        sys.modules[_TIMM_OPTIM] = package
-    return importlib.import_module(f"{_TIMM_OPTIM}.{name}")
+#: timm's optimizer module ``timm/optim/<name>.py`` loaded without timm's init, or None without
+#: timm or torch: bench/_common.py's loader, which the benchmark's peers use too.
+timm_optim = _bench_common().timm_optim

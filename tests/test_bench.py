@@ -1,4 +1,5 @@
-"""bench/run.py in its smallest mode: the JSON schema, positive timings, consistent ratios."""
+"""bench/run.py in its smallest mode: the JSON schema, positive timings, consistent ratios, the
+peers (torch.optim, schedulefree, timm)."""
 import importlib.util
 import json
 import math
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 import fastopt
+from fastopt._rules import RULES
 
+from _helpers import timm_optim
 from registry import REGISTRY
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
@@ -33,7 +36,7 @@ def smallest_run(tmp_path_factory):
 def test_prints_the_header_and_table(smallest_run):
     stdout, _ = smallest_run
     assert "CPU" in stdout and "NumPy" in stdout and "loops compiled for" in stdout
-    assert "optimizer dtype   workload" in stdout
+    assert "optimizer         dtype   workload" in stdout     # as wide as ScheduleFreeAdamW
     assert sum(line.startswith(("SGD ", "Adam ")) for line in stdout.splitlines()) == 4
 
 
@@ -70,8 +73,12 @@ def test_json_schema(smallest_run):
             if name == "torch":
                 assert result["implementation"] in ("fused", "default")
                 assert result["alloc_bytes"] is None
+                assert result["peer"] == cell["peer"] == f"torch.optim.{cell['optimizer']}" + (
+                    " (fused)" if result["implementation"] == "fused" else "")
             else:
                 assert isinstance(result["alloc_bytes"], int) and result["alloc_bytes"] >= 0
+        if not torch_installed:
+            assert cell["peer"] is None and cell["speedup_vs_peer"] == {}
 
 
 def test_every_timing_is_positive_and_ordered(smallest_run):
@@ -99,6 +106,7 @@ def test_every_ratio_is_the_ratio_of_the_reported_timings(smallest_run):
                 median["numpy"] / median["torch"], rel=1e-12)
             assert cell["speedup_vs_torch"]["fastopt"] == pytest.approx(
                 median["torch"] / median["fastopt"], rel=1e-12)
+            assert cell["speedup_vs_peer"] == cell["speedup_vs_torch"]
         else:
             assert cell["speedup_vs_torch"] == {}
         if "probe" in results:
@@ -161,8 +169,10 @@ def test_the_overhead_comparison_runs(tmp_path):
                                cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     rows = [line.split() for line in completed.stdout.splitlines()[2:]]
+    # every rule, in the order of its declarations (fastopt._rules.RULES), as the benchmark
+    assert {entry.name for entry in REGISTRY} == {rule.__name__ for rule in RULES}
     assert [(row[0], row[1]) for row in rows] == [
-        (entry.name, dtype) for entry in REGISTRY for dtype in ("float32", "float64")]
+        (rule.__name__, dtype) for rule in RULES for dtype in ("float32", "float64")]
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0
 
@@ -251,7 +261,7 @@ def test_every_contender_runs_at_the_same_thread_count(two_thread_run):
 def test_thread_scaling_is_the_ratio_of_one_thread_to_n(two_thread_run):
     stdout, data, table = two_thread_run
     rows = [line for line in stdout.splitlines() if line.startswith("Adam ")]
-    assert "1->2" in stdout and "torch 1->2" in stdout and "probe@1" in stdout
+    assert "1->2" in stdout and "peer 1->2" in stdout and "probe@1" in stdout
     for row, cell in zip(rows, data["cells"], strict=True):
         single, results = cell["one_thread"], cell["results"]
         assert set(cell["scaling"]) == set(single)
@@ -293,8 +303,9 @@ def test_one_thread_run_has_no_scaling_columns(bench, restored_threads):
 class FakeTorch:
     """Stands in for the torch worker: records every request, answers with fixed timings."""
 
-    def __init__(self):
+    def __init__(self, available=("Adam",)):
         self.requests = []
+        self.available = set(available)     # the optimizers whose peer loaded
 
     def ask(self, message):
         self.requests.append((message, fastopt.get_num_threads()))
@@ -317,6 +328,8 @@ def test_torch_is_timed_in_blocks_of_its_own_at_each_thread_count(bench, restore
     assert cell["one_thread"]["torch"]["threads"] == 1
     assert cell["scaling"]["torch"] == pytest.approx(0.5)
     assert cell["results"]["torch"]["samples"] == cell["results"]["fastopt"]["samples"]
+    assert cell["peer"] == cell["results"]["torch"]["peer"] == "torch.optim.Adam (fused)"
+    assert cell["speedup_vs_peer"] == cell["speedup_vs_torch"]
     assert fastopt.get_num_threads() == 2
 
 
@@ -330,9 +343,135 @@ def test_the_torch_worker_is_another_process(bench):
         assert setup["implementation"] in ("fused", "default") and setup["fastest"] > 0
         timed = worker.ask({"op": "time", "threads": 1, "calls": 2, "count": 3})
         assert timed["threads"] == 1 and len(timed["samples"]) == 3
+        assert worker.available | set(worker.missing) == set(bench.PEERS)
+        assert not worker.available & set(worker.missing)
     finally:
         worker.close()
     assert worker.process.returncode == 0
+
+
+# --------------------------------------------------------------------------------------------
+# The rules timed, and each rule's peer.
+
+def test_the_optimizers_are_the_rules(bench):
+    names = [rule.__name__ for rule in RULES]
+    assert bench.OPTIMIZERS == names
+    assert "Partition" not in names and "Lookahead" not in names
+    assert bench.parse_args([]).optimizer == names
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--optimizer", "Lookahead"])
+
+
+@pytest.mark.parametrize("optimizer", [rule.__name__ for rule in RULES])
+def test_every_rule_runs_in_a_cell(bench, restored_threads, optimizer):
+    """Each rule at its defaults (LARS's trust ratio inactive without weight decay), on a
+    single array with the probe and on matrices (Adafactor's factored state), no peer."""
+    plan = bench.Plan(threads=1, budget=0.001, min_rounds=1, blocks=1, settle=0.0)
+    for workload in ("1", "two_layer_net"):
+        cell = bench.run_cell(optimizer, "float32", bench.workload_named(workload), plan, None)
+        read, written = bench.traffic(optimizer, bench.workload_named(workload).shapes)
+        assert cell["bytes_per_update"] == 4 * (read + written)
+        # the probe writes up to 4 arrays, as many as any rule's update (LAMB's and
+        # ScheduleFreeAdamW's param and three state arrays)
+        probed = workload == "1"
+        assert set(cell["results"]) == {"fastopt", "numpy"} | ({"probe"} if probed else set())
+        assert all(result["median_us"] > 0 for result in cell["results"].values())
+
+
+def test_every_peer_is_installed_or_skipped(bench):
+    """The peer table maps rules to torch.optim's classes (under the results' "torch") and to
+    schedulefree's and timm's (under their package's name); each loads in the torch worker or
+    says why not."""
+    assert set(bench.PEERS) <= set(bench.OPTIMIZERS)
+    assert set(bench.PEERS) == set(bench.TORCH_EQUIVALENTS) | set(bench.OTHER_PEERS)
+    assert {"ADOPT", "LAMB", "LARS", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Adafactor"} <= set(
+        bench.PEERS)
+    for optimizer, peer in bench.PEERS.items():
+        assert (peer.contender == "torch") == (optimizer in bench.TORCH_EQUIVALENTS)
+        assert peer.contender in ("torch", "schedulefree", "timm")
+        assert peer.package in bench.INSTALL
+    torch = pytest.importorskip("torch")
+    for optimizer, peer in bench.PEERS.items():
+        found, missing = bench.peer_class(torch, peer)
+        if found is not None:
+            assert missing is None and found.__name__ == peer.name, optimizer
+            assert issubclass(found, torch.optim.Optimizer), optimizer
+        elif importlib.util.find_spec(peer.package) is None:
+            assert missing == f"{peer.package} is not installed ({bench.INSTALL[peer.package]})"
+        else:
+            assert peer.name in missing or peer.namespace in missing, (optimizer, missing)
+
+
+def test_a_missing_peer_is_skipped_and_said_once(bench, monkeypatch, capsys, restored_threads):
+    torch = pytest.importorskip("torch")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "schedulefree" else find_spec(
+                            name, *rest))
+    missing = {optimizer: bench.peer_class(torch, peer)[1]
+               for optimizer, peer in bench.PEERS.items()}
+    monkeypatch.undo()
+    reason = "schedulefree is not installed (pip install schedulefree)"
+    assert missing["ScheduleFreeAdamW"] == missing["ScheduleFreeSGD"] == reason
+    info = bench.machine_info(None, 1)
+    info.update(torch=torch.__version__, peer_versions={"schedulefree": None, "timm": None},
+                peers_missing={"ScheduleFreeAdamW": reason, "ScheduleFreeSGD": reason})
+    bench.print_header(info, {"budget": 0.1, "blocks": 2, "settle": 0.0, "min_rounds": 3})
+    skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
+    assert skipped == [f"  skipped  no peer for ScheduleFreeAdamW, ScheduleFreeSGD: {reason}"]
+    # a cell whose peer did not load has no peer column, and asks the worker nothing
+    worker = FakeTorch(available=())
+    plan = bench.Plan(threads=1, budget=0.001, min_rounds=2, blocks=1, settle=0.0)
+    cell = bench.run_cell("ScheduleFreeSGD", "float32", bench.workload_named("1e2"), plan,
+                          worker)
+    assert worker.requests == []
+    assert cell["peer"] is None and set(cell["results"]) == {"fastopt", "numpy", "probe"}
+    assert cell["speedup_vs_peer"] == cell["speedup_vs_torch"] == {}
+
+
+def test_the_traffic_counts_the_state_each_rule_keeps(bench):
+    assert bench.traffic("SGD", [(10,)]) == (20, 10)
+    assert bench.traffic("Adam", [(10,), (2, 3)]) == (4 * 16, 3 * 16)
+    assert bench.traffic("LARS", [(10,)]) == (20, 10)      # no momentum: no buffer
+    # Adafactor: a vector's variance, a matrix's row and column factors
+    assert bench.traffic("Adafactor", [(10,)]) == (30, 20)
+    assert bench.traffic("Adafactor", [(784, 50)]) == (2 * 39200 + 834, 39200 + 834)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+def test_a_peer_cell_records_its_peer(tmp_path):
+    """LARS's peer is timm's Lars (in the torch worker, at the same threads), or, without
+    timm, none: the header says so once."""
+    out, table = tmp_path / "lars.json", tmp_path / "lars.md"
+    command = [sys.executable, str(BENCH), "--quick", "--optimizer", "LARS", "--workload",
+               "1e2", "--dtype", "float32", "--budget", "0.02", "--min-rounds", "3",
+               "--settle", "0.001", "--json", str(out), "--markdown", str(table)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    (cell,) = json.loads(out.read_text())["cells"]
+    assert cell["speedup_vs_torch"] == {} and "torch" not in cell["results"]
+    if timm_optim("lars") is None:
+        assert cell["peer"] is None and cell["speedup_vs_peer"] == {}
+        assert completed.stdout.count("skipped  no peer for LARS: timm is not installed") == 1
+        return
+    timm = cell["results"]["timm"]
+    assert cell["peer"] == timm["peer"] == "timm.optim.Lars"
+    assert timm["implementation"] == "default" and timm["alloc_bytes"] is None
+    assert timm["samples"] == cell["results"]["fastopt"]["samples"] >= 3
+    assert cell["speedup_vs_peer"]["fastopt"] == pytest.approx(
+        timm["median_us"] / cell["results"]["fastopt"]["median_us"], rel=1e-12)
+    assert cell["speedup_vs_numpy"]["timm"] == pytest.approx(
+        cell["results"]["numpy"]["median_us"] / timm["median_us"], rel=1e-12)
+    assert "peers ('peer' columns): LARS timm.optim.Lars" in completed.stdout
+    assert "skipped" not in completed.stdout
+    text = table.read_text()
+    assert f"{cell['speedup_vs_peer']['fastopt']:.2f}× timm" in text
+    assert "timm's torch implementation, `× timm`" in text
+    assert "LARS `timm.optim.Lars`." in text
+
+
+def test_the_timm_loader_is_shared_with_the_tests():
+    assert Path(timm_optim.__code__.co_filename).resolve() == BENCH.parent / "_common.py"
 
 
 def headline_data(cpu="Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"):
@@ -418,6 +557,24 @@ def test_the_readme_check_wants_the_comparison_with_torch(tmp_path):
         if status:
             assert 'expected "2.0–2.0× faster than torch.optim on the same networks"' in (
                 completed.stderr)
+
+
+def test_the_torch_targets_read_only_torch_optim_cells():
+    """Other peers' cells (schedulefree's, timm's: ``speedup_vs_peer``, results under their
+    package) count in neither the torch targets nor the README's figure against torch."""
+    targets = load(TARGETS, "fastopt_bench_targets")
+    data = headline_data()
+    data["cells"][0].update(results={"torch": {}}, speedup_vs_torch={"fastopt": 4.0},
+                            speedup_vs_peer={"fastopt": 4.0})
+    for optimizer, package in (("LARS", "timm"), ("ScheduleFreeSGD", "schedulefree")):
+        data["cells"].append({"workload": "two_layer_net", "optimizer": optimizer,
+                              "dtype": "float64", "results": {package: {"peer": "x"}},
+                              "speedup_vs_numpy": {"fastopt": 9.0}, "speedup_vs_torch": {},
+                              "speedup_vs_peer": {"fastopt": 0.5}})
+    row = next(row for row in targets.rows(data, None) if "x torch.optim" in row[0])
+    assert row[1:] == ["4.00x (SGD float64)", "met"]
+    assert targets.against_torch(data) == (
+        "4.0–4.0× faster than torch.optim on the same networks")
 
 
 ROOT = BENCH.parents[1]

@@ -19,12 +19,8 @@ torch's Adam evaluates the same formula with other statements, so not bits). Mea
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import pickle
 import re
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +30,7 @@ import fastopt
 from fastopt import SGD, Adam, Lookahead, Momentum, reference
 from fastopt._simd import kernels
 
-from _helpers import assert_same_bits, run_python
+from _helpers import assert_same_bits, run_python, timm_optim
 
 RTOL = 1e-10
 SHAPES = {"W1": (7, 5), "b1": (5,), "W2": (5, 3), "s": ()}
@@ -431,17 +427,11 @@ def test_copies_and_pickles_have_the_same_future():
 
 def timm_lookahead():
     """timm's Lookahead class, loaded from its file without importing timm (whose __init__
-    needs torchvision); skip when timm or torch is absent."""
-    pytest.importorskip("torch")
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("timm is not installed")
-    name = "_timm_optim_for_lookahead_tests"
-    if name not in sys.modules:
-        package = types.ModuleType(name)
-        package.__path__ = [str(Path(spec.submodule_search_locations[0]) / "optim")]
-        sys.modules[name] = package
-    return importlib.import_module(f"{name}.lookahead").Lookahead
+    needs torchvision; ``_helpers.timm_optim``); skip when timm or torch is absent."""
+    module = timm_optim("lookahead")
+    if module is None:
+        pytest.skip("timm and torch are not both installed (pip install --no-deps timm)")
+    return module.Lookahead
 
 
 def normwise_error(ours, theirs):
