@@ -482,7 +482,7 @@ class LAMB(OptimizerCore):
                     {"iter": t}, "lamb", None, second="lamb_apply")
 
     def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
-                   decays: bool) -> dict[str, float]:
+                   decays: bool, shape: tuple[int, ...]) -> dict[str, float]:
         """The trust ratio ``||p|| / ||direction||`` (1 where either norm is 0 or nan, and when
         the param does not adapt: no decay and not ``always_adapt``), at most 1 with
         ``trust_clip``."""
@@ -852,7 +852,7 @@ class LARS(OptimizerCore):
         return Step("none", {}, {"iter": self.iter + 1}, "none", None, second="lars")
 
     def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
-                   decays: bool) -> dict[str, float]:
+                   decays: bool, shape: tuple[int, ...]) -> dict[str, float]:
         """The trust ratio ``trust_coeff*||p|| / (||g|| + weight_decay*||p|| + eps)`` (1 where
         either norm is 0 or nan, and when the param does not adapt: no decay and not
         ``always_adapt``); with ``trust_clip``, ``ratio/lr`` at most 1."""

@@ -504,22 +504,44 @@ def apply_second(optimizer: OptimizerCore, step: Step, values: dict[str, float],
                  grad_scale: float | None, decays: State, params: Params, grads: Grads,
                  states: list[Any], keys: list[Any], read: list[Any] | None = None) -> None:
     """Run ``step``'s second pass, NumPy's, on each key of ``keys``: the sums of squares of
-    the arrays the rule's ``_reduced`` names, its ``_per_param`` scalars from them, then the
-    rule ``<step.second>_rule`` with the grad (``read``, or ``grads[key]``) clipped: the
-    decay is the rule's own."""
+    the arrays the rule's ``_reduced`` names, its ``_per_param`` scalars from them, its
+    transform (``Step.transform``) if any, then the rule ``<step.second>_rule`` with the grad
+    (``read``, or ``grads[key]``) clipped: the decay is the rule's own."""
     assert step.second is not None
-    rule: Callable[..., Any] = globals()[step.second + "_rule"]
     for index, key in enumerate(keys):
         param = params[key]
         grad = grads[key] if read is None else read[index]
         sums = tuple(sum_of_squares(array, scale) for array, scale
                      in optimizer._reductions(key, param, grad, grad_scale))
-        scalars = optimizer._per_param(values, sums, decays is None or bool(decays[key]))
-        new = rule(param, transform_grad(grad, param, grad_scale, 0.0),
-                   *[state[key] if state is not None else None for state in states],
-                   **scalars)
-        if not isinstance(param, np.ndarray):
-            params[key] = new   # type: ignore[index]
+        scalars = optimizer._per_param(values, sums, decays is None or bool(decays[key]),
+                                       np.shape(param))
+        if step.transform is not None:
+            transform(optimizer, step, key, sums)
+        second_rule(optimizer, step, scalars, grad_scale, params, states, key, grad)
+
+
+def second_rule(optimizer: OptimizerCore, step: Step, scalars: dict[str, Any],
+                grad_scale: float | None, params: Params, states: list[Any], key: Any,
+                grad: Any) -> None:
+    """The rule of ``step``'s second pass, ``<step.second>_rule``, on the param of ``key``
+    with its ``scalars`` (``_per_param``'s) and its grad clipped."""
+    assert step.second is not None
+    rule: Callable[..., Any] = globals()[step.second + "_rule"]
+    param = params[key]
+    new = rule(param, transform_grad(grad, param, grad_scale, 0.0),
+               *[state[key] if state is not None else None for state in states], **scalars)
+    if not isinstance(param, np.ndarray):
+        params[key] = new   # type: ignore[index]
+
+
+def transform(optimizer: OptimizerCore, step: Step, key: Any, sums: tuple[float, ...]) -> None:
+    """``step``'s per-param transform (``<name>_transform`` of this module) on the workspace
+    of the param of ``key``, with its sums of squares: what fastopt's compiled updates run
+    too, between a param's reduction and its second pass."""
+    assert step.transform is not None
+    name, arguments = step.transform
+    function: Callable[..., None] = globals()[name + "_transform"]
+    function(*optimizer._workspace_of(key), sums=sums, **arguments)
 
 
 class ReferenceOptimizer(OptimizerCore):
@@ -533,6 +555,8 @@ class ReferenceOptimizer(OptimizerCore):
         with self._lock:
             values = self._checked_values()
             step = self._next_step(values)
+            for key in _keys(params):
+                self._check_param_shape(key, params[key])
             grad_scale = self._clip_factor([grads[key] for key in _keys(params)])
             decays = self._key_decays(params)
             self._add_zero_state(params)
