@@ -162,7 +162,8 @@ def test_the_overhead_comparison_runs(tmp_path):
     assert completed.returncode == 0, completed.stderr
     rows = [line.split() for line in completed.stdout.splitlines()[2:]]
     assert [(row[0], row[1]) for row in rows] == [
-        (entry.name, dtype) for entry in REGISTRY for dtype in ("float32", "float64")]
+        (entry.name, dtype) for entry in REGISTRY if entry.param_ndim is None
+        for dtype in ("float32", "float64")]
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0
 

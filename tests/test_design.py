@@ -17,6 +17,8 @@ import fastopt
 from fastopt import _rules, optimizers, reference
 from fastopt._simd import kernels
 
+import registry
+
 PACKAGE = Path(fastopt.__file__).parent
 RULE_NAMES = [rule.__name__ for rule in _rules.RULES]
 
@@ -102,9 +104,10 @@ def test_every_optimizer_fastopt_exports_is_declared_once():
 @pytest.mark.parametrize("name", RULE_NAMES)
 def test_each_step_names_a_loop_and_numpy_rule_that_take_its_scalars(name):
     # A scalar that the loop does not read, or a NumPy rule parameter no scalar fills, would
-    # make the two paths compute different things.
+    # make the two paths compute different things. (A rule of 2-D params only, Muon, takes
+    # a (1, 3) matrix: tests/registry.py's param_shape.)
     optimizer = getattr(fastopt, name)()
-    shape = (3,)
+    shape = registry.BY_NAME[name].param_shape((3,))
     optimizer.update({"w": np.ones(shape)}, {"w": np.ones(shape)})
     step = optimizer._next_step(optimizer.hyperparameter_values())
     assert step.loop in kernels.loops()
