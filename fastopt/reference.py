@@ -57,7 +57,7 @@ from ._validation import check_option as check_option
 from ._validation import to_float as to_float
 
 __all__ = ["ADOPT", "LAMB", "LARS", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam",
-           "AdamW", "Adamax", "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp",
+           "AdamW", "Adamax", "Lion", "Momentum", "Muon", "NAdam", "Nesterov", "RAdam", "RMSProp",
            "RMSprop", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 
@@ -374,6 +374,52 @@ def adafactor_rule(p: Any, g: Any, row_var: Any, col_var: Any, variance: Any, st
     return p
 
 
+def muon_rule(p: Any, g: Any, momentum_buffer: Any, update: Any, momentum: float,
+              nesterov: bool) -> Any:
+    """torch's Muon, its first pass: the momentum buffer ``buf.lerp_(g, 1 - momentum)``, then
+    the update to orthogonalise, ``g.lerp(buf, momentum)`` (Nesterov) or the buffer, into the
+    workspace array ``update`` (torch's lerp: two forms by the weight's size, ``_lerp``)."""
+    momentum_buffer[...] = _lerp(momentum_buffer, g, 1 - momentum)
+    update[...] = _lerp(g, momentum_buffer, momentum) if nesterov else momentum_buffer
+    return p
+
+
+def newton_schulz_transform(update: Any, x: Any, gram: Any, gram_squared: Any,
+                            gram_update: Any, product: Any, *, sums: tuple[float, ...],
+                            a: float, b: float, c: float, steps: int, eps: float) -> None:
+    """torch's ``_zeropower_via_newtonschulz`` on one 2-D ``update``, in place, in the param's
+    dtype (torch computes in bfloat16), every array a workspace buffer: ``x`` (the update,
+    transposed if it has more rows than columns) divided by ``max(||update||, eps)``
+    (``sums[0]``: the update's sum of squares, in ``sum_of_squares``'s blocking), then
+    ``steps`` times ``A = x@x.T; B = b*A + c*(A@A); x = a*x + B@x``; the result (transposed
+    back) into ``update``. Products are NumPy's ``matmul`` (its BLAS) into the buffers,
+    elementwise statements NumPy's ufuncs into them: nothing is allocated."""
+    transposed = update.shape[0] > update.shape[1]
+    np.copyto(x, update.T if transposed else update)
+    np.divide(x, max(math.sqrt(sums[0]), eps), out=x)
+    for _ in range(steps):
+        np.matmul(x, x.T, out=gram)
+        np.matmul(gram, gram, out=gram_squared)
+        np.multiply(gram, b, out=gram_update)
+        np.multiply(gram_squared, c, out=gram_squared)
+        np.add(gram_update, gram_squared, out=gram_update)   # B = b*A + c*(A@A)
+        np.matmul(gram_update, x, out=product)
+        np.multiply(x, a, out=x)
+        np.add(x, product, out=x)                             # x = a*x + B@x
+    np.copyto(update, x.T if transposed else x)
+
+
+def muon_apply_rule(p: Any, g: Any, momentum_buffer: Any, update: Any,
+                    decoupled_decay: float, adjusted_lr: float) -> Any:
+    """Muon's second pass, after the Newton-Schulz transform of ``update``: the decoupled
+    decay ``p *= 1 - lr*weight_decay`` (left out where it is 0), then
+    ``p -= adjusted_lr*update``."""
+    if decoupled_decay:
+        p *= 1 - decoupled_decay
+    p -= adjusted_lr * update
+    return p
+
+
 def none_rule(p: Any, g: Any, *states: Any) -> Any:
     """The first pass of a rule whose every statement follows its per-param reductions
     (LARS): nothing."""
@@ -655,6 +701,11 @@ class ScheduleFreeSGD(ReferenceOptimizer, _rules.ScheduleFreeSGD):
     y = momentum*x + (1-momentum)*z``."""
 
     _interpolate = staticmethod(schedulefree_interpolate)
+
+
+class Muon(ReferenceOptimizer, _rules.Muon):
+    """torch's Muon: momentum, Newton-Schulz orthogonalisation of each 2-D param's update (in
+    the param's dtype, not bfloat16), decoupled decay, ``p -= adjusted_lr*O``."""
 
 
 class Adafactor(ReferenceOptimizer, _rules.Adafactor):

@@ -242,6 +242,15 @@ REGISTRY = (
           other_values={"lr": 0.3, "momentum": 0.7, "dampening": 0.5, "weight_decay": 0.5,
                         "trust_coeff": 0.01, "eps": 1000.0},
           rtol=oracles.LARS_RTOL),
+    # 2-D params only (torch's Muon): the generic tests map their shapes (param_shape).
+    # ns_steps 0 leaves the update as normalised; momentum 0.3 takes lerp's other form.
+    Entry("Muon", oracles.muon, lr=0.02,
+          configs=({}, {"nesterov": False}, {"adjust_lr_fn": "match_rms_adamw"},
+                   {"momentum": 0.3, "weight_decay": 0.0, "ns_steps": 2,
+                    "ns_coefficients": (2.0, -1.5, 0.5)}),
+          state=("momentum_buffer",),
+          other_values={"lr": 0.3, "weight_decay": 0.5, "momentum": 0.5, "eps": 1e3},
+          rtol=oracles.MUON_RTOL, decay_scales_param=True, param_ndim=2),
 )
 
 BY_NAME = {entry.name: entry for entry in REGISTRY}

@@ -349,6 +349,8 @@ SCHEDULED = [
     ("Adamax", {"lr": LinearDecay(0.01, 5), "beta2": StepDecay(0.99, 3, 0.95)}),
     ("Adadelta", {"lr": LinearDecay(1.0, 5), "rho": LinearRamp(0.5, 0.95, 5)}),
     ("Lion", {"lr": LinearDecay(0.001, 5), "beta1": LinearRamp(0.5, 0.9, 5)}),
+    ("Muon", {"lr": LinearDecay(0.02, 5), "momentum": LinearRamp(0.5, 0.95, 5),
+              "weight_decay": ExponentialDecay(0.1, 0.8)}),
 ]
 SHAPES = [(3, 4), (5,), (), (7,)]
 STEPS = 12
