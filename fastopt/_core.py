@@ -117,7 +117,7 @@ class OptimizerCore:
     # position as the state; None before the first update. A slot, outside the ``__dict__``
     # that checkpoints, copies and pickles carry: scratch, not state. (Every other attribute
     # is in the ``__dict__``, and an optimizer can be weakly referenced: ``_LOCKED``.)
-    __slots__ = ("_workspace_arrays", "__dict__", "__weakref__")
+    __slots__ = ("__dict__", "__weakref__", "_workspace_arrays")
     _workspace_arrays: dict[str, Any] | None
 
     _hyperparameters: dict[str, Check] = {"lr": _validation.check_learning_rate}
