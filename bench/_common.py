@@ -32,7 +32,8 @@ DTYPES = ["float32", "float64"]
 
 
 def __getattr__(name: str) -> list[str]:
-    """``OPTIMIZERS``: every optimizer fastopt declares (fastopt/_rules.py), in its order;
+    """``OPTIMIZERS``: every optimizer fastopt declares (fastopt/_rules.py) that takes any
+    param shape, in its order;
     ``BOOK_OPTIMIZERS``: those of the book. Read from fastopt when first asked for, so that
     importing this module imports no fastopt (investigations/callpath.py puts the build it
     times on the path after)."""
@@ -40,7 +41,8 @@ def __getattr__(name: str) -> list[str]:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import fastopt.book
     from fastopt._rules import RULES
-    names = [rule.__name__ for rule in RULES]
+    # (not a rule that takes matrices only, Muon: the workloads are vectors too)
+    names = [rule.__name__ for rule in RULES if rule._param_ndim is None]
     return names if name == "OPTIMIZERS" else [n for n in names if n in fastopt.book.__all__]
 
 TWO_LAYER_NET = [(784, 50), (50,), (50, 10), (10,)]

@@ -279,7 +279,8 @@ class Optimizer(OptimizerCore):
         super().__init_subclass__(**kwargs)
         cls._plannable_class = _plannable(cls)
         cls._class_attributes = frozenset(name for klass in cls.__mro__ for name in vars(klass))
-        cls._plan_names = (*cls._checks, *cls._options, "weight_decay_filter", "max_grad_norm")
+        cls._plan_names = (*cls._checks, *cls._options, *cls._settings, "weight_decay_filter",
+                           "max_grad_norm")
 
     def _setup(self, weight_decay: Hyper, weight_decay_filter: DecayFilter | None,
                max_grad_norm: float | None) -> None:
@@ -377,7 +378,7 @@ class Optimizer(OptimizerCore):
         # The plan restates the step's scalars (``step.form``: how they follow from the step
         # count; None for a rule whose scalars it does not restate, or that carries state from
         # step to step) and runs the loop itself.
-        if (step.form is None or set(step.after) != {"iter"}
+        if (step.form is None or set(step.after) != {"iter"} or cls._workspace
                 # not if the compiled entry was replaced
                 or _run_loop is not _kernels.run
                 # a class attribute (a property, say) would shadow what __dict__ holds
@@ -404,7 +405,7 @@ class Optimizer(OptimizerCore):
         states: list[Any] = [None] * SLOTS
         for slot, name in enumerate(self._rule_state_names()):
             if name is not None:
-                states[slot] = state = getattr(self, name)
+                states[slot] = state = self._container(name)
                 if type(state) is not kind:
                     return False
         if kind is list:
@@ -451,19 +452,22 @@ class Optimizer(OptimizerCore):
                      keys: list[Any]) -> None:
         """The second pass of a two-pass rule, param after param (``read``: their grads, as
         the first pass read them, before the clip factor ``grad_scale``): each param's sums
-        of squares, its scalars, then the compiled loop (NumPy's rule for a param it
-        declines)."""
+        of squares, its scalars, its transform (``Step.transform``, NumPy's, in its
+        workspace), then the compiled loop (NumPy's rule for a param it declines)."""
         assert step.second is not None
         for key, grad in zip(keys, read, strict=True):
             param = params[key]
             sums = tuple(_sum_of_squares(array, scale)
                          for array, scale in self._reductions(key, param, grad, grad_scale))
-            scalars = self._per_param(values, sums, decays is None or bool(decays[key]))
+            scalars = self._per_param(values, sums, decays is None or bool(decays[key]),
+                                      np.shape(param))
+            if step.transform is not None:
+                reference.transform(self, step, key, sums)
             own = [None if state is None else [state[key]] for state in _pad(states)]
             if not _run_loop(step.second, [param], [grad], *own, None, grad_scale, 0.0,
                              scalars):
-                reference.apply_second(self, step, values, grad_scale, decays, params, {},
-                                       states, [key], [grad])
+                reference.second_rule(self, step, scalars, grad_scale, params, states, key,
+                                      grad)
 
     def _used_states(self) -> list[Any]:
         """The state containers this optimizer keeps (``state_names``), None for one not
@@ -523,6 +527,7 @@ class Optimizer(OptimizerCore):
                 raise KeyError(f"grads has no entry for param {key!r}; expected a grad for "
                                f"every param") from None
             shape = _check_param(key, param, grad, fixed)
+            self._check_param_shape(key, param)
             own = []
             for name, state in used:
                 entry = None

@@ -5,6 +5,12 @@ A rule is declared once (fastopt/_rules.py), as a class of class attributes and 
 - ``_hyperparameters``: its float hyperparameters and their range checks (lr first), each a
   number or a schedule; ``weight_decay`` is added to every rule's;
 - ``_options``: its boolean options;
+- ``_settings``: its options that are neither floats nor bools (Muon's ``ns_steps``, an int;
+  ``ns_coefficients``, a tuple of three floats; ``adjust_lr_fn``, a string or None), each
+  with its check, which returns the value in its one form (``fastopt/_validation.py``); a
+  checkpoint holds them as plain data in its ``settings`` field;
+- ``_param_ndim``: the number of dims every param must have (Muon's 2), None for any; a
+  param of another shape is refused, its message pointing to ``fastopt.Partition``;
 - ``_states``, or a ``state_names`` property where options change them: its state arrays,
   each of its param's shape unless ``_state_shapes`` says otherwise;
 - ``_state_shapes`` and ``_param_shape``: for state arrays of other shapes (Adafactor's row
@@ -16,9 +22,17 @@ A rule is declared once (fastopt/_rules.py), as a class of class attributes and 
 - ``_scalar_state``: float state beside the arrays (a running product), with its initial
   value and its check;
 - ``_decoupled``: the rule applies weight decay itself (its ``decoupled_decay`` scalar);
-- ``_reduced`` and ``_per_param``: for a rule with a second pass (LAMB, LARS), the arrays
-  whose sums of squares each param's second pass needs (the param, the grad as the loops
-  read it, or a state array), and its scalars from them;
+- ``_reduced`` and ``_per_param``: for a rule with a second pass (LAMB, LARS, Muon), the
+  arrays whose sums of squares each param's second pass needs (the param, the grad as the
+  loops read it, a state or a workspace array), and its scalars from them and the param's
+  shape;
+- ``_workspace``: per-param scratch arrays (Muon's Newton-Schulz matrices), each with its
+  shape as a function of the param's: made with the state, at a param's first update, and
+  reused by every update after (no allocation per step), but not state: not in
+  ``state_dict``, checkpoints, copies or pickles (a copy makes its own at its next update).
+  A slot of the rule's loop may name one (``_rule_state_names``), as may ``_reduced``; a
+  ``Step.transform`` (a NumPy function of ``fastopt.reference`` run on each param's
+  workspace between its reduction and its second pass) computes in them;
 - ``__init__``: its constructor, the names and defaults users see;
 - ``_next_step(values)``: from the step's hyperparameter values, a ``Step``: the NumPy rule
   and the compiled loop it runs, their scalars by name, the attributes the step sets, and
@@ -78,6 +92,13 @@ class Step(NamedTuple):
     #: and grad as they come) has the first pass ``"none"``, which writes nothing (its
     #: compiled call still checks, all or none, that the loops take every param).
     second: str | None = None
+    #: A per-param transform between a param's reduction and its second pass:
+    #: ``(name, arguments)``, the NumPy function ``fastopt.reference.<name>_transform`` and
+    #: the step's arguments for it; it takes the param's workspace arrays (``_workspace``'s
+    #: order), the sums of squares ``_reduced`` names (``sums``) and those arguments, and
+    #: writes the workspace in place. Compiled updates and ``fastopt.reference`` run the same
+    #: function (matrix products through NumPy's BLAS, into the workspace). None: none.
+    transform: tuple[str, dict[str, Any]] | None = None
 
 
 def clip_coefficient(norm: float, max_norm: float) -> float | None:
@@ -92,16 +113,27 @@ class OptimizerCore:
     """The hyperparameters, state, decay decisions, clipping, lock and checkpoints of an
     optimizer, read from its rule's declaration (see this module's docstring)."""
 
+    # The workspace arrays (``_workspace``) by name, each a dict by key or a list by
+    # position as the state; None before the first update. A slot, outside the ``__dict__``
+    # that checkpoints, copies and pickles carry: scratch, not state. (Every other attribute
+    # is in the ``__dict__``, and an optimizer can be weakly referenced: ``_LOCKED``.)
+    __slots__ = ("__dict__", "__weakref__", "_workspace_arrays")
+    _workspace_arrays: dict[str, Any] | None
+
     _hyperparameters: dict[str, Check] = {"lr": _validation.check_learning_rate}
     _checks: dict[str, Check] = {}   # _hyperparameters and weight_decay (__init_subclass__)
     _options: tuple[str, ...] = ()
+    _settings: dict[str, _validation.SettingCheck] = {}
+    _param_ndim: int | None = None
+    # per-param scratch arrays: name -> its shape from the param's shape
+    _workspace: dict[str, Callable[[tuple[int, ...]], tuple[int, ...]]] = {}
     _states: tuple[str, ...] = ()
     _scalar_state: dict[str, tuple[float, Check]] = {}
     # state arrays not of their param's shape: name -> its shape from the param's shape
     _state_shapes: dict[str, Callable[[tuple[int, ...]], tuple[int, ...]]] = {}
     # The arrays whose sums of squares a second pass needs: "param", "grad" (as the loops read
     # it: scaled by the clip factor; a rule that reduces it applies its weight decay itself,
-    # ``_decoupled``) or a state name.
+    # ``_decoupled``), a state name or a workspace name.
     _reduced: tuple[str, ...] = ()
     _decoupled = False
     lr: Hyper
@@ -122,6 +154,7 @@ class OptimizerCore:
         self.weight_decay_filter = weight_decay_filter
         self.max_grad_norm = max_grad_norm
         self.iter = 0
+        self._workspace_arrays = None
         for name, (initial, _) in self._scalar_state.items():
             setattr(self, name, initial)
         self._decays: State = None
@@ -141,9 +174,17 @@ class OptimizerCore:
         return list(self.state_names)
 
     def _rule_states(self) -> list[Any]:
-        """The state containers the rule takes, in its order (None for one not kept)."""
-        return [None if name is None else getattr(self, name)
+        """The state (or workspace) containers the rule takes, in its order (None for one not
+        kept, or not made yet)."""
+        return [None if name is None else self._container(name)
                 for name in self._rule_state_names()]
+
+    def _container(self, name: str) -> Any:
+        """State ``name``'s container, or workspace ``name``'s (None before it is made)."""
+        if name in self._workspace:
+            arrays = self._workspace_arrays
+            return None if arrays is None else arrays.get(name)
+        return getattr(self, name)
 
     # --- hyperparameters ------------------------------------------------------------------
 
@@ -174,9 +215,11 @@ class OptimizerCore:
         self._checked_values()
 
     def _checked_values(self) -> dict[str, float]:
-        """Check the options, then return ``hyperparameter_values()``."""
+        """Check the options and settings, then return ``hyperparameter_values()``."""
         for name in self._options:
             _validation.check_option(name, getattr(self, name))
+        for name, check in self._settings.items():
+            check(name, getattr(self, name))
         _validation.check_decay_filter(self.weight_decay_filter)
         _validation.check_max_grad_norm(self.max_grad_norm)
         return self.hyperparameter_values()
@@ -185,11 +228,12 @@ class OptimizerCore:
         raise NotImplementedError
 
     def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
-                   decays: bool) -> dict[str, float]:
+                   decays: bool, shape: tuple[int, ...]) -> dict[str, float]:
         """The second pass's scalars for one param, from the step's hyperparameter values and
-        the sums of squares of the arrays ``_reduced`` names (``"param"``, ``"grad"`` or a
-        state name), each a float64 sum in fastopt.reference's fixed blocking; ``decays``:
-        whether this param decays. The step is counted already: ``iter`` is its t."""
+        the sums of squares of the arrays ``_reduced`` names (``"param"``, ``"grad"``, a
+        state or a workspace name), each a float64 sum in fastopt.reference's fixed blocking;
+        ``decays``: whether this param decays; ``shape``: the param's. The step is counted
+        already: ``iter`` is its t."""
         raise NotImplementedError
 
     @classmethod
@@ -206,8 +250,19 @@ class OptimizerCore:
         each with the factor it is multiplied by (in its dtype) before it is squared: the clip
         factor for the grad, so that its sum is that of the grad the loops read; else None."""
         return [(grad, grad_scale) if name == "grad"
-                else (param if name == "param" else getattr(self, name)[key], None)
+                else (param if name == "param" else self._container(name)[key], None)
                 for name in self._reduced]
+
+    def _workspace_of(self, key: Any) -> list[Any]:
+        """The workspace arrays of the param of ``key``, in ``_workspace``'s order."""
+        return [self._container(name)[key] for name in self._workspace]
+
+    def _check_param_shape(self, key: Any, param: Any) -> None:
+        """Raise ValueError if the rule does not take a param of this shape (``_param_ndim``:
+        Muon's matrices), naming the key and its shape and pointing to ``fastopt.Partition``."""
+        if self._param_ndim is not None:
+            _validation.check_param_ndim(type(self).__name__, key, np.shape(param),
+                                         self._param_ndim)
 
     def _coupled_decay(self, values: dict[str, float]) -> float:
         """The weight decay added to the grads (0 for decoupled rules)."""
@@ -247,9 +302,29 @@ class OptimizerCore:
                 return shape
         return None
 
+    def _new_workspace(self, name: str, param: Any) -> Any:
+        """Workspace array ``name`` for ``param``: of the shape ``_workspace`` gives, of its
+        dtype, C-contiguous."""
+        return np.zeros(self._workspace[name](np.shape(param)), np.asarray(param).dtype)
+
     def _add_zero_state(self, params: Params) -> None:
-        """Zero state for every param that has none: all of them on the first call."""
+        """Zero state, and the workspace, for every param that has none: all of them on the
+        first call."""
         by_key = isinstance(params, Mapping)
+        if self._workspace:
+            arrays = self._workspace_arrays
+            if arrays is None or any(isinstance(container, dict) != by_key
+                                     for container in arrays.values()):
+                arrays = self._workspace_arrays = {name: {} if by_key else []
+                                                   for name in self._workspace}
+            for name, container in arrays.items():
+                if isinstance(params, Mapping):
+                    for key, val in params.items():
+                        if key not in container:
+                            container[key] = self._new_workspace(name, val)
+                else:
+                    for val in params[len(container):]:
+                        container.append(self._new_workspace(name, val))
         for name in self.state_names:
             state = getattr(self, name)
             if state is None:
@@ -325,6 +400,7 @@ class OptimizerCore:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._workspace_arrays = None   # scratch: made anew at the next update
         _new_lock(self)
 
     # --- checkpoints: fastopt/_state.py --------------------------------------------------

@@ -124,13 +124,14 @@ ctypedef struct Step:
     double eps2              # Adafactor's floor of the param's root mean square
     double clip_threshold    # Adafactor's d
     double dampening         # LARS's momentum dampening
+    double adjusted_lr       # Muon's lr adjusted to one param's shape
     bint eps_inside_sqrt
     bint soft_roots          # float64 square roots by fastopt_soft_roots (set by _run)
     bint velocity_first
     bint rectified
     bint first               # ADOPT's first step: the second moment only; LARS's: the
     #                          momentum buffer is the grad
-    bint nesterov            # LARS: Nesterov momentum
+    bint nesterov            # LARS and Muon: Nesterov momentum
     bint eps1_of_dtype       # Adafactor: eps1 is the dtype's machine epsilon
     int targets              # the bandwidth probe's: how many arrays it reads and writes
 
@@ -986,6 +987,71 @@ cdef inline void _lars_step(floating* p, floating* buffer, intp i, floating grad
     p[i] = p[i] - lr * (ahead if nesterov else updated)
 
 
+cdef inline floating _lerp_small(floating start, floating end, floating weight,
+                                 floating negated) noexcept nogil:
+    """torch's ``start.lerp(end, weight)`` for ``|weight| < 0.5``, as NumPy rounds
+    ``start + weight*(end - start)``: through ``_plus`` (``negated`` is ``_negated(weight)``),
+    so that of two nans the result is ``start``'s, as NumPy's add gives; a weight of 0,
+    which ``_negated`` does not negate (0.0 - 0 is +0), takes the add itself."""
+    if weight == 0:
+        return start + weight * (end - start)
+    return _plus(start, negated, end - start)
+
+
+cdef inline floating _lerp_large(floating start, floating end, floating rest) noexcept nogil:
+    """torch's ``start.lerp(end, weight)`` for ``|weight| >= 0.5``, as NumPy rounds
+    ``end - (end - start)*rest``, ``rest`` being ``1 - weight``. (Adafactor's ``_lerp`` is
+    the same pair of forms, with the small one's add as written.)"""
+    return end - (end - start) * rest
+
+
+cdef void _muon(floating* p, const floating* g, floating* buffer, floating* update,
+                floating* unused, intp n, const Step* c, bint decay) noexcept nogil:
+    # Muon's first pass (fastopt.reference.muon_rule): the momentum buffer, then the update to
+    # orthogonalise into the workspace array ``update``; torch's lerp has two forms by the
+    # weight's size, chosen once per call. Its decay is decoupled (the second pass's).
+    cdef floating scale = <floating>c.grad_scale, wd = <floating>c.weight_decay
+    cdef bint decayed = decay and c.weight_decay != 0
+    cdef double buffer_weight = 1.0 - c.momentum               # buf.lerp_(g, 1 - momentum)
+    cdef bint buffer_small = fabs(buffer_weight) < 0.5
+    cdef floating weight = <floating>buffer_weight
+    cdef floating negated_weight = <floating>_negated(buffer_weight)
+    cdef floating rest = <floating>(1.0 - buffer_weight)
+    cdef bint update_small = fabs(c.momentum) < 0.5            # g.lerp(buf, momentum)
+    cdef floating momentum = <floating>c.momentum
+    cdef floating negated_momentum = <floating>_negated(c.momentum)
+    cdef floating momentum_rest = <floating>(1.0 - c.momentum)
+    cdef floating grad, kept
+    cdef intp i
+    for i in range(n):
+        grad = _grad(g[i], p[i], scale, wd, decayed)
+        if buffer_small:
+            kept = _lerp_small(buffer[i], grad, weight, negated_weight)
+        else:
+            kept = _lerp_large(buffer[i], grad, rest)
+        buffer[i] = kept
+        if not c.nesterov:
+            update[i] = kept
+        elif update_small:
+            update[i] = _lerp_small(grad, kept, momentum, negated_momentum)
+        else:
+            update[i] = _lerp_large(grad, kept, momentum_rest)
+
+
+cdef void _muon_apply(floating* p, const floating* g, floating* buffer, floating* update,
+                      floating* unused, intp n, const Step* c, bint decay) noexcept nogil:
+    # Muon's second pass (fastopt.reference.muon_apply_rule), after the Newton-Schulz
+    # transform of ``update``: the decoupled decay (left out where it is 0), then the step.
+    cdef bint decayed = c.decoupled_decay != 0
+    cdef floating factor = <floating>(1.0 - c.decoupled_decay)
+    cdef floating lr = <floating>c.adjusted_lr
+    cdef floating param
+    cdef intp i
+    for i in range(n):
+        param = p[i] * factor if decayed else p[i]
+        p[i] = param - lr * update[i]
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks and the driver.
 
@@ -1609,6 +1675,8 @@ _register("schedulefree_train", _schedulefree_train[float], _schedulefree_train[
 _register("lookahead", _lookahead[float], _lookahead[double], 1, STREAMING_MIN)
 _register("none", _none[float], _none[double], 0, NEVER_SPLIT)
 _register("lars", _lars[float], _lars[double], 0, STREAMING_MIN)
+_register("muon", _muon[float], _muon[double], 2, STREAMING_MIN)
+_register("muon_apply", _muon_apply[float], _muon_apply[double], 2, STREAMING_MIN)
 
 
 cdef Rule* _loop_named(str name) except NULL:
@@ -1668,6 +1736,7 @@ _field("clip_threshold", &_layout.clip_threshold, False)
 _field("eps1_of_dtype", &_layout.eps1_of_dtype, True)
 _field("dampening", &_layout.dampening, False)
 _field("nesterov", &_layout.nesterov, True)
+_field("adjusted_lr", &_layout.adjusted_lr, False)
 
 
 def step_fields():

@@ -25,7 +25,7 @@ from ._core import DecayFilter, Hyper, OptimizerCore, Params, State, Step
 from ._validation import Check
 
 __all__ = ["ADOPT", "LAMB", "LARS", "RULES", "SGD", "AdaGrad", "Adadelta", "Adafactor",
-           "Adam", "AdamW", "Adamax", "Lion", "Momentum", "NAdam", "Nesterov", "RAdam",
+           "Adam", "AdamW", "Adamax", "Lion", "Momentum", "Muon", "NAdam", "Nesterov", "RAdam",
            "RMSprop", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 
@@ -482,7 +482,7 @@ class LAMB(OptimizerCore):
                     {"iter": t}, "lamb", None, second="lamb_apply")
 
     def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
-                   decays: bool) -> dict[str, float]:
+                   decays: bool, shape: tuple[int, ...]) -> dict[str, float]:
         """The trust ratio ``||p|| / ||direction||`` (1 where either norm is 0 or nan, and when
         the param does not adapt: no decay and not ``always_adapt``), at most 1 with
         ``trust_clip``."""
@@ -852,7 +852,7 @@ class LARS(OptimizerCore):
         return Step("none", {}, {"iter": self.iter + 1}, "none", None, second="lars")
 
     def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
-                   decays: bool) -> dict[str, float]:
+                   decays: bool, shape: tuple[int, ...]) -> dict[str, float]:
         """The trust ratio ``trust_coeff*||p|| / (||g|| + weight_decay*||p|| + eps)`` (1 where
         either norm is 0 or nan, and when the param does not adapt: no decay and not
         ``always_adapt``); with ``trust_clip``, ``ratio/lr`` at most 1."""
@@ -870,6 +870,90 @@ class LARS(OptimizerCore):
                 "decoupled_decay": weight_decay, "ratio": ratio}
 
 
+def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Muon's Newton-Schulz iterate: the update, transposed if it has more rows than columns
+    (``(min, max)`` of its two sizes)."""
+    rows, cols = shape
+    return (cols, rows) if rows > cols else (rows, cols)
+
+
+def _gram_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Muon's Gram matrices ``x@x.T``: square, of the smaller of the update's two sizes."""
+    side = min(shape)
+    return (side, side)
+
+
+def _same_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape
+
+
+class Muon(OptimizerCore):
+    """torch's Muon (Jordan et al. 2024): SGD momentum (Nesterov's by default) whose update is
+    orthogonalised by a Newton-Schulz iteration, for 2-D params only."""
+
+    _states = ("momentum_buffer",)
+    _hyperparameters = {"lr": v.check_learning_rate, "momentum": v.check_coefficient,
+                        "eps": v.check_epsilon}
+    _options = ("nesterov",)
+    _settings = {"ns_coefficients": v.check_three_floats, "ns_steps": v.check_iteration_count,
+                 "adjust_lr_fn": v.check_choice(None, "original", "match_rms_adamw")}
+    _param_ndim = 2
+    _decoupled = True
+    # The update (written by the first pass, orthogonalised in place, read by the second) and
+    # the Newton-Schulz iteration's matrices: x, A = x@x.T, A@A, B = b*A + c*(A@A), B@x.
+    _workspace = {"update": _same_shape, "ns_x": _matrix_shape, "ns_gram": _gram_shape,
+                  "ns_gram_squared": _gram_shape, "ns_gram_update": _gram_shape,
+                  "ns_product": _matrix_shape}
+    _reduced = ("update",)
+    momentum: Hyper
+    eps: Hyper
+    nesterov: bool
+    ns_coefficients: tuple[float, float, float]
+    ns_steps: int
+    adjust_lr_fn: str | None
+    momentum_buffer: State
+
+    def __init__(self, lr: Hyper = 1e-3, weight_decay: Hyper = 0.1, momentum: Hyper = 0.95, *,
+                 nesterov: bool = True,
+                 ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
+                 eps: Hyper = 1e-7, ns_steps: int = 5, adjust_lr_fn: str | None = None,
+                 weight_decay_filter: DecayFilter | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.lr = lr
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.ns_coefficients = ns_coefficients
+        self.eps = eps
+        self.ns_steps = ns_steps
+        self.adjust_lr_fn = adjust_lr_fn
+        self._setup(weight_decay, weight_decay_filter, max_grad_norm)
+
+    def _rule_state_names(self) -> list[str | None]:
+        return ["momentum_buffer", "update"]
+
+    def _next_step(self, values: dict[str, float]) -> Step:
+        a, b, c = v.check_three_floats("ns_coefficients", self.ns_coefficients)
+        steps = v.check_iteration_count("ns_steps", self.ns_steps)
+        return Step("muon", {"momentum": values["momentum"], "nesterov": bool(self.nesterov)},
+                    {"iter": self.iter + 1}, "muon", None, second="muon_apply",
+                    transform=("newton_schulz", {"a": a, "b": b, "c": c, "steps": steps,
+                                                 "eps": values["eps"]}))
+
+    def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
+                   decays: bool, shape: tuple[int, ...]) -> dict[str, float]:
+        """torch's ``_adjust_lr``: ``lr*sqrt(max(1, rows/cols))`` ("original", the default) or
+        ``lr*0.2*sqrt(max(rows, cols))`` ("match_rms_adamw"); and the decoupled decay
+        ``lr*weight_decay`` (0 for a param that does not decay)."""
+        lr = values["lr"]
+        rows, cols = shape
+        if self.adjust_lr_fn == "match_rms_adamw":
+            ratio = 0.2 * math.sqrt(max(rows, cols))
+        else:
+            ratio = math.sqrt(max(1, _divide(rows, cols)))
+        return {"decoupled_decay": lr * values["weight_decay"] if decays else 0.0,
+                "adjusted_lr": lr * ratio}
+
+
 def _divide(x: float, y: float) -> float:
     """``x/y`` as IEEE (and torch) divide: inf or nan where ``y`` is 0, not an error."""
     if y != 0:
@@ -882,5 +966,5 @@ def _divide(x: float, y: float) -> float:
 #: Every rule, in the order the documentation and the benchmark list them.
 RULES: tuple[type[OptimizerCore], ...] = (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW,
                                           NAdam, RAdam, Adamax, Adadelta, Lion, ADOPT,
-                                          LAMB, LARS, Adafactor, ScheduleFreeAdamW,
+                                          LAMB, LARS, Adafactor, Muon, ScheduleFreeAdamW,
                                           ScheduleFreeSGD)

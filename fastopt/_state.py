@@ -1,10 +1,10 @@
 """An optimizer's own state as plain data: ``state_dict`` and ``load_state_dict``.
 
 What an optimizer keeps comes from its rule's declaration (fastopt/_core.py): its float
-hyperparameters and their checks, its options, its state arrays (``state_names``, which may
-depend on the options) and its float state (``_scalar_state``). The format of the dict, and
-the ``.npz`` file that holds it, are fastopt/checkpoint.py's, which knows nothing of
-optimizers.
+hyperparameters and their checks, its options and settings, its state arrays
+(``state_names``, which may depend on the options) and its float state
+(``_scalar_state``). The format of the dict, and the ``.npz`` file that holds it, are
+fastopt/checkpoint.py's, which knows nothing of optimizers.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._validation import Check, check_max_grad_norm, check_option, to_float
+from ._validation import Check, check_max_grad_norm, check_option, plain_setting, to_float
 
 if TYPE_CHECKING:
     from ._core import OptimizerCore
@@ -25,6 +25,7 @@ from .checkpoint import (
     FIELDS,
     FORMAT,
     OTHER_SHAPES,
+    SETTINGS,
     VERSION,
     _check_plain,
     _copy_array,
@@ -71,6 +72,9 @@ def state_dict(optimizer: OptimizerCore) -> dict[str, Any]:
             "weight_decay_filter": optimizer.weight_decay_filter is not None,
             "iter": _step_count(optimizer.iter),
         }
+        if optimizer._settings:
+            state[SETTINGS] = {name: plain_setting(check(name, getattr(optimizer, name)))
+                               for name, check in optimizer._settings.items()}
         for name in optimizer._scalar_state:
             state[name] = to_float(name, getattr(optimizer, name))
         state["state"] = {name: _copy_container(getattr(optimizer, name), name)
@@ -204,6 +208,16 @@ def _plan(optimizer: OptimizerCore, state: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{name} was a schedule of your own when saved; pass it again: "
                              f"{cls.__name__}({name}=your_schedule) before load_state_dict")
     changes.update(state["options"])
+    saved_settings = state.get(SETTINGS, {})
+    if set(saved_settings) != set(optimizer._settings):
+        raise _fail(f"its settings are not those of a {mine}: " + _differences(
+            "settings", [n for n in optimizer._settings if n not in saved_settings],
+            sorted(n for n in saved_settings if n not in optimizer._settings)))
+    for name, setting_check in optimizer._settings.items():
+        try:
+            changes[name] = setting_check(name, saved_settings[name])
+        except (TypeError, ValueError) as error:
+            raise _fail(str(error)) from None
     try:
         changes["max_grad_norm"] = check_max_grad_norm(state["max_grad_norm"])
     except (TypeError, ValueError) as error:
@@ -216,7 +230,8 @@ def _plan(optimizer: OptimizerCore, state: Mapping[str, Any]) -> dict[str, Any]:
                          f"load_state_dict")
     changes["iter"] = state["iter"]
     for name in state:
-        if name not in FIELDS and name not in optimizer._scalar_state and name != OTHER_SHAPES:
+        if (name not in FIELDS and name not in optimizer._scalar_state
+                and name not in (OTHER_SHAPES, SETTINGS)):
             raise _fail(f"it has {name!r}, which a {mine} does not keep")
     for name, (_, check) in optimizer._scalar_state.items():
         if name not in state:
@@ -257,6 +272,7 @@ def _plan(optimizer: OptimizerCore, state: Mapping[str, Any]) -> dict[str, Any]:
         if name not in names:
             changes[name] = None   # as the constructor leaves a state the options do not use
     changes["_decays"] = _copy_decays(state["decays"])
+    changes["_workspace_arrays"] = None   # scratch of the state replaced: made anew
     return changes
 
 

@@ -17,6 +17,9 @@ import numpy as np
 
 #: A range check of a float hyperparameter: ``check(name, value, where)`` raises or returns.
 Check: TypeAlias = Callable[[str, float, str], None]
+#: The check of a setting (an option that is neither a float nor a bool: an int, a string, a
+#: tuple of numbers): ``check(name, value)`` returns the value in its one form, or raises.
+SettingCheck: TypeAlias = Callable[[str, Any], Any]
 
 
 def to_float(name: str, value: Any, where: str = "") -> float:
@@ -100,6 +103,57 @@ def check_option(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False; got {value!r} ({type(value).__name__})")
     return bool(value)
+
+
+def check_iteration_count(name: str, value: Any) -> int:
+    """An int ``0 <= value < 100`` (a number of iterations per step, as torch's Muon
+    ``ns_steps``), not a bool nor a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int with 0 <= {name} < 100; got {value!r} "
+                        f"({type(value).__name__})")
+    if not 0 <= value < 100:
+        raise ValueError(f"{name} must be an int with 0 <= {name} < 100; got {value!r}")
+    return int(value)
+
+
+def check_three_floats(name: str, value: Any) -> tuple[float, float, float]:
+    """A tuple (or list) of three finite real numbers, as a tuple of Python floats (Muon's
+    ``ns_coefficients``)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 3 or not all(
+            is_real_scalar(item) for item in value):
+        raise TypeError(f"{name} must be a tuple of three real numbers (a, b, c); got "
+                        f"{value!r} ({type(value).__name__})")
+    numbers_ = tuple(to_float(f"{name}[{index}]", item) for index, item in enumerate(value))
+    if not all(math.isfinite(item) for item in numbers_):
+        raise ValueError(f"{name} must be three finite numbers; got {value!r}")
+    return numbers_[0], numbers_[1], numbers_[2]
+
+
+def check_choice(*choices: str | None) -> SettingCheck:
+    """The check of a setting that is one of ``choices`` (strings, or None)."""
+    def check(name: str, value: Any) -> str | None:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be one of {list(choices)}; got {value!r} "
+                            f"({type(value).__name__})")
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
+        return str(value) if value is not None else None
+    return check
+
+
+def plain_setting(value: Any) -> Any:
+    """A setting's value as plain data for a checkpoint: a tuple as a list."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_param_ndim(optimizer: str, key: Any, shape: tuple[int, ...], ndim: int) -> None:
+    """A param of a rule that takes ``ndim``-dimensional params only (Muon: matrices) must
+    have ``ndim`` dims; the message points to ``fastopt.Partition`` for the others."""
+    if len(shape) != ndim:
+        raise ValueError(
+            f"param {key!r} has shape {shape}; {optimizer} updates {ndim}-D params only; "
+            f"route the others to another optimizer with fastopt.Partition([(lambda k, p: "
+            f"p.ndim == {ndim}, {optimizer}()), (None, AdamW())])")
 
 
 def check_max_grad_norm(value: Any, where: str = "") -> float | None:

@@ -22,6 +22,8 @@ The state dict (``state_dict()``; every value a copy, nothing shared with the op
      "weight_decay_filter": False,              # True: a callable of yours was set (not saved)
      "iter": 10,                                # updates so far
      "mu_product": 0.53,                        # float state of the rule (NAdam's product)
+     "settings": {"ns_steps": 5, ...},          # if the rule has any: its options that are
+                                                # neither floats nor bools (Muon's)
      "state": {"m": {"W1": array, ...}, "v": ...},   # each state attribute: None, or a dict
                                                      # by key or a list by position of arrays
      "decays": None}                            # or weight_decay_filter's answer per key
@@ -99,6 +101,11 @@ _SCHEDULES = "fastopt.schedules"
 #: names; absent when every state is param-shaped). The arrays of one param must otherwise
 #: all have its shape.
 OTHER_SHAPES = "other_shapes"
+#: An optional field: the rule's settings, its options that are neither floats nor bools
+#: (Muon's ``ns_steps``, ``ns_coefficients``, ``adjust_lr_fn``), by name, each an int, a
+#: string, None or a list of numbers; absent when the rule has none. The optimizer checks
+#: their values when it loads them.
+SETTINGS = "settings"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +154,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_setting(value: Any) -> bool:
+    """A setting's plain value: an int, a string, None or a list of numbers."""
+    return (value is None or isinstance(value, str)
+            or (type(value) is int)
+            or (isinstance(value, list) and all(_is_number(item) for item in value)))
+
+
 def _check_plain(state: Mapping[str, Any], depth: int = 0) -> None:
     """Raise ValueError unless ``state`` is a well-formed checkpoint of this version (an
     optimizer's, or a wrapper's whose parts are, ``depth`` levels down)."""
@@ -166,10 +180,17 @@ def _check_plain(state: Mapping[str, Any], depth: int = 0) -> None:
     # other field a number; which the optimizer keeps, and their ranges, it checks itself.
     missing = [name for name in FIELDS if name not in state]
     extra = sorted(str(name) for name, value in state.items()
-                   if name not in FIELDS and name != OTHER_SHAPES
+                   if name not in FIELDS and name not in (OTHER_SHAPES, SETTINGS)
                    and not (isinstance(name, str) and _is_number(value)))
     if missing or extra:
         raise _fail(_differences("fields", missing, extra))
+    if SETTINGS in state:
+        settings = state[SETTINGS]
+        if (not isinstance(settings, Mapping) or not settings
+                or not all(isinstance(name, str) and _is_setting(value)
+                           for name, value in settings.items())):
+            raise _fail(f"{SETTINGS!r} must map names to ints, strings, None or lists of "
+                        f"numbers, at least one; got {_shown(settings)}")
     _check_class(state["class"])
     hypers = state["hyperparameters"]
     if not isinstance(hypers, Mapping) or not all(isinstance(name, str) for name in hypers):

@@ -568,6 +568,13 @@ class ShardedOptimizer:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be one of fastopt's optimizers (fastopt.Adam(...), "
                             f"...); got {type(optimizer).__name__}")
+        if optimizer._workspace or optimizer._param_ndim is not None:
+            name = type(optimizer).__name__
+            raise TypeError(f"{name} transforms each param as a whole matrix (Muon: a "
+                            f"Newton-Schulz iteration of matrix products), which a shard of a "
+                            f"param's elements is not: the sharded optimizer does not take it "
+                            f"(average the grads with GradientAverager and step a whole "
+                            f"{name} on every rank instead)")
         if optimizer._reduced:
             raise TypeError(f"{type(optimizer).__name__} scales each param's step by norms of "
                             f"the whole param, which a shard of it does not have: the sharded "

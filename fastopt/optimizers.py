@@ -15,8 +15,8 @@ from ._core import Params
 from ._simd import kernels as _kernels
 
 __all__ = ["ADOPT", "LAMB", "LARS", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam",
-           "AdamW", "Adamax", "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp",
-           "RMSprop", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
+           "AdamW", "Adamax", "Lion", "Momentum", "Muon", "NAdam", "Nesterov", "RAdam",
+           "RMSProp", "RMSprop", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 _SHARED = """
     Options every optimizer takes (keyword-only)
@@ -660,6 +660,74 @@ class Adafactor(Optimizer, _rules.Adafactor):
 
     ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard of a param's elements
     has no whole rows and columns). torch's ``maximize`` has no counterpart (negate the grads).
+    """
+
+
+class Muon(Optimizer, _rules.Muon):
+    """Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks"),
+    as torch.optim.Muon 2.13, for 2-D params::
+
+        buf = lerp(buf, g, 1 - momentum)                       (momentum buffer)
+        u = lerp(g, buf, momentum) if nesterov else buf
+        x = u.T if rows > cols else u                          (a copy: rows <= cols)
+        x = x / max(||u||, eps)
+        ns_steps times:
+            A = x @ x.T
+            B = b*A + c*(A @ A)
+            x = a*x + B @ x
+        O = x.T if rows > cols else x
+        p *= 1 - lr*weight_decay                               (decoupled decay)
+        p -= adjusted_lr * O
+        adjusted_lr = lr*sqrt(max(1, rows/cols))               (adjust_lr_fn None, "original")
+                    = lr*0.2*sqrt(max(rows, cols))             ("match_rms_adamw")
+
+    ``lerp(a, b, w)`` is torch's: ``a + w*(b - a)`` when ``|w| < 0.5``, else
+    ``b - (b - a)*(1 - w)``. ``(a, b, c)`` is ``ns_coefficients``. Unlike torch, which casts
+    the update to bfloat16 for the Newton-Schulz iteration, fastopt computes it in the param's
+    dtype (float32 or float64): its results are those of torch's formula without the cast
+    (tests/test_muon.py compares both). The elementwise statements (the momentum, the decay
+    and the step) are compiled loops; the matrix products are NumPy's ``matmul`` (its BLAS)
+    into buffers kept per param (``x``, ``A``, ``A@A``, ``B``, ``B@x`` and ``u``), made at a
+    param's first update and reused: an update allocates nothing after the first. Those
+    buffers are scratch, not state: they are in no checkpoint, copy or pickle. The norm is
+    a float64 sum of squares in fastopt.reference's fixed blocking; ``fastopt.reference.Muon``
+    runs the same matrix products, so both give the same bits.
+
+    Only 2-D params are taken: any other (a bias, a scalar) is refused with a ValueError
+    naming its key, and nothing changes. Train the others with another optimizer through
+    ``fastopt.Partition``, as torch's documentation advises::
+
+        fastopt.Partition([(lambda key, p: p.ndim == 2, fastopt.Muon()),
+                           (None, fastopt.AdamW())])
+
+    Parameters
+    ----------
+    lr : float or schedule, default 1e-3
+    weight_decay : float or schedule, default 0.1
+        Decoupled, as torch: ``p *= 1 - lr*weight_decay`` (lr, not the adjusted lr).
+    momentum : float or schedule, default 0.95
+        In [0, 1).
+    nesterov : bool, default True, keyword-only
+    ns_coefficients : tuple of three floats, default (3.4445, -4.775, 2.0315), keyword-only
+        The quintic's coefficients ``(a, b, c)``; finite numbers.
+    eps : float or schedule, default 1e-7, keyword-only
+        The floor of the update's norm.
+    ns_steps : int, default 5, keyword-only
+        Newton-Schulz iterations per update, ``0 <= ns_steps < 100`` (torch's bound).
+    adjust_lr_fn : None, "original" or "match_rms_adamw", default None, keyword-only
+        How the learning rate follows the param's shape (see the formula).
+
+    Attributes
+    ----------
+    momentum_buffer : dict or list of ndarray, or None
+        The momentum buffer of each param, of its shape.
+    iter : int
+        Number of ``update`` calls so far.
+
+    ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard of a param's elements
+    is no whole matrix). ``ns_coefficients``, ``ns_steps`` and ``adjust_lr_fn`` are checked
+    like the hyperparameters (TypeError or ValueError naming them) and saved in checkpoints
+    (their ``settings``); they are not schedules.
     """
 
 

@@ -57,7 +57,7 @@ from ._validation import check_option as check_option
 from ._validation import to_float as to_float
 
 __all__ = ["ADOPT", "LAMB", "LARS", "SGD", "AdaGrad", "Adadelta", "Adafactor", "Adam",
-           "AdamW", "Adamax", "Lion", "Momentum", "NAdam", "Nesterov", "RAdam", "RMSProp",
+           "AdamW", "Adamax", "Lion", "Momentum", "Muon", "NAdam", "Nesterov", "RAdam", "RMSProp",
            "RMSprop", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 
@@ -374,6 +374,52 @@ def adafactor_rule(p: Any, g: Any, row_var: Any, col_var: Any, variance: Any, st
     return p
 
 
+def muon_rule(p: Any, g: Any, momentum_buffer: Any, update: Any, momentum: float,
+              nesterov: bool) -> Any:
+    """torch's Muon, its first pass: the momentum buffer ``buf.lerp_(g, 1 - momentum)``, then
+    the update to orthogonalise, ``g.lerp(buf, momentum)`` (Nesterov) or the buffer, into the
+    workspace array ``update`` (torch's lerp: two forms by the weight's size, ``_lerp``)."""
+    momentum_buffer[...] = _lerp(momentum_buffer, g, 1 - momentum)
+    update[...] = _lerp(g, momentum_buffer, momentum) if nesterov else momentum_buffer
+    return p
+
+
+def newton_schulz_transform(update: Any, x: Any, gram: Any, gram_squared: Any,
+                            gram_update: Any, product: Any, *, sums: tuple[float, ...],
+                            a: float, b: float, c: float, steps: int, eps: float) -> None:
+    """torch's ``_zeropower_via_newtonschulz`` on one 2-D ``update``, in place, in the param's
+    dtype (torch computes in bfloat16), every array a workspace buffer: ``x`` (the update,
+    transposed if it has more rows than columns) divided by ``max(||update||, eps)``
+    (``sums[0]``: the update's sum of squares, in ``sum_of_squares``'s blocking), then
+    ``steps`` times ``A = x@x.T; B = b*A + c*(A@A); x = a*x + B@x``; the result (transposed
+    back) into ``update``. Products are NumPy's ``matmul`` (its BLAS) into the buffers,
+    elementwise statements NumPy's ufuncs into them: nothing is allocated."""
+    transposed = update.shape[0] > update.shape[1]
+    np.copyto(x, update.T if transposed else update)
+    np.divide(x, max(math.sqrt(sums[0]), eps), out=x)
+    for _ in range(steps):
+        np.matmul(x, x.T, out=gram)
+        np.matmul(gram, gram, out=gram_squared)
+        np.multiply(gram, b, out=gram_update)
+        np.multiply(gram_squared, c, out=gram_squared)
+        np.add(gram_update, gram_squared, out=gram_update)   # B = b*A + c*(A@A)
+        np.matmul(gram_update, x, out=product)
+        np.multiply(x, a, out=x)
+        np.add(x, product, out=x)                             # x = a*x + B@x
+    np.copyto(update, x.T if transposed else x)
+
+
+def muon_apply_rule(p: Any, g: Any, momentum_buffer: Any, update: Any,
+                    decoupled_decay: float, adjusted_lr: float) -> Any:
+    """Muon's second pass, after the Newton-Schulz transform of ``update``: the decoupled
+    decay ``p *= 1 - lr*weight_decay`` (left out where it is 0), then
+    ``p -= adjusted_lr*update``."""
+    if decoupled_decay:
+        p *= 1 - decoupled_decay
+    p -= adjusted_lr * update
+    return p
+
+
 def none_rule(p: Any, g: Any, *states: Any) -> Any:
     """The first pass of a rule whose every statement follows its per-param reductions
     (LARS): nothing."""
@@ -504,22 +550,44 @@ def apply_second(optimizer: OptimizerCore, step: Step, values: dict[str, float],
                  grad_scale: float | None, decays: State, params: Params, grads: Grads,
                  states: list[Any], keys: list[Any], read: list[Any] | None = None) -> None:
     """Run ``step``'s second pass, NumPy's, on each key of ``keys``: the sums of squares of
-    the arrays the rule's ``_reduced`` names, its ``_per_param`` scalars from them, then the
-    rule ``<step.second>_rule`` with the grad (``read``, or ``grads[key]``) clipped: the
-    decay is the rule's own."""
+    the arrays the rule's ``_reduced`` names, its ``_per_param`` scalars from them, its
+    transform (``Step.transform``) if any, then the rule ``<step.second>_rule`` with the grad
+    (``read``, or ``grads[key]``) clipped: the decay is the rule's own."""
     assert step.second is not None
-    rule: Callable[..., Any] = globals()[step.second + "_rule"]
     for index, key in enumerate(keys):
         param = params[key]
         grad = grads[key] if read is None else read[index]
         sums = tuple(sum_of_squares(array, scale) for array, scale
                      in optimizer._reductions(key, param, grad, grad_scale))
-        scalars = optimizer._per_param(values, sums, decays is None or bool(decays[key]))
-        new = rule(param, transform_grad(grad, param, grad_scale, 0.0),
-                   *[state[key] if state is not None else None for state in states],
-                   **scalars)
-        if not isinstance(param, np.ndarray):
-            params[key] = new   # type: ignore[index]
+        scalars = optimizer._per_param(values, sums, decays is None or bool(decays[key]),
+                                       np.shape(param))
+        if step.transform is not None:
+            transform(optimizer, step, key, sums)
+        second_rule(optimizer, step, scalars, grad_scale, params, states, key, grad)
+
+
+def second_rule(optimizer: OptimizerCore, step: Step, scalars: dict[str, Any],
+                grad_scale: float | None, params: Params, states: list[Any], key: Any,
+                grad: Any) -> None:
+    """The rule of ``step``'s second pass, ``<step.second>_rule``, on the param of ``key``
+    with its ``scalars`` (``_per_param``'s) and its grad clipped."""
+    assert step.second is not None
+    rule: Callable[..., Any] = globals()[step.second + "_rule"]
+    param = params[key]
+    new = rule(param, transform_grad(grad, param, grad_scale, 0.0),
+               *[state[key] if state is not None else None for state in states], **scalars)
+    if not isinstance(param, np.ndarray):
+        params[key] = new   # type: ignore[index]
+
+
+def transform(optimizer: OptimizerCore, step: Step, key: Any, sums: tuple[float, ...]) -> None:
+    """``step``'s per-param transform (``<name>_transform`` of this module) on the workspace
+    of the param of ``key``, with its sums of squares: what fastopt's compiled updates run
+    too, between a param's reduction and its second pass."""
+    assert step.transform is not None
+    name, arguments = step.transform
+    function: Callable[..., None] = globals()[name + "_transform"]
+    function(*optimizer._workspace_of(key), sums=sums, **arguments)
 
 
 class ReferenceOptimizer(OptimizerCore):
@@ -533,6 +601,8 @@ class ReferenceOptimizer(OptimizerCore):
         with self._lock:
             values = self._checked_values()
             step = self._next_step(values)
+            for key in _keys(params):
+                self._check_param_shape(key, params[key])
             grad_scale = self._clip_factor([grads[key] for key in _keys(params)])
             decays = self._key_decays(params)
             self._add_zero_state(params)
@@ -631,6 +701,11 @@ class ScheduleFreeSGD(ReferenceOptimizer, _rules.ScheduleFreeSGD):
     y = momentum*x + (1-momentum)*z``."""
 
     _interpolate = staticmethod(schedulefree_interpolate)
+
+
+class Muon(ReferenceOptimizer, _rules.Muon):
+    """torch's Muon: momentum, Newton-Schulz orthogonalisation of each 2-D param's update (in
+    the param's dtype, not bfloat16), decoupled decay, ``p -= adjusted_lr*O``."""
 
 
 class Adafactor(ReferenceOptimizer, _rules.Adafactor):

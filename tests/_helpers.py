@@ -33,6 +33,40 @@ SHAPES = {
 }
 
 
+def param_shape(config, shape):
+    """The shape a test gives a param of ``shape`` for the optimizer of ``config`` (a
+    ``(name, options)`` pair or a name): ``shape`` itself, or for a rule of 2-D params only
+    (Muon) a matrix of as many elements (tests/registry.py's ``param_shape``)."""
+    name = config if isinstance(config, str) else config[0]
+    entry = registry.BY_NAME.get(name)
+    return tuple(shape) if entry is None else entry.param_shape(tuple(shape))
+
+
+def param_shapes(config, shapes):
+    """``param_shape`` of each of ``shapes``."""
+    return [param_shape(config, shape) for shape in shapes]
+
+
+def as_param(config, array):
+    """``array`` (a view of it where it can be) in ``param_shape`` for ``config``."""
+    return array.reshape(param_shape(config, array.shape))
+
+
+def takes_scalars(config):
+    """Whether the optimizer of ``config`` takes scalar params (a rule of 2-D params only,
+    Muon, refuses them: tests/test_muon.py)."""
+    name = config if isinstance(config, str) else config[0]
+    entry = registry.BY_NAME.get(name)
+    return entry is None or entry.takes(())
+
+
+def matrices_only(config):
+    """Whether the optimizer of ``config`` takes 2-D params only (Muon)."""
+    name = config if isinstance(config, str) else config[0]
+    entry = registry.BY_NAME.get(name)
+    return entry is not None and entry.param_ndim == 2
+
+
 def config_id(config):
     name, options = config
     return name + "".join(f"-{k}={v}" for k, v in options.items())
@@ -110,7 +144,8 @@ def level_trajectory(module, config, dtype, steps=6):
     rng = np.random.default_rng(7)
     name, options = config
     optimizer = getattr(module, name)(lr=LEARNING_RATES[name], **options)
-    params = random_params(list(LEVEL_SHAPES.values()), dtype, rng, keys=list(LEVEL_SHAPES))
+    params = random_params(param_shapes(config, LEVEL_SHAPES.values()), dtype, rng,
+                           keys=list(LEVEL_SHAPES))
     with np.errstate(all="ignore"):
         for _ in range(steps):
             optimizer.update(params, _grads_with_edge_cases(params, dtype, rng))

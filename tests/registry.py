@@ -72,6 +72,15 @@ class Entry:
         How close fastopt comes to the oracle: ``oracles.EXACT`` (bits) when the oracle
         follows the formula's statements; otherwise the normwise relative bound, and why, in
         the oracle's docstring.
+    decay_scales_param : bool
+        Its decoupled decay multiplies the param, ``p *= 1 - lr*weight_decay`` (Muon's, as
+        torch's), which keeps an inf or nan param where it is: tests/test_weight_decay.py's
+        proof that a nonzero decay brings the params' inf and nan in does not apply to it.
+    param_ndim : int or None
+        The number of dims every param must have (Muon's 2: its Newton-Schulz iteration
+        orthogonalises a matrix, and other params are refused, pointing to
+        ``fastopt.Partition``); None: any shape. The generic tests give such a rule their
+        shapes through ``param_shape``; tests/test_muon.py checks the refusal.
     """
 
     name: str
@@ -88,11 +97,37 @@ class Entry:
     other_values_setup: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     floors: Mapping[str, float] = field(default_factory=dict)
     rtol: float | Mapping[Any, float] = oracles.EXACT
+    decay_scales_param: bool = False
+    param_ndim: int | None = None
 
     @property
     def book(self) -> bool:
         """Whether it is one of the book's six (*Deep Learning from Scratch*)."""
         return bool(self.book_configs)
+
+    def takes(self, shape: tuple[int, ...]) -> bool:
+        """Whether it takes a param of ``shape``."""
+        return self.param_ndim is None or len(shape) == self.param_ndim
+
+    def param_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``shape`` if it takes it; else, for a rule of 2-D params only, a matrix of as
+        many elements: ``()`` as ``(1, 1)``, ``(n,)`` as ``(1, n)``, ``(a, b, ...)`` as
+        ``(a, b*...)``."""
+        if self.takes(shape):
+            return tuple(shape)
+        assert self.param_ndim == 2, "only 2-D rules are mapped"
+        if len(shape) == 0:
+            return (1, 1)
+        if len(shape) == 1:
+            return (1, shape[0])
+        rest = 1
+        for size in shape[1:]:
+            rest *= size
+        return (shape[0], rest)
+
+    def param_shapes(self, shapes: Any) -> list[tuple[int, ...]]:
+        """``param_shape`` of each of ``shapes``."""
+        return [self.param_shape(tuple(shape)) for shape in shapes]
 
     def state_names(self, options: Mapping[str, Any]) -> tuple[str, ...]:
         """The state attributes it keeps with ``options``, in order."""
@@ -193,6 +228,15 @@ REGISTRY = (
           other_values_setup={"d": {"beta2_decay": -3.0}},
           floors={"d": 1.0},
           rtol=oracles.ADAFACTOR_RTOL),
+    # 2-D params only (torch's Muon): the generic tests map their shapes (param_shape).
+    # ns_steps 0 leaves the update as normalised; momentum 0.3 takes lerp's other form.
+    Entry("Muon", oracles.muon, lr=0.02,
+          configs=({}, {"nesterov": False}, {"adjust_lr_fn": "match_rms_adamw"},
+                   {"momentum": 0.3, "weight_decay": 0.0, "ns_steps": 2,
+                    "ns_coefficients": (2.0, -1.5, 0.5)}),
+          state=("momentum_buffer",),
+          other_values={"lr": 0.3, "weight_decay": 0.5, "momentum": 0.5, "eps": 1e3},
+          rtol=oracles.MUON_RTOL, decay_scales_param=True, param_ndim=2),
     Entry("ScheduleFreeAdamW", oracles.schedulefree_adamw, lr=0.01,
           configs=({}, {"warmup_steps": 5, "r": 0.5, "weight_decay": 0.01}),
           state=("z", "v", "x"),

@@ -18,11 +18,13 @@ from fastopt import _base, reference, schedules
 
 from _helpers import (
     CONFIGS,
+    as_param,
     assert_same_bits,
     assert_same_state,
     config_id,
     copy_params,
     make_pair,
+    param_shapes,
     random_params,
 )
 from registry import BY_NAME
@@ -87,8 +89,8 @@ def test_the_plan_takes_the_updates_after_the_first(config, dtype):
 @pytest.mark.parametrize("config", UNPLANNED, ids=[config_id(c) for c in UNPLANNED])
 def test_no_plan_where_the_steps_are_not_restated(config):
     fast, _ = make_pair(config)
-    params = {"W": np.ones(3)}
-    fast.update(params, {"W": np.ones(3)})
+    params = {"W": as_param(config, np.ones(3))}
+    fast.update(params, {"W": as_param(config, np.ones(3))})
     assert not _runs(fast)
 
 
@@ -121,7 +123,7 @@ def _change(optimizer, name, how):
 def test_reassigned_hyperparameters_give_the_references_bits(config, dtype, container):
     fast, ref = make_pair(config)
     rng = np.random.default_rng(1)
-    shapes = [(1,), (5, 3), (33,)]
+    shapes = param_shapes(config, [(1,), (5, 3), (33,)])   # Muon's: matrices
     ours = random_params(shapes, dtype, rng)
     if container == "list":
         ours = list(ours.values())

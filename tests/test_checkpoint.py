@@ -27,7 +27,14 @@ import fastopt
 from fastopt import book2, checkpoint, notes, reference
 
 import registry
-from _helpers import CONFIGS, LEARNING_RATES, assert_same_bits, config_id, run_python
+from _helpers import (
+    CONFIGS,
+    LEARNING_RATES,
+    assert_same_bits,
+    config_id,
+    param_shapes,
+    run_python,
+)
 
 # Shared by this process and the subprocess that resumes: how a case builds its optimizer,
 # params and grads. Grads depend only on (case, step), so both sides see the same ones.
@@ -61,7 +68,8 @@ def make_optimizer(case, resumed=False):
 
 def make_params(case):
     rng = np.random.default_rng([case["seed"], 99])
-    arrays = [np.array(rng.standard_normal(shape), dtype=case["dtype"]) for shape in SHAPES]
+    shapes = [tuple(shape) for shape in case.get("shapes", SHAPES)]   # Muon's: matrices
+    arrays = [np.array(rng.standard_normal(shape), dtype=case["dtype"]) for shape in shapes]
     return dict(zip(KEYS, arrays)) if case["container"] == "dict" else arrays
 
 
@@ -140,7 +148,16 @@ def _cases():
                           "user_schedule": True, "filter": True})
     for seed, case in enumerate(cases):
         case.update(seed=seed, n=4, m=3)
+        _shape_for(case)
     return cases
+
+
+def _shape_for(case):
+    """Give a rule of 2-D params only (Muon) matrices of as many elements as SHAPES's
+    (tests/registry.py's ``param_shape``); every other case keeps SHAPES."""
+    shapes = param_shapes(case["name"], common["SHAPES"])
+    if shapes != common["SHAPES"]:
+        case["shapes"] = [list(shape) for shape in shapes]
 
 
 def _read_dump(path):
@@ -224,6 +241,7 @@ def test_exact_resume_with_a_builtin_schedule_in_a_new_process(tmp_path):
                           "container": container, "dtype": "float64", "clip": False,
                           "user_schedule": False, "filter": False, "seed": len(cases),
                           "n": 4, "m": 5})
+            _shape_for(cases[-1])
     for index, case in enumerate(cases):
         def scheduled(case=case):
             optimizer = common["make_optimizer"](case)
@@ -251,7 +269,7 @@ def _trained(config, steps=3, container=dict, dtype=np.float64, **extra):
     name, options = config
     optimizer = getattr(fastopt, name)(lr=LEARNING_RATES[name], **{**options, **extra})
     rng = np.random.default_rng(5)
-    shapes = [(4, 3), (3,), (), (6,)]
+    shapes = param_shapes(config, [(4, 3), (3,), (), (6,)])
     params = [np.array(rng.standard_normal(shape), dtype=dtype) for shape in shapes]
     if container is dict:
         params = dict(zip(["W", "b", "s", "c"], params, strict=True))
@@ -422,7 +440,8 @@ def test_every_attribute_is_in_the_checkpoint(config):
     # An attribute added to an optimizer but not to the checkpoint would break exact resume.
     optimizer, _, _ = _trained(config)
     saved = optimizer.state_dict()
-    covered = {*saved["hyperparameters"], *saved["options"], *saved["state"], "iter",
+    covered = {*saved["hyperparameters"], *saved["options"], *saved.get("settings", {}),
+               *saved["state"], "iter",
                "max_grad_norm", "weight_decay_filter", "_decays", "_lock",
                *type(optimizer)._scalar_state}
     left = [name for name, value in vars(optimizer).items()

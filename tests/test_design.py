@@ -17,6 +17,8 @@ import fastopt
 from fastopt import _rules, optimizers, reference
 from fastopt._simd import kernels
 
+import registry
+
 PACKAGE = Path(fastopt.__file__).parent
 RULE_NAMES = [rule.__name__ for rule in _rules.RULES]
 
@@ -102,9 +104,11 @@ def test_every_optimizer_fastopt_exports_is_declared_once():
 @pytest.mark.parametrize("name", RULE_NAMES)
 def test_each_step_names_a_loop_and_numpy_rule_that_take_its_scalars(name):
     # A scalar that the loop does not read, or a NumPy rule parameter no scalar fills, would
-    # make the two paths compute different things.
+    # make the two paths compute different things. (A rule of 2-D params only, Muon, takes
+    # a (1, 3) matrix: tests/registry.py's param_shape.)
     optimizer = getattr(fastopt, name)()
-    optimizer.update({"w": np.ones(3)}, {"w": np.ones(3)})
+    shape = registry.BY_NAME[name].param_shape((3,))
+    optimizer.update({"w": np.ones(shape)}, {"w": np.ones(shape)})
     step = optimizer._next_step(optimizer.hyperparameter_values())
     assert step.loop in kernels.loops()
     assert set(step.scalars) <= set(kernels.step_fields())
@@ -118,11 +122,21 @@ def test_each_step_names_a_loop_and_numpy_rule_that_take_its_scalars(name):
         assert step.second in kernels.loops()
         second = list(inspect.signature(getattr(reference, step.second + "_rule")).parameters)
         scalars = optimizer._per_param(optimizer.hyperparameter_values(),
-                                       (1.0,) * len(optimizer._reduced), True)
+                                       (1.0,) * len(optimizer._reduced), True, shape)
         assert set(second[2 + states:]) == set(scalars) <= set(kernels.step_fields())
-        assert set(optimizer._reduced) <= {"param", "grad", *optimizer.state_names}
+        # (the workspace, scratch arrays the rule declares beside its state, may be reduced)
+        assert set(optimizer._reduced) <= {"param", "grad", *optimizer.state_names,
+                                           *optimizer._workspace}
         if "grad" in optimizer._reduced:   # the grad as the loops read it: the decay is its own
             assert optimizer._decoupled
+    if step.transform is not None:   # its NumPy function takes the workspace, sums, arguments
+        assert step.second is not None
+        transform, arguments = step.transform
+        parameters = list(inspect.signature(getattr(reference, transform + "_transform"))
+                          .parameters)
+        workspace = len(optimizer._workspace)
+        assert workspace > 0 and len(parameters) == workspace + 1 + len(arguments)
+        assert set(parameters[workspace:]) == {"sums", *arguments}
 
 
 def test_a_scalar_the_loops_do_not_take_is_refused_by_name():

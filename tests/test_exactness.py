@@ -13,10 +13,12 @@ from fastopt import _base, _rules
 
 from _helpers import (
     SHAPES,
+    as_param,
     assert_same_bits,
     assert_same_state,
     copy_params,
     make_pair,
+    param_shapes,
     random_params,
 )
 
@@ -26,6 +28,7 @@ STEPS = 60
 def run_trajectories(config, shapes, dtype, steps=STEPS, seed=0, params_factory=None):
     rng = np.random.default_rng(seed)
     fast, ref = make_pair(config)
+    shapes = param_shapes(config, shapes)   # matrices for a rule of 2-D params only (Muon)
     start = random_params(shapes, dtype, rng)
     ours = params_factory(start) if params_factory else copy_params(start)
     theirs = params_factory(start) if params_factory else copy_params(start)
@@ -162,10 +165,11 @@ def test_grad_of_another_float_dtype_matches_reference(config, param_dtype, grad
                                                        kernel_calls):
     rng = np.random.default_rng(1)
     fast, ref = make_pair(config)
-    start = random_params([(6, 4), (4,)], param_dtype, rng)
+    shapes = param_shapes(config, [(6, 4), (4,)])
+    start = random_params(shapes, param_dtype, rng)
     ours, theirs = copy_params(start), copy_params(start)
     for _ in range(20):
-        grads = random_params([(6, 4), (4,)], grad_dtype, rng)
+        grads = random_params(shapes, grad_dtype, rng)
         fast.update(ours, grads)
         ref.update(theirs, grads)
     for key in start:
@@ -181,11 +185,11 @@ def test_mixed_keys_keep_the_books_order(config, kernel_calls):
     fast, ref = make_pair(config)
     ours_w = rng.standard_normal((5, 3))
     theirs_w = ours_w.copy()
-    ours = {"wT": ours_w.T, "w": ours_w, "b": rng.standard_normal(3)}
+    ours = {"wT": ours_w.T, "w": ours_w, "b": as_param(config, rng.standard_normal(3))}
     theirs = {"wT": theirs_w.T, "w": theirs_w, "b": ours["b"].copy()}
     for _ in range(10):
         g = rng.standard_normal((5, 3))
-        grads = {"wT": g.T.copy(), "w": g, "b": rng.standard_normal(3)}
+        grads = {"wT": g.T.copy(), "w": g, "b": as_param(config, rng.standard_normal(3))}
         fast.update(ours, grads)
         ref.update(theirs, grads)
         assert_same_bits(ours_w, theirs_w)
@@ -197,7 +201,7 @@ def test_grad_that_is_the_param_itself(config):
     # Nesterov reads the grad after writing the param: NumPy's statement-by-statement result.
     rng = np.random.default_rng(3)
     fast, ref = make_pair(config)
-    ours = {"w": rng.standard_normal(17)}
+    ours = {"w": as_param(config, rng.standard_normal(17))}
     theirs = copy_params(ours)
     for _ in range(10):
         fast.update(ours, ours)
@@ -212,18 +216,20 @@ def test_grad_overlapping_the_param(config):
     ours_buf = rng.standard_normal(20)
     theirs_buf = ours_buf.copy()
     for _ in range(10):
-        fast.update({"w": ours_buf[:16]}, {"w": ours_buf[4:]})
-        ref.update({"w": theirs_buf[:16]}, {"w": theirs_buf[4:]})
+        fast.update({"w": as_param(config, ours_buf[:16])},
+                    {"w": as_param(config, ours_buf[4:])})
+        ref.update({"w": as_param(config, theirs_buf[:16])},
+                   {"w": as_param(config, theirs_buf[4:])})
         assert_same_bits(ours_buf, theirs_buf)
 
 
 def test_read_only_grads_work(config):
     rng = np.random.default_rng(5)
     fast, ref = make_pair(config)
-    ours = {"w": rng.standard_normal(33)}
+    ours = {"w": as_param(config, rng.standard_normal(33))}
     theirs = copy_params(ours)
     for _ in range(5):
-        g = rng.standard_normal(33)
+        g = as_param(config, rng.standard_normal(33))
         g.flags.writeable = False
         fast.update(ours, {"w": g})
         ref.update(theirs, {"w": g})
@@ -242,9 +248,10 @@ def special_values(dtype):
 def test_nan_and_inf_propagate_as_in_numpy(config, dtype):
     values = special_values(dtype)
     # every (param, grad) combination of the special values, over a few steps
-    param = np.repeat(values, values.size)
-    grads = [np.tile(values, values.size), np.tile(values[::-1], values.size),
-             np.ones(param.size, dtype)]
+    param = as_param(config, np.repeat(values, values.size))
+    grads = [as_param(config, g) for g in (np.tile(values, values.size),
+                                           np.tile(values[::-1], values.size),
+                                           np.ones(param.size, dtype))]
     fast, ref = make_pair(config)
     ours, theirs = {"w": param.copy()}, {"w": param.copy()}
     with np.errstate(all="ignore"):

@@ -63,7 +63,7 @@ import numpy as np
 sys.path.insert(0, sys.argv[2])
 import fastopt
 from fastopt import _simd, reference
-from _helpers import CONFIGS, LEARNING_RATES
+from _helpers import CONFIGS, LEARNING_RATES, as_param
 
 seconds = float(sys.argv[1])
 # Above the thread split (2**15 elements for the dividing rules, 2**18 for the streaming
@@ -73,14 +73,16 @@ OWN, SHARED, STEPS = 4, 2, 4
 report = {"rounds": 0, "mismatches": [], "errors": [], "settings_changes": 0, "bad_reads": []}
 stop = threading.Event()
 
-def problem(data):
+def problem(data, config):
     # One optimizer's params and a fixed sequence of grads, float64 and float32 alike, in
     # the range where nothing goes subnormal (flush-to-zero then changes no bit).
     rng = np.random.default_rng(data)
     dtype = np.float32 if data % 2 else np.float64
-    start = {k: rng.standard_normal(n).astype(dtype) for k, n in SIZES.items()}
-    grads = [{k: (rng.standard_normal(n) + 3.0).astype(dtype) for k, n in SIZES.items()}
-             for _ in range(STEPS)]
+    # (matrices of one row for a rule of 2-D params only: Muon)
+    start = {k: as_param(config, rng.standard_normal(n).astype(dtype))
+             for k, n in SIZES.items()}
+    grads = [{k: as_param(config, (rng.standard_normal(n) + 3.0).astype(dtype))
+              for k, n in SIZES.items()} for _ in range(STEPS)]
     return start, grads
 
 def make(module, config):
@@ -100,7 +102,7 @@ def own_updates(index, round_, barrier, results):
     # An optimizer of this thread's own, on params of its own.
     try:
         config = CONFIGS[(index + OWN * round_) % len(CONFIGS)]
-        start, grads = problem(100 * round_ + index)
+        start, grads = problem(100 * round_ + index, config)
         fast, params = make(fastopt, config), {k: v.copy() for k, v in start.items()}
         barrier.wait()
         for grad in grads:
@@ -149,7 +151,7 @@ try:
         barrier = threading.Barrier(OWN + SHARED)
         results = [None] * OWN
         shared_config = CONFIGS[round_ % len(CONFIGS)]
-        shared_start, shared_grads = problem(7 + round_)
+        shared_start, shared_grads = problem(7 + round_, shared_config)
         shared = make(fastopt, shared_config)
         shared_params = {k: v.copy() for k, v in shared_start.items()}
         workers = [threading.Thread(target=own_updates, args=(i, round_, barrier, results))

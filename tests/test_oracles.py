@@ -56,22 +56,28 @@ def case_id(case):
     return config_id(case)
 
 
-def start(dtype):
+def shapes_of(name):
+    """PARAM_SHAPES, or for a rule of 2-D params only (Muon) matrices of as many elements
+    (the registry's ``param_shape``): every other rule's runs are unchanged."""
+    return tuple(BY_NAME[name].param_shapes(PARAM_SHAPES))
+
+
+def start(dtype, shapes=tuple(PARAM_SHAPES)):
     rng = np.random.default_rng(2024)
     return {key: rng.standard_normal(shape).astype(dtype)
-            for key, shape in zip(KEYS, PARAM_SHAPES, strict=True)}
+            for key, shape in zip(KEYS, shapes, strict=True)}
 
 
-@functools.lru_cache(maxsize=2)
-def grad_steps(dtype):
+@functools.lru_cache(maxsize=4)
+def grad_steps(dtype, shapes=tuple(PARAM_SHAPES)):
     """STEPS dicts of random grads; their scale cycles through 0.5, 1 and 1.5 (made once per
-    dtype: nothing writes them)."""
+    dtype and shapes: nothing writes them)."""
     rng = np.random.default_rng(99)
     steps = []
     for t in range(1, STEPS + 1):
         scale = 0.5 * (1 + t % 3)
         steps.append({key: (scale * rng.standard_normal(shape)).astype(dtype)
-                      for key, shape in zip(KEYS, PARAM_SHAPES, strict=True)})
+                      for key, shape in zip(KEYS, shapes, strict=True)})
     return steps
 
 
@@ -87,8 +93,8 @@ def oracle_run(name, case_index, dtype):
     """The oracle's params, state arrays and scalar state after each CHECKED step."""
     entry = BY_NAME[name]
     options = CASES[case_index][1]
-    params, state, seen = start(dtype), {}, {}
-    for t, grads in enumerate(grad_steps(dtype), start=1):
+    params, state, seen = start(dtype, shapes_of(name)), {}, {}
+    for t, grads in enumerate(grad_steps(dtype, shapes_of(name)), start=1):
         params, state = oracles.step(entry.oracle, params, grads, state, t,
                                      {"lr": entry.lr, **options})
         if t in CHECKED:
@@ -102,8 +108,8 @@ def class_run(module, name, options, dtype):
     """The same through ``module.<name>`` (fastopt or fastopt.reference)."""
     entry = BY_NAME[name]
     optimizer = getattr(module, name)(lr=entry.lr, **options)
-    params, seen = start(dtype), {}
-    for t, grads in enumerate(grad_steps(dtype), start=1):
+    params, seen = start(dtype, shapes_of(name)), {}
+    for t, grads in enumerate(grad_steps(dtype, shapes_of(name)), start=1):
         optimizer.update(params, grads)
         if t in CHECKED:
             arrays = {state: getattr(optimizer, state) for state in entry.state_names(options)}

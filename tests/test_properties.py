@@ -29,7 +29,7 @@ import fastopt
 from fastopt import reference
 
 from _helpers import CONFIGS, assert_same_bits
-from registry import REGISTRY
+from registry import BY_NAME, REGISTRY
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, derandomize=True, database=None,
@@ -93,9 +93,12 @@ def hyperparameters(draw, name, options):
 
 
 @st.composite
-def param_specs(draw, container):
-    """What one param and its grads are: built twice (fastopt's and the reference's copy)."""
-    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7))
+def param_specs(draw, container, ndim=None):
+    """What one param and its grads are: built twice (fastopt's and the reference's copy);
+    of ``ndim`` dims for a rule that takes only those (Muon's 2)."""
+    shape = draw(hnp.array_shapes(min_dims=0 if ndim is None else ndim,
+                                  max_dims=3 if ndim is None else ndim, min_side=0,
+                                  max_side=7))
     numpy_path = draw(st.booleans())
     if numpy_path:
         dtype = draw(st.sampled_from([np.float16, np.float32, np.float64]))
@@ -158,7 +161,9 @@ def test_every_optimizer_matches_the_reference(data):
     name, options = config
     options = {**options, **data.draw(hyperparameters(name, options), label="hyperparameters")}
     container = data.draw(st.sampled_from(["dict", "list", "tuple"]), label="container")
-    specs = data.draw(st.lists(param_specs(container), min_size=1, max_size=4), label="params")
+    ndim = BY_NAME[name].param_ndim if name in BY_NAME else None
+    specs = data.draw(st.lists(param_specs(container, ndim), min_size=1, max_size=4),
+                      label="params")
     steps = data.draw(st.integers(1, 4), label="steps")
     grads = [[data.draw(hnp.arrays(spec["grad_dtype"], spec["shape"],
                                    elements=values_of(spec["grad_dtype"])))

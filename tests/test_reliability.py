@@ -26,7 +26,16 @@ import pytest
 import fastopt
 from fastopt import _base, _kernels, reference
 
-from _helpers import CONFIGS, LEARNING_RATES, assert_same_bits, config_id, make_pair, run_python
+from _helpers import (
+    CONFIGS,
+    LEARNING_RATES,
+    as_param,
+    assert_same_bits,
+    config_id,
+    make_pair,
+    run_python,
+    takes_scalars,
+)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 needs_threads = pytest.mark.skipif(not _kernels.threads_supported(), reason="built without threads")
@@ -425,14 +434,15 @@ def test_omp_num_threads_above_256_is_capped(value):
 # ---------------------------------------------------------------------------------------------
 # 4. Read-only containers: arrays are updated in place and never stored back.
 
-def numpy_path_params(seed):
+def numpy_path_params(seed, config):
     """One C-contiguous float64 param (compiled), a transposed view and a float16 array
-    (NumPy's path), with their grads; the same arrays for the same seed."""
+    (NumPy's path), with their grads; the same arrays for the same seed (matrices for a rule
+    of 2-D params only, Muon)."""
     rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(7), rng.standard_normal((5, 3)).T,
-              rng.standard_normal(6).astype(np.float16)]
-    grads = [rng.standard_normal(7), rng.standard_normal((3, 5)),
-             rng.standard_normal(6).astype(np.float16)]
+    params = [as_param(config, rng.standard_normal(7)), rng.standard_normal((5, 3)).T,
+              as_param(config, rng.standard_normal(6).astype(np.float16))]
+    grads = [as_param(config, rng.standard_normal(7)), rng.standard_normal((3, 5)),
+             as_param(config, rng.standard_normal(6).astype(np.float16))]
     return params, grads
 
 
@@ -441,8 +451,8 @@ def test_read_only_containers_of_arrays_update_once(config, kind):
     # Today: the NumPy path runs ``params[key] -= ...``, which updates the array in place and
     # then raises storing it back into the tuple or proxy: the step is applied, then an error,
     # and a caller who retries applies it twice.
-    ours, grads = numpy_path_params(4)
-    expected, _ = numpy_path_params(4)
+    ours, grads = numpy_path_params(4, config)
+    expected, _ = numpy_path_params(4, config)
     originals = list(ours)
     keys = ["w", "t", "h"]
     fast, ref = make_pair(config)
@@ -465,7 +475,7 @@ def test_read_only_containers_of_arrays_update_once(config, kind):
 
 @pytest.mark.parametrize("kind", ["tuple", "mappingproxy"])
 def test_scalar_param_in_a_read_only_container_is_rejected_first(config, kind):
-    params, grads = numpy_path_params(5)
+    params, grads = numpy_path_params(5, config)
     params.append(-7.0)
     grads.append(0.5)
     fast, _ = make_pair(config)
@@ -520,8 +530,8 @@ def check_grads_read_once(config, alternate, steps=3):
     kind); return None or raise AssertionError."""
     rng = np.random.default_rng(6)
     fast, ref = make_pair(config)
-    start = {"a": rng.standard_normal((4, 5)), "b": rng.standard_normal(9),
-             "c": rng.standard_normal(3).astype(np.float32)}
+    start = {"a": rng.standard_normal((4, 5)), "b": as_param(config, rng.standard_normal(9)),
+             "c": as_param(config, rng.standard_normal(3).astype(np.float32))}
     ours = {key: value.copy() for key, value in start.items()}
     theirs = {key: value.copy() for key, value in start.items()}
     for _ in range(steps):
@@ -577,15 +587,18 @@ BAD_TYPES = {
 }
 
 
-def fresh_params():
+def fresh_params(name):
     rng = np.random.default_rng(8)
-    # a compiled param, a NumPy-path view and a scalar param
-    return {"w": rng.standard_normal((3, 4)), "t": rng.standard_normal((4, 3)).T, "x": -7.0}
+    # a compiled param, a NumPy-path view and a scalar param (a 1x1 matrix for a rule that
+    # refuses scalars: Muon)
+    return {"w": rng.standard_normal((3, 4)), "t": rng.standard_normal((4, 3)).T,
+            "x": -7.0 if takes_scalars(name) else np.full((1, 1), -7.0)}
 
 
-def fresh_grads():
+def fresh_grads(name):
     rng = np.random.default_rng(9)
-    return {"w": rng.standard_normal((3, 4)), "t": rng.standard_normal((3, 4)), "x": 0.5}
+    return {"w": rng.standard_normal((3, 4)), "t": rng.standard_normal((3, 4)),
+            "x": 0.5 if takes_scalars(name) else np.full((1, 1), 0.5)}
 
 
 def word(name):
@@ -605,13 +618,13 @@ def test_float_hyperparameter_of_a_wrong_type(name, key, bad):
         getattr(reference, name)(**{key: value})
     for stepped in (False, True):
         optimizer = getattr(fastopt, name)()
-        params = fresh_params()
+        params = fresh_params(name)
         if stepped:
-            optimizer.update(params, fresh_grads())
+            optimizer.update(params, fresh_grads(name))
         setattr(optimizer, key, value)
         before = snapshot(optimizer, params)
         with pytest.raises(TypeError, match=word(key)):
-            optimizer.update(params, fresh_grads())
+            optimizer.update(params, fresh_grads(name))
         assert_unchanged(optimizer, params, before)
 
 
@@ -624,13 +637,13 @@ def test_float_hyperparameter_too_large_for_a_float(name, key, value):
         getattr(fastopt, name)(**{key: value})
     for stepped in (False, True):
         optimizer = getattr(fastopt, name)()
-        params = fresh_params()
+        params = fresh_params(name)
         if stepped:
-            optimizer.update(params, fresh_grads())
+            optimizer.update(params, fresh_grads(name))
         setattr(optimizer, key, value)
         before = snapshot(optimizer, params)
         with pytest.raises(ValueError, match=word(key)):
-            optimizer.update(params, fresh_grads())
+            optimizer.update(params, fresh_grads(name))
         assert_unchanged(optimizer, params, before)
 
 
@@ -646,7 +659,7 @@ def test_float_hyperparameter_of_an_accepted_type(name, key, kind):
     if key == "eps" and value == 0:
         value = type(value)(1)   # eps > 0
     optimizer = getattr(fastopt, name)(**{key: value})
-    optimizer.update(fresh_params(), fresh_grads())
+    optimizer.update(fresh_params(name), fresh_grads(name))
 
 
 BAD_FLAGS = {"str": "no", "str False": "False", "int 1": 1, "int 0": 0, "numpy int": np.int64(1),
@@ -664,13 +677,13 @@ def test_boolean_option_of_a_wrong_type(name, key, bad):
         getattr(reference, name)(**{key: value})
     for stepped in (False, True):
         optimizer = getattr(fastopt, name)()
-        params = fresh_params()
+        params = fresh_params(name)
         if stepped:
-            optimizer.update(params, fresh_grads())
+            optimizer.update(params, fresh_grads(name))
         setattr(optimizer, key, value)
         before = snapshot(optimizer, params)
         with pytest.raises(TypeError, match=word(key)):
-            optimizer.update(params, fresh_grads())
+            optimizer.update(params, fresh_grads(name))
         assert_unchanged(optimizer, params, before)
 
 
@@ -679,10 +692,10 @@ def test_boolean_option_takes_numpy_bools(name, key):
     for flag in (True, False):
         with_numpy = getattr(fastopt, name)(**{key: np.bool_(flag)})
         with_python = getattr(fastopt, name)(**{key: flag})
-        ours, theirs = fresh_params(), fresh_params()
+        ours, theirs = fresh_params(name), fresh_params(name)
         for _ in range(2):
-            with_numpy.update(ours, fresh_grads())
-            with_python.update(theirs, fresh_grads())
+            with_numpy.update(ours, fresh_grads(name))
+            with_python.update(theirs, fresh_grads(name))
         for k in ("w", "t"):
             assert_same_bits(ours[k], theirs[k])
         assert ours["x"] == theirs["x"]
@@ -691,10 +704,10 @@ def test_boolean_option_takes_numpy_bools(name, key):
 # ---------------------------------------------------------------------------------------------
 # 7. State arrays are updated in place, never rebound, in fastopt and in the reference.
 
-def layouts(rng):
+def layouts(rng, config):
     """A compiled key, a transposed view and a float16 array (NumPy's path)."""
-    return {"c": rng.standard_normal(11), "t": rng.standard_normal((4, 3)).T,
-            "h": rng.standard_normal(5).astype(np.float16)}
+    return {"c": as_param(config, rng.standard_normal(11)), "t": rng.standard_normal((4, 3)).T,
+            "h": as_param(config, rng.standard_normal(5).astype(np.float16))}
 
 
 @pytest.mark.parametrize("config", STATEFUL, ids=[config_id(c) for c in STATEFUL])
@@ -705,7 +718,7 @@ def test_state_arrays_keep_their_identity(config, module):
     rng = np.random.default_rng(10)
     name, options = config
     optimizer = getattr(module, name)(lr=LEARNING_RATES[name], **options)
-    params = layouts(rng)
+    params = layouts(rng, config)
     optimizer.update(params, {k: np.ones_like(v) for k, v in params.items()})
     held = {state: dict(getattr(optimizer, state)) for state in optimizer.state_names}
     pointers = {state: {k: a.ctypes.data for k, a in arrays.items()}
@@ -797,6 +810,7 @@ def test_nans_meet_where_numpy_says(config, dtype, length):
         combos = combos[:, np.random.default_rng(length).choice(combos.shape[1], length)]
     param, state, grad = (np.resize(row, length) for row in combos)
     fast, ref = make_pair(config)
+    param, grad = as_param(config, param), as_param(config, grad)   # Muon's: matrices
     ours = {"p": param.copy(), "q": param[::-1].copy()}
     theirs = {"p": param.copy(), "q": param[::-1].copy()}
     with np.errstate(all="ignore"):
@@ -806,6 +820,7 @@ def test_nans_meet_where_numpy_says(config, dtype, length):
         ours = {"p": param.copy(), "q": param[::-1].copy()}
         theirs = {"p": param.copy(), "q": param[::-1].copy()}
         for name in ref.state_names:
+            state = state.reshape(param.shape)
             for key, source in (("p", state), ("q", state[::-1])):
                 declared = ref._state_shape(name, source.shape)
                 if declared != source.shape:   # _state_shapes: Adafactor's, size 0 here
@@ -854,7 +869,7 @@ def test_numpy_scalar_hyperparameters_match_the_reference(config, kind, dtype):
     ref = getattr(reference, name)(**{**options, **hyper})
     plain = getattr(reference, name)(**{**options, **as_floats})
     rng = np.random.default_rng(13)
-    start = {"c": rng.standard_normal(37).astype(dtype),
+    start = {"c": as_param(config, rng.standard_normal(37).astype(dtype)),
              "t": rng.standard_normal((5, 4)).astype(dtype).T}
     runs = [(optimizer, {k: v.copy() if k == "c" else v.T.copy().T for k, v in start.items()})
             for optimizer in (fast, ref, plain)]
@@ -886,8 +901,8 @@ def test_one_optimizer_from_two_threads_loses_no_update(config, container):
     steps = 10
     size = 2**20 + 3
     rng = np.random.default_rng(14)
-    start = rng.standard_normal(size)
-    grad = rng.standard_normal(size)
+    start = as_param(config, rng.standard_normal(size))
+    grad = as_param(config, rng.standard_normal(size))
     fast, ref = make_pair(config)
     if container == "dict":
         ours, grads, theirs = {"w": start.copy()}, {"w": grad}, {"w": start.copy()}
@@ -949,8 +964,9 @@ for name in sys.argv[1:]:
         optimizer = getattr(fastopt, name)(lr=lr)
         if made == "copied":
             optimizer = copy.deepcopy(optimizer)
-        params = {"w": np.ones(1000), "b": np.ones(10)}
-        grads = {"w": np.full(1000, 0.5), "b": np.full(10, 0.25)}
+        # (matrices: every rule takes them, Muon only them)
+        params = {"w": np.ones((40, 25)), "b": np.ones((1, 10))}
+        grads = {"w": np.full((40, 25), 0.5), "b": np.full((1, 10), 0.25)}
         optimizer.update(params, grads)   # the state exists
         hold.set()
         worker = threading.Thread(target=optimizer.update, args=(params, grads))

@@ -25,6 +25,8 @@ from fastopt.schedules import (
     Warmup,
 )
 
+from _helpers import param_shapes
+
 # --- the formulas, written out -----------------------------------------------------------------
 # (schedule, {step: expected}): the first step, the steps around each boundary, and well after.
 
@@ -347,13 +349,17 @@ SCHEDULED = [
     ("Adamax", {"lr": LinearDecay(0.01, 5), "beta2": StepDecay(0.99, 3, 0.95)}),
     ("Adadelta", {"lr": LinearDecay(1.0, 5), "rho": LinearRamp(0.5, 0.95, 5)}),
     ("Lion", {"lr": LinearDecay(0.001, 5), "beta1": LinearRamp(0.5, 0.9, 5)}),
+    ("Muon", {"lr": LinearDecay(0.02, 5), "momentum": LinearRamp(0.5, 0.95, 5),
+              "weight_decay": ExponentialDecay(0.1, 0.8)}),
 ]
 SHAPES = [(3, 4), (5,), (), (7,)]
 STEPS = 12
 
 
-def _params(rng):
-    params = {f"W{i}": rng.standard_normal(shape) for i, shape in enumerate(SHAPES)}
+def _params(rng, name=None):
+    """SHAPES's params; for a rule of 2-D params only (Muon) matrices of as many elements."""
+    shapes = SHAPES if name is None else param_shapes(name, SHAPES)
+    params = {f"W{i}": rng.standard_normal(shape) for i, shape in enumerate(shapes)}
     params["W3"] = params["W3"].astype(np.float32)
     return params
 
@@ -390,7 +396,7 @@ def _assert_same(one, other):
 def test_a_schedule_gives_the_bits_of_setting_the_value_by_hand(module, name, scheduled):
     cls = getattr(module, name)
     rng = np.random.default_rng(7)
-    params = _params(rng)
+    params = _params(rng, name)
     by_schedule = cls(**scheduled)
     by_hand = cls(**{key: schedule(0) for key, schedule in scheduled.items()})
     fixed = cls(**{key: schedule(0) for key, schedule in scheduled.items()})
@@ -413,7 +419,7 @@ def test_a_schedule_gives_the_bits_of_setting_the_value_by_hand(module, name, sc
 @pytest.mark.parametrize(("name", "scheduled"), SCHEDULED, ids=[name for name, _ in SCHEDULED])
 def test_fastopt_and_reference_agree_with_schedules(name, scheduled):
     rng = np.random.default_rng(3)
-    params = _params(rng)
+    params = _params(rng, name)
     fast, slow = getattr(fastopt, name)(**scheduled), getattr(reference, name)(**scheduled)
     params_slow = copy.deepcopy(params)
     for _ in range(STEPS):
@@ -485,7 +491,7 @@ BAD = [
 def test_a_bad_value_names_the_hyperparameter_and_step_and_changes_nothing(
         module, name, key, schedule, error, message):
     rng = np.random.default_rng(2)
-    params = _params(rng)
+    params = _params(rng, name)
     opt = getattr(module, name)(**{key: schedule})
     for _ in range(3):
         opt.update(params, _grads(rng, params))

@@ -13,7 +13,15 @@ from fastopt import _kernels
 from fastopt._simd import kernels as active
 
 import registry
-from _helpers import assert_same_bits, assert_same_state, copy_params, make_pair, run_python
+from _helpers import (
+    as_param,
+    assert_same_bits,
+    assert_same_state,
+    copy_params,
+    make_pair,
+    param_shapes,
+    run_python,
+)
 
 needs_threads = pytest.mark.skipif(not _kernels.threads_supported(), reason="built without threads")
 # Large enough to be split for every rule, odd so the chunks are uneven; plus small keys.
@@ -31,7 +39,8 @@ def trajectory(config, threads, steps=4):
     fastopt.set_num_threads(threads)
     rng = np.random.default_rng(0)
     fast, ref = make_pair(config)
-    start = {f"p{i}": rng.standard_normal(shape) for i, shape in enumerate(SHAPES)}
+    start = {f"p{i}": rng.standard_normal(shape)   # matrices for Muon
+             for i, shape in enumerate(param_shapes(config, SHAPES))}
     ours, theirs = copy_params(start), copy_params(start)
     for _ in range(steps):
         grads = {key: rng.standard_normal(value.shape) for key, value in start.items()}
@@ -253,8 +262,8 @@ def concurrent_run(seed, threads=None, barrier=None):
     results = []
     runs = []
     for name, options in CONCURRENT_CONFIGS:
-        params = {"a": rng.standard_normal(300_017).astype(np.float32),
-                  "b": rng.standard_normal(200_003)}
+        params = {"a": as_param(name, rng.standard_normal(300_017).astype(np.float32)),
+                  "b": as_param(name, rng.standard_normal(200_003))}
         grads = [{key: rng.standard_normal(value.shape).astype(value.dtype)
                   for key, value in params.items()} for _ in range(4)]
         runs.append((getattr(fastopt, name)(**options), params, grads))

@@ -10,7 +10,11 @@
   each step, so it is checked after the first update instead (tests/test_schedulefree.py).
   Adafactor's step size reads the whole param's norm, so an inf or nan reaches its whole
   param: it is left out (declared in the registry as ``param_norm_step``), and
-  tests/test_adafactor.py checks what holds for it instead.
+  tests/test_adafactor.py checks what holds for it instead. Muon's decoupled decay multiplies
+  the param (``p *= 1 - lr*weight_decay``, as torch's), which keeps an inf or nan where it is:
+  the check with zero decay holds for it, the proof that a nonzero decay fails that check does
+  not (``decay_scales_param`` in the registry); its decay is seen acting by the filter's test.
+  A rule of 2-D params only (Muon) gets matrices of as many elements as the tests' vectors.
 - ``weight_decay_filter=lambda key, p: p.ndim > 1`` keeps the excluded params exactly as an
   optimizer without decay keeps them, and the others exactly as one with decay on them only.
 - The caller's grads are never written (their bytes are the same after every update), with
@@ -27,7 +31,7 @@ import pytest
 import fastopt
 from fastopt import reference
 
-from _helpers import CONFIGS, LEARNING_RATES, config_id
+from _helpers import CONFIGS, LEARNING_RATES, as_param, config_id, param_shape
 from registry import BY_NAME
 
 # Every optimizer and variant option, without the configs that set decay or clipping.
@@ -39,6 +43,9 @@ PLAIN = [(name, options) for name, options in CONFIGS
 # whose step size reads the whole param's norm (Adafactor's; see tests/test_adafactor.py).
 CONFINED = [(name, options) for name, options in PLAIN
             if not BY_NAME[name].param_state and not BY_NAME[name].param_norm_step]
+# Those where a nonzero decay brings the params' inf and nan into the params or state (not a
+# decay that multiplies the param: Muon's).
+DECAY_SEEN = [config for config in CONFINED if not BY_NAME[config[0]].decay_scales_param]
 IMPLEMENTATIONS = {"fastopt": fastopt, "reference": reference}
 STEPS = 5
 
@@ -81,9 +88,9 @@ SPECIAL = {"W": {(0, 0): np.inf, (1, 1): -np.inf, (2, 2): np.nan}, "b": {(0,): n
 SHAPES = {"W": (6, 5), "b": (7,)}
 
 
-def special_params(rng, dtype, layout):
+def special_params(rng, dtype, layout, config=None):
     """(params with inf and nan, the same params finite there), as C-contiguous arrays or as
-    transposed views (NumPy's path)."""
+    transposed views (NumPy's path); of ``param_shape`` for ``config``'s rule."""
     special, finite = {}, {}
     for key, shape in SHAPES.items():
         values = rng.standard_normal(shape).astype(dtype)
@@ -91,6 +98,8 @@ def special_params(rng, dtype, layout):
         for index, value in SPECIAL[key].items():
             values[index] = value
             twin[index] = 0.5
+        if config is not None:
+            values, twin = as_param(config, values), as_param(config, twin)
         if layout == "views":
             special[key] = np.ascontiguousarray(values.T).T
             finite[key] = np.ascontiguousarray(twin.T).T
@@ -99,22 +108,24 @@ def special_params(rng, dtype, layout):
     return special, finite
 
 
-def grads_with_negative_zeros(rng, dtype):
+def grads_with_negative_zeros(rng, dtype, config=None):
     grads = {key: rng.standard_normal(shape).astype(dtype) for key, shape in SHAPES.items()}
     grads["W"][:, 3] = -0.0
     grads["b"][2:5] = -0.0
     grads["W"][4, :] = 0.0
+    if config is not None:
+        grads = {key: as_param(config, grad) for key, grad in grads.items()}
     return grads
 
 
 def check_state_never_sees_params(module, config, dtype, layout, **decay):
     """Run on params with inf/nan and on finite twins; assert what no decay implies."""
     rng = np.random.default_rng(3)
-    params, twins = special_params(rng, dtype, layout)
+    params, twins = special_params(rng, dtype, layout, config)
     opt, twin_opt = make(module, config, **decay), make(module, config, **decay)
     with np.errstate(invalid="ignore", over="ignore"):
         for _ in range(STEPS):
-            grads = grads_with_negative_zeros(rng, dtype)
+            grads = grads_with_negative_zeros(rng, dtype, config)
             opt.update(params, grads)
             twin_opt.update(twins, grads)
     for (name, key, array), (_, _, twin) in zip(state_arrays(opt), state_arrays(twin_opt),
@@ -124,9 +135,11 @@ def check_state_never_sees_params(module, config, dtype, layout, **decay):
         mask = np.zeros(SHAPES[key], bool)
         for index in places:
             mask[index] = True
-        assert same_bits(params[key][~mask], twins[key][~mask]), f"param {key!r}"
+        # (in the shape the places are given in: Muon's params are matrices)
+        param, twin = params[key].reshape(SHAPES[key]), twins[key].reshape(SHAPES[key])
+        assert same_bits(param[~mask], twin[~mask]), f"param {key!r}"
         for index, value in places.items():
-            got = params[key][index]
+            got = param[index]
             assert (np.isnan(got) if np.isnan(value) else got == value), \
                 f"param {key}{list(index)} was {value}, is now {got}"
 
@@ -143,7 +156,7 @@ def test_zero_decay_is_no_decay(config, implementation, zero, layout, dtype, req
                                   weight_decay=zero)
 
 
-@pytest.mark.parametrize("config", CONFINED, ids=[config_id(c) for c in CONFINED])
+@pytest.mark.parametrize("config", DECAY_SEEN, ids=[config_id(c) for c in DECAY_SEEN])
 def test_zero_decay_check_fails_with_decay(config):
     # The check above can fail: a nonzero decay brings the params' inf and nan in.
     with pytest.raises(AssertionError):
@@ -155,13 +168,13 @@ def test_zero_decay_check_fails_with_decay(config):
 def test_zero_decay_equals_compiled_and_reference(config, compiled_only):
     # The compiled loops give the reference's bits with weight_decay=0 and specials too.
     rng = np.random.default_rng(4)
-    params, _ = special_params(rng, np.float64, "compiled")
+    params, _ = special_params(rng, np.float64, "compiled", config)
     ref_params = {key: value.copy() for key, value in params.items()}
     ours, ref = make(fastopt, config, weight_decay=0.0), make(reference, config,
                                                               weight_decay=0.0)
     with np.errstate(invalid="ignore", over="ignore"):
         for _ in range(STEPS):
-            grads = grads_with_negative_zeros(rng, np.float64)
+            grads = grads_with_negative_zeros(rng, np.float64, config)
             ours.update(params, grads)
             ref.update(ref_params, grads)
     for key in params:
@@ -181,8 +194,8 @@ def laid_out(values, layout):
     """A new array of ``values``: C-contiguous, or non-contiguous (NumPy's path)."""
     if layout == "compiled":
         return values.copy()
-    view = (np.ascontiguousarray(values.T).T if values.ndim > 1
-            else np.repeat(values, 2)[::2])
+    view = (np.ascontiguousarray(values.T).T if values.ndim > 1 and min(values.shape) > 1
+            else np.repeat(values, 2, axis=-1)[..., ::2])
     assert not view.flags.c_contiguous
     return view
 
@@ -202,18 +215,20 @@ def test_filter_leaves_excluded_params_undecayed(config, implementation, layout,
         request.getfixturevalue("compiled_only")
     module = IMPLEMENTATIONS[implementation]
     rng = np.random.default_rng(5)
-    start = {key: rng.standard_normal(shape) for key, shape in FILTER_SHAPES.items()}
+    shapes = {key: param_shape(config, shape) for key, shape in FILTER_SHAPES.items()}
+    start = {key: rng.standard_normal(shape) for key, shape in shapes.items()}
     copies = [{key: laid_out(value, layout) for key, value in start.items()}
               for _ in range(4)]
     filtered, decayed, plain, plain_all = copies
     matrices, vectors = ["W1", "W2"], ["b1", "b2"]
+    # the matrices, not the vectors (which are matrices of one row for Muon)
     opt = make(module, config, weight_decay=0.1,
-               weight_decay_filter=lambda key, p: p.ndim > 1)
+               weight_decay_filter=lambda key, p: p.ndim > 1 and p.shape[0] > 1)
     opt_decayed = make(module, config, weight_decay=0.1)
     opt_plain = make(module, config, weight_decay=0.0)
     opt_plain_all = make(module, config, weight_decay=0.0)
     for _ in range(STEPS):
-        grads = {key: rng.standard_normal(shape) for key, shape in FILTER_SHAPES.items()}
+        grads = {key: rng.standard_normal(shape) for key, shape in shapes.items()}
         opt.update(as_container(filtered, FILTER_SHAPES, kind),
                    as_container(grads, FILTER_SHAPES, kind))
         opt_decayed.update(as_container(decayed, matrices, kind),
@@ -245,9 +260,10 @@ def test_grads_are_not_written_compiled(config, implementation, options, compile
     module = IMPLEMENTATIONS[implementation]
     rng = np.random.default_rng(6)
     opt = make(module, config, **options)
-    params = {key: rng.standard_normal(shape) for key, shape in FILTER_SHAPES.items()}
+    shapes = {key: param_shape(config, shape) for key, shape in FILTER_SHAPES.items()}
+    params = {key: rng.standard_normal(shape) for key, shape in shapes.items()}
     for _ in range(STEPS):
-        grads = {key: rng.standard_normal(shape) for key, shape in FILTER_SHAPES.items()}
+        grads = {key: rng.standard_normal(shape) for key, shape in shapes.items()}
         assert reference.global_norm(list(grads.values())) > 0.5   # clipping happens
         before = {key: grad.tobytes() for key, grad in grads.items()}
         opt.update(params, grads)
