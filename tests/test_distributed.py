@@ -805,6 +805,7 @@ def test_ranks_configured_differently_all_raise_naming_the_difference(kind, diff
 def test_a_rule_that_needs_whole_params_is_refused_with_the_reason(name):
     """LAMB's and LARS's trust ratios take norms of whole params, which no rank's shard has:
     the sharded optimizer refuses them, naming the reason and what to do."""
+    pytest.importorskip("mpi4py")   # fastopt.distributed needs it to import
     code = ("import numpy as np, fastopt\n"
             "from fastopt import distributed\n"
             "try:\n"

@@ -16,6 +16,7 @@ from _helpers import (
     as_param,
     assert_same_bits,
     assert_same_state,
+    assert_same_values,
     copy_params,
     make_pair,
     param_shapes,
@@ -246,6 +247,8 @@ def special_values(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_nan_and_inf_propagate_as_in_numpy(config, dtype):
+    # The README's promise: a NaN exactly where NumPy gives one (its sign and payload aside),
+    # every other result bit for bit NumPy's.
     values = special_values(dtype)
     # every (param, grad) combination of the special values, over a few steps
     param = as_param(config, np.repeat(values, values.size))
@@ -258,6 +261,6 @@ def test_nan_and_inf_propagate_as_in_numpy(config, dtype):
         for g in grads:
             fast.update(ours, {"w": g})
             ref.update(theirs, {"w": g})
-            assert_same_bits(ours["w"], theirs["w"])
-            assert_same_state(fast, ref)
+            assert_same_values(ours["w"], theirs["w"])
+            assert_same_state(fast, ref, assert_same_values)
     assert np.isnan(ours["w"]).any()

@@ -440,8 +440,8 @@ def normwise_error(ours, theirs):
 
 
 def run_against_timm(seed, lr=1e-2, alpha=0.5, k=6, steps=100, ours_lr=None):
+    timm_class = timm_lookahead()   # skips without timm or torch
     import torch
-    timm_class = timm_lookahead()
     rng = np.random.default_rng(seed)
     shapes = {"W1": (13, 7), "b1": (7,), "W2": (7, 5)}
     start = {key: rng.standard_normal(shape) for key, shape in shapes.items()}
