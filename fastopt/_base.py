@@ -257,6 +257,26 @@ def _pad(states: list[Any]) -> list[Any]:
     return states + [None] * (SLOTS - len(states))
 
 
+def container_keys(params: Params, grads: Grads) -> list[Any]:
+    """``params``' keys (or positions) after the checks of the two containers every update
+    makes: a mapping with a mapping, a list or tuple with one of the same length."""
+    if isinstance(params, Mapping):
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"params is a {type(params).__name__}, so grads must be a "
+                            f"mapping with the same keys; got {type(grads).__name__}")
+        return list(params)
+    if isinstance(params, (list, tuple)):
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"params is a {type(params).__name__}, so grads must be a list "
+                            f"or tuple of the same length; got {type(grads).__name__}")
+        if len(grads) != len(params):
+            raise ValueError(f"grads has {len(grads)} entries but params has "
+                             f"{len(params)}; expected one grad per param")
+        return list(range(len(params)))
+    raise TypeError(f"params must be a dict of arrays (or a list or tuple of arrays); "
+                    f"got {type(params).__name__}")
+
+
 class Optimizer(OptimizerCore):
     """Base of fastopt's optimizers: compiled updates of the rules fastopt/_rules.py declares.
 
@@ -486,25 +506,10 @@ class Optimizer(OptimizerCore):
         every key's param, grad and existing state (each grad read once) and ask the
         weight-decay filter about new keys; nothing is written. ``fastopt.Partition`` runs it
         for every group before any group's apply."""
+        keys = container_keys(params, grads)
         by_name = isinstance(params, Mapping)
-        if by_name:
-            if not isinstance(grads, Mapping):
-                raise TypeError(f"params is a {type(params).__name__}, so grads must be a "
-                                f"mapping with the same keys; got {type(grads).__name__}")
-            keys: Any = list(params)
-            fixed = None if isinstance(params, MutableMapping) else type(params).__name__
-        elif isinstance(params, (list, tuple)):
-            if not isinstance(grads, (list, tuple)):
-                raise TypeError(f"params is a {type(params).__name__}, so grads must be a list "
-                                f"or tuple of the same length; got {type(grads).__name__}")
-            if len(grads) != len(params):
-                raise ValueError(f"grads has {len(grads)} entries but params has "
-                                 f"{len(params)}; expected one grad per param")
-            keys = range(len(params))
-            fixed = None if isinstance(params, list) else type(params).__name__
-        else:
-            raise TypeError(f"params must be a dict of arrays (or a list or tuple of arrays); "
-                            f"got {type(params).__name__}")
+        writable = MutableMapping if by_name else list
+        fixed = None if isinstance(params, writable) else type(params).__name__
 
         for name in self.state_names:
             state = getattr(self, name)

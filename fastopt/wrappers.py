@@ -23,7 +23,7 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from . import _state, reference
-from ._base import Checked, Optimizer, _InterruptHeld, aligned_zeros
+from ._base import Checked, Optimizer, _InterruptHeld, aligned_zeros, container_keys
 from ._core import Grads, OptimizerCore, Params, State, Step, clip_coefficient
 from ._simd import kernels as _kernels
 from ._validation import check_max_grad_norm, describe, is_real_scalar, to_float
@@ -56,26 +56,6 @@ def _check_class(obj: object, state: Mapping[str, Any]) -> None:
     if ("parts" in state) != isinstance(obj, _Wrapper):
         raise _fail(f"it names class {saved}, but is not a checkpoint of its kind (a "
                     f"wrapper's checkpoint has parts, an optimizer's has none)")
-
-
-def _keys_of(params: Params, grads: Grads) -> list[Any]:
-    """``params``' keys (or positions), after the checks of the containers every optimizer
-    makes (the same messages as fastopt/_base.py's)."""
-    if isinstance(params, Mapping):
-        if not isinstance(grads, Mapping):
-            raise TypeError(f"params is a {type(params).__name__}, so grads must be a mapping "
-                            f"with the same keys; got {type(grads).__name__}")
-        return list(params)
-    if isinstance(params, (list, tuple)):
-        if not isinstance(grads, (list, tuple)):
-            raise TypeError(f"params is a {type(params).__name__}, so grads must be a list or "
-                            f"tuple of the same length; got {type(grads).__name__}")
-        if len(grads) != len(params):
-            raise ValueError(f"grads has {len(grads)} entries but params has {len(params)}; "
-                             f"expected one grad per param")
-        return list(range(len(params)))
-    raise TypeError(f"params must be a dict of arrays (or a list or tuple of arrays); got "
-                    f"{type(params).__name__}")
 
 
 def _fixed(params: Params) -> str | None:
@@ -350,7 +330,7 @@ class Partition(_Wrapper):
         """
         with _holding(self._locks()):
             max_grad_norm = self._check_settings()
-            keys = _keys_of(params, grads)
+            keys = container_keys(params, grads)
             fixed = _fixed(params)
             if fixed is not None:
                 for key in keys:
