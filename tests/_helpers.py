@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import tracemalloc
 
 import numpy as np
 
@@ -87,6 +88,19 @@ def random_params(shapes, dtype, rng, keys=None):
 
 def copy_params(params):
     return {key: value.copy() for key, value in params.items()}
+
+
+def peak_allocated(call, times=1):
+    """The most bytes Python's allocators (NumPy's arrays included) held at once above what
+    they held before, over ``times`` calls of ``call()``, as tracemalloc sees it."""
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        for _ in range(times):
+            call()
+        return tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
 
 
 def assert_same_bits(actual, expected):

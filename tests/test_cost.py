@@ -1,7 +1,6 @@
 """Cost and the kernels' own guards: no allocation, GIL released, memory safe."""
 import threading
 import time
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -9,7 +8,15 @@ import pytest
 import fastopt
 from fastopt import _kernels
 
-from _helpers import CONFIGS, as_param, assert_same_bits, config_id, make_pair, matrices_only
+from _helpers import (
+    CONFIGS,
+    as_param,
+    assert_same_bits,
+    config_id,
+    make_pair,
+    matrices_only,
+    peak_allocated,
+)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])
@@ -29,15 +36,8 @@ def test_update_allocates_no_arrays_after_the_first_call(config):
     assert sum(value.size for value in params.values()) == 3_000_000
     optimizer, _ = make_pair(config)
     optimizer.update(params, grads)          # allocates the state
-    tracemalloc.start()
-    try:
-        baseline = tracemalloc.get_traced_memory()[0]
-        for _ in range(3):
-            optimizer.update(params, grads)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak - baseline < 64 * 1024
+    peak = peak_allocated(lambda: optimizer.update(params, grads), times=3)
+    assert peak < 64 * 1024
 
 
 def test_the_allocation_check_would_see_a_numpy_temporary():
@@ -46,14 +46,8 @@ def test_the_allocation_check_would_see_a_numpy_temporary():
     grads = {"w": np.ones(3_000_000, np.float32)}
     optimizer = fastopt.reference.Adam()
     optimizer.update(params, grads)
-    tracemalloc.start()
-    try:
-        baseline = tracemalloc.get_traced_memory()[0]
-        optimizer.update(params, grads)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak - baseline > 12_000_000
+    peak = peak_allocated(lambda: optimizer.update(params, grads))
+    assert peak > 12_000_000
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])

@@ -13,7 +13,6 @@ import copy
 import inspect
 import json
 import pickle
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ import pytest
 import fastopt
 from fastopt import reference
 
-from _helpers import assert_same_bits, run_python
+from _helpers import assert_same_bits, peak_allocated, run_python
 
 try:
     import torch
@@ -281,16 +280,8 @@ def test_update_allocates_nothing_after_the_first():
              for key, value in params.items()}
     optimizer = fastopt.Muon(max_grad_norm=10.0, weight_decay_filter=lambda k, p: k != "W3")
     optimizer.update(params, grads)   # the state and the workspace
-    tracemalloc.start()
-    try:
-        baseline = tracemalloc.get_traced_memory()[0]
-        for _ in range(3):
-            optimizer.update(params, grads)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    # one temporary of W1 would be 720 KB
-    assert peak - baseline < 64 * 1024
+    peak = peak_allocated(lambda: optimizer.update(params, grads), times=3)
+    assert peak < 64 * 1024          # one temporary of W1 would be 720 KB
 
 
 def test_the_allocation_check_sees_a_temporary():
@@ -300,14 +291,8 @@ def test_the_allocation_check_sees_a_temporary():
     grads = {"W1": rng.standard_normal((600, 300), dtype=np.float32)}
     optimizer = reference.Muon()
     optimizer.update(params, grads)
-    tracemalloc.start()
-    try:
-        baseline = tracemalloc.get_traced_memory()[0]
-        optimizer.update(params, grads)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak - baseline > 600 * 300 * 4
+    peak = peak_allocated(lambda: optimizer.update(params, grads))
+    assert peak > 600 * 300 * 4
 
 
 def test_the_workspace_is_not_in_checkpoints_or_copies(tmp_path):
