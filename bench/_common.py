@@ -32,18 +32,21 @@ DTYPES = ["float32", "float64"]
 
 
 def __getattr__(name: str) -> list[str]:
-    """``OPTIMIZERS``: every optimizer fastopt declares (fastopt/_rules.py) that takes any
-    param shape, in its order;
+    """``ALL_OPTIMIZERS``: every optimizer fastopt declares (fastopt/_rules.py), in its order;
+    ``OPTIMIZERS``: those that take any param shape (not Muon, which takes matrices only:
+    ``workload_for`` gives it a workload's matrices);
     ``BOOK_OPTIMIZERS``: those of the book. Read from fastopt when first asked for, so that
     importing this module imports no fastopt (investigations/callpath.py puts the build it
     times on the path after)."""
-    if name not in ("OPTIMIZERS", "BOOK_OPTIMIZERS"):
+    if name not in ("ALL_OPTIMIZERS", "OPTIMIZERS", "BOOK_OPTIMIZERS"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import fastopt.book
     from fastopt._rules import RULES
-    # (not a rule that takes matrices only, Muon: the workloads are vectors too)
+    if name == "ALL_OPTIMIZERS":
+        return [rule.__name__ for rule in RULES]
     names = [rule.__name__ for rule in RULES if rule._param_ndim is None]
     return names if name == "OPTIMIZERS" else [n for n in names if n in fastopt.book.__all__]
+
 
 TWO_LAYER_NET = [(784, 50), (50,), (50, 10), (10,)]
 FIVE_LAYER_NET = [(784, 100), (100,), (100, 100), (100,), (100, 100), (100,), (100, 100),
@@ -77,6 +80,22 @@ def all_workloads() -> list[Workload]:
         Workload("many_small", ((1000,),) * 200, "200 arrays of 1000"),
     ]
     return workloads
+
+
+def workload_for(optimizer: str, workload: Workload) -> Workload | None:
+    """``workload`` as ``optimizer`` takes it: the whole of it, or, for a rule whose params
+    must have a number of dims (``_param_ndim``; Muon: matrices), the params of that many dims
+    under the same name (a network's weight matrices: in training its biases go to another
+    rule, through ``fastopt.Partition``); None when it has none (Muon and the single
+    arrays)."""
+    import fastopt
+    ndim = getattr(fastopt, optimizer)._param_ndim
+    if ndim is None:
+        return workload
+    shapes = tuple(shape for shape in workload.shapes if len(shape) == ndim)
+    if not shapes:
+        return None
+    return Workload(workload.name, shapes, f"{workload.description}, its {ndim}-D params")
 
 
 def make_arrays(shapes, dtype):
@@ -124,8 +143,7 @@ def warm_allocator() -> None:
 def calls_for(fastest: float, target_seconds=2e-5) -> int:
     """One batch size for every contender of a cell, so that all samples are alike: the
     fewest calls with which the fastest contender's sample spans ``target_seconds`` (where
-    the timer's ~0.05 us is under 0.4%). Above that every sample is a single call, its caches
-    as cold as the other contenders left them, as in training."""
+    the timer's ~0.05 us is under 0.4%). Above that every sample is a single call."""
     return max(1, min(10_000, math.ceil(target_seconds / max(fastest, 1e-9))))
 
 
@@ -139,17 +157,29 @@ def fastest_call(step) -> float:
     return fastest
 
 
-def time_block(steps: dict, calls: int, count: int, warm: bool = True, first: int = 0) -> dict:
-    """One timing block: every step called twice to warm its threads (unless not ``warm``),
-    then ``count`` rounds, each one sample per step in an order that rotates from round to
-    round (from round number ``first``); returns the seconds per update of every sample, per
-    step. Only the update calls are timed."""
+def time_block(steps: dict, calls: int, count: int, warm: bool = True, first: int = 0,
+               consecutive: bool = False) -> dict:
+    """One timing block: ``count`` samples per step; returns the seconds per update of every
+    sample, per step. Only the update calls are timed.
+
+    Interleaved (the default): every step called twice to warm its threads (unless not
+    ``warm``), then ``count`` rounds, each one sample per step in an order that rotates from
+    round to round (from round number ``first``). ``consecutive``: step after step (in the
+    dict's order rotated by ``first``), each warmed by two calls right before its ``count``
+    samples in a row, so that every sample finds the caches and threads as the step's own
+    previous call left them, as a contender timed alone in a process of its own does."""
+    names = list(steps)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    shift = first % len(names)
+    order = names[shift:] + names[:shift]
+    if consecutive:
+        for name in order:
+            samples.update(time_block({name: steps[name]}, calls, count, warm))
+        return samples
     if warm:
         for step in steps.values():
             step()
             step()
-    names = list(steps)
-    samples: dict[str, list[float]] = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:

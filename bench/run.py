@@ -16,15 +16,18 @@ Method. For each cell (optimizer x dtype x workload) every contender gets its ow
 same params and grads and runs at the same thread count N (``--threads``, default fastopt's
 own): fastopt's pool through ``fastopt.set_num_threads``, torch (and so every peer) through
 ``torch.set_num_threads``, NumPy's BLAS through threadpoolctl when it is installed. fastopt,
-the book's NumPy code and the bandwidth probe are timed in this process, interleaved round by
-round (their only threads are fastopt's pool); the peer is timed in a worker process of its
-own, the torch worker (torch's OpenMP threads spin after each parallel region and would
-otherwise run during fastopt's samples). The timing blocks alternate ``--blocks`` times per
-cell: this process at N threads, the peer at N, then fastopt, the probe and the peer at 1
-thread for the scaling columns;
-before each block the machine is left idle for ``--settle`` seconds so that the previous
-block's spinning threads go to sleep, and each block starts with two untimed calls per
-contender, which wake its threads. Every contender gets the same number of samples, each the
+the book's NumPy code and the bandwidth probe are timed in this process (their only threads
+are fastopt's pool); the peer is timed in a worker process of its own, the torch worker
+(torch's OpenMP threads spin after each parallel region and would otherwise run during
+fastopt's samples). The timing blocks alternate ``--blocks`` times per cell: this process at
+N threads, the peer at N, then fastopt, the probe and the peer at 1 thread for the scaling
+columns; before each block the machine is left idle for ``--settle`` seconds so that the
+previous block's spinning threads go to sleep. In a block each contender takes its samples in
+a row, after two untimed calls that wake its threads, in an order that rotates from block to
+block: every sample finds the caches as the contender's own previous call left them, the
+peer's in its process as fastopt's in this one (interleaved sample by sample, the book's
+NumPy code evicted fastopt's arrays of 1e7 elements between its calls while the peer's stayed
+in the cache). Every contender gets the same number of samples, each the
 same number of ``update()`` calls (one, unless the fastest contender needs more to span
 20 us). Only the update calls are timed. Reported: the median time per update with min, max
 and the 10th, 25th, 75th and 90th percentiles, ns per element, effective GB/s (the bytes one
@@ -64,8 +67,8 @@ from fastopt._simd import kernels
 # is loaded by path, as the tests do)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (
+    ALL_OPTIMIZERS,
     DTYPES,
-    OPTIMIZERS,
     Workload,
     all_workloads,
     calls_for,
@@ -78,6 +81,7 @@ from _common import (
     time_block,
     timm_optim,
     warm_allocator,
+    workload_for,
     workload_named,
 )
 
@@ -117,6 +121,8 @@ TORCH_EQUIVALENTS = {
     "Adamax": ("Adamax", {}),
     "Adadelta": ("Adadelta", {}),
     "Adafactor": ("Adafactor", {}),
+    # on a network's weight matrices only (workload_for), as a training loop gives them to it
+    "Muon": ("Muon", {}),
 }
 
 
@@ -340,7 +346,7 @@ def torch_worker(stdin=sys.stdin, stdout=sys.stdout) -> None:
                                   for package in ("schedulefree", "timm")}}
         elif message["op"] == "setup":
             step = None
-            workload = workload_named(message["workload"])
+            workload = workload_for(message["optimizer"], workload_named(message["workload"]))
             params, grads = make_arrays(workload.shapes, message["dtype"])
             torch.set_num_threads(message["threads"])
             implementation = torch_implementation(torch, message["optimizer"], message["dtype"])
@@ -393,7 +399,7 @@ def summarize(seconds: list, workload: Workload, moved: int, calls: int) -> dict
 
 
 def run_cell(optimizer, dtype, workload, plan: Plan, worker: TorchWorker | None) -> dict:
-    """Time one cell: fastopt, NumPy and the probe interleaved round by round in this process
+    """Time one cell: fastopt, NumPy and the probe one after the other in this process
     (one thread pool among them: fastopt's), the rule's peer in the torch worker, in separate
     blocks that alternate ``plan.blocks`` times; every contender at ``plan.threads`` threads,
     and fastopt, the probe and the peer at 1 thread too when ``plan.scaling``."""
@@ -428,11 +434,14 @@ def run_cell(optimizer, dtype, workload, plan: Plan, worker: TorchWorker | None)
                 min(100_000, int(plan.budget / (plan.blocks * max(per_round, 1e-9)))))
     samples: dict[tuple[str, int], list[float]] = {}
     threads_used: dict[tuple[str, int], int | None] = {}
-    for _ in range(plan.blocks):
+    for block_index in range(plan.blocks):
         for threads in counts:
             time.sleep(plan.settle)               # let the last block's threads go to sleep
             blas = set_threads(threads)
-            block = time_block(steps if threads == plan.threads else one_thread, calls, count)
+            # each contender's samples in a row, as the peer's are in its process: every one
+            # finds the caches as its own last call left them (not as another's evicted them)
+            block = time_block(steps if threads == plan.threads else one_thread, calls, count,
+                               first=block_index, consecutive=True)
             for name, seconds in block.items():
                 samples.setdefault((name, threads), []).extend(seconds)
                 threads_used[name, threads] = blas if name == "numpy" else \
@@ -558,8 +567,8 @@ def print_header(info: dict, settings: dict) -> None:
           + (f"; fastopt, the probe and the peer also at 1 thread for the 1->{threads} columns"
              if settings.get("scaling") and threads > 1 else ""))
     print(f"  method   {settings['budget']:g} s of samples per cell in "
-          f"{settings.get('blocks', 1)} alternations of timing blocks (fastopt, NumPy and the "
-          f"probe interleaved round by round; the peer in its own process; "
+          f"{settings.get('blocks', 1)} alternations of timing blocks (in each, every "
+          f"contender's samples in a row; the peer in its own process; "
           f"{settings.get('settle', 0) * 1e3:g} ms idle before each block), at least "
           f"{settings['min_rounds']} samples each; medians, spread of the samples (min, max, "
           f"10th, 25th, 75th and 90th percentiles in the JSON); malloc warmed as in a training "
@@ -608,9 +617,9 @@ def peer_speedup(cell: dict) -> float | None:
 
 def peer_names(cells: list) -> dict[str, list[str]]:
     """Each optimizer's peers as the cells record them (one, unless torch fuses the rule for
-    one dtype only), in the order of OPTIMIZERS; none for runs that did not record them."""
+    one dtype only), in the order of ALL_OPTIMIZERS; none for runs that did not record them."""
     names: dict[str, list[str]] = {}
-    for optimizer in OPTIMIZERS:
+    for optimizer in ALL_OPTIMIZERS:
         labels = sorted({c["peer"] for c in cells if c["optimizer"] == optimizer and c.get("peer")})
         if labels:
             names[optimizer] = labels
@@ -620,7 +629,7 @@ def peer_names(cells: list) -> dict[str, list[str]]:
 def print_row(cell: dict, first: bool) -> None:
     results = cell["results"]
     threads = cell.get("threads", 1)
-    width = max(len(name) for name in OPTIMIZERS)    # ScheduleFreeAdamW
+    width = max(len(name) for name in ALL_OPTIMIZERS)    # ScheduleFreeAdamW
     if first:
         scaling = f"1->{threads}"
         print(f"{'optimizer':{width}} {'dtype':7} {'workload':14} {'fastopt us':>11} "
@@ -676,9 +685,9 @@ def speedup_figure(cells: list, info: dict):
         raise SystemExit("--plot needs single-array workloads (1e2 ... 1e7) in the run")
     figure, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 5.6), sharey=True,
                                 squeeze=False, layout="constrained")
-    colors = dict(zip(OPTIMIZERS, plt.get_cmap("tab20").colors, strict=False))  # 20 colours
+    colors = dict(zip(ALL_OPTIMIZERS, plt.get_cmap("tab20").colors, strict=False))  # 20 colours
     for axis, dtype in zip(axes[0], dtypes, strict=True):
-        for optimizer in OPTIMIZERS:
+        for optimizer in ALL_OPTIMIZERS:
             rows = sorted((cell for cell in singles
                            if cell["dtype"] == dtype and cell["optimizer"] == optimizer),
                           key=lambda cell: cell["elements"])
@@ -712,7 +721,7 @@ def speedup_figure(cells: list, info: dict):
 def markdown(cells: list, info: dict, command: str) -> str:
     """Per workload and dtype, fastopt's median per update, the spread of its samples, its
     speedups and its thread scaling, per optimizer; the README's headline first."""
-    optimizers = [name for name in OPTIMIZERS if any(c["optimizer"] == name for c in cells)]
+    optimizers = [name for name in ALL_OPTIMIZERS if any(c["optimizer"] == name for c in cells)]
     with_torch = any("fastopt" in cell["speedup_vs_torch"] for cell in cells)
     # the peers beyond torch.optim in the run (schedulefree, timm)
     others = sorted({peer_key(cell) for cell in cells if peer_speedup(cell) is not None}
@@ -774,6 +783,11 @@ def markdown(cells: list, info: dict, command: str) -> str:
                 row.append(text)
             if any(row):
                 lines.append(f"| {workload.description} | {dtype} | " + " | ".join(row) + " |")
+    matrices_only = [name for name in optimizers if getattr(fastopt, name)._param_ndim == 2]
+    if matrices_only:
+        lines += ["", f"{', '.join(matrices_only)}: on a network's weight matrices only, the "
+                  f"params it takes (its biases go to another rule through `fastopt.Partition`); "
+                  f"no cell on single arrays."]
     peers = peer_names(cells)
     if peers:
         lines += ["", "Peers, each timed in a torch process of its own at the same thread count: "
@@ -810,7 +824,7 @@ def parse_args(argv=None):
     parser.add_argument("--markdown", metavar="FILE.md", help="write the README's table")
     parser.add_argument("--from-json", metavar="FILE",
                         help="measure nothing: redraw --plot/--markdown from an earlier --json")
-    parser.add_argument("--optimizer", nargs="+", choices=OPTIMIZERS, default=OPTIMIZERS)
+    parser.add_argument("--optimizer", nargs="+", choices=ALL_OPTIMIZERS, default=ALL_OPTIMIZERS)
     parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=DTYPES)
     parser.add_argument("--workload", "--size", nargs="+", choices=names, dest="workload",
                         help="which sizes and networks (default: all; --quick: all but 1e7)")
@@ -896,10 +910,18 @@ def run(args, argv, threads: int, worker: TorchWorker | None) -> int:
     for optimizer in args.optimizer:
         for dtype in args.dtype:
             for workload in workloads:
-                cell = run_cell(optimizer, dtype, workload, plan, worker)
+                taken = workload_for(optimizer, workload)   # Muon: the net's matrices
+                if taken is None:                           # Muon: a single vector
+                    continue
+                cell = run_cell(optimizer, dtype, taken, plan, worker)
                 print_row(cell, first=not cells)
                 cells.append(cell)
     elapsed = time.perf_counter() - started
+    matrices_only = sorted({cell["optimizer"] for cell in cells
+                            if getattr(fastopt, cell["optimizer"])._param_ndim == 2})
+    if matrices_only:
+        print(f"\n{', '.join(matrices_only)}: on the networks' weight matrices only (the params "
+              f"it takes); no cell on single arrays")
     peers = peer_names(cells)
     if peers:
         print("\npeers ('peer' columns):", "; ".join(

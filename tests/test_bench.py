@@ -356,14 +356,63 @@ def test_the_torch_worker_is_another_process(bench):
 # The rules timed, and each rule's peer.
 
 def test_the_optimizers_are_the_rules(bench):
-    # every rule that takes the workloads' vectors (not Muon, which takes matrices only)
-    names = [rule.__name__ for rule in RULES if rule._param_ndim is None]
-    assert "Muon" in {rule.__name__ for rule in RULES} and "Muon" not in names
-    assert bench.OPTIMIZERS == names
+    # every rule, Muon (matrices only) on the networks' weight matrices
+    names = [rule.__name__ for rule in RULES]
+    assert bench.ALL_OPTIMIZERS == names
     assert "Partition" not in names and "Lookahead" not in names
     assert bench.parse_args([]).optimizer == names
     with pytest.raises(SystemExit):
         bench.parse_args(["--optimizer", "Lookahead"])
+
+
+def test_a_rule_of_matrices_gets_a_networks_matrices_and_no_vector(bench):
+    net = bench.workload_named("two_layer_net")
+    taken = bench.workload_for("Muon", net)
+    assert taken.name == "two_layer_net"
+    assert taken.shapes == ((784, 50), (50, 10)) and taken.elements == 784 * 50 + 50 * 10
+    assert bench.workload_for("Muon", bench.workload_named("1e7")) is None
+    assert bench.workload_for("Adam", net) is net
+    plan = bench.Plan(threads=1, budget=0.001, min_rounds=1, blocks=1, settle=0.0)
+    cell = bench.run_cell("Muon", "float32", taken, plan, None)
+    read, written = bench.traffic("Muon", taken.shapes)
+    assert cell["bytes_per_update"] == 4 * (read + written)
+    assert set(cell["results"]) == {"fastopt", "numpy"}
+    # and the command line's run has Muon's network cells only
+    completed = subprocess.run([sys.executable, str(BENCH), "--optimizer", "Muon", "--dtype",
+                                "float32", "--workload", "1e2", "two_layer_net", "--budget",
+                                "0.02", "--blocks", "1", "--no-torch", "--threads", "1"],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    rows = [line.split() for line in completed.stdout.splitlines() if line.startswith("Muon")]
+    assert [row[2] for row in rows] == ["two_layer_net"]
+
+
+def test_a_block_times_each_contender_in_a_row_in_a_rotating_order(bench):
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    samples = bench.time_block(steps, 1, 3, first=1, consecutive=True)
+    # two warming calls, then the three samples, contender after contender from "b"
+    assert "".join(calls) == "bbbbbcccccaaaaa"
+    assert {name: len(values) for name, values in samples.items()} == {"a": 3, "b": 3, "c": 3}
+    calls.clear()
+    bench.time_block(steps, 1, 2)                      # the investigations' interleaving
+    assert "".join(calls) == "aabbcc" + "abc" + "bca"
+
+
+def test_a_cell_gives_every_contender_its_samples_in_a_row(bench, monkeypatch):
+    """As the peer in its process: interleaved, the book's NumPy code evicted fastopt's arrays
+    from the cache between fastopt's samples while the peer's stayed."""
+    seen = []
+    timed = bench.time_block
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("consecutive", False))
+        return timed(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "time_block", recording)
+    plan = bench.Plan(threads=1, budget=0.001, min_rounds=1, blocks=2, settle=0.0)
+    bench.run_cell("SGD", "float32", bench.workload_named("1e2"), plan, None)
+    assert seen == [True, True]
 
 
 @pytest.mark.parametrize("optimizer", [rule.__name__ for rule in RULES if rule._param_ndim is None])
@@ -386,10 +435,10 @@ def test_every_peer_is_installed_or_skipped(bench):
     """The peer table maps rules to torch.optim's classes (under the results' "torch") and to
     schedulefree's and timm's (under their package's name); each loads in the torch worker or
     says why not."""
-    assert set(bench.PEERS) <= set(bench.OPTIMIZERS)
+    assert set(bench.PEERS) <= set(bench.ALL_OPTIMIZERS)
     assert set(bench.PEERS) == set(bench.TORCH_EQUIVALENTS) | set(bench.OTHER_PEERS)
-    assert {"ADOPT", "LAMB", "LARS", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Adafactor"} <= set(
-        bench.PEERS)
+    assert {"ADOPT", "LAMB", "LARS", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Adafactor",
+            "Muon"} <= set(bench.PEERS)
     for optimizer, peer in bench.PEERS.items():
         assert (peer.contender == "torch") == (optimizer in bench.TORCH_EQUIVALENTS)
         assert peer.contender in ("torch", "schedulefree", "timm")
