@@ -383,8 +383,10 @@ def test_a_rule_of_matrices_gets_a_networks_matrices_and_no_vector(bench):
                                 "0.02", "--blocks", "1", "--no-torch", "--threads", "1"],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
-    rows = [line.split() for line in completed.stdout.splitlines() if line.startswith("Muon")]
+    rows = [line.split() for line in completed.stdout.splitlines()
+            if line.startswith("Muon ") and line.split()[1] == "float32"]
     assert [row[2] for row in rows] == ["two_layer_net"]
+    assert "Muon: on the networks' weight matrices only" in completed.stdout
 
 
 def test_a_block_times_each_contender_in_a_row_in_a_rotating_order(bench):
