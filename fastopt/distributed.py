@@ -465,19 +465,60 @@ class GradientAverager:
 
 
 class _Group:
-    """The params of one dtype as one virtual concatenation, padded to ``size`` blocks."""
+    """The params of one dtype as one virtual concatenation in key order, and each rank's part
+    of it: an equal block of elements (padded to ``size`` blocks) for an elementwise rule, a
+    contiguous run of whole params (``owners``) for any other."""
 
-    def __init__(self, dtype: np.dtype[Any], members: list[tuple[int, int]], total: int,
-                 size: int) -> None:
+    def __init__(self, dtype: np.dtype[Any], members: list[tuple[int, int]], sizes: list[int],
+                 size: int, rank: int, whole: bool) -> None:
         self.dtype = dtype
         self.members = members             # (position in the key order, offset) per param
-        self.total = total                 # elements, without padding
-        self.block = -(-total // size)     # elements per rank: ceil(total / size)
-        self.flat = np.zeros(self.block * size, dtype)   # grads in, params out; reused
-        self.grads = np.zeros(self.block, dtype)          # this rank's summed, averaged grads
+        self.total = total = sum(sizes)    # elements, without padding
+        self.whole = whole
+        if whole:
+            # Param i goes to the rank whose equal block [r*total/W, (r+1)*total/W) holds its
+            # middle element: the owners never decrease in key order, so each rank's params
+            # are one contiguous run of ``flat``, and each run is within half a param of the
+            # ideal cut (an empty param goes with the element at its offset).
+            self.owners = [min(size - 1, (2 * offset + count) * size // (2 * total))
+                           if total else 0
+                           for (_, offset), count in zip(members, sizes, strict=True)]
+            self.counts = [0] * size
+            for owner, count in zip(self.owners, sizes, strict=True):
+                self.counts[owner] += count
+            self.displs = [sum(self.counts[:r]) for r in range(size)]
+            self.low = self.displs[rank]
+            self.flat = np.zeros(total, dtype)
+            self.grads = np.zeros(self.counts[rank], dtype)
+        else:
+            self.block = -(-total // size)     # elements per rank: ceil(total / size)
+            self.owners = []
+            self.low = rank * self.block
+            self.flat = np.zeros(self.block * size, dtype)   # grads in, params out; reused
+            self.grads = np.zeros(self.block, dtype)          # this rank's averaged grads
         # (index in the wrapped optimizer's list, start, stop in ``flat``) of this rank's
-        # pieces of this group, which tile its block.
+        # pieces of this group, which tile its block (its run).
         self.pieces: list[tuple[int, int, int]] = []
+
+    def reduce_scatter(self, comm: Comm) -> None:
+        """Sum ``flat`` over the ranks into this rank's ``grads`` (collective)."""
+        if self.whole:
+            if self.total:   # every rank skips alike: the layouts agree
+                comm.Reduce_scatter(self.flat, self.grads, self.counts, op=MPI.SUM)
+        else:
+            comm.Reduce_scatter_block(self.flat, self.grads, op=MPI.SUM)
+
+    def allgather(self, comm: Comm, flat: np.ndarray[Any, Any],
+                  counts: list[int] | None = None) -> None:
+        """Give every rank every rank's part of ``flat``, in place (collective); ``counts``:
+        the parts' sizes for whole params, if not those of the params' elements."""
+        if not self.whole:
+            comm.Allgather(MPI.IN_PLACE, flat)
+            return
+        counts = self.counts if counts is None else counts
+        if flat.size:
+            displs = [sum(counts[:r]) for r in range(len(counts))]
+            comm.Allgatherv(MPI.IN_PLACE, [flat, (counts, displs)])
 
 
 class ShardedOptimizer:
@@ -568,26 +609,6 @@ class ShardedOptimizer:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be one of fastopt's optimizers (fastopt.Adam(...), "
                             f"...); got {type(optimizer).__name__}")
-        if optimizer._workspace or optimizer._param_ndim is not None:
-            name = type(optimizer).__name__
-            raise TypeError(f"{name} transforms each param as a whole matrix (Muon: a "
-                            f"Newton-Schulz iteration of matrix products), which a shard of a "
-                            f"param's elements is not: the sharded optimizer does not take it "
-                            f"(average the grads with GradientAverager and step a whole "
-                            f"{name} on every rank instead)")
-        if optimizer._reduced:
-            raise TypeError(f"{type(optimizer).__name__} scales each param's step by norms of "
-                            f"the whole param, which a shard of it does not have: the sharded "
-                            f"optimizer does not take it yet (average the grads with "
-                            f"GradientAverager and step a whole {type(optimizer).__name__} on "
-                            f"every rank instead)")
-        if optimizer._state_shapes:
-            raise TypeError(f"{type(optimizer).__name__} keeps state of other shapes than its "
-                            f"params' ({', '.join(optimizer._state_shapes)}: moments of whole "
-                            f"rows and columns of a param), which a shard of a param's elements "
-                            f"cannot update alone: the sharded optimizer does not take it (average "
-                            f"the grads with GradientAverager and step a whole "
-                            f"{type(optimizer).__name__} on every rank instead)")
         if optimizer.iter != 0 or any(state is not None for state in optimizer._used_states()):
             raise ValueError("the optimizer has already been used; wrap a new one, and give it "
                              "a single-process optimizer's state with scatter_state")
@@ -606,40 +627,56 @@ class ShardedOptimizer:
                                  f"model to use the copy)")
             if not param.flags.writeable:
                 raise ValueError(f"param {key!r} is read-only; params are updated in place")
+            # Here, not at the owner's update: every rank raises, before anything changes.
+            optimizer._check_param_shape(key, param)
         self._by_key = isinstance(params, Mapping)
         self._keys = [key for key, _ in items]
         self._arrays: list[np.ndarray[Any, Any]] = [param for _, param in items]
         chooser = optimizer.weight_decay_filter
         self._decisions = None if chooser is None else [
             decision(chooser, key, param) for key, param in items]
+        # An elementwise rule is split by elements; any other rule (a norm of the whole param,
+        # state of rows and columns, whole matrices) by whole params, in their shapes.
+        self._whole = not optimizer._elementwise() or bool(optimizer._workspace) \
+            or optimizer._param_ndim is not None
         self._groups: list[_Group] = []
         # (position in the key order, start, stop) of this rank's part of each param, group
-        # by group: the wrapped optimizer's list positions.
+        # by group: the wrapped optimizer's list positions (0, size for a whole param).
         self._pieces: list[tuple[int, int, int]] = []
         self._param_views: list[np.ndarray[Any, Any]] = []
         self._grad_views: list[np.ndarray[Any, Any]] = []
+        self._grad_pieces: list[np.ndarray[Any, Any]] = []   # the same grads, 1-D
         for dtype in _DTYPES:
-            members = []
-            total = 0
-            for position, param in enumerate(self._arrays):
-                if param.dtype == dtype:
-                    members.append((position, total))
-                    total += param.size
-            if total == 0:
+            members = [(position, 0) for position, param in enumerate(self._arrays)
+                       if param.dtype == dtype]
+            sizes = [self._arrays[position].size for position, _ in members]
+            members = [(position, sum(sizes[:i])) for i, (position, _) in enumerate(members)]
+            if not members or (sum(sizes) == 0 and not self._whole):
                 continue
-            group = _Group(dtype, members, total, self._size)
+            group = _Group(dtype, members, sizes, self._size, self._rank, self._whole)
             self._groups.append(group)
-            low = self._rank * group.block
-            high = min(low + group.block, total)
-            for position, offset in members:
-                start = max(low, offset) - offset
-                stop = min(high, offset + self._arrays[position].size) - offset
-                if start < stop:
-                    group.pieces.append((len(self._pieces), offset + start, offset + stop))
-                    self._pieces.append((position, start, stop))
-                    self._param_views.append(self._arrays[position].reshape(-1)[start:stop])
-                    self._grad_views.append(group.grads[offset + start - low:
-                                                        offset + stop - low])
+            for i, (position, offset) in enumerate(members):
+                array = self._arrays[position]
+                if self._whole:
+                    if group.owners[i] != self._rank:
+                        continue
+                    start, stop = 0, array.size
+                else:
+                    start = max(group.low, offset) - offset
+                    stop = min(group.low + group.block, group.total, offset + array.size) \
+                        - offset
+                    if start >= stop:
+                        continue
+                group.pieces.append((len(self._pieces), offset + start, offset + stop))
+                self._pieces.append((position, start, stop))
+                grad = group.grads[offset + start - group.low:offset + stop - group.low]
+                self._grad_pieces.append(grad)
+                if self._whole:
+                    self._param_views.append(array)
+                    self._grad_views.append(grad.reshape(array.shape))
+                else:
+                    self._param_views.append(array.reshape(-1)[start:stop])
+                    self._grad_views.append(grad)
 
     def _check(self, params: Any, grads: Any) -> None:
         """Raise if ``params`` are not this optimizer's arrays or ``grads`` do not match."""
@@ -716,7 +753,7 @@ class ShardedOptimizer:
                 array = self._arrays[position]
                 np.copyto(group.flat[offset:offset + array.size].reshape(array.shape),
                           grads[self._keys[position]])
-            comm.Reduce_scatter_block(group.flat, group.grads, op=MPI.SUM)
+            group.reduce_scatter(comm)
             np.divide(group.grads, self._size, out=group.grads)
         limit = self.optimizer.max_grad_norm
         if limit is not None:
@@ -728,8 +765,8 @@ class ShardedOptimizer:
             self.optimizer.max_grad_norm = limit
         for group in self._groups:
             for index, start, stop in group.pieces:
-                group.flat[start:stop] = self._param_views[index]
-            comm.Allgather(MPI.IN_PLACE, group.flat)
+                group.flat[start:stop] = self._param_views[index].reshape(-1)
+            group.allgather(comm, group.flat)
             for position, offset in group.members:
                 array = self._arrays[position]
                 np.copyto(array.reshape(-1), group.flat[offset:offset + array.size])
@@ -738,7 +775,7 @@ class ShardedOptimizer:
         """Scale the averaged share grads by the clip factor of the global norm."""
         part = 0.0
         for index in self._norm_order:   # key order, as a single process sums (W=1: its bits)
-            grad = self._grad_views[index]
+            grad = self._grad_pieces[index]
             value = _kernels.sum_of_squares(grad)
             part += reference.sum_of_squares(grad) if value is None else value
         self._norm_part[0] = part
@@ -748,7 +785,7 @@ class ShardedOptimizer:
             total += value
         self.grad_norm = norm = math.sqrt(total)
         factor = clip_coefficient(norm, limit)
-        if factor is not None and not _kernels.scale_in_place(self._grad_views, factor):
+        if factor is not None and not _kernels.scale_in_place(self._grad_pieces, factor):
             raise AssertionError("the share grads are always C-contiguous float arrays")
 
     # --- the configuration the ranks must share ----------------------------------------------
@@ -759,7 +796,7 @@ class ShardedOptimizer:
         inner = self.optimizer
         values = (type(inner), get_flush_denormals(), inner.max_grad_norm, self._decisions,
                   *[getattr(inner, name) for name in inner._all_hyperparameters()],
-                  *[getattr(inner, name) for name in inner._options])
+                  *[getattr(inner, name) for name in (*inner._options, *inner._settings)])
         if not _same_values(values, self._config_values):
             fields = self._describe()
             del fields["iter"]   # compared on its own (two flags): it changes every step
@@ -775,7 +812,8 @@ class ShardedOptimizer:
         kind = type(inner)
         fields = {"class": kind.__qualname__ if kind.__module__.startswith("fastopt.")
                   else f"{kind.__module__}.{kind.__qualname__}"}
-        for name in (*inner._all_hyperparameters(), *inner._options, "max_grad_norm"):
+        for name in (*inner._all_hyperparameters(), *inner._options, *inner._settings,
+                     "max_grad_norm"):
             fields[name] = _text(getattr(inner, name))
         if self._decisions is None:
             fields["weight_decay_filter"] = "None"
@@ -893,11 +931,13 @@ def gather_state(sharded: ShardedOptimizer) -> dict[str, Any]:
             continue
         full: list[Any] = [None] * len(sharded._arrays)
         for group in sharded._groups:
-            low = sharded._rank * group.block
-            group.flat[low:low + group.block] = 0   # the padding, if this block has any
+            if group.whole:
+                _gather_whole(sharded, group, name, shares, full)
+                continue
+            group.flat[group.low:group.low + group.block] = 0   # the padding, if any
             for index, start, stop in group.pieces:
                 group.flat[start:stop] = shares[index]
-            sharded.comm.Allgather(MPI.IN_PLACE, group.flat)
+            group.allgather(sharded.comm, group.flat)
             for position, offset in group.members:
                 array = sharded._arrays[position]
                 full[position] = group.flat[offset:offset + array.size].reshape(
@@ -911,11 +951,36 @@ def gather_state(sharded: ShardedOptimizer) -> dict[str, Any]:
             "hyperparameters": {name: getattr(inner, name)
                                 for name in inner._all_hyperparameters()},
             "options": {name: getattr(inner, name) for name in inner._options},
+            "settings": {name: getattr(inner, name) for name in inner._settings},
             "max_grad_norm": inner.max_grad_norm,
             "weight_decay_filter": inner.weight_decay_filter,
             "step": {name: getattr(inner, name) for name in _step_attributes(inner)},
             "state": state,
             "decays": decays}
+
+
+def _gather_whole(sharded: ShardedOptimizer, group: _Group, name: str, shares: list[Any],
+                  full: list[Any]) -> None:
+    """Every param's state ``name`` of a group of whole params, into ``full`` by position
+    (collective: one ``Allgatherv`` of the owners' arrays, packed in key order). The state's
+    shape is the rule's for the param's (Adafactor's rows and columns: not the param's)."""
+    inner = sharded.optimizer
+    shapes = [inner._state_shape(name, sharded._arrays[position].shape)
+              for position, _ in group.members]
+    sizes = [math.prod(shape) for shape in shapes]
+    counts = [0] * sharded._size
+    for owner, count in zip(group.owners, sizes, strict=True):
+        counts[owner] += count
+    flat = np.zeros(sum(sizes), group.dtype)
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    index = {position: index for index, (position, _, _) in enumerate(sharded._pieces)}
+    for (position, _), offset, count in zip(group.members, offsets, sizes, strict=True):
+        if position in index:
+            flat[offset:offset + count] = shares[index[position]].reshape(-1)
+    group.allgather(sharded.comm, flat, counts)
+    for (position, _), offset, count, shape in zip(group.members, offsets, sizes, shapes,
+                                                   strict=True):
+        full[position] = flat[offset:offset + count].reshape(shape).copy()
 
 
 def load_gathered_state(optimizer: OptimizerCore,
@@ -933,6 +998,8 @@ def load_gathered_state(optimizer: OptimizerCore,
     for name, value in gathered["hyperparameters"].items():
         setattr(optimizer, name, value)
     for name, value in gathered["options"].items():
+        setattr(optimizer, name, value)
+    for name, value in gathered["settings"].items():
         setattr(optimizer, name, value)
     optimizer.max_grad_norm = gathered["max_grad_norm"]
     optimizer.weight_decay_filter = gathered["weight_decay_filter"]
@@ -977,11 +1044,15 @@ def scatter_state(sharded: ShardedOptimizer, optimizer: OptimizerCore) -> None:
                 full = container[key]
             except (KeyError, IndexError):
                 raise KeyError(f"state {name!r} has no entry for param {key!r}") from None
-            if not isinstance(full, np.ndarray) or full.shape != array.shape \
+            shape = inner._state_shape(name, array.shape)
+            if not isinstance(full, np.ndarray) or full.shape != shape \
                     or full.dtype != array.dtype:
-                raise ValueError(f"state {name}[{key!r}] is not an array of its param's shape "
-                                 f"{array.shape} and dtype {array.dtype}")
-            pieces.append(np.ascontiguousarray(full).reshape(-1)[start:stop].copy())
+                raise ValueError(f"state {name}[{key!r}] is not an array of shape {shape} (its "
+                                 f"param's {array.shape}) and dtype {array.dtype}")
+            if sharded._whole:
+                pieces.append(np.array(full, order="C"))   # a copy, in its shape
+            else:
+                pieces.append(np.ascontiguousarray(full).reshape(-1)[start:stop].copy())
         shares[name] = pieces
     decisions = sharded._decisions
     source = getattr(optimizer, "_decays", None)
@@ -996,7 +1067,7 @@ def scatter_state(sharded: ShardedOptimizer, optimizer: OptimizerCore) -> None:
     # --- apply: nothing above changed anything ----------------------------------------------
     for name in inner._all_hyperparameters():
         setattr(inner, name, getattr(optimizer, name))
-    for name in inner._options:
+    for name in (*inner._options, *inner._settings):
         setattr(inner, name, getattr(optimizer, name))
     inner.max_grad_norm = optimizer.max_grad_norm
     inner.weight_decay_filter = optimizer.weight_decay_filter
