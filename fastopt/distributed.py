@@ -17,21 +17,37 @@ shapes and dtypes, in the same order):
 
 ``ShardedOptimizer``
     ZeRO stage 1 (Rajbhandari et al. 2020): wraps a fastopt optimizer so that each rank keeps
-    the optimizer state of only its 1/W share of the elements. Per dtype, the params are seen
-    as one virtual concatenation in key order, padded to W equal blocks; rank r owns block r.
-    Its part of each param is the 1-D view ``param.reshape(-1)[a:b]``, and the wrapped
-    optimizer updates the list of those views in place with the compiled loops, so its state
-    arrays are share-sized. One step: pack the grads into the dtype's flat buffer,
-    ``Reduce_scatter_block`` (sum) so each rank receives the summed grads of its block,
-    divide by W, clip by the global norm if asked, update the share, pack the share's params
-    into its block, ``Allgather`` the blocks in place and copy them out into every param.
+    the optimizer state of only its share of the params. How they are split depends on the
+    rule (``OptimizerCore._elementwise()``):
+
+    - an elementwise rule (each element's step reads only that element: SGD, Adam, NAdam,
+      ADOPT, the Schedule-Free rules, ...) is split by elements. Per dtype, the params are
+      seen as one virtual concatenation in key order, padded to W equal blocks; rank r owns
+      block r. Its part of each param is the 1-D view ``param.reshape(-1)[a:b]``, and the
+      wrapped optimizer updates the list of those views in place with the compiled loops, so
+      its state arrays are share-sized. One step: pack the grads into the dtype's flat
+      buffer, ``Reduce_scatter_block`` (sum) so each rank receives the summed grads of its
+      block, divide by W, clip by the global norm if asked, update the share, pack the
+      share's params into its block, ``Allgather`` the blocks in place and copy them out
+      into every param.
+    - any other rule (LAMB and LARS: trust ratios from norms of the whole param; Adafactor:
+      row and column moments; Muon: Newton-Schulz on whole matrices) is split by whole
+      params. Per dtype, in key order, param i goes to the rank whose equal block
+      ``[r*N/W, (r+1)*N/W)`` of the N elements holds its middle element, so each rank owns a
+      contiguous run of whole params (possibly none). The wrapped optimizer updates the
+      rank's own params themselves, from views of the averaged grads in the params' shapes:
+      each param's step is a single process's on the same grads, bit for bit. One step is as
+      above with ``Reduce_scatter`` and ``Allgatherv`` on the runs (their element counts, no
+      padding). The balance is by whole params: one param larger than N/W puts its whole
+      state and update on one rank.
 
 Only buffer-protocol collectives (the uppercase methods) are used: nothing is pickled.
 
 Bits and bounds
 ---------------
 - Every rank ends every ``ShardedOptimizer`` step with bit-identical params by construction:
-  each element is computed by its owner only and copied to the others.
+  each element (each whole param, for a rule split by whole params) is computed by its owner
+  only and copied to the others.
 - For a fixed number of ranks, runs repeat bit for bit: MPI's reductions for a given rank
   count and message size follow a fixed order (MPICH's do), and everything else is the
   compiled loops.
@@ -44,9 +60,10 @@ Bits and bounds
   ``2*u*sum_i |g_i|`` to first order: two units of the last place of the sum of the
   magnitudes. The step is then exactly the single-process step on those averaged grads:
   the same compiled loops, bit for bit. Clipping adds one difference: the global norm sums
-  the blocked squares of each rank's pieces rather than of whole params, a different
-  association of the same float64 sum (both within 1e-12 relative of the exact sum,
-  ``fastopt.clipping``).
+  the blocked squares of each rank's pieces (or params) and then the ranks' sums in rank
+  order, a different association of the same float64 sum than one process's (both within
+  1e-12 relative of the exact sum, ``fastopt.clipping``), so its bits may differ from one
+  process's, with either split.
   How far whole trajectories drift apart from such differences depends on the optimizer and
   the problem, not on fastopt (docs/distributed.md gives measured figures).
 
@@ -55,17 +72,18 @@ Errors
 Each rank validates its inputs before any collective on data, then the ranks agree on the
 outcome with one small ``Allreduce`` of nine integers: the lowest failing rank, a
 fingerprint of the keys, shapes and dtypes, a digest of the sharded optimizer's
-configuration (class, hyperparameters and schedules, options, ``max_grad_norm``, the
-``weight_decay_filter``'s answers, ``set_flush_denormals``) and its step count, and whether a
-rank is leaving (below). If any rank failed, or the ranks' layouts or configurations differ,
-every rank raises and nothing changes anywhere (a failing rank raises its own error, the
-others a RuntimeError naming it; a configuration mismatch is a ValueError on every rank that
-names each setting that differs and its value on each rank, exchanged as text only then),
-instead of the others waiting forever or each rank stepping with its own settings. The
-digest is recomputed only when a setting is no longer the same object or an equal value, so
-the check adds no collective, and per step only a comparison of the settings with the last
-step's. An error after that point (none is expected: everything was checked) would leave the
-ranks' params inconsistent, so it aborts the job with ``comm.Abort``.
+configuration (class, hyperparameters and schedules, options and settings,
+``max_grad_norm``, the ``weight_decay_filter``'s answers, ``set_flush_denormals``) and its
+step count, and whether a rank is leaving (below). If any rank failed, or the ranks' layouts
+or configurations differ, every rank raises and nothing changes anywhere (a failing rank
+raises its own error, the others a RuntimeError naming it; a configuration mismatch is a
+ValueError on every rank that names each setting that differs and its value on each rank,
+exchanged as text only then), instead of the others waiting forever or each rank stepping
+with its own settings. The digest is recomputed only when a setting is no longer the same
+object or an equal value, so the check adds no collective, and per step only a comparison of
+the settings with the last step's. An error after that point (none is expected: everything
+was checked) would leave the ranks' params inconsistent, so it aborts the job with
+``comm.Abort``.
 
 A rank that leaves
 ------------------
@@ -133,8 +151,9 @@ __all__ = ["GradientAverager", "ShardedOptimizer", "gather_state", "load_gathere
            "scatter_state"]
 
 # An mpi4py communicator (``MPI.COMM_WORLD``, a ``Split`` of it), or an object with the same
-# uppercase methods: Get_rank, Get_size, Allreduce, Reduce_scatter_block, Allgather, Abort
-# (and Allgatherv, only to describe a configuration mismatch).
+# uppercase methods: Get_rank, Get_size, Allreduce, Reduce_scatter_block, Allgather, Abort;
+# Reduce_scatter and Allgatherv for a rule split by whole params (Allgatherv also to describe
+# a configuration mismatch).
 Comm = Any
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -527,9 +546,11 @@ class ShardedOptimizer:
     Parameters
     ----------
     optimizer : fastopt optimizer
-        Any of fastopt's optimizers (``fastopt.Adam(...)``, ...), not yet used: it becomes
-        this rank's optimizer of its share (``self.optimizer``), keeping share-sized state by
-        position. Its hyperparameters, schedules and options apply unchanged; its
+        Any of fastopt's optimizers (``fastopt.Adam(...)``, ...) but ``Partition`` and
+        ``Lookahead``, not yet used: it becomes this rank's optimizer of its share
+        (``self.optimizer``), keeping the share's state by position: share-sized 1-D pieces
+        for an elementwise rule, the whole state of each of the rank's own params for any
+        other (see Notes). Its hyperparameters, schedules and options apply unchanged; its
         ``weight_decay_filter`` is asked here, once per param with the param's own key and
         whole array; its ``max_grad_norm`` clips by the global norm of all ranks' averaged
         grads (see Notes).
@@ -550,23 +571,38 @@ class ShardedOptimizer:
 
     Notes
     -----
+    The split: a rule whose ``_elementwise()`` is true is split by elements, W equal blocks of
+    each dtype's elements, each rank updating 1-D views of its block's parts of the params. Any
+    other rule (LAMB, LARS, Adafactor, Muon) is split by whole params: within each dtype, in
+    key order, a param goes to the rank whose equal block of elements holds its middle
+    element, so the owners never decrease and each rank's params are contiguous in the flat
+    buffer (a rank may own none; it still takes part in every collective). The wrapped
+    optimizer then gets the rank's params themselves and the averaged grads in the params'
+    shapes: Adafactor factors the same rows and columns, Muon orthogonalises the same
+    matrices, and each param's step is a single process's on the same grads, bit for bit. A
+    rank's share is then whole params: one very large param puts all its state and its update
+    on one rank. A param the rule does not take (Muon's 1-D ones) is refused here, on every
+    rank, rather than by its owner's update.
+
     Clipping: the wrapped optimizer's own ``max_grad_norm`` would see only this rank's share.
     So each rank sums the blocked squares (``fastopt.clipping``) of its averaged share grads,
-    piece by piece in the params' key order; the ranks ``Allgather`` those partial sums (one
-    float64 each) and every rank adds them in rank order, so every rank has the same norm. If
-    it exceeds ``max_grad_norm``, the averaged share grads (this wrapper's own buffer, never the
-    caller's grads) are scaled in place by ``max_grad_norm / (norm + 1e-6)`` with the same
-    float multiplication the fused path uses, and the wrapped optimizer runs that step with
+    piece (or param) by piece in the params' key order; the ranks ``Allgather`` those partial
+    sums (one float64 each) and every rank adds them in rank order, so every rank has the same
+    norm: within 1e-12 relative of the exact norm, as one process's, but not necessarily its
+    bits (another association of the sum), with either split. If it exceeds
+    ``max_grad_norm``, the averaged share grads (this wrapper's own buffer, never the caller's
+    grads) are scaled in place by ``max_grad_norm / (norm + 1e-6)`` with the same float
+    multiplication the fused path uses, and the wrapped optimizer runs that step with
     ``max_grad_norm`` set to None (restored afterwards).
 
     Construction is collective: the ranks check that they passed the same layout, and that
-    their optimizers are configured the same (class, hyperparameters and schedules, options,
-    ``max_grad_norm``, the ``weight_decay_filter``'s answers, ``set_flush_denormals``). Every
-    ``update`` and ``state_dict`` checks the configuration and the step count again, in the
-    Allreduce that starts it; a setting changed on some ranks only makes every rank raise a
-    ValueError naming it, before anything changes. A schedule of your own is compared by its
-    module, name and line (fastopt's schedules by their parameters), any other object by its
-    repr.
+    their optimizers are configured the same (class, hyperparameters and schedules, options
+    and settings, ``max_grad_norm``, the ``weight_decay_filter``'s answers,
+    ``set_flush_denormals``). Every ``update`` and ``state_dict`` checks the configuration and
+    the step count again, in the Allreduce that starts it; a setting changed on some ranks
+    only makes every rank raise a ValueError naming it, before anything changes. A schedule
+    of your own is compared by its module, name and line (fastopt's schedules by their
+    parameters), any other object by its repr.
     """
 
     def __init__(self, optimizer: Optimizer, params: Mapping[Any, Any] | Sequence[Any],
