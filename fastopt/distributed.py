@@ -262,7 +262,7 @@ def _differences(comm: Comm, fields: dict[str, str]) -> str:
                 f"{_shorten(text)} on {_rank_list(members)}" for text, members in ranks.items()))
     return (f"the ranks' sharded optimizers are configured differently, so a step would mix "
             f"their updates: {'; '.join(parts)}. Every rank must wrap the same optimizer class "
-            f"with the same hyperparameters, schedules, options, max_grad_norm and "
+            f"with the same hyperparameters, schedules, options, settings, max_grad_norm and "
             f"weight_decay_filter answers, at the same step, with the same "
             f"set_flush_denormals setting; nothing was changed on any rank")
 
@@ -943,15 +943,19 @@ def gather_state(sharded: ShardedOptimizer) -> dict[str, Any]:
         {"class": "Adam",                       # the wrapped optimizer's class name
          "hyperparameters": {"lr": ..., ...},   # values or schedules, as set on it
          "options": {"amsgrad": False, ...},
+         "settings": {},                        # Muon's ns_steps, ns_coefficients, ...
          "max_grad_norm": None,
          "weight_decay_filter": None,           # the callable, if one was given
          "step": {"iter": 10},                  # what a step counts (NAdam: mu_product too)
          "state": {"m": {"W1": array, ...}, "v": ...},   # by the params' keys (a list
                                                          # by position for list params);
-                                                         # None before the first step
+                                                         # None before the first step;
+                                                         # each of the shape the rule
+                                                         # keeps (Adafactor: row_var...)
          "decays": None}                        # or the filter's answer per key
 
-    Every rank receives all of it (one ``Allgather`` per state attribute and dtype, after the
+    Every rank receives all of it (one ``Allgather`` per state attribute and dtype, an
+    ``Allgatherv`` of the owners' arrays for a rule split by whole params, after the
     agreement ``update`` starts with: every rank raises ValueError if the ranks' configurations
     or step counts differ, instead of waiting for a state another class does not have). Load it
     into a single-process optimizer with ``load_gathered_state``, then save it as any other
@@ -1024,8 +1028,8 @@ def load_gathered_state(optimizer: OptimizerCore,
     """Give a single-process ``optimizer`` the state ``gather_state`` returned.
 
     Everything in ``gathered`` replaces what ``optimizer`` had (hyperparameters, options,
-    ``max_grad_norm``, the decay filter, step count and state arrays, copied); its next
-    ``update`` on the same params continues the sharded run. Raises TypeError, changing
+    settings, ``max_grad_norm``, the decay filter, step count and state arrays, copied); its
+    next ``update`` on the same params continues the sharded run. Raises TypeError, changing
     nothing, if ``optimizer`` is not of the gathered class.
     """
     if type(optimizer).__name__ != gathered["class"]:
@@ -1044,18 +1048,21 @@ def load_gathered_state(optimizer: OptimizerCore,
     for name, container in gathered["state"].items():
         setattr(optimizer, name, copy.deepcopy(container))
     optimizer._decays = copy.copy(gathered["decays"])
+    optimizer._workspace_arrays = None   # scratch of the state replaced (Muon's): made anew
 
 
 def scatter_state(sharded: ShardedOptimizer, optimizer: OptimizerCore) -> None:
     """Give ``sharded`` this rank's share of a single-process ``optimizer``'s state.
 
     Every rank calls it with the same single-process state (for example each loads the same
-    checkpoint); no data is exchanged. ``optimizer`` must be of the wrapped optimizer's class,
-    with state for every param under the same keys (or positions) and of the params' shapes
-    and dtypes, or none yet. Its hyperparameters, options, ``max_grad_norm``, decay filter,
-    step count and state are copied; the decay filter's answers are taken from ``optimizer``
-    where it has them, else asked again. Raises TypeError, ValueError or KeyError, changing
-    nothing, if the state does not fit.
+    checkpoint); no data is exchanged. ``optimizer`` must be of the wrapped optimizer's
+    class, with state for every param under the same keys (or positions), of the params'
+    dtypes and of the shapes the rule keeps for them (the params' own, but Adafactor's rows
+    and columns), or none yet. Its hyperparameters, options, settings, ``max_grad_norm``,
+    decay filter, step count and state are copied (a rule split by whole params keeps its
+    own params' whole arrays, any other its pieces); the decay filter's answers are taken
+    from ``optimizer`` where it has them, else asked again. Raises TypeError, ValueError or
+    KeyError, changing nothing, if the state does not fit.
     """
     inner = sharded.optimizer
     if type(optimizer) is not type(inner):
@@ -1112,5 +1119,6 @@ def scatter_state(sharded: ShardedOptimizer, optimizer: OptimizerCore) -> None:
     for name, pieces in shares.items():
         setattr(inner, name, pieces)
     sharded._decisions = decisions
+    inner._workspace_arrays = None   # scratch of the state replaced (Muon's): made anew
     inner._decays = None if decisions is None else [decisions[position]
                                                     for position, _, _ in sharded._pieces]

@@ -592,8 +592,17 @@ def _worker_whole(out):
     except Exception as error:
         refused = f"{type(error).__name__}: {error}"
     refusals = gather(refused)
+    # Muon's settings (not floats: ns_steps) are part of the configuration the ranks check.
+    params = {"W1": np.ones((4, 3)), "W2": np.ones((3, 2))}
+    try:
+        distributed.ShardedOptimizer(fastopt.Muon(ns_steps=5 if rank == 0 else 4), params)
+        refused = "no error"
+    except Exception as error:
+        refused = f"{type(error).__name__}: {error}"
+    settings = gather(refused)
     if rank == 0:
         Path(directory / "refused.json").write_text(json.dumps(refusals))
+        Path(directory / "settings.json").write_text(json.dumps(settings))
         np.savez(out, **record)
 
 
@@ -1085,6 +1094,17 @@ def test_a_param_the_rule_does_not_take_is_refused_at_construction_on_every_rank
     assert len(refusals) == 2 and refusals[0] == refusals[1], refusals
     assert refusals[0].startswith("ValueError: ") and "'b1'" in refusals[0], refusals
     assert "(3,)" in refusals[0] and "Partition" in refusals[0], refusals
+
+
+@needs_mpi
+def test_ranks_whose_muon_settings_differ_all_raise_naming_the_setting(tmp_path_factory):
+    _, directory = whole_run(2, tmp_path_factory)
+    reports = json.loads((directory / "settings.json").read_text())
+    assert len(reports) == 2 and reports[0] == reports[1], reports
+    assert reports[0].startswith("ValueError: the ranks' sharded optimizers are configured "
+                                 "differently"), reports
+    # numbers are shown as floats (_text), ints too
+    assert "ns_steps: 5.0 on rank 0, 4.0 on rank 1" in reports[0], reports
 
 
 def test_import_fastopt_does_not_import_mpi4py():
