@@ -1107,6 +1107,30 @@ def test_ranks_whose_muon_settings_differ_all_raise_naming_the_setting(tmp_path_
     assert "ns_steps: 5.0 on rank 0, 4.0 on rank 1" in reports[0], reports
 
 
+@needs_mpi
+def test_a_state_not_of_the_rules_shape_is_refused_by_scatter_state():
+    """Adafactor's row_var of a (4, 3) param is (4, 1): one of the param's own shape is refused
+    naming the state, the key and both shapes, and the sharded optimizer is unchanged."""
+    code = ("import numpy as np, fastopt\n"
+            "from fastopt import distributed\n"
+            "params = {'W': np.ones((4, 3)), 'b': np.ones(3)}\n"
+            "sharded = distributed.ShardedOptimizer(fastopt.Adafactor(), params)\n"
+            "single = fastopt.Adafactor()\n"
+            "single.update({k: v.copy() for k, v in params.items()},\n"
+            "              {k: np.ones_like(v) for k, v in params.items()})\n"
+            "single.row_var['W'] = np.zeros((4, 3))\n"
+            "try:\n"
+            "    distributed.scatter_state(sharded, single)\n"
+            "except ValueError as error:\n"
+            "    print(error)\n"
+            "print(sharded.optimizer.iter, sharded.optimizer.row_var)\n")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               timeout=60, cwd=NEUTRAL, env=environment())
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == ("state row_var['W'] is not an array of shape (4, 1) (its "
+                                "param's (4, 3)) and dtype float64\n0 None\n"), completed.stdout
+
+
 def test_import_fastopt_does_not_import_mpi4py():
     code = "import sys, fastopt; assert 'mpi4py' not in sys.modules, 'mpi4py was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=NEUTRAL, env=environment())
