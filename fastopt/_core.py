@@ -240,8 +240,9 @@ class OptimizerCore:
     def _elementwise(cls) -> bool:
         """Whether each element's update reads only that element of the param, its grad and
         its state, beside the step's scalars: no per-param reduction and no state of other
-        shapes. fastopt.distributed.ShardedOptimizer takes only such rules (a shard of a
-        param's elements has no whole norm, row or column)."""
+        shapes. fastopt.distributed.ShardedOptimizer splits such a rule by elements, and any
+        other by whole params (a shard of a param's elements has no whole norm, row, column or
+        matrix)."""
         return not (cls._reduced or cls._state_shapes)
 
     def _reductions(self, key: Any, param: Any, grad: Any,

@@ -17,21 +17,37 @@ shapes and dtypes, in the same order):
 
 ``ShardedOptimizer``
     ZeRO stage 1 (Rajbhandari et al. 2020): wraps a fastopt optimizer so that each rank keeps
-    the optimizer state of only its 1/W share of the elements. Per dtype, the params are seen
-    as one virtual concatenation in key order, padded to W equal blocks; rank r owns block r.
-    Its part of each param is the 1-D view ``param.reshape(-1)[a:b]``, and the wrapped
-    optimizer updates the list of those views in place with the compiled loops, so its state
-    arrays are share-sized. One step: pack the grads into the dtype's flat buffer,
-    ``Reduce_scatter_block`` (sum) so each rank receives the summed grads of its block,
-    divide by W, clip by the global norm if asked, update the share, pack the share's params
-    into its block, ``Allgather`` the blocks in place and copy them out into every param.
+    the optimizer state of only its share of the params. How they are split depends on the
+    rule (``OptimizerCore._elementwise()``):
+
+    - an elementwise rule (each element's step reads only that element: SGD, Adam, NAdam,
+      ADOPT, the Schedule-Free rules, ...) is split by elements. Per dtype, the params are
+      seen as one virtual concatenation in key order, padded to W equal blocks; rank r owns
+      block r. Its part of each param is the 1-D view ``param.reshape(-1)[a:b]``, and the
+      wrapped optimizer updates the list of those views in place with the compiled loops, so
+      its state arrays are share-sized. One step: pack the grads into the dtype's flat
+      buffer, ``Reduce_scatter_block`` (sum) so each rank receives the summed grads of its
+      block, divide by W, clip by the global norm if asked, update the share, pack the
+      share's params into its block, ``Allgather`` the blocks in place and copy them out
+      into every param.
+    - any other rule (LAMB and LARS: trust ratios from norms of the whole param; Adafactor:
+      row and column moments; Muon: Newton-Schulz on whole matrices) is split by whole
+      params. Per dtype, in key order, param i goes to the rank whose equal block
+      ``[r*N/W, (r+1)*N/W)`` of the N elements holds its middle element, so each rank owns a
+      contiguous run of whole params (possibly none). The wrapped optimizer updates the
+      rank's own params themselves, from views of the averaged grads in the params' shapes:
+      each param's step is a single process's on the same grads, bit for bit. One step is as
+      above with ``Reduce_scatter`` and ``Allgatherv`` on the runs (their element counts, no
+      padding). The balance is by whole params: one param larger than N/W puts its whole
+      state and update on one rank.
 
 Only buffer-protocol collectives (the uppercase methods) are used: nothing is pickled.
 
 Bits and bounds
 ---------------
 - Every rank ends every ``ShardedOptimizer`` step with bit-identical params by construction:
-  each element is computed by its owner only and copied to the others.
+  each element (each whole param, for a rule split by whole params) is computed by its owner
+  only and copied to the others.
 - For a fixed number of ranks, runs repeat bit for bit: MPI's reductions for a given rank
   count and message size follow a fixed order (MPICH's do), and everything else is the
   compiled loops.
@@ -44,9 +60,10 @@ Bits and bounds
   ``2*u*sum_i |g_i|`` to first order: two units of the last place of the sum of the
   magnitudes. The step is then exactly the single-process step on those averaged grads:
   the same compiled loops, bit for bit. Clipping adds one difference: the global norm sums
-  the blocked squares of each rank's pieces rather than of whole params, a different
-  association of the same float64 sum (both within 1e-12 relative of the exact sum,
-  ``fastopt.clipping``).
+  the blocked squares of each rank's pieces (or params) and then the ranks' sums in rank
+  order, a different association of the same float64 sum than one process's (both within
+  1e-12 relative of the exact sum, ``fastopt.clipping``), so its bits may differ from one
+  process's, with either split.
   How far whole trajectories drift apart from such differences depends on the optimizer and
   the problem, not on fastopt (docs/distributed.md gives measured figures).
 
@@ -55,17 +72,18 @@ Errors
 Each rank validates its inputs before any collective on data, then the ranks agree on the
 outcome with one small ``Allreduce`` of nine integers: the lowest failing rank, a
 fingerprint of the keys, shapes and dtypes, a digest of the sharded optimizer's
-configuration (class, hyperparameters and schedules, options, ``max_grad_norm``, the
-``weight_decay_filter``'s answers, ``set_flush_denormals``) and its step count, and whether a
-rank is leaving (below). If any rank failed, or the ranks' layouts or configurations differ,
-every rank raises and nothing changes anywhere (a failing rank raises its own error, the
-others a RuntimeError naming it; a configuration mismatch is a ValueError on every rank that
-names each setting that differs and its value on each rank, exchanged as text only then),
-instead of the others waiting forever or each rank stepping with its own settings. The
-digest is recomputed only when a setting is no longer the same object or an equal value, so
-the check adds no collective, and per step only a comparison of the settings with the last
-step's. An error after that point (none is expected: everything was checked) would leave the
-ranks' params inconsistent, so it aborts the job with ``comm.Abort``.
+configuration (class, hyperparameters and schedules, options and settings,
+``max_grad_norm``, the ``weight_decay_filter``'s answers, ``set_flush_denormals``) and its
+step count, and whether a rank is leaving (below). If any rank failed, or the ranks' layouts
+or configurations differ, every rank raises and nothing changes anywhere (a failing rank
+raises its own error, the others a RuntimeError naming it; a configuration mismatch is a
+ValueError on every rank that names each setting that differs and its value on each rank,
+exchanged as text only then), instead of the others waiting forever or each rank stepping
+with its own settings. The digest is recomputed only when a setting is no longer the same
+object or an equal value, so the check adds no collective, and per step only a comparison of
+the settings with the last step's. An error after that point (none is expected: everything
+was checked) would leave the ranks' params inconsistent, so it aborts the job with
+``comm.Abort``.
 
 A rank that leaves
 ------------------
@@ -133,8 +151,9 @@ __all__ = ["GradientAverager", "ShardedOptimizer", "gather_state", "load_gathere
            "scatter_state"]
 
 # An mpi4py communicator (``MPI.COMM_WORLD``, a ``Split`` of it), or an object with the same
-# uppercase methods: Get_rank, Get_size, Allreduce, Reduce_scatter_block, Allgather, Abort
-# (and Allgatherv, only to describe a configuration mismatch).
+# uppercase methods: Get_rank, Get_size, Allreduce, Reduce_scatter_block, Allgather, Abort;
+# Reduce_scatter and Allgatherv for a rule split by whole params (Allgatherv also to describe
+# a configuration mismatch).
 Comm = Any
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -243,7 +262,7 @@ def _differences(comm: Comm, fields: dict[str, str]) -> str:
                 f"{_shorten(text)} on {_rank_list(members)}" for text, members in ranks.items()))
     return (f"the ranks' sharded optimizers are configured differently, so a step would mix "
             f"their updates: {'; '.join(parts)}. Every rank must wrap the same optimizer class "
-            f"with the same hyperparameters, schedules, options, max_grad_norm and "
+            f"with the same hyperparameters, schedules, options, settings, max_grad_norm and "
             f"weight_decay_filter answers, at the same step, with the same "
             f"set_flush_denormals setting; nothing was changed on any rank")
 
@@ -465,19 +484,60 @@ class GradientAverager:
 
 
 class _Group:
-    """The params of one dtype as one virtual concatenation, padded to ``size`` blocks."""
+    """The params of one dtype as one virtual concatenation in key order, and each rank's part
+    of it: an equal block of elements (padded to ``size`` blocks) for an elementwise rule, a
+    contiguous run of whole params (``owners``) for any other."""
 
-    def __init__(self, dtype: np.dtype[Any], members: list[tuple[int, int]], total: int,
-                 size: int) -> None:
+    def __init__(self, dtype: np.dtype[Any], members: list[tuple[int, int]], sizes: list[int],
+                 size: int, rank: int, whole: bool) -> None:
         self.dtype = dtype
         self.members = members             # (position in the key order, offset) per param
-        self.total = total                 # elements, without padding
-        self.block = -(-total // size)     # elements per rank: ceil(total / size)
-        self.flat = np.zeros(self.block * size, dtype)   # grads in, params out; reused
-        self.grads = np.zeros(self.block, dtype)          # this rank's summed, averaged grads
+        self.total = total = sum(sizes)    # elements, without padding
+        self.whole = whole
+        if whole:
+            # Param i goes to the rank whose equal block [r*total/W, (r+1)*total/W) holds its
+            # middle element: the owners never decrease in key order, so each rank's params
+            # are one contiguous run of ``flat``, and each run is within half a param of the
+            # ideal cut (an empty param goes with the element at its offset).
+            self.owners = [min(size - 1, (2 * offset + count) * size // (2 * total))
+                           if total else 0
+                           for (_, offset), count in zip(members, sizes, strict=True)]
+            self.counts = [0] * size
+            for owner, count in zip(self.owners, sizes, strict=True):
+                self.counts[owner] += count
+            self.displs = [sum(self.counts[:r]) for r in range(size)]
+            self.low = self.displs[rank]
+            self.flat = np.zeros(total, dtype)
+            self.grads = np.zeros(self.counts[rank], dtype)
+        else:
+            self.block = -(-total // size)     # elements per rank: ceil(total / size)
+            self.owners = []
+            self.low = rank * self.block
+            self.flat = np.zeros(self.block * size, dtype)   # grads in, params out; reused
+            self.grads = np.zeros(self.block, dtype)          # this rank's averaged grads
         # (index in the wrapped optimizer's list, start, stop in ``flat``) of this rank's
-        # pieces of this group, which tile its block.
+        # pieces of this group, which tile its block (its run).
         self.pieces: list[tuple[int, int, int]] = []
+
+    def reduce_scatter(self, comm: Comm) -> None:
+        """Sum ``flat`` over the ranks into this rank's ``grads`` (collective)."""
+        if self.whole:
+            if self.total:   # every rank skips alike: the layouts agree
+                comm.Reduce_scatter(self.flat, self.grads, self.counts, op=MPI.SUM)
+        else:
+            comm.Reduce_scatter_block(self.flat, self.grads, op=MPI.SUM)
+
+    def allgather(self, comm: Comm, flat: np.ndarray[Any, Any],
+                  counts: list[int] | None = None) -> None:
+        """Give every rank every rank's part of ``flat``, in place (collective); ``counts``:
+        the parts' sizes for whole params, if not those of the params' elements."""
+        if not self.whole:
+            comm.Allgather(MPI.IN_PLACE, flat)
+            return
+        counts = self.counts if counts is None else counts
+        if flat.size:
+            displs = [sum(counts[:r]) for r in range(len(counts))]
+            comm.Allgatherv(MPI.IN_PLACE, [flat, (counts, displs)])
 
 
 class ShardedOptimizer:
@@ -486,9 +546,11 @@ class ShardedOptimizer:
     Parameters
     ----------
     optimizer : fastopt optimizer
-        Any of fastopt's optimizers (``fastopt.Adam(...)``, ...), not yet used: it becomes
-        this rank's optimizer of its share (``self.optimizer``), keeping share-sized state by
-        position. Its hyperparameters, schedules and options apply unchanged; its
+        Any of fastopt's optimizers (``fastopt.Adam(...)``, ...) but ``Partition`` and
+        ``Lookahead``, not yet used: it becomes this rank's optimizer of its share
+        (``self.optimizer``), keeping the share's state by position: share-sized 1-D pieces
+        for an elementwise rule, the whole state of each of the rank's own params for any
+        other (see Notes). Its hyperparameters, schedules and options apply unchanged; its
         ``weight_decay_filter`` is asked here, once per param with the param's own key and
         whole array; its ``max_grad_norm`` clips by the global norm of all ranks' averaged
         grads (see Notes).
@@ -509,23 +571,38 @@ class ShardedOptimizer:
 
     Notes
     -----
+    The split: a rule whose ``_elementwise()`` is true is split by elements, W equal blocks of
+    each dtype's elements, each rank updating 1-D views of its block's parts of the params. Any
+    other rule (LAMB, LARS, Adafactor, Muon) is split by whole params: within each dtype, in
+    key order, a param goes to the rank whose equal block of elements holds its middle
+    element, so the owners never decrease and each rank's params are contiguous in the flat
+    buffer (a rank may own none; it still takes part in every collective). The wrapped
+    optimizer then gets the rank's params themselves and the averaged grads in the params'
+    shapes: Adafactor factors the same rows and columns, Muon orthogonalises the same
+    matrices, and each param's step is a single process's on the same grads, bit for bit. A
+    rank's share is then whole params: one very large param puts all its state and its update
+    on one rank. A param the rule does not take (Muon's 1-D ones) is refused here, on every
+    rank, rather than by its owner's update.
+
     Clipping: the wrapped optimizer's own ``max_grad_norm`` would see only this rank's share.
     So each rank sums the blocked squares (``fastopt.clipping``) of its averaged share grads,
-    piece by piece in the params' key order; the ranks ``Allgather`` those partial sums (one
-    float64 each) and every rank adds them in rank order, so every rank has the same norm. If
-    it exceeds ``max_grad_norm``, the averaged share grads (this wrapper's own buffer, never the
-    caller's grads) are scaled in place by ``max_grad_norm / (norm + 1e-6)`` with the same
-    float multiplication the fused path uses, and the wrapped optimizer runs that step with
+    piece (or param) by piece in the params' key order; the ranks ``Allgather`` those partial
+    sums (one float64 each) and every rank adds them in rank order, so every rank has the same
+    norm: within 1e-12 relative of the exact norm, as one process's, but not necessarily its
+    bits (another association of the sum), with either split. If it exceeds
+    ``max_grad_norm``, the averaged share grads (this wrapper's own buffer, never the caller's
+    grads) are scaled in place by ``max_grad_norm / (norm + 1e-6)`` with the same float
+    multiplication the fused path uses, and the wrapped optimizer runs that step with
     ``max_grad_norm`` set to None (restored afterwards).
 
     Construction is collective: the ranks check that they passed the same layout, and that
-    their optimizers are configured the same (class, hyperparameters and schedules, options,
-    ``max_grad_norm``, the ``weight_decay_filter``'s answers, ``set_flush_denormals``). Every
-    ``update`` and ``state_dict`` checks the configuration and the step count again, in the
-    Allreduce that starts it; a setting changed on some ranks only makes every rank raise a
-    ValueError naming it, before anything changes. A schedule of your own is compared by its
-    module, name and line (fastopt's schedules by their parameters), any other object by its
-    repr.
+    their optimizers are configured the same (class, hyperparameters and schedules, options
+    and settings, ``max_grad_norm``, the ``weight_decay_filter``'s answers,
+    ``set_flush_denormals``). Every ``update`` and ``state_dict`` checks the configuration and
+    the step count again, in the Allreduce that starts it; a setting changed on some ranks
+    only makes every rank raise a ValueError naming it, before anything changes. A schedule
+    of your own is compared by its module, name and line (fastopt's schedules by their
+    parameters), any other object by its repr.
     """
 
     def __init__(self, optimizer: Optimizer, params: Mapping[Any, Any] | Sequence[Any],
@@ -568,26 +645,6 @@ class ShardedOptimizer:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be one of fastopt's optimizers (fastopt.Adam(...), "
                             f"...); got {type(optimizer).__name__}")
-        if optimizer._workspace or optimizer._param_ndim is not None:
-            name = type(optimizer).__name__
-            raise TypeError(f"{name} transforms each param as a whole matrix (Muon: a "
-                            f"Newton-Schulz iteration of matrix products), which a shard of a "
-                            f"param's elements is not: the sharded optimizer does not take it "
-                            f"(average the grads with GradientAverager and step a whole "
-                            f"{name} on every rank instead)")
-        if optimizer._reduced:
-            raise TypeError(f"{type(optimizer).__name__} scales each param's step by norms of "
-                            f"the whole param, which a shard of it does not have: the sharded "
-                            f"optimizer does not take it yet (average the grads with "
-                            f"GradientAverager and step a whole {type(optimizer).__name__} on "
-                            f"every rank instead)")
-        if optimizer._state_shapes:
-            raise TypeError(f"{type(optimizer).__name__} keeps state of other shapes than its "
-                            f"params' ({', '.join(optimizer._state_shapes)}: moments of whole "
-                            f"rows and columns of a param), which a shard of a param's elements "
-                            f"cannot update alone: the sharded optimizer does not take it (average "
-                            f"the grads with GradientAverager and step a whole "
-                            f"{type(optimizer).__name__} on every rank instead)")
         if optimizer.iter != 0 or any(state is not None for state in optimizer._used_states()):
             raise ValueError("the optimizer has already been used; wrap a new one, and give it "
                              "a single-process optimizer's state with scatter_state")
@@ -606,40 +663,56 @@ class ShardedOptimizer:
                                  f"model to use the copy)")
             if not param.flags.writeable:
                 raise ValueError(f"param {key!r} is read-only; params are updated in place")
+            # Here, not at the owner's update: every rank raises, before anything changes.
+            optimizer._check_param_shape(key, param)
         self._by_key = isinstance(params, Mapping)
         self._keys = [key for key, _ in items]
         self._arrays: list[np.ndarray[Any, Any]] = [param for _, param in items]
         chooser = optimizer.weight_decay_filter
         self._decisions = None if chooser is None else [
             decision(chooser, key, param) for key, param in items]
+        # An elementwise rule is split by elements; any other rule (a norm of the whole param,
+        # state of rows and columns, whole matrices) by whole params, in their shapes.
+        self._whole = not optimizer._elementwise() or bool(optimizer._workspace) \
+            or optimizer._param_ndim is not None
         self._groups: list[_Group] = []
         # (position in the key order, start, stop) of this rank's part of each param, group
-        # by group: the wrapped optimizer's list positions.
+        # by group: the wrapped optimizer's list positions (0, size for a whole param).
         self._pieces: list[tuple[int, int, int]] = []
         self._param_views: list[np.ndarray[Any, Any]] = []
         self._grad_views: list[np.ndarray[Any, Any]] = []
+        self._grad_pieces: list[np.ndarray[Any, Any]] = []   # the same grads, 1-D
         for dtype in _DTYPES:
-            members = []
-            total = 0
-            for position, param in enumerate(self._arrays):
-                if param.dtype == dtype:
-                    members.append((position, total))
-                    total += param.size
-            if total == 0:
+            members = [(position, 0) for position, param in enumerate(self._arrays)
+                       if param.dtype == dtype]
+            sizes = [self._arrays[position].size for position, _ in members]
+            members = [(position, sum(sizes[:i])) for i, (position, _) in enumerate(members)]
+            if not members or (sum(sizes) == 0 and not self._whole):
                 continue
-            group = _Group(dtype, members, total, self._size)
+            group = _Group(dtype, members, sizes, self._size, self._rank, self._whole)
             self._groups.append(group)
-            low = self._rank * group.block
-            high = min(low + group.block, total)
-            for position, offset in members:
-                start = max(low, offset) - offset
-                stop = min(high, offset + self._arrays[position].size) - offset
-                if start < stop:
-                    group.pieces.append((len(self._pieces), offset + start, offset + stop))
-                    self._pieces.append((position, start, stop))
-                    self._param_views.append(self._arrays[position].reshape(-1)[start:stop])
-                    self._grad_views.append(group.grads[offset + start - low:
-                                                        offset + stop - low])
+            for i, (position, offset) in enumerate(members):
+                array = self._arrays[position]
+                if self._whole:
+                    if group.owners[i] != self._rank:
+                        continue
+                    start, stop = 0, array.size
+                else:
+                    start = max(group.low, offset) - offset
+                    stop = min(group.low + group.block, group.total, offset + array.size) \
+                        - offset
+                    if start >= stop:
+                        continue
+                group.pieces.append((len(self._pieces), offset + start, offset + stop))
+                self._pieces.append((position, start, stop))
+                grad = group.grads[offset + start - group.low:offset + stop - group.low]
+                self._grad_pieces.append(grad)
+                if self._whole:
+                    self._param_views.append(array)
+                    self._grad_views.append(grad.reshape(array.shape))
+                else:
+                    self._param_views.append(array.reshape(-1)[start:stop])
+                    self._grad_views.append(grad)
 
     def _check(self, params: Any, grads: Any) -> None:
         """Raise if ``params`` are not this optimizer's arrays or ``grads`` do not match."""
@@ -716,7 +789,7 @@ class ShardedOptimizer:
                 array = self._arrays[position]
                 np.copyto(group.flat[offset:offset + array.size].reshape(array.shape),
                           grads[self._keys[position]])
-            comm.Reduce_scatter_block(group.flat, group.grads, op=MPI.SUM)
+            group.reduce_scatter(comm)
             np.divide(group.grads, self._size, out=group.grads)
         limit = self.optimizer.max_grad_norm
         if limit is not None:
@@ -728,8 +801,8 @@ class ShardedOptimizer:
             self.optimizer.max_grad_norm = limit
         for group in self._groups:
             for index, start, stop in group.pieces:
-                group.flat[start:stop] = self._param_views[index]
-            comm.Allgather(MPI.IN_PLACE, group.flat)
+                group.flat[start:stop] = self._param_views[index].reshape(-1)
+            group.allgather(comm, group.flat)
             for position, offset in group.members:
                 array = self._arrays[position]
                 np.copyto(array.reshape(-1), group.flat[offset:offset + array.size])
@@ -738,7 +811,7 @@ class ShardedOptimizer:
         """Scale the averaged share grads by the clip factor of the global norm."""
         part = 0.0
         for index in self._norm_order:   # key order, as a single process sums (W=1: its bits)
-            grad = self._grad_views[index]
+            grad = self._grad_pieces[index]
             value = _kernels.sum_of_squares(grad)
             part += reference.sum_of_squares(grad) if value is None else value
         self._norm_part[0] = part
@@ -748,7 +821,7 @@ class ShardedOptimizer:
             total += value
         self.grad_norm = norm = math.sqrt(total)
         factor = clip_coefficient(norm, limit)
-        if factor is not None and not _kernels.scale_in_place(self._grad_views, factor):
+        if factor is not None and not _kernels.scale_in_place(self._grad_pieces, factor):
             raise AssertionError("the share grads are always C-contiguous float arrays")
 
     # --- the configuration the ranks must share ----------------------------------------------
@@ -759,7 +832,7 @@ class ShardedOptimizer:
         inner = self.optimizer
         values = (type(inner), get_flush_denormals(), inner.max_grad_norm, self._decisions,
                   *[getattr(inner, name) for name in inner._all_hyperparameters()],
-                  *[getattr(inner, name) for name in inner._options])
+                  *[getattr(inner, name) for name in (*inner._options, *inner._settings)])
         if not _same_values(values, self._config_values):
             fields = self._describe()
             del fields["iter"]   # compared on its own (two flags): it changes every step
@@ -775,7 +848,8 @@ class ShardedOptimizer:
         kind = type(inner)
         fields = {"class": kind.__qualname__ if kind.__module__.startswith("fastopt.")
                   else f"{kind.__module__}.{kind.__qualname__}"}
-        for name in (*inner._all_hyperparameters(), *inner._options, "max_grad_norm"):
+        for name in (*inner._all_hyperparameters(), *inner._options, *inner._settings,
+                     "max_grad_norm"):
             fields[name] = _text(getattr(inner, name))
         if self._decisions is None:
             fields["weight_decay_filter"] = "None"
@@ -869,15 +943,19 @@ def gather_state(sharded: ShardedOptimizer) -> dict[str, Any]:
         {"class": "Adam",                       # the wrapped optimizer's class name
          "hyperparameters": {"lr": ..., ...},   # values or schedules, as set on it
          "options": {"amsgrad": False, ...},
+         "settings": {},                        # Muon's ns_steps, ns_coefficients, ...
          "max_grad_norm": None,
          "weight_decay_filter": None,           # the callable, if one was given
          "step": {"iter": 10},                  # what a step counts (NAdam: mu_product too)
          "state": {"m": {"W1": array, ...}, "v": ...},   # by the params' keys (a list
                                                          # by position for list params);
-                                                         # None before the first step
+                                                         # None before the first step;
+                                                         # each of the shape the rule
+                                                         # keeps (Adafactor: row_var...)
          "decays": None}                        # or the filter's answer per key
 
-    Every rank receives all of it (one ``Allgather`` per state attribute and dtype, after the
+    Every rank receives all of it (one ``Allgather`` per state attribute and dtype, an
+    ``Allgatherv`` of the owners' arrays for a rule split by whole params, after the
     agreement ``update`` starts with: every rank raises ValueError if the ranks' configurations
     or step counts differ, instead of waiting for a state another class does not have). Load it
     into a single-process optimizer with ``load_gathered_state``, then save it as any other
@@ -893,11 +971,13 @@ def gather_state(sharded: ShardedOptimizer) -> dict[str, Any]:
             continue
         full: list[Any] = [None] * len(sharded._arrays)
         for group in sharded._groups:
-            low = sharded._rank * group.block
-            group.flat[low:low + group.block] = 0   # the padding, if this block has any
+            if group.whole:
+                _gather_whole(sharded, group, name, shares, full)
+                continue
+            group.flat[group.low:group.low + group.block] = 0   # the padding, if any
             for index, start, stop in group.pieces:
                 group.flat[start:stop] = shares[index]
-            sharded.comm.Allgather(MPI.IN_PLACE, group.flat)
+            group.allgather(sharded.comm, group.flat)
             for position, offset in group.members:
                 array = sharded._arrays[position]
                 full[position] = group.flat[offset:offset + array.size].reshape(
@@ -911,6 +991,7 @@ def gather_state(sharded: ShardedOptimizer) -> dict[str, Any]:
             "hyperparameters": {name: getattr(inner, name)
                                 for name in inner._all_hyperparameters()},
             "options": {name: getattr(inner, name) for name in inner._options},
+            "settings": {name: getattr(inner, name) for name in inner._settings},
             "max_grad_norm": inner.max_grad_norm,
             "weight_decay_filter": inner.weight_decay_filter,
             "step": {name: getattr(inner, name) for name in _step_attributes(inner)},
@@ -918,13 +999,37 @@ def gather_state(sharded: ShardedOptimizer) -> dict[str, Any]:
             "decays": decays}
 
 
+def _gather_whole(sharded: ShardedOptimizer, group: _Group, name: str, shares: list[Any],
+                  full: list[Any]) -> None:
+    """Every param's state ``name`` of a group of whole params, into ``full`` by position
+    (collective: one ``Allgatherv`` of the owners' arrays, packed in key order). The state's
+    shape is the rule's for the param's (Adafactor's rows and columns: not the param's)."""
+    inner = sharded.optimizer
+    shapes = [inner._state_shape(name, sharded._arrays[position].shape)
+              for position, _ in group.members]
+    sizes = [math.prod(shape) for shape in shapes]
+    counts = [0] * sharded._size
+    for owner, count in zip(group.owners, sizes, strict=True):
+        counts[owner] += count
+    flat = np.zeros(sum(sizes), group.dtype)
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    index = {position: index for index, (position, _, _) in enumerate(sharded._pieces)}
+    for (position, _), offset, count in zip(group.members, offsets, sizes, strict=True):
+        if position in index:
+            flat[offset:offset + count] = shares[index[position]].reshape(-1)
+    group.allgather(sharded.comm, flat, counts)
+    for (position, _), offset, count, shape in zip(group.members, offsets, sizes, shapes,
+                                                   strict=True):
+        full[position] = flat[offset:offset + count].reshape(shape).copy()
+
+
 def load_gathered_state(optimizer: OptimizerCore,
                         gathered: Mapping[str, Any]) -> None:
     """Give a single-process ``optimizer`` the state ``gather_state`` returned.
 
     Everything in ``gathered`` replaces what ``optimizer`` had (hyperparameters, options,
-    ``max_grad_norm``, the decay filter, step count and state arrays, copied); its next
-    ``update`` on the same params continues the sharded run. Raises TypeError, changing
+    settings, ``max_grad_norm``, the decay filter, step count and state arrays, copied); its
+    next ``update`` on the same params continues the sharded run. Raises TypeError, changing
     nothing, if ``optimizer`` is not of the gathered class.
     """
     if type(optimizer).__name__ != gathered["class"]:
@@ -934,6 +1039,8 @@ def load_gathered_state(optimizer: OptimizerCore,
         setattr(optimizer, name, value)
     for name, value in gathered["options"].items():
         setattr(optimizer, name, value)
+    for name, value in gathered["settings"].items():
+        setattr(optimizer, name, value)
     optimizer.max_grad_norm = gathered["max_grad_norm"]
     optimizer.weight_decay_filter = gathered["weight_decay_filter"]
     for name, value in gathered["step"].items():
@@ -941,18 +1048,21 @@ def load_gathered_state(optimizer: OptimizerCore,
     for name, container in gathered["state"].items():
         setattr(optimizer, name, copy.deepcopy(container))
     optimizer._decays = copy.copy(gathered["decays"])
+    optimizer._workspace_arrays = None   # scratch of the state replaced (Muon's): made anew
 
 
 def scatter_state(sharded: ShardedOptimizer, optimizer: OptimizerCore) -> None:
     """Give ``sharded`` this rank's share of a single-process ``optimizer``'s state.
 
     Every rank calls it with the same single-process state (for example each loads the same
-    checkpoint); no data is exchanged. ``optimizer`` must be of the wrapped optimizer's class,
-    with state for every param under the same keys (or positions) and of the params' shapes
-    and dtypes, or none yet. Its hyperparameters, options, ``max_grad_norm``, decay filter,
-    step count and state are copied; the decay filter's answers are taken from ``optimizer``
-    where it has them, else asked again. Raises TypeError, ValueError or KeyError, changing
-    nothing, if the state does not fit.
+    checkpoint); no data is exchanged. ``optimizer`` must be of the wrapped optimizer's
+    class, with state for every param under the same keys (or positions), of the params'
+    dtypes and of the shapes the rule keeps for them (the params' own, but Adafactor's rows
+    and columns), or none yet. Its hyperparameters, options, settings, ``max_grad_norm``,
+    decay filter, step count and state are copied (a rule split by whole params keeps its
+    own params' whole arrays, any other its pieces); the decay filter's answers are taken
+    from ``optimizer`` where it has them, else asked again. Raises TypeError, ValueError or
+    KeyError, changing nothing, if the state does not fit.
     """
     inner = sharded.optimizer
     if type(optimizer) is not type(inner):
@@ -977,11 +1087,15 @@ def scatter_state(sharded: ShardedOptimizer, optimizer: OptimizerCore) -> None:
                 full = container[key]
             except (KeyError, IndexError):
                 raise KeyError(f"state {name!r} has no entry for param {key!r}") from None
-            if not isinstance(full, np.ndarray) or full.shape != array.shape \
+            shape = inner._state_shape(name, array.shape)
+            if not isinstance(full, np.ndarray) or full.shape != shape \
                     or full.dtype != array.dtype:
-                raise ValueError(f"state {name}[{key!r}] is not an array of its param's shape "
-                                 f"{array.shape} and dtype {array.dtype}")
-            pieces.append(np.ascontiguousarray(full).reshape(-1)[start:stop].copy())
+                raise ValueError(f"state {name}[{key!r}] is not an array of shape {shape} (its "
+                                 f"param's {array.shape}) and dtype {array.dtype}")
+            if sharded._whole:
+                pieces.append(np.array(full, order="C"))   # a copy, in its shape
+            else:
+                pieces.append(np.ascontiguousarray(full).reshape(-1)[start:stop].copy())
         shares[name] = pieces
     decisions = sharded._decisions
     source = getattr(optimizer, "_decays", None)
@@ -996,7 +1110,7 @@ def scatter_state(sharded: ShardedOptimizer, optimizer: OptimizerCore) -> None:
     # --- apply: nothing above changed anything ----------------------------------------------
     for name in inner._all_hyperparameters():
         setattr(inner, name, getattr(optimizer, name))
-    for name in inner._options:
+    for name in (*inner._options, *inner._settings):
         setattr(inner, name, getattr(optimizer, name))
     inner.max_grad_norm = optimizer.max_grad_norm
     inner.weight_decay_filter = optimizer.weight_decay_filter
@@ -1005,5 +1119,6 @@ def scatter_state(sharded: ShardedOptimizer, optimizer: OptimizerCore) -> None:
     for name, pieces in shares.items():
         setattr(inner, name, pieces)
     sharded._decisions = decisions
+    inner._workspace_arrays = None   # scratch of the state replaced (Muon's): made anew
     inner._decays = None if decisions is None else [decisions[position]
                                                     for position, _, _ in sharded._pieces]

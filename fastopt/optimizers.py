@@ -461,7 +461,8 @@ class LAMB(Optimizer, _rules.LAMB):
     iter : int
         Number of ``update`` calls so far.
 
-    ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard has no whole norm).
+    ``fastopt.distributed.ShardedOptimizer`` shards it by whole params (each on one rank: a
+    shard of a param's elements has no whole norm).
     """
 
 
@@ -658,8 +659,9 @@ class Adafactor(Optimizer, _rules.Adafactor):
     iter : int
         Number of ``update`` calls so far.
 
-    ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard of a param's elements
-    has no whole rows and columns). torch's ``maximize`` has no counterpart (negate the grads).
+    ``fastopt.distributed.ShardedOptimizer`` shards it by whole params (a shard of a param's
+    elements has no whole rows and columns). torch's ``maximize`` has no counterpart (negate
+    the grads).
     """
 
 
@@ -724,10 +726,10 @@ class Muon(Optimizer, _rules.Muon):
     iter : int
         Number of ``update`` calls so far.
 
-    ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard of a param's elements
-    is no whole matrix). ``ns_coefficients``, ``ns_steps`` and ``adjust_lr_fn`` are checked
-    like the hyperparameters (TypeError or ValueError naming them) and saved in checkpoints
-    (their ``settings``); they are not schedules.
+    ``fastopt.distributed.ShardedOptimizer`` shards it by whole params (a shard of a param's
+    elements is no whole matrix). ``ns_coefficients``, ``ns_steps`` and ``adjust_lr_fn`` are
+    checked like the hyperparameters (TypeError or ValueError naming them) and saved in
+    checkpoints (their ``settings``); they are not schedules.
     """
 
 
@@ -781,7 +783,8 @@ class LARS(Optimizer, _rules.LARS):
     iter : int
         Number of ``update`` calls so far.
 
-    ``fastopt.distributed.ShardedOptimizer`` does not take it (a shard has no whole norm).
+    ``fastopt.distributed.ShardedOptimizer`` shards it by whole params (each on one rank: a
+    shard of a param's elements has no whole norm).
     """
 
 

@@ -9,8 +9,9 @@ and ``load_state_dict`` (a wrapper's checkpoint, fastopt/checkpoint.py, holding 
 optimizers' own), ``fastopt.save`` and ``fastopt.load``; ``copy.deepcopy`` and ``pickle``.
 
 Neither can be sharded by ``fastopt.distributed.ShardedOptimizer``, which refuses them by
-name: its shards are flat pieces of one optimizer's params, while a Partition routes whole
-params by key and clips over all of them, and Lookahead keeps whole slow copies. With MPI,
+name: its shards are pieces (flat, or whole params) of one optimizer's params, while a
+Partition routes whole params by key and clips over all of them, and Lookahead keeps whole
+slow copies. With MPI,
 average the grads with ``GradientAverager`` and step the wrapper on every rank.
 """
 from __future__ import annotations

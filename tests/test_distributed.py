@@ -456,6 +456,156 @@ def _worker_mismatch(out):
         Path(out).write_text(json.dumps(everyone))
 
 
+# The rules that are sharded by whole params (not elementwise): each with weight decay, a
+# weight_decay_filter that spares the small params, a schedule, both dtypes, and two with
+# global clipping and mixed dtypes. Muon takes matrices only (tests/test_muon.py's shapes).
+MATRIX_SHAPES = {"W1": (13, 7), "W2": (7, 5), "W3": (3, 11), "W4": (2, 2)}
+WHOLE_STEPS, WHOLE_MORE = 4, 2   # steps before the checkpoint, and after it
+
+
+def _large(key, param):
+    return bool(param.size > 20)
+
+
+def whole_configs():
+    """(name, class name, kwargs, dtype per key, by key, shapes) of the whole-param tests."""
+    import fastopt
+    from fastopt.schedules import CosineDecay
+
+    import registry
+    lrs = {entry.name: entry.lr for entry in registry.REGISTRY}
+    extra = {"LARS": {"momentum": 0.9}}
+    found = []
+    for cls in ("LAMB", "LARS", "Adafactor", "Muon"):
+        assert not getattr(fastopt, cls)._elementwise()
+        shapes = MATRIX_SHAPES if cls == "Muon" else SHAPES
+        for dtype in ("float32", "float64"):
+            kwargs = {"lr": CosineDecay(lrs[cls], 20), "weight_decay": 0.05,
+                      "weight_decay_filter": _large, **extra.get(cls, {})}
+            found.append((f"{cls.lower()}-{dtype}", cls, kwargs, dict.fromkeys(shapes, dtype),
+                          dtype == "float64", shapes))
+    mixed = {key: ("float32" if key.startswith("W") else "float64") for key in SHAPES}
+    found.append(("lamb-mixed-list-clip", "LAMB", {"lr": 0.01, "max_grad_norm": 1.0}, mixed,
+                  False, SHAPES))
+    found.append(("adafactor-mixed-dict-clip", "Adafactor",
+                  {"lr": 0.1, "weight_decay": 0.05, "max_grad_norm": 0.5}, mixed, True, SHAPES))
+    return found
+
+
+def whole_params(dtypes, by_key, shapes):
+    rng = np.random.default_rng(4321)
+    params = {key: rng.standard_normal(shape).astype(dtypes[key])
+              for key, shape in shapes.items()}
+    return params if by_key else list(params.values())
+
+
+def _worker_whole(out):
+    """Train every whole-param config for WHOLE_STEPS steps; checkpoint (gather_state,
+    state_dict, fastopt.save from rank 0, load_state_dict into a second sharded optimizer);
+    WHOLE_MORE more steps of both. Records what the pytest side compares."""
+    from mpi4py import MPI
+
+    import fastopt
+    from fastopt import distributed
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    record = {}
+    directory = Path(out).parent
+
+    def gather(values):
+        everyone = comm.gather(values, root=0)
+        return everyone if rank == 0 else None
+
+    for name, cls, kwargs, dtypes, by_key, shapes in whole_configs():
+        params = whole_params(dtypes, by_key, shapes)
+        keys = keys_of(params)
+        spy = _Spy(comm)
+        sharded = distributed.ShardedOptimizer(getattr(fastopt, cls)(**kwargs), params,
+                                               comm=spy)
+        before_clip = {}
+        if kwargs.get("max_grad_norm") is not None:
+            clip = sharded._clip
+
+            def recorded_clip(limit, clip=clip, sharded=sharded, before_clip=before_clip):
+                before_clip["views"] = [view.copy() for view in sharded._grad_views]
+                clip(limit)
+            sharded._clip = recorded_clip
+        owned = gather([sharded._keys[position] for position, _, _ in sharded._pieces])
+        if rank == 0:
+            for r, mine in enumerate(owned):
+                record[f"{name}/owned/r{r}"] = np.array([keys.index(key) for key in mine],
+                                                        dtype=np.int64)
+        second = None
+        for step in range(WHOLE_STEPS + WHOLE_MORE):
+            if step == WHOLE_STEPS:
+                gathered = distributed.gather_state(sharded)
+                state = sharded.state_dict()
+                nbytes = gather(sharded.state_nbytes())
+                copies = [np.array(param) for param in (params.values() if by_key else params)]
+                second_params = dict(zip(keys, copies, strict=True)) if by_key else copies
+                second = distributed.ShardedOptimizer(getattr(fastopt, cls)(**kwargs),
+                                                      second_params)
+                second.load_state_dict(state)
+                if rank == 0:
+                    record[f"{name}/nbytes"] = np.array(nbytes)
+                    for state_name, arrays in gathered["state"].items():
+                        for key in keys:
+                            record[f"{name}/gathered/{state_name}/{key}"] = arrays[key]
+                    single = getattr(fastopt, cls)(**kwargs)
+                    single.load_state_dict(state)
+                    fastopt.save(directory / f"{name}.npz", single)
+            spy.called.clear()
+            grads = rank_grads(params, step, rank, seed=3)
+            sharded.update(params, grads)
+            if step == 1:
+                record[f"{name}/calls"] = np.array(
+                    [spy.called.count(call) for call in ("Reduce_scatter", "Allgatherv",
+                                                         "Allgather", "Allreduce")])
+            if second is not None:
+                second.update(second_params, grads)
+                everyone = gather([np.array(second_params[key]) for key in keys])
+                if rank == 0:
+                    for r, arrays in enumerate(everyone):
+                        for key, array in zip(keys, arrays, strict=True):
+                            record[f"{name}/s{step}/second/r{r}/{key}"] = array
+            views = before_clip.get("views", sharded._grad_views)   # as averaged, unclipped
+            averaged = gather([(sharded._keys[position], view.copy()) for (position, _, _), view
+                               in zip(sharded._pieces, views, strict=True)])
+            everyone = gather([np.array(params[key]) for key in keys])
+            if rank == 0:
+                for pieces in averaged:
+                    for key, view in pieces:
+                        record[f"{name}/s{step}/avg/{key}"] = view
+                for r, arrays in enumerate(everyone):
+                    for key, array in zip(keys, arrays, strict=True):
+                        record[f"{name}/s{step}/params/r{r}/{key}"] = array
+                if kwargs.get("max_grad_norm") is not None:
+                    record[f"{name}/s{step}/norm"] = np.array(sharded.grad_norm)
+
+    # Muon takes matrices only: a 1-D param is refused at construction, on every rank alike,
+    # although only one rank would own it.
+    params = {"W1": np.ones((4, 3)), "b1": np.ones(3), "W2": np.ones((3, 2))}
+    try:
+        distributed.ShardedOptimizer(fastopt.Muon(), params)
+        refused = "no error"
+    except Exception as error:
+        refused = f"{type(error).__name__}: {error}"
+    refusals = gather(refused)
+    # Muon's settings (not floats: ns_steps) are part of the configuration the ranks check.
+    params = {"W1": np.ones((4, 3)), "W2": np.ones((3, 2))}
+    try:
+        distributed.ShardedOptimizer(fastopt.Muon(ns_steps=5 if rank == 0 else 4), params)
+        refused = "no error"
+    except Exception as error:
+        refused = f"{type(error).__name__}: {error}"
+    settings = gather(refused)
+    if rank == 0:
+        Path(directory / "refused.json").write_text(json.dumps(refusals))
+        Path(directory / "settings.json").write_text(json.dumps(settings))
+        np.savez(out, **record)
+
+
 # ----------------------------------------------------------------------------------------------
 # The pytest side.
 
@@ -801,23 +951,184 @@ def test_ranks_configured_differently_all_raise_naming_the_difference(kind, diff
     assert reports[0][kind] == reports[1][kind]
 
 
-@pytest.mark.parametrize("name", ["LAMB", "LARS"])
-def test_a_rule_that_needs_whole_params_is_refused_with_the_reason(name):
-    """LAMB's and LARS's trust ratios take norms of whole params, which no rank's shard has:
-    the sharded optimizer refuses them, naming the reason and what to do."""
-    pytest.importorskip("mpi4py")   # fastopt.distributed needs it to import
+_WHOLE = {}
+
+
+def whole_run(ranks, tmp_path_factory):
+    """The whole-param scenario's records, its directory (checkpoints) and refusals."""
+    if ranks not in _WHOLE:
+        out = tmp_path_factory.mktemp(f"whole{ranks}") / "whole.npz"
+        launch(ranks, "whole", out)
+        with np.load(out) as data:
+            _WHOLE[ranks] = (dict(data), out.parent)
+    return _WHOLE[ranks]
+
+
+def expected_owners(params, ranks):
+    """The documented assignment, restated: within each dtype, in key order, a param goes to
+    the rank whose equal block of the dtype's elements holds its middle element (float32's
+    params first, as the sharded optimizer lists them)."""
+    arrays = list(params.values()) if isinstance(params, dict) else list(params)
+    owners = {}
+    for dtype in ("float32", "float64"):
+        positions = [i for i, array in enumerate(arrays) if array.dtype == dtype]
+        total = sum(arrays[i].size for i in positions)
+        offset = 0
+        for i in positions:
+            middle = offset + arrays[i].size / 2
+            owners[i] = min(ranks - 1, int(middle * ranks // total)) if total else 0
+            offset += arrays[i].size
+    return owners
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_rules_that_need_whole_params_are_sharded_by_whole_params(ranks, tmp_path_factory):
+    """LAMB, LARS, Adafactor and Muon: each param on one rank (the documented assignment, in
+    contiguous runs; with 3 ranks some rank owns no param of a dtype, or none at all), every
+    rank with the same bytes after every step, and each param's step, bit for bit, a
+    single-process optimizer's on the same averaged grads; one Reduce_scatter and one
+    Allgatherv per dtype and step."""
+    import fastopt
+    from fastopt import clipping
+
+    data, _ = whole_run(ranks, tmp_path_factory)
+    nobody = set()
+    for name, cls, kwargs, dtypes, by_key, shapes in whole_configs():
+        params = whole_params(dtypes, by_key, shapes)
+        keys = keys_of(params)
+        owners = expected_owners(params, ranks)
+        for rank in range(ranks):
+            owned = list(data[f"{name}/owned/r{rank}"])
+            # the wrapped optimizer's list: float32's params, then float64's, in key order
+            assert owned == [i for i, r in owners.items() if r == rank], (name, rank)
+            if not owned:
+                nobody.add(name)
+        groups = len({params[key].dtype for key in keys})
+        clip = kwargs.get("max_grad_norm") is not None
+        assert list(data[f"{name}/calls"]) == [groups, groups, int(clip), 1], name
+        single = getattr(fastopt, cls)(**{**kwargs, "max_grad_norm": None})
+        for step in range(WHOLE_STEPS + WHOLE_MORE):
+            expected, magnitude = numpy_average(params, step, ranks, seed=3)
+            got = {}
+            for key in keys:
+                got[key] = data[f"{name}/s{step}/avg/{key}"]
+                assert got[key].shape == np.shape(params[key]), (name, key)   # whole, shaped
+                u = np.finfo(got[key].dtype).eps / 2
+                assert np.all(np.abs(got[key].astype(np.float64) - expected[key])
+                              <= 2 * u * magnitude[key] * (1 + 4 * ranks * u)), (name, key)
+                if ranks == 2:
+                    assert got[key].tobytes() == expected[key].tobytes(), (name, step, key)
+            if clip:
+                norm = float(data[f"{name}/s{step}/norm"])
+                exact = math.fsum(float(x) ** 2 for key in keys
+                                  for x in got[key].astype(np.float64).reshape(-1))
+                assert abs(norm * norm - exact) <= 1e-12 * exact, (name, step)
+                factor = clipping.clip_coefficient(norm, kwargs["max_grad_norm"])
+                assert factor is not None, (name, step)   # the test clips at every step
+                got = {key: np.asarray(got[key] * factor) for key in keys}
+            single.update(params, got if by_key else [got[key] for key in keys])
+            for key in keys:
+                mine = np.asarray(params[key]).tobytes()
+                for rank in range(ranks):
+                    assert data[f"{name}/s{step}/params/r{rank}/{key}"].tobytes() == mine, (
+                        name, step, key, rank)
+    # With 3 ranks, W1 (91 of 139 elements) outweighs a block: some rank owns no param.
+    assert bool(nobody) == (ranks == 3), nobody
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_whole_param_checkpoints_resume_exactly(ranks, tmp_path_factory):
+    """At step WHOLE_STEPS: the gathered state (Adafactor's rows and columns in their own
+    shapes) is a single-process optimizer's bit for bit; the state_dict, saved and loaded by a
+    single process, and loaded by a second sharded optimizer, continues with the sharded
+    run's bits; each rank holds the state of its own params only."""
+    import fastopt
+
+    data, directory = whole_run(ranks, tmp_path_factory)
+    for name, cls, kwargs, dtypes, by_key, shapes in whole_configs():
+        params = whole_params(dtypes, by_key, shapes)
+        keys = keys_of(params)
+        single = getattr(fastopt, cls)(**{**kwargs, "max_grad_norm": None})
+        for step in range(WHOLE_STEPS):
+            got = {key: data[f"{name}/s{step}/avg/{key}"] for key in keys}
+            if kwargs.get("max_grad_norm") is not None:
+                factor = fastopt.clipping.clip_coefficient(float(data[f"{name}/s{step}/norm"]),
+                                                           kwargs["max_grad_norm"])
+                got = {key: np.asarray(got[key] * factor) for key in keys}
+            single.update(params, got if by_key else [got[key] for key in keys])
+        owners = expected_owners(params, ranks)
+        nbytes = [0] * ranks
+        for state_name in single.state_names:
+            for position, key in enumerate(keys):
+                mine = getattr(single, state_name)[key]
+                gathered = data[f"{name}/gathered/{state_name}/{key}"]
+                assert gathered.shape == mine.shape and gathered.dtype == mine.dtype
+                assert gathered.tobytes() == mine.tobytes(), (name, state_name, key)
+                nbytes[owners[position]] += mine.nbytes
+        assert list(data[f"{name}/nbytes"]) == nbytes, name
+        resumed = getattr(fastopt, cls)(weight_decay_filter=kwargs.get("weight_decay_filter"))
+        resumed.load_state_dict(fastopt.load(directory / f"{name}.npz"))
+        resumed.max_grad_norm = None
+        for step in range(WHOLE_STEPS, WHOLE_STEPS + WHOLE_MORE):
+            got = {key: data[f"{name}/s{step}/avg/{key}"] for key in keys}
+            if kwargs.get("max_grad_norm") is not None:
+                factor = fastopt.clipping.clip_coefficient(float(data[f"{name}/s{step}/norm"]),
+                                                           kwargs["max_grad_norm"])
+                got = {key: np.asarray(got[key] * factor) for key in keys}
+            resumed.update(params, got if by_key else [got[key] for key in keys])
+            for key in keys:
+                sharded = data[f"{name}/s{step}/params/r0/{key}"].tobytes()
+                assert np.asarray(params[key]).tobytes() == sharded, (name, step, key)
+                for rank in range(ranks):
+                    assert data[f"{name}/s{step}/second/r{rank}/{key}"].tobytes() == sharded, (
+                        name, step, key, rank)
+
+
+@needs_mpi
+def test_a_param_the_rule_does_not_take_is_refused_at_construction_on_every_rank(
+        tmp_path_factory):
+    _, directory = whole_run(2, tmp_path_factory)
+    refusals = json.loads((directory / "refused.json").read_text())
+    assert len(refusals) == 2 and refusals[0] == refusals[1], refusals
+    assert refusals[0].startswith("ValueError: ") and "'b1'" in refusals[0], refusals
+    assert "(3,)" in refusals[0] and "Partition" in refusals[0], refusals
+
+
+@needs_mpi
+def test_ranks_whose_muon_settings_differ_all_raise_naming_the_setting(tmp_path_factory):
+    _, directory = whole_run(2, tmp_path_factory)
+    reports = json.loads((directory / "settings.json").read_text())
+    assert len(reports) == 2 and reports[0] == reports[1], reports
+    assert reports[0].startswith("ValueError: the ranks' sharded optimizers are configured "
+                                 "differently"), reports
+    # numbers are shown as floats (_text), ints too
+    assert "ns_steps: 5.0 on rank 0, 4.0 on rank 1" in reports[0], reports
+
+
+@needs_mpi
+def test_a_state_not_of_the_rules_shape_is_refused_by_scatter_state():
+    """Adafactor's row_var of a (4, 3) param is (4, 1): one of the param's own shape is refused
+    naming the state, the key and both shapes, and the sharded optimizer is unchanged."""
     code = ("import numpy as np, fastopt\n"
             "from fastopt import distributed\n"
+            "params = {'W': np.ones((4, 3)), 'b': np.ones(3)}\n"
+            "sharded = distributed.ShardedOptimizer(fastopt.Adafactor(), params)\n"
+            "single = fastopt.Adafactor()\n"
+            "single.update({k: v.copy() for k, v in params.items()},\n"
+            "              {k: np.ones_like(v) for k, v in params.items()})\n"
+            "single.row_var['W'] = np.zeros((4, 3))\n"
             "try:\n"
-            f"    distributed.ShardedOptimizer(fastopt.{name}(), {{'w': np.ones(3)}})\n"
-            "except TypeError as error:\n"
-            "    print(error)\n")
+            "    distributed.scatter_state(sharded, single)\n"
+            "except ValueError as error:\n"
+            "    print(error)\n"
+            "print(sharded.optimizer.iter, sharded.optimizer.row_var)\n")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                timeout=60, cwd=NEUTRAL, env=environment())
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.startswith(f"{name} scales each param's step by norms of the whole "
-                                       "param, which a shard of it does not have"), completed.stdout
-    assert "GradientAverager" in completed.stdout
+    assert completed.stdout == ("state row_var['W'] is not an array of shape (4, 1) (its "
+                                "param's (4, 3)) and dtype float64\n0 None\n"), completed.stdout
 
 
 def test_import_fastopt_does_not_import_mpi4py():
@@ -836,4 +1147,4 @@ def test_without_mpi4py_the_import_error_says_what_to_install():
 
 if __name__ == "__main__":
     {"run": _worker_run, "spy": _worker_spy, "errors": _worker_errors, "leave": _worker_leave,
-     "mismatch": _worker_mismatch}[sys.argv[1]](*sys.argv[2:])
+     "mismatch": _worker_mismatch, "whole": _worker_whole}[sys.argv[1]](*sys.argv[2:])

@@ -434,18 +434,31 @@ def test_partition_refuses_a_bias_routed_to_muon_and_changes_nothing():
 
 # --- ShardedOptimizer ---------------------------------------------------------------------------
 
-def test_sharded_optimizer_refuses_it_with_the_reason():
+def test_sharded_optimizer_steps_whole_matrices_and_refuses_a_vector_at_construction():
+    """ShardedOptimizer splits Muon by whole params (tests/test_distributed.py runs it on 2 and
+    3 ranks): in one process its steps are a plain Muon's bits, and a 1-D param is refused at
+    construction, naming the key, before any step."""
     pytest.importorskip("mpi4py")
     code = ("import numpy as np, fastopt\n"
             "from fastopt import distributed\n"
+            "rng = np.random.default_rng(0)\n"
+            "params = {'W': rng.standard_normal((5, 3)), 'V': rng.standard_normal((2, 4))}\n"
+            "plain = {k: v.copy() for k, v in params.items()}\n"
+            "sharded, single = distributed.ShardedOptimizer(fastopt.Muon(), params), "
+            "fastopt.Muon()\n"
+            "for step in range(3):\n"
+            "    grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}\n"
+            "    sharded.update(params, grads)\n"
+            "    single.update(plain, grads)\n"
+            "print(all(params[k].tobytes() == plain[k].tobytes() for k in params))\n"
             "try:\n"
-            "    distributed.ShardedOptimizer(fastopt.Muon(), {'w': np.ones((3, 2))})\n"
-            "except TypeError as error:\n"
+            "    distributed.ShardedOptimizer(fastopt.Muon(), {'w': np.ones((3, 2)), "
+            "'b': np.ones(2)})\n"
+            "except ValueError as error:\n"
             "    print(error)\n")
     completed = run_python(code, timeout=120)
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.startswith("Muon transforms each param as a whole matrix"), (
-        completed.stdout)
-    assert "a shard of a param's elements is not" in completed.stdout
-    assert "GradientAverager" in completed.stdout
+    same, refusal = completed.stdout.splitlines()[:2]
+    assert same == "True", completed.stdout
+    assert refusal.startswith("param 'b' has shape (2,); Muon updates 2-D"), completed.stdout
 
