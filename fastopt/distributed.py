@@ -658,8 +658,8 @@ class ShardedOptimizer:
                                 f"float64 (native byte order)")
             if not param.flags.c_contiguous:
                 raise ValueError(f"param {key!r} is not C-contiguous; the sharded optimizer "
-                                 f"updates 1-D views of each param's memory, so params must be "
-                                 f"C-contiguous arrays (np.ascontiguousarray, then update the "
+                                 f"copies each param's memory to and from one flat buffer per "
+                                 f"dtype, so params must be C-contiguous arrays (np.ascontiguousarray, then update the "
                                  f"model to use the copy)")
             if not param.flags.writeable:
                 raise ValueError(f"param {key!r} is read-only; params are updated in place")
