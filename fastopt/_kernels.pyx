@@ -2190,11 +2190,11 @@ def scale_in_place(list arrays not None, double factor):
 # the fixed blocking above, the update recomputed element by element where it is needed (for
 # its norm, then for the step) and never stored, and the outer product row_var @ col_var one
 # product per element. A large param's update is shared out over the thread pool pass by
-# pass (``_adafactor_param``), each pass split where no result depends on the split: the
-# norms by NORM_BLOCK blocks (their sums combined pairwise on the calling thread afterwards,
-# as ``sum_of_squares`` does), row_var by rows, col_var by columns (each still summed over
-# the rows in order), the decay, the variance and the step by elements; so the bits are the
-# same at every thread count. Params are not laid end to end into one region as the
+# pass (``_adafactor_param``), each pass split where no result depends on the split: row_var
+# by rows, col_var by columns (each still summed over the rows in order), the variance and
+# both norms by NORM_BLOCK blocks (their sums combined pairwise on the calling thread
+# afterwards, as ``sum_of_squares`` does), the decay and the step by elements; so the bits
+# are the same at every thread count. Params are not laid end to end into one region as the
 # elementwise loops' are: a param below the split sizes runs on the calling thread. Its one
 # allocation: a C scratch, once per update, for the largest param's block sums, column sums
 # and per-batch means (``_adafactor_scratch``).
@@ -2265,13 +2265,12 @@ cdef double _update_block(const floating* g, const floating* row, const floating
 
 
 cdef enum:
-    # The passes of one param's update (``_adafactor_part``), each split on its own: what its
-    # range counts, and from how many elements of the param it is shared out to the pool.
-    PARAM_PASS    # NORM_BLOCK blocks: the param's block sums, the decay, the variance's lerp
+    # The passes of one param's update (``_adafactor_part``), in this order, each split on its
+    # own: what its range counts, and from how many elements of the param it is shared out.
     ROWS_PASS     # rows (batches*rows of them): row_var, each row summed in index order
     COLUMNS_PASS  # columns (batches*cols): col_var, each column summed over rows in order
-    UPDATE_PASS   # NORM_BLOCK blocks: the update's block sums
-    STEP_PASS     # elements: the step
+    NORMS_PASS    # NORM_BLOCK blocks: the variance's lerp, the param's and the update's sums
+    STEP_PASS     # elements: the decay and the step
 
 
 ctypedef struct Pass:
@@ -2279,10 +2278,11 @@ ctypedef struct Pass:
     # stack. The scalars are the param's dtype's values, held as doubles (which hold them
     # exactly).
     Factored* f
-    int kind          # PARAM_PASS ... STEP_PASS
-    double* sums      # one per NORM_BLOCK block (PARAM_PASS, UPDATE_PASS)
+    int kind          # ROWS_PASS ... STEP_PASS
+    double* sums      # the param's sum of squares per NORM_BLOCK block (NORMS_PASS)
+    double* updates   # the update's, per block (NORMS_PASS)
     void* columns     # batches*cols column sums (COLUMNS_PASS)
-    void* means       # each batch's floored mean of row_var (UPDATE_PASS, STEP_PASS)
+    void* means       # each batch's floored mean of row_var (NORMS_PASS, STEP_PASS)
     double scale, weight, rest, floor, keep, step
     bint small, decaying, flush
 
@@ -2304,19 +2304,7 @@ cdef void _adafactor_part(floating* p, Pass* j, intp start, intp stop) noexcept 
     cdef floating x, total
     cdef bint small = j.small
     cdef intp n = f.size, rows = f.rows, cols = f.cols, b, r, k, i, first, last, base, size
-    if j.kind == PARAM_PASS:
-        for b in range(start, stop):
-            first = b * NORM_BLOCK
-            size = min(n - first, <intp>NORM_BLOCK)
-            j.sums[b] = _block_sum(p + first, size, <floating>1, False)   # before the decay
-            if j.decaying:
-                for i in range(first, first + size):
-                    p[i] = p[i] * keep
-            if rows == 0:
-                for i in range(first, first + size):
-                    x = g[i] * scale
-                    var[i] = _lerp(var[i], x * x, weight, rest, small)
-    elif j.kind == ROWS_PASS:
+    if j.kind == ROWS_PASS:
         for r in range(start, stop):   # row_var's flat index: batch*rows + row
             total = 0
             for k in range(cols):
@@ -2338,11 +2326,23 @@ cdef void _adafactor_part(floating* p, Pass* j, intp start, intp stop) noexcept 
             for k in range(first, last):
                 col[k] = _lerp(col[k], columns[k] / <floating>rows, weight, rest, small)
             b += 1
-    elif j.kind == UPDATE_PASS:
+    elif j.kind == NORMS_PASS:
+        # The param is not written before STEP_PASS: its norm is the one before the decay.
         for b in range(start, stop):
             first = b * NORM_BLOCK
-            j.sums[b] = _update_block(g, row, col, var, means, first,
-                                      min(n - first, <intp>NORM_BLOCK), rows, cols, scale, floor)
+            size = min(n - first, <intp>NORM_BLOCK)
+            j.sums[b] = _block_sum(p + first, size, <floating>1, False)
+            if rows == 0:
+                for i in range(first, first + size):
+                    x = g[i] * scale
+                    var[i] = _lerp(var[i], x * x, weight, rest, small)
+            j.updates[b] = _update_block(g, row, col, var, means, first, size, rows, cols,
+                                         scale, floor)
+    elif j.decaying:   # STEP_PASS: p*keep rounded, then the step, as two statements would
+        for i in range(start, stop):
+            x = p[i] * keep
+            p[i] = x - step * _adafactor_update(g, row, col, var, means, i, rows, cols, scale,
+                                                floor)
     else:
         for i in range(start, stop):
             p[i] = p[i] - step * _adafactor_update(g, row, col, var, means, i, rows, cols,
@@ -2376,25 +2376,25 @@ cdef void _adafactor_pass(Pass* j, int kind, intp size, intp chunk, int threads,
 
 
 cdef intp _adafactor_scratch(Factored* f) noexcept nogil:
-    """The doubles of scratch ``_adafactor_param`` needs for ``f``: a sum per NORM_BLOCK
+    """The doubles of scratch ``_adafactor_param`` needs for ``f``: two sums per NORM_BLOCK
     block, then (factored) the column sums and each batch's mean."""
     cdef intp blocks = (f.size + NORM_BLOCK - 1) // NORM_BLOCK
     if f.size == 0:
         return 0
-    return blocks + (f.batches * f.cols + f.batches if f.rows else 0)
+    return 2 * blocks + (f.batches * f.cols + f.batches if f.rows else 0)
 
 
 cdef void _adafactor_param(floating* p, Factored* f, const Step* c, double* scratch,
                            int threads, bint flush) noexcept nogil:
-    """One param's update (fastopt.reference's ``adafactor_rule``), in five passes split over
-    the pool from STREAMING_MIN (the first three, which stream memory) or DIVIDING_MIN
-    elements (the two with a square root and a division per element); ``scratch`` holds
-    ``_adafactor_scratch(f)`` doubles. Each norm is the pairwise sum of its block sums, on
-    this thread, as ``sum_of_squares`` combines them."""
+    """One param's update (fastopt.reference's ``adafactor_rule``), in two passes, four when
+    factored (each pass a barrier), split over the pool from STREAMING_MIN (the row and
+    column sums, which stream memory) or DIVIDING_MIN elements (the two with a square root
+    and a division per element); ``scratch`` holds ``_adafactor_scratch(f)`` doubles. Each
+    norm is the pairwise sum of its block sums, on this thread, as ``sum_of_squares``
+    combines them."""
     cdef intp n = f.size, rows = f.rows, cols = f.cols, b, r
     cdef intp blocks = (n + NORM_BLOCK - 1) // NORM_BLOCK
     cdef intp chunks = <intp>threads * CHUNKS_PER_THREAD
-    cdef intp block_chunk = (blocks + chunks - 1) // chunks   # whole blocks
     cdef double eps1 = c.eps1, root_n, rms, alpha, norm, denominator
     cdef floating total
     cdef floating* means
@@ -2405,7 +2405,8 @@ cdef void _adafactor_param(floating* p, Factored* f, const Step* c, double* scra
         eps1 = FLT_EPSILON if floating is float else DBL_EPSILON
     j.f = f
     j.sums = scratch
-    j.columns = <void*>(scratch + blocks)
+    j.updates = scratch + blocks
+    j.columns = <void*>(scratch + 2 * blocks)
     means = <floating*>j.columns + f.batches * cols
     j.means = <void*>means
     j.scale = <floating>c.grad_scale
@@ -2417,9 +2418,6 @@ cdef void _adafactor_param(floating* p, Factored* f, const Step* c, double* scra
     j.keep = <floating>(1.0 - c.decoupled_decay)
     j.flush = flush
     root_n = pow(<double>n, 0.5)
-    _adafactor_pass(&j, PARAM_PASS, blocks, block_chunk, threads, STREAMING_MIN)
-    rms = sqrt(_pairwise(j.sums, blocks)) / root_n
-    alpha = (rms if rms > c.eps2 else c.eps2) * c.step_lr   # Python's max(eps2, rms)
     if rows:
         _adafactor_pass(&j, ROWS_PASS, f.batches * rows,
                         _chunk_size(f.batches * rows, threads, max(CHUNK_MIN // cols, 1)),
@@ -2432,8 +2430,11 @@ cdef void _adafactor_param(floating* p, Factored* f, const Step* c, double* scra
             for r in range(rows):
                 total = total + (<floating*>f.row)[b * rows + r]
             means[b] = _maximum(total / <floating>rows, <floating>eps1)
-    _adafactor_pass(&j, UPDATE_PASS, blocks, block_chunk, threads, DIVIDING_MIN)
-    norm = sqrt(_pairwise(j.sums, blocks))
+    _adafactor_pass(&j, NORMS_PASS, blocks, (blocks + chunks - 1) // chunks, threads,
+                    DIVIDING_MIN)   # chunks of whole blocks
+    rms = sqrt(_pairwise(j.sums, blocks)) / root_n
+    alpha = (rms if rms > c.eps2 else c.eps2) * c.step_lr   # Python's max(eps2, rms)
+    norm = sqrt(_pairwise(j.updates, blocks))
     denominator = norm / (root_n * c.clip_threshold)
     if not denominator > 1.0:   # Python's max(1.0, ...)
         denominator = 1.0
