@@ -1156,9 +1156,8 @@ cdef enum:
 # from one shared atomic word; the caller never waits for a worker that has not claimed a
 # chunk. Every loop is elementwise, and every sum is taken in a split that does not depend on
 # the thread count (NORM_BLOCK blocks, rows, columns), so the bits do not depend on who runs
-# which chunk. The
-# pool is C, in fastopt/_pool.h, which says how claiming, waiting, backing off from late
-# workers and forking work. Builds without POSIX threads (MSVC) run on one thread.
+# which chunk. The pool is C, in fastopt/_pool.h, which says how claiming, waiting, backing
+# off from late workers and forking work. Builds without POSIX threads (MSVC) run on one thread.
 
 cdef extern from "_pool.h":
     const int FASTOPT_POOL

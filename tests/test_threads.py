@@ -401,10 +401,10 @@ def test_params_that_share_memory_keep_the_books_order(restore_threads):
 
 
 # Adafactor's own driver splits each large param pass by pass: the norms by NORM_BLOCK blocks,
-# row_var by rows, col_var by columns, the rest by elements. Shapes from which every pass is
-# shared out and wakes the workers (2**20 elements and more), uneven in every dim, a batch of
-# matrices whose column chunks cross from one matrix to the next, a few wide rows, a few tall
-# columns; and a param below every split size beside them.
+# row_var by rows, col_var by columns, the rest by elements. Params from which every pass is
+# shared out and wakes the workers (2**20 elements and more, uneven in every dim; the batch of
+# matrices has column chunks that cross from one matrix to the next), tall columns and wide
+# rows (split by rows only, by columns only), and a param below every split size.
 ADAFACTOR_SHAPES = [(2**20 + 9,), (1030, 1031), (3, 600, 601), (70_001, 5), (5, 70_001),
                     (33, 257)]
 
