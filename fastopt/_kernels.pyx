@@ -1154,9 +1154,10 @@ cdef enum:
 # uses more than one thread. A large update's elements are cut into chunks of whole 64-byte
 # lines (``_run_all``), which the calling thread and the pool's workers claim one at a time
 # from one shared atomic word; the caller never waits for a worker that has not claimed a
-# chunk. Every loop is elementwise, so the bits do not depend on who runs which chunk. The
-# pool is C, in fastopt/_pool.h, which says how claiming, waiting, backing off from late
-# workers and forking work. Builds without POSIX threads (MSVC) run on one thread.
+# chunk. Every loop is elementwise, and every sum is taken in a split that does not depend on
+# the thread count (NORM_BLOCK blocks, rows, columns), so the bits do not depend on who runs
+# which chunk. The pool is C, in fastopt/_pool.h, which says how claiming, waiting, backing
+# off from late workers and forking work. Builds without POSIX threads (MSVC) run on one thread.
 
 cdef extern from "_pool.h":
     const int FASTOPT_POOL
@@ -2183,12 +2184,19 @@ def scale_in_place(list arrays not None, double factor):
 # update's norm before it is applied) and sums over rows and columns. Not an elementwise
 # loop, so not one of the table's: ``run`` gives it to ``_adafactor_run``, which checks every
 # param and its state (the shapes of fastopt/_rules.py's ``_state_shapes``) before it writes
-# anything, then updates param after param on one thread, each as fastopt.reference's
-# ``adafactor_rule`` does, statement by statement: the row and column sums added in index
-# order, the norms in the fixed blocking above, the update recomputed element by element
-# where it is needed (for its norm, then for the step) and never stored, and the outer
-# product row_var @ col_var one product per element. Its one allocation: a C scratch of
-# (columns + leading batches) elements for the largest param, once per update.
+# anything, then updates param after param, each as fastopt.reference's ``adafactor_rule``
+# does, statement by statement: the row and column sums added in index order, the norms in
+# the fixed blocking above, the update recomputed element by element where it is needed (for
+# its norm, then for the step) and never stored, and the outer product row_var @ col_var one
+# product per element. A large param's update is shared out over the thread pool pass by
+# pass (``_adafactor_param``), each pass split where no result depends on the split: row_var
+# by rows, col_var by columns (each still summed over the rows in order), the variance and
+# both norms by NORM_BLOCK blocks (their sums combined pairwise on the calling thread
+# afterwards, as ``sum_of_squares`` does), the decay and the step by elements; so the bits
+# are the same at every thread count. Params are not laid end to end into one region as the
+# elementwise loops' are: a param below the split sizes runs on the calling thread. Its one
+# allocation: a C scratch, once per update, for the largest param's block sums, column sums
+# and per-batch means (``_adafactor_scratch``).
 
 _PARAM_RULES = ("adafactor",)
 
@@ -2255,99 +2263,183 @@ cdef double _update_block(const floating* g, const floating* row, const floating
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
 
-cdef double _update_squares(const floating* g, const floating* row, const floating* col,
-                            const floating* var, const floating* means, intp n, intp first,
-                            intp count, intp rows, intp cols, floating scale,
-                            floating floor) noexcept nogil:
-    """The update's sum of squares over blocks [first, first + count), as ``sum_of_squares``
-    combines them (pairwise, first half + second half)."""
-    cdef intp start
-    if count == 0:
-        return 0.0
-    if count == 1:
-        start = first * NORM_BLOCK
-        return _update_block(g, row, col, var, means, start, min(n - start, <intp>NORM_BLOCK),
-                             rows, cols, scale, floor)
-    return (_update_squares(g, row, col, var, means, n, first, count // 2, rows, cols, scale,
-                            floor)
-            + _update_squares(g, row, col, var, means, n, first + count // 2,
-                              count - count // 2, rows, cols, scale, floor))
+cdef enum:
+    # The passes of one param's update (``_adafactor_part``), in this order, each split on its
+    # own: what its range counts, and from how many elements of the param it is shared out.
+    ROWS_PASS     # rows (batches*rows of them): row_var, each row summed in index order
+    COLUMNS_PASS  # columns (batches*cols): col_var, each column summed over rows in order
+    NORMS_PASS    # NORM_BLOCK blocks: the variance's lerp, the param's and the update's sums
+    STEP_PASS     # elements: the decay and the step
 
 
-cdef double _squares(const floating* x, intp n, intp first, intp count) noexcept nogil:
-    """``sum_of_squares`` of ``x[0:n]``, blocks [first, first + count), on this thread."""
-    cdef intp start
-    if count == 0:
-        return 0.0
-    if count == 1:
-        start = first * NORM_BLOCK
-        return _block_sum(x + start, min(n - start, <intp>NORM_BLOCK), <floating>1, False)
-    return (_squares(x, n, first, count // 2)
-            + _squares(x, n, first + count // 2, count - count // 2))
+ctypedef struct Pass:
+    # What a chunk of one pass of ``_adafactor_param`` needs; it lives on that function's
+    # stack. The scalars are the param's dtype's values, held as doubles (which hold them
+    # exactly).
+    Factored* f
+    int kind          # ROWS_PASS ... STEP_PASS
+    double* sums      # the param's sum of squares per NORM_BLOCK block (NORMS_PASS)
+    double* updates   # the update's, per block (NORMS_PASS)
+    void* columns     # batches*cols column sums (COLUMNS_PASS)
+    void* means       # each batch's floored mean of row_var (NORMS_PASS, STEP_PASS)
+    double scale, weight, rest, floor, keep, step
+    bint small, decaying, flush
 
 
-cdef void _adafactor_param(floating* p, const floating* g, floating* row, floating* col,
-                           floating* var, Factored* f, const Step* c,
-                           floating* scratch) noexcept nogil:
-    """One param's update (fastopt.reference's ``adafactor_rule``); ``scratch`` holds
-    cols + batches elements."""
-    cdef intp n = f.size, rows = f.rows, cols = f.cols, b, r, k, i, base
+cdef void _adafactor_part(floating* p, Pass* j, intp start, intp stop) noexcept nogil:
+    """Pass ``j.kind`` of the param ``p`` over [start, stop) of its range (see Pass), with the
+    arithmetic of fastopt.reference's ``adafactor_rule``. No element, row, column or block
+    depends on another one of the same pass, so the bits do not depend on the split."""
+    cdef Factored* f = j.f
+    cdef const floating* g = <const floating*>f.grad
+    cdef floating* row = <floating*>f.row
+    cdef floating* col = <floating*>f.col
+    cdef floating* var = <floating*>f.var
+    cdef floating* columns = <floating*>j.columns
+    cdef const floating* means = <const floating*>j.means
+    cdef floating scale = <floating>j.scale, weight = <floating>j.weight
+    cdef floating rest = <floating>j.rest, floor = <floating>j.floor
+    cdef floating keep = <floating>j.keep, step = <floating>j.step
+    cdef floating x, total
+    cdef bint small = j.small
+    cdef intp n = f.size, rows = f.rows, cols = f.cols, b, r, k, i, first, last, base, size
+    if j.kind == ROWS_PASS:
+        for r in range(start, stop):   # row_var's flat index: batch*rows + row
+            total = 0
+            for k in range(cols):
+                x = g[r * cols + k] * scale
+                total = total + x * x
+            row[r] = _lerp(row[r], total / <floating>cols, weight, rest, small)
+    elif j.kind == COLUMNS_PASS:
+        b = start // cols                # col_var's flat index: batch*cols + column
+        while b * cols < stop:
+            first = max(start, b * cols)
+            last = min(stop, (b + 1) * cols)
+            base = b * rows * cols - b * cols   # g's index of column k's row 0, less k
+            for k in range(first, last):
+                columns[k] = 0
+            for r in range(rows):
+                for k in range(first, last):
+                    x = g[base + r * cols + k] * scale
+                    columns[k] = columns[k] + x * x
+            for k in range(first, last):
+                col[k] = _lerp(col[k], columns[k] / <floating>rows, weight, rest, small)
+            b += 1
+    elif j.kind == NORMS_PASS:
+        # The param is not written before STEP_PASS: its norm is the one before the decay.
+        for b in range(start, stop):
+            first = b * NORM_BLOCK
+            size = min(n - first, <intp>NORM_BLOCK)
+            j.sums[b] = _block_sum(p + first, size, <floating>1, False)
+            if rows == 0:
+                for i in range(first, first + size):
+                    x = g[i] * scale
+                    var[i] = _lerp(var[i], x * x, weight, rest, small)
+            j.updates[b] = _update_block(g, row, col, var, means, first, size, rows, cols,
+                                         scale, floor)
+    elif j.decaying:   # STEP_PASS: p*keep rounded, then the step, as two statements would
+        for i in range(start, stop):
+            x = p[i] * keep
+            p[i] = x - step * _adafactor_update(g, row, col, var, means, i, rows, cols, scale,
+                                                floor)
+    else:
+        for i in range(start, stop):
+            p[i] = p[i] - step * _adafactor_update(g, row, col, var, means, i, rows, cols,
+                                                   scale, floor)
+
+
+cdef void _adafactor_chunk(void* job, intp start, intp stop) noexcept nogil:
+    cdef Pass* j = <Pass*>job
+    cdef unsigned int saved = 0
+    if j.flush:   # in whichever thread runs the chunk
+        saved = fastopt_flush_begin()
+    if j.f.single:
+        _adafactor_part(<float*>j.f.param, j, start, stop)
+    else:
+        _adafactor_part(<double*>j.f.param, j, start, stop)
+    if j.flush:
+        fastopt_flush_end(saved)
+
+
+cdef void _adafactor_pass(Pass* j, int kind, intp size, intp chunk, int threads,
+                          intp parallel_min) noexcept nogil:
+    """Run pass ``kind`` over its whole range [0, size) of chunks of ``chunk``: on this
+    thread when the param has fewer than ``parallel_min`` elements, else shared out by the
+    pool as ``_run_task`` shares out one param's loop (the same wake rule)."""
+    j.kind = kind
+    if threads < 2 or j.f.size < parallel_min:
+        _adafactor_chunk(j, 0, size)
+        return
+    fastopt_pool_run(_adafactor_chunk, j, size, chunk, threads,
+                     j.f.size >= WAKE_FACTOR * parallel_min)
+
+
+cdef intp _adafactor_scratch(Factored* f) noexcept nogil:
+    """The doubles of scratch ``_adafactor_param`` needs for ``f``: two sums per NORM_BLOCK
+    block, then (factored) the column sums and each batch's mean."""
+    cdef intp blocks = (f.size + NORM_BLOCK - 1) // NORM_BLOCK
+    if f.size == 0:
+        return 0
+    return 2 * blocks + (f.batches * f.cols + f.batches if f.rows else 0)
+
+
+cdef void _adafactor_param(floating* p, Factored* f, const Step* c, double* scratch,
+                           int threads, bint flush) noexcept nogil:
+    """One param's update (fastopt.reference's ``adafactor_rule``), in two passes, four when
+    factored (each pass a barrier), split over the pool from STREAMING_MIN (the row and
+    column sums, which stream memory) or DIVIDING_MIN elements (the two with a square root
+    and a division per element); ``scratch`` holds ``_adafactor_scratch(f)`` doubles. Each
+    norm is the pairwise sum of its block sums, on this thread, as ``sum_of_squares``
+    combines them."""
+    cdef intp n = f.size, rows = f.rows, cols = f.cols, b, r
     cdef intp blocks = (n + NORM_BLOCK - 1) // NORM_BLOCK
+    cdef intp chunks = <intp>threads * CHUNKS_PER_THREAD
     cdef double eps1 = c.eps1, root_n, rms, alpha, norm, denominator
-    cdef floating scale = <floating>c.grad_scale
-    cdef floating weight = <floating>c.lerp_weight, rest = <floating>(1.0 - c.lerp_weight)
-    cdef bint small = fabs(c.lerp_weight) < 0.5
-    cdef floating x, total, floor, keep, step
-    cdef floating* sums = scratch          # the columns' sums of one batch
-    cdef floating* means = scratch + cols  # each batch's floored mean of row_var
+    cdef floating total
+    cdef floating* means
+    cdef Pass j
     if n == 0:
         return
     if c.eps1_of_dtype:
         eps1 = FLT_EPSILON if floating is float else DBL_EPSILON
-    floor = <floating>(eps1 * eps1)
+    j.f = f
+    j.sums = scratch
+    j.updates = scratch + blocks
+    j.columns = <void*>(scratch + 2 * blocks)
+    means = <floating*>j.columns + f.batches * cols
+    j.means = <void*>means
+    j.scale = <floating>c.grad_scale
+    j.weight = <floating>c.lerp_weight
+    j.rest = <floating>(1.0 - c.lerp_weight)
+    j.small = fabs(c.lerp_weight) < 0.5
+    j.floor = <floating>(eps1 * eps1)
+    j.decaying = f.decay and c.decoupled_decay != 0
+    j.keep = <floating>(1.0 - c.decoupled_decay)
+    j.flush = flush
     root_n = pow(<double>n, 0.5)
-    rms = sqrt(_squares(p, n, 0, blocks)) / root_n
-    alpha = (rms if rms > c.eps2 else c.eps2) * c.step_lr   # Python's max(eps2, rms)
-    if f.decay and c.decoupled_decay != 0:
-        keep = <floating>(1.0 - c.decoupled_decay)
-        for i in range(n):
-            p[i] = p[i] * keep
-    if rows == 0:
-        for i in range(n):
-            x = g[i] * scale
-            var[i] = _lerp(var[i], x * x, weight, rest, small)
-    else:
+    if rows:
+        _adafactor_pass(&j, ROWS_PASS, f.batches * rows,
+                        _chunk_size(f.batches * rows, threads, max(CHUNK_MIN // cols, 1)),
+                        threads, STREAMING_MIN)
+        _adafactor_pass(&j, COLUMNS_PASS, f.batches * cols,
+                        _chunk_size(f.batches * cols, threads, max(CHUNK_MIN // rows, 1)),
+                        threads, STREAMING_MIN)
         for b in range(f.batches):
-            base = b * rows * cols
-            for r in range(rows):
-                total = 0
-                for k in range(cols):
-                    x = g[base + r * cols + k] * scale
-                    total = total + x * x
-                row[b * rows + r] = _lerp(row[b * rows + r], total / <floating>cols, weight,
-                                          rest, small)
-            for k in range(cols):
-                sums[k] = 0
-            for r in range(rows):
-                for k in range(cols):
-                    x = g[base + r * cols + k] * scale
-                    sums[k] = sums[k] + x * x
-            for k in range(cols):
-                col[b * cols + k] = _lerp(col[b * cols + k], sums[k] / <floating>rows, weight,
-                                          rest, small)
             total = 0
             for r in range(rows):
-                total = total + row[b * rows + r]
+                total = total + (<floating*>f.row)[b * rows + r]
             means[b] = _maximum(total / <floating>rows, <floating>eps1)
-    norm = sqrt(_update_squares(g, row, col, var, means, n, 0, blocks, rows, cols, scale,
-                                floor))
+    _adafactor_pass(&j, NORMS_PASS, blocks, (blocks + chunks - 1) // chunks, threads,
+                    DIVIDING_MIN)   # chunks of whole blocks
+    rms = sqrt(_pairwise(j.sums, blocks)) / root_n
+    alpha = (rms if rms > c.eps2 else c.eps2) * c.step_lr   # Python's max(eps2, rms)
+    norm = sqrt(_pairwise(j.updates, blocks))
     denominator = norm / (root_n * c.clip_threshold)
     if not denominator > 1.0:   # Python's max(1.0, ...)
         denominator = 1.0
-    step = <floating>(alpha / denominator)
-    for i in range(n):
-        p[i] = p[i] - step * _adafactor_update(g, row, col, var, means, i, rows, cols, scale,
-                                               floor)
+    j.step = <floating>(alpha / denominator)
+    _adafactor_pass(&j, STEP_PASS, n, _chunk_size(n, threads, CHUNK_MIN), threads,
+                    DIVIDING_MIN)
 
 
 cdef bint _has_shape(object array, cnp.ndarray like, intp* dims, int ndim) noexcept:
@@ -2448,7 +2540,8 @@ cdef bint _adafactor_run(object params, object grads, tuple states, object decay
     cdef object grad, entry, decision
     cdef list own
     cdef intp largest = 0
-    cdef void* scratch = NULL
+    cdef double* scratch = NULL
+    cdef int threads = fastopt_setting_get(FASTOPT_THREADS)
     cdef unsigned int saved = 0
     cdef Factored* f
     if not by_key and type(params) is not list:
@@ -2489,10 +2582,9 @@ cdef bint _adafactor_run(object params, object grads, tuple states, object decay
             if grad is None or not _adafactor_plan(param, grad, own, &tasks[k]):
                 return False
             tasks[k].decay = decision is True
-            if tasks[k].rows and tasks[k].size:
-                largest = max(largest, tasks[k].cols + tasks[k].batches)
+            largest = max(largest, _adafactor_scratch(&tasks[k]))
         if largest:
-            scratch = malloc(largest * sizeof(double))
+            scratch = <double*>malloc(largest * sizeof(double))
             if scratch == NULL:
                 raise MemoryError()
         with nogil:
@@ -2501,12 +2593,9 @@ cdef bint _adafactor_run(object params, object grads, tuple states, object decay
             for k in range(count):
                 f = &tasks[k]
                 if f.single:
-                    _adafactor_param(<float*>f.param, <const float*>f.grad, <float*>f.row,
-                                     <float*>f.col, <float*>f.var, f, c, <float*>scratch)
+                    _adafactor_param(<float*>f.param, f, c, scratch, threads, flush)
                 else:
-                    _adafactor_param(<double*>f.param, <const double*>f.grad,
-                                     <double*>f.row, <double*>f.col, <double*>f.var, f, c,
-                                     <double*>scratch)
+                    _adafactor_param(<double*>f.param, f, c, scratch, threads, flush)
             if flush:
                 fastopt_flush_end(saved)
         return True

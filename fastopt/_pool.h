@@ -8,7 +8,9 @@
    word. The caller works from the start and never waits for a worker that has not claimed a
    chunk: when the last chunk is taken it waits only for the chunks other threads are running.
    A worker that wakes late, or never gets a core, finds nothing left to claim. Every loop is
-   elementwise, so the bits do not depend on who runs which chunk.
+   elementwise, and the sums (``sum_of_squares``, Adafactor's passes) are split by blocks,
+   rows or columns that the thread count does not change, so the bits do not depend on who
+   runs which chunk.
 
    The word holds the job's generation (32 bits), its number of chunks and the next chunk to
    claim (16 bits each). A thread claims chunk i with a compare-and-swap from (g, n, i) to

@@ -8,7 +8,8 @@ pool of worker threads claim one at a time: from 2**18 elements for SGD, Momentu
 and Lion, which only stream memory, and from 2**15 for the rules bound by ``sqrt`` and
 division (bench/investigations/threads.py). The caller starts at once and never waits for a
 worker that has not started; smaller params run on the caller alone. The loops are
-elementwise, so results are bit-identical for any number of threads.
+elementwise, and the sums (norms, Adafactor's row and column sums) are split where the split
+does not change them, so results are bit-identical for any number of threads.
 
 The number comes from ``FASTOPT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else it is the
 number of CPUs this process may run on, at most DEFAULT_MAX_THREADS. On an otherwise idle

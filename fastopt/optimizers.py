@@ -625,9 +625,11 @@ class Adafactor(Optimizer, _rules.Adafactor):
     norms are float64 sums of squares in fastopt.reference's fixed blocking, and ``update`` is
     computed element by element where it is needed, never stored (``row_var*col_var`` is one
     product per element, not a materialised outer product). A param with no elements is left
-    as it is (torch divides by its size). Every param is updated on one thread; the only
-    allocation of an update is a C scratch of (last dim + the product of the dims before the
-    last two) elements for the largest param.
+    as it is (torch divides by its size). A large param is shared out over threads pass by
+    pass, split where no sum depends on the split (the norms by fixed blocks, the row sums by
+    rows, the column sums by columns), so the bits are the same at every thread count; the
+    only allocation of an update is a C scratch for the largest param's block sums, column
+    sums and per-batch means.
 
     Parameters
     ----------

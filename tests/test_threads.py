@@ -398,3 +398,64 @@ def test_params_that_share_memory_keep_the_books_order(restore_threads):
             fastopt.SGD(lr=0.1).update(params, grads)
         for key in params:
             assert_same_bits(params[key], ref_params[key])
+
+
+# Adafactor's own driver splits each large param pass by pass: the norms by NORM_BLOCK blocks,
+# row_var by rows, col_var by columns, the rest by elements. Params from which every pass is
+# shared out and wakes the workers (2**20 elements and more, uneven in every dim; the batch of
+# matrices has column chunks that cross from one matrix to the next), tall columns and wide
+# rows (split by rows only, by columns only), and a param below every split size.
+ADAFACTOR_SHAPES = [(2**20 + 9,), (1030, 1031), (3, 600, 601), (70_001, 5), (5, 70_001),
+                    (33, 257)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adafactor_gives_the_references_bits_at_any_thread_count(dtype, restore_threads):
+    options = {"lr": 0.1, "weight_decay": 0.05}
+    rng = np.random.default_rng(5)
+    start = {f"p{i}": rng.standard_normal(shape).astype(dtype)
+             for i, shape in enumerate(ADAFACTOR_SHAPES)}
+    grads = [{key: rng.standard_normal(value.shape).astype(dtype)
+              for key, value in start.items()} for _ in range(3)]
+    theirs, expected = fastopt.reference.Adafactor(**options), copy_params(start)
+    for step in grads:
+        theirs.update(expected, step)
+    for threads in (1, 2, 3):
+        fastopt.set_num_threads(threads)
+        ours, params = fastopt.Adafactor(**options), copy_params(start)
+        for step in grads:
+            ours.update(params, step)
+        for key in params:
+            assert_same_bits(params[key], expected[key])
+        assert_same_state(ours, theirs)
+
+
+@needs_threads
+@pytest.mark.parametrize("shape", [(2**20 + 9,), (1030, 1031)], ids=["vector", "matrix"])
+def test_adafactor_shares_a_large_param_over_the_threads(shape, restore_threads):
+    fastopt.set_num_threads(2)
+    rng = np.random.default_rng(6)
+    params = {"w": rng.standard_normal(shape).astype(np.float32)}
+    grads = {"w": rng.standard_normal(shape).astype(np.float32)}
+    optimizer = fastopt.Adafactor()
+    # The pool's worker must take part (it may start late: try for a while).
+    before = active.pool_worker_chunks()
+    deadline = time.monotonic() + 20
+    while active.pool_worker_chunks() == before and time.monotonic() < deadline:
+        optimizer.update(params, grads)
+    assert active.pool_worker_chunks() > before, "the worker never took a chunk"
+
+
+@needs_threads
+def test_adafactor_keeps_a_small_param_on_the_calling_thread(restore_threads):
+    # Below 2**15 elements (the size from which the loops with a square root and a division
+    # are split) no pass of the update is shared out: the worker never runs a chunk of it.
+    fastopt.set_num_threads(2)
+    rng = np.random.default_rng(7)
+    params = {"w": rng.standard_normal((127, 257)), "b": rng.standard_normal(2**15 - 1)}
+    grads = {key: rng.standard_normal(value.shape) for key, value in params.items()}
+    optimizer = fastopt.Adafactor()
+    before = active.pool_worker_chunks()
+    for _ in range(20):
+        optimizer.update(params, grads)
+    assert active.pool_worker_chunks() == before
