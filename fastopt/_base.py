@@ -477,10 +477,10 @@ class Optimizer(OptimizerCore):
         assert step.second is not None
         for key, grad in zip(keys, read, strict=True):
             param = params[key]
-            sums = tuple(_sum_of_squares(array, scale)
-                         for array, scale in self._reductions(key, param, grad, grad_scale))
-            scalars = self._per_param(values, sums, decays is None or bool(decays[key]),
-                                      np.shape(param))
+            decay = decays is None or bool(decays[key])
+            sums = tuple(_sum_of_squares(array, scale) for array, scale in self._reductions(
+                key, param, grad, grad_scale)) if self._reads_sums(values, decay) else ()
+            scalars = self._per_param(values, sums, decay, np.shape(param))
             if step.transform is not None:
                 reference.transform(self, step, key, sums)
             own = [None if state is None else [state[key]] for state in _pad(states)]

@@ -245,6 +245,12 @@ class OptimizerCore:
         matrix)."""
         return not (cls._reduced or cls._state_shapes)
 
+    def _reads_sums(self, values: dict[str, float], decays: bool) -> bool:
+        """Whether ``_per_param`` reads the sums of squares of ``_reduced`` for a param this
+        step (``decays``: whether weight decay applies to it); when it does not, they are not
+        computed and it gets ``()`` (LARS without decay or ``always_adapt``: trust ratio 1)."""
+        return True
+
     def _reductions(self, key: Any, param: Any, grad: Any,
                     grad_scale: float | None) -> list[tuple[Any, float | None]]:
         """The arrays whose sums of squares ``_per_param`` takes, for the param of ``key``,

@@ -851,6 +851,10 @@ class LARS(OptimizerCore):
         # Every statement follows the norms of the param and grad as they come: no first pass.
         return Step("none", {}, {"iter": self.iter + 1}, "none", None, second="lars")
 
+    def _reads_sums(self, values: dict[str, float], decays: bool) -> bool:
+        # timm's Lars takes no norm of a param that does not adapt (ratio 1)
+        return bool(self.always_adapt) or (decays and values["weight_decay"] != 0)
+
     def _per_param(self, values: dict[str, float], sums: tuple[float, ...],
                    decays: bool, shape: tuple[int, ...]) -> dict[str, float]:
         """The trust ratio ``trust_coeff*||p|| / (||g|| + weight_decay*||p|| + eps)`` (1 where

@@ -659,8 +659,9 @@ class ShardedOptimizer:
             if not param.flags.c_contiguous:
                 raise ValueError(f"param {key!r} is not C-contiguous; the sharded optimizer "
                                  f"copies each param's memory to and from one flat buffer per "
-                                 f"dtype, so params must be C-contiguous arrays (np.ascontiguousarray, then update the "
-                                 f"model to use the copy)")
+                                 f"dtype, so params must be C-contiguous arrays "
+                                 f"(np.ascontiguousarray, then update the model to use the "
+                                 f"copy)")
             if not param.flags.writeable:
                 raise ValueError(f"param {key!r} is read-only; params are updated in place")
             # Here, not at the owner's update: every rank raises, before anything changes.

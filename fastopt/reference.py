@@ -557,10 +557,10 @@ def apply_second(optimizer: OptimizerCore, step: Step, values: dict[str, float],
     for index, key in enumerate(keys):
         param = params[key]
         grad = grads[key] if read is None else read[index]
-        sums = tuple(sum_of_squares(array, scale) for array, scale
-                     in optimizer._reductions(key, param, grad, grad_scale))
-        scalars = optimizer._per_param(values, sums, decays is None or bool(decays[key]),
-                                       np.shape(param))
+        decay = decays is None or bool(decays[key])
+        sums = tuple(sum_of_squares(array, scale) for array, scale in optimizer._reductions(
+            key, param, grad, grad_scale)) if optimizer._reads_sums(values, decay) else ()
+        scalars = optimizer._per_param(values, sums, decay, np.shape(param))
         if step.transform is not None:
             transform(optimizer, step, key, sums)
         second_rule(optimizer, step, scalars, grad_scale, params, states, key, grad)

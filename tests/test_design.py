@@ -147,3 +147,32 @@ def test_a_scalar_the_loops_do_not_take_is_refused_by_name():
     with pytest.raises(ValueError, match="no compiled loop is named 'sdg'"):
         kernels.run("sdg", [p], [np.ones(3)], None, None, None, None, None, 0.0, {"lr": 0.1})
     assert np.all(p == 1.0)
+
+
+@pytest.mark.parametrize("module", [fastopt, reference], ids=["compiled", "reference"])
+def test_a_rule_takes_the_norms_only_of_a_param_whose_step_reads_them(module, monkeypatch):
+    """LARS's trust ratio is 1 for a param without decay (unless ``always_adapt``), as in
+    timm's Lars: neither path then sums the squares of its param and grad (two passes over
+    memory for nothing); the params' bits are the other path's either way."""
+    import fastopt._base as base
+    counted = []
+    for owner, name in ((base, "_sum_of_squares"), (reference, "sum_of_squares")):
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda array, scale=None, original=original: (
+            counted.append(array.shape), original(array, scale))[1])
+    rng = np.random.default_rng(0)
+    shapes = {"W": (30, 20), "b": (20,)}
+    for options, norms in [({}, 0), ({"weight_decay": 1e-4}, 4),
+                           ({"weight_decay": 1e-4, "weight_decay_filter":
+                             lambda key, param: param.ndim > 1}, 2),
+                           ({"always_adapt": True}, 4)]:
+        params = {key: rng.standard_normal(shape) for key, shape in shapes.items()}
+        grads = {key: rng.standard_normal(shape) for key, shape in shapes.items()}
+        other = {key: value.copy() for key, value in params.items()}
+        counted.clear()
+        module.LARS(lr=0.1, momentum=0.9, **options).update(params, grads)
+        assert len(counted) == norms, options
+        (reference if module is fastopt else fastopt).LARS(
+            lr=0.1, momentum=0.9, **options).update(other, grads)
+        for key in params:
+            np.testing.assert_array_equal(params[key], other[key])
