@@ -2224,20 +2224,53 @@ cdef inline floating _lerp(floating start, floating end, floating weight, floati
     return end - (end - start) * rest
 
 
+ctypedef struct Place:
+    # Where element i of a factored param sits, kept up to date element by element (no
+    # integer division per element): its row_var index ``r`` (batch*rows + row), its column
+    # ``k``, its batch ``b`` and its row within the batch ``w``.
+    intp r
+    intp k
+    intp b
+    intp w
+
+
+cdef inline void _place(Place* at, intp i, intp rows, intp cols) noexcept nogil:
+    """``at``: where element i sits (a vector's, ``rows`` 0: nowhere, never read)."""
+    if rows == 0:
+        at.r = at.k = at.b = at.w = 0
+        return
+    at.r = i // cols
+    at.k = i - at.r * cols
+    at.b = at.r // rows
+    at.w = at.r - at.b * rows
+
+
+cdef inline void _next(Place* at, intp rows, intp cols) noexcept nogil:
+    """Move ``at`` on to the next element."""
+    if rows == 0:
+        return
+    at.k += 1
+    if at.k == cols:
+        at.k = 0
+        at.r += 1
+        at.w += 1
+        if at.w == rows:
+            at.w = 0
+            at.b += 1
+
+
 cdef inline floating _adafactor_update(const floating* g, const floating* row,
                                        const floating* col, const floating* var,
-                                       const floating* means, intp i, intp rows, intp cols,
-                                       floating scale, floating floor) noexcept nogil:
+                                       const floating* means, intp i, const Place* at,
+                                       intp rows, intp cols, floating scale,
+                                       floating floor) noexcept nogil:
     """Element i of the update: ``1/sqrt(max(estimate, eps1*eps1)) * g``, the estimate
-    ``row_var*col_var/mean(row_var)`` (factored) or ``variance``."""
+    ``row_var*col_var/mean(row_var)`` (factored; ``at``: where i sits) or ``variance``."""
     cdef floating estimate
-    cdef intp r, b
     if rows == 0:
         estimate = var[i]
     else:
-        r = i // cols      # row_var's flat index: batch*rows + row
-        b = r // rows
-        estimate = row[r] * col[b * cols + (i - r * cols)] / means[b]
+        estimate = row[at.r] * col[at.b * cols + at.k] / means[at.b]
     return <floating>1 / _root(_maximum(estimate, floor)) * (g[i] * scale)
 
 
@@ -2246,20 +2279,25 @@ cdef double _update_block(const floating* g, const floating* row, const floating
                           intp rows, intp cols, floating scale, floating floor) noexcept nogil:
     """``_block_sum`` of the update's elements [start, start + n)."""
     cdef double acc[NORM_LANES]
-    cdef intp k, j, full = n - n % NORM_LANES
+    cdef intp _, j, i = start, full = n - n % NORM_LANES
     cdef double value
+    cdef Place at
+    _place(&at, start, rows, cols)
     for j in range(NORM_LANES):
         acc[j] = 0.0
-    for k in range(full // NORM_LANES):
+    for _ in range(full // NORM_LANES):
         for j in range(NORM_LANES):
-            value = <double>_adafactor_update(g, row, col, var, means,
-                                              start + k * NORM_LANES + j, rows, cols, scale,
-                                              floor)
+            value = <double>_adafactor_update(g, row, col, var, means, i, &at, rows, cols,
+                                              scale, floor)
             acc[j] = acc[j] + value * value
+            i += 1
+            _next(&at, rows, cols)
     for j in range(n - full):
-        value = <double>_adafactor_update(g, row, col, var, means, start + full + j, rows,
-                                          cols, scale, floor)
+        value = <double>_adafactor_update(g, row, col, var, means, i, &at, rows, cols, scale,
+                                          floor)
         acc[j] = acc[j] + value * value
+        i += 1
+        _next(&at, rows, cols)
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
 
@@ -2303,6 +2341,7 @@ cdef void _adafactor_part(floating* p, Pass* j, intp start, intp stop) noexcept 
     cdef floating x, total
     cdef bint small = j.small
     cdef intp n = f.size, rows = f.rows, cols = f.cols, b, r, k, i, first, last, base, size
+    cdef Place at
     if j.kind == ROWS_PASS:
         for r in range(start, stop):   # row_var's flat index: batch*rows + row
             total = 0
@@ -2338,14 +2377,18 @@ cdef void _adafactor_part(floating* p, Pass* j, intp start, intp stop) noexcept 
             j.updates[b] = _update_block(g, row, col, var, means, first, size, rows, cols,
                                          scale, floor)
     elif j.decaying:   # STEP_PASS: p*keep rounded, then the step, as two statements would
+        _place(&at, start, rows, cols)
         for i in range(start, stop):
             x = p[i] * keep
-            p[i] = x - step * _adafactor_update(g, row, col, var, means, i, rows, cols, scale,
-                                                floor)
+            p[i] = x - step * _adafactor_update(g, row, col, var, means, i, &at, rows, cols,
+                                                scale, floor)
+            _next(&at, rows, cols)
     else:
+        _place(&at, start, rows, cols)
         for i in range(start, stop):
-            p[i] = p[i] - step * _adafactor_update(g, row, col, var, means, i, rows, cols,
+            p[i] = p[i] - step * _adafactor_update(g, row, col, var, means, i, &at, rows, cols,
                                                    scale, floor)
+            _next(&at, rows, cols)
 
 
 cdef void _adafactor_chunk(void* job, intp start, intp stop) noexcept nogil:

@@ -74,9 +74,11 @@ static struct {
     int atfork;           /* the fork handler is registered */
     pthread_mutex_t lock;
     pthread_cond_t wake, finished;
-} fastopt_pool = {0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0,
-                  PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                  PTHREAD_COND_INITIALIZER};
+} fastopt_pool = {   /* every other field starts at 0 (NULL) */
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .wake = PTHREAD_COND_INITIALIZER,
+    .finished = PTHREAD_COND_INITIALIZER,
+};
 
 static inline uint64_t fastopt_load_word(void) {
     return __atomic_load_n(&fastopt_pool.word, __ATOMIC_SEQ_CST);
