@@ -365,7 +365,7 @@ def test_the_optimizers_are_the_rules(bench):
         bench.parse_args(["--optimizer", "Lookahead"])
 
 
-def test_a_rule_of_matrices_gets_a_networks_matrices_and_no_vector(bench):
+def test_a_rule_of_matrices_gets_a_networks_matrices_and_no_vector(bench, restored_threads):
     net = bench.workload_named("two_layer_net")
     taken = bench.workload_for("Muon", net)
     assert taken.name == "two_layer_net"
@@ -401,7 +401,7 @@ def test_a_block_times_each_contender_in_a_row_in_a_rotating_order(bench):
     assert "".join(calls) == "aabbcc" + "abc" + "bca"
 
 
-def test_a_cell_gives_every_contender_its_samples_in_a_row(bench, monkeypatch):
+def test_a_cell_gives_every_contender_its_samples_in_a_row(bench, monkeypatch, restored_threads):
     """As the peer in its process: interleaved, the book's NumPy code evicted fastopt's arrays
     from the cache between fastopt's samples while the peer's stayed."""
     seen = []

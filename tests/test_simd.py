@@ -15,27 +15,30 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt import _kernels, _simd, reference
+from fastopt import _kernels, _simd
 
-from _helpers import CONFIGS, assert_same_values, config_id, level_trajectory, run_python
+from _helpers import CONFIGS, assert_same_values, config_id, run_python
 
 LEVELS = ("baseline", "avx2", "avx512")
 DTYPES = ("float64", "float32")
 ON_X86_64_LINUX = sys.platform.startswith("linux") and platform.machine() == "x86_64"
 
 # One process per forced level: it imports fastopt with FASTOPT_SIMD set, runs every optimizer
-# configuration, and saves each final param and state array.
+# configuration, and saves each final param and state array; the reference's arrays come from
+# a process of the same kind (Muon's matrix products are NumPy's BLAS on both sides, whose
+# bits may depend on its thread count, which a test in this process may have changed).
 WORKER = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 import fastopt
-from fastopt import _simd
+from fastopt import _simd, reference
 from _helpers import CONFIGS, level_trajectory
+module = reference if sys.argv[3] == "reference" else fastopt
 arrays = {}
 for index, config in enumerate(CONFIGS):
-    for dtype in sys.argv[3:]:
-        final, steps = level_trajectory(fastopt, config, np.dtype(dtype).type)
+    for dtype in sys.argv[4:]:
+        final, steps = level_trajectory(module, config, np.dtype(dtype).type)
         arrays.update({f"{index} {dtype} {name}": value for name, value in final.items()})
         arrays[f"{index} {dtype} iter"] = np.array(-1 if steps is None else steps)
 np.savez(sys.argv[2], **arrays)
@@ -45,11 +48,21 @@ print(fastopt.simd_level(), _simd.kernels.compiled_simd(), fastopt.get_num_threa
 
 
 @pytest.fixture(scope="module")
-def reference_results():
+def reference_results(tmp_path_factory):
+    output = tmp_path_factory.mktemp("reference") / "arrays.npz"
+    completed = run_python(WORKER, str(Path(__file__).parent), str(output), "reference",
+                           *DTYPES)
+    assert completed.returncode == 0, completed.stderr
     results = {}
-    for index, config in enumerate(CONFIGS):
-        for dtype in DTYPES:
-            results[index, dtype] = level_trajectory(reference, config, np.dtype(dtype).type)
+    with np.load(output) as arrays:
+        for index in range(len(CONFIGS)):
+            for dtype in DTYPES:
+                names = [name.split(" ", 2)[2] for name in arrays.files
+                         if name.startswith(f"{index} {dtype} ") and not name.endswith(" iter")]
+                assert any(name.startswith("param ") for name in names)
+                steps = int(arrays[f"{index} {dtype} iter"])
+                results[index, dtype] = ({name: arrays[f"{index} {dtype} {name}"]
+                                          for name in names}, None if steps == -1 else steps)
     return results
 
 
@@ -61,7 +74,7 @@ def test_every_level_gives_the_references_bits(level, sqrt, threads, reference_r
     if level not in fastopt.simd_levels():
         pytest.skip(f"this machine or build does not run {level}")
     output = tmp_path / "arrays.npz"
-    completed = run_python(WORKER, str(Path(__file__).parent), str(output), *DTYPES,
+    completed = run_python(WORKER, str(Path(__file__).parent), str(output), "fastopt", *DTYPES,
                            FASTOPT_SIMD=level, FASTOPT_NUM_THREADS=threads, FASTOPT_SQRT=sqrt)
     assert completed.returncode == 0, completed.stderr
     chosen, compiled, thread_count, method = completed.stdout.strip().split("|")
