@@ -1182,13 +1182,16 @@ cdef enum:
     STREAMING_MIN = 1 << 18
     DIVIDING_MIN = 1 << 15
     NEVER_SPLIT = 0x7fffffff   # a loop that writes nothing ("none"): never worth a thread
-    # An update of fewer than WAKE_FACTOR * parallel_min elements uses the pool only while its
-    # workers are awake (they ran a job in the last 50 us, as in back-to-back updates): on a
-    # 2-vCPU Intel Xeon VM, an Adam update of the book's TwoLayerNet that woke a sleeping
-    # worker (as between the updates of a training loop) took 39.7 us (median; 90th
-    # percentile 54 us) on 2 threads against 33.9 us on one, and the late worker then sent
-    # larger updates to the caller alone (bench/investigations/wake.py).
+    # An update of fewer than WAKE_FACTOR * parallel_min elements, and fewer than WAKE_MIN,
+    # uses the pool only while its workers are awake (they ran a job in the last 50 us, as in
+    # back-to-back updates): on a 2-vCPU Intel Xeon VM, an Adam update of the book's
+    # TwoLayerNet that woke a sleeping worker (as between the updates of a training loop)
+    # took 39.7 us (median; 90th percentile 54 us) on 2 threads against 33.9 us on one, and
+    # the late worker then sent larger updates to the caller alone; but SGD on 2**19 float32
+    # elements (4 times the split size of the streaming loops would be 2**20) takes 141 us on
+    # one thread, which a wake-up repays (bench/investigations/wake.py).
     WAKE_FACTOR = 4
+    WAKE_MIN = 1 << 19
     CHUNK_ALIGN = 16   # elements: chunks start on whole 64-byte lines for float32 and float64
     # The smallest chunk, in elements (a multiple of CHUNK_ALIGN): claiming one costs about as
     # much as a few dozen elements of the cheapest loop, so that stays within a few percent.
@@ -1360,6 +1363,12 @@ cdef void _run_chunk(void* job, intp start, intp stop) noexcept nogil:
     _run_aligned(j.task, j.run_float, j.run_double, j.c, start, stop, j.flush)
 
 
+cdef inline bint _wakes(intp size, intp parallel_min) noexcept nogil:
+    """Whether an update of ``size`` elements, its loop split from ``parallel_min``, wakes
+    the pool's sleeping workers (else it uses them only while they are awake)."""
+    return size >= WAKE_FACTOR * parallel_min or size >= WAKE_MIN
+
+
 cdef void _run_task(Task* task, loop_float run_float, loop_double run_double, const Step* c,
                     int threads, intp parallel_min, bint flush) noexcept nogil:
     """Run one param's loop: on this thread, or from ``parallel_min`` elements in chunks
@@ -1374,7 +1383,7 @@ cdef void _run_task(Task* task, loop_float run_float, loop_double run_double, co
     job.c = c
     job.flush = flush
     fastopt_pool_run(_run_chunk, &job, task.size, _chunk_size(task.size, threads, CHUNK_MIN),
-                     threads, task.size >= WAKE_FACTOR * parallel_min)
+                     threads, _wakes(task.size, parallel_min))
 
 
 ctypedef struct Region:
@@ -1501,7 +1510,7 @@ cdef void _run_all(Task* tasks, Py_ssize_t count, loop_float run_float, loop_dou
     region.c = c
     region.flush = flush
     fastopt_pool_run(_run_region_chunk, &region, end, _chunk_size(end, threads, CHUNK_MIN),
-                     threads, total >= WAKE_FACTOR * parallel_min)
+                     threads, _wakes(total, parallel_min))
 
 
 cdef bint _run(object params, object grads, tuple states, int required, object decays,
@@ -2414,7 +2423,7 @@ cdef void _adafactor_pass(Pass* j, int kind, intp size, intp chunk, int threads,
         _adafactor_chunk(j, 0, size)
         return
     fastopt_pool_run(_adafactor_chunk, j, size, chunk, threads,
-                     j.f.size >= WAKE_FACTOR * parallel_min)
+                     _wakes(j.f.size, parallel_min))
 
 
 cdef intp _adafactor_scratch(Factored* f) noexcept nogil:

@@ -334,14 +334,16 @@ def test_many_mid_size_params_share_one_region_over_the_threads(name, restore_th
 
 
 @needs_threads
-@pytest.mark.parametrize("name, small, large", [("SGD", 2**19, 2**20), ("Adam", 2**16, 2**17)])
+@pytest.mark.parametrize("name, small, large", [("SGD", 2**19 - 16, 2**19),
+                                                ("Adam", 2**16, 2**17)])
 def test_a_sleeping_worker_is_woken_only_for_an_update_that_repays_it(name, small, large,
                                                                       restore_threads):
     # Between the updates of a training loop (the forward and backward passes) the pool's
     # workers go to sleep; waking one costs the caller more than the second thread saves on an
     # update of a few times the split size (bench/investigations/results/wake.txt), so an
-    # update below 4 times the size from which its loop splits runs on the caller alone while
-    # the workers sleep, and a larger one wakes them.
+    # update below 4 times the size from which its loop splits, and below 2**19 elements (SGD
+    # splits from 2**18: 2**19 repays a wake-up), runs on the caller alone while the workers
+    # sleep, and a larger one wakes them.
     # (A worker that was late lately makes the next few updates, up to 64, run on the caller
     # alone whatever their size: the large update gets that many tries to wake it.)
     fastopt.set_num_threads(2)

@@ -8,7 +8,8 @@ stop spinning and sleep; the next update that wants them wakes them. This times 
 each after a busy gap of 0, 100 or 1000 us on the calling thread (longer than the workers'
 50 us spin: they are asleep), alternating blocks of 100 calls at 1 and at 2 threads; then
 single params of a few sizes around the size from which an update wakes them (4 times its
-loop's split size: 2**17 elements for Adam, 2**20 for SGD) after a 1000 us gap. Prints the
+loop's split size, and at most 2**19 elements: 2**17 for Adam, 2**19 for SGD) after a 1000 us
+gap. Prints the
 10th percentile, median and 90th percentile of the calls (us), and 1 thread / 2 threads of
 the medians (above 1: the second thread pays). Run it on an idle machine.
 """
@@ -80,7 +81,7 @@ def main() -> None:
             print(row(f"TwoLayerNet Adam float64, gap {gap:g}",
                       timed("Adam", "float64", TWO_LAYER_NET, gap, args.rounds, 100)))
         for name, dtype, sizes in (("Adam", "float64", (2**16, 2**17, 2**18)),
-                                   ("SGD", "float32", (2**19, 2**20, 2**21))):
+                                   ("SGD", "float32", (2**18, 2**19, 2**20, 2**21))):
             for size in sizes:
                 print(row(f"{name} {dtype} {size:>8d} elements, gap 1000",
                           timed(name, dtype, [(size,)], 1000.0, max(args.rounds // 2, 5),
