@@ -216,6 +216,31 @@ def measure(steps: dict, budget: float, min_rounds: int) -> dict:
     return {"samples": samples, "calls_per_sample": calls}
 
 
+def one_and_two_threads(optimizer, params, grads, updates: int, budget: float,
+                        min_rounds: int) -> tuple[int, float, float]:
+    """Chunks the pool's worker ran over ``updates`` updates at 2 threads (after a first one),
+    then the median ms of an update on 1 and on 2 threads, alternated update by update (each
+    switch followed by one untimed update): (chunks, one, two). Leaves fastopt at 2 threads.
+    """
+    import fastopt
+    from fastopt._simd import kernels
+    fastopt.set_num_threads(2)
+    optimizer.update(params, grads)
+    before = kernels.pool_worker_chunks()
+    for _ in range(updates):
+        optimizer.update(params, grads)
+    chunks = kernels.pool_worker_chunks() - before
+
+    def step() -> None:
+        optimizer.update(params, grads)
+
+    def switch(threads) -> None:
+        fastopt.set_num_threads(threads)
+        step()
+    median = alternating({1: step, 2: step}, budget, min_rounds=min_rounds, before=switch)
+    return chunks, median[1] * 1e3, median[2] * 1e3
+
+
 def alternating(steps: dict[Hashable, Callable[[], object]], budget: float, min_rounds: int = 5,
                 before: Callable[[Hashable], object] | None = None) -> dict[Hashable, float]:
     """Median seconds per call of each of ``steps``, timed one call each per round, in the

@@ -718,6 +718,14 @@ def speedup_figure(cells: list, info: dict):
 # --------------------------------------------------------------------------------------------
 # The README's table.
 
+def matrix_rules(cells: list) -> list[str]:
+    """The rules of ``cells`` that take matrices only (Muon), timed on the networks' weight
+    matrices (``workload_for``), in the order of ALL_OPTIMIZERS."""
+    names = {cell["optimizer"] for cell in cells}
+    return [name for name in ALL_OPTIMIZERS
+            if name in names and getattr(fastopt, name)._param_ndim is not None]
+
+
 def markdown(cells: list, info: dict, command: str) -> str:
     """Per workload and dtype, fastopt's median per update, the spread of its samples, its
     speedups and its thread scaling, per optimizer; the README's headline first."""
@@ -783,7 +791,7 @@ def markdown(cells: list, info: dict, command: str) -> str:
                 row.append(text)
             if any(row):
                 lines.append(f"| {workload.description} | {dtype} | " + " | ".join(row) + " |")
-    matrices_only = [name for name in optimizers if getattr(fastopt, name)._param_ndim == 2]
+    matrices_only = matrix_rules(cells)
     if matrices_only:
         lines += ["", f"{', '.join(matrices_only)}: on a network's weight matrices only, the "
                   f"params it takes (its biases go to another rule through `fastopt.Partition`); "
@@ -917,8 +925,7 @@ def run(args, argv, threads: int, worker: TorchWorker | None) -> int:
                 print_row(cell, first=not cells)
                 cells.append(cell)
     elapsed = time.perf_counter() - started
-    matrices_only = sorted({cell["optimizer"] for cell in cells
-                            if getattr(fastopt, cell["optimizer"])._param_ndim == 2})
+    matrices_only = matrix_rules(cells)
     if matrices_only:
         print(f"\n{', '.join(matrices_only)}: on the networks' weight matrices only (the params "
               f"it takes); no cell on single arrays")

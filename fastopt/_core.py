@@ -239,11 +239,13 @@ class OptimizerCore:
     @classmethod
     def _elementwise(cls) -> bool:
         """Whether each element's update reads only that element of the param, its grad and
-        its state, beside the step's scalars: no per-param reduction and no state of other
-        shapes. fastopt.distributed.ShardedOptimizer splits such a rule by elements, and any
-        other by whole params (a shard of a param's elements has no whole norm, row, column or
+        its state, beside the step's scalars: no per-param reduction, no state of other
+        shapes, no per-param workspace and no required number of dims.
+        fastopt.distributed.ShardedOptimizer splits such a rule by elements, and any other by
+        whole params (a shard of a param's elements has no whole norm, row, column or
         matrix)."""
-        return not (cls._reduced or cls._state_shapes)
+        return not (cls._reduced or cls._state_shapes or cls._workspace
+                    or cls._param_ndim is not None)
 
     def _reads_sums(self, values: dict[str, float], decays: bool) -> bool:
         """Whether ``_per_param`` reads the sums of squares of ``_reduced`` for a param this

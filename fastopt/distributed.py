@@ -113,6 +113,7 @@ from __future__ import annotations
 import atexit
 import copy
 import hashlib
+import itertools
 import json
 import math
 import numbers
@@ -483,6 +484,11 @@ class GradientAverager:
                 offset += grad.size
 
 
+def _offsets(sizes: list[int]) -> list[int]:
+    """Where each of consecutive runs of ``sizes`` starts: 0, sizes[0], sizes[0] + sizes[1]..."""
+    return list(itertools.accumulate(sizes, initial=0))[:-1]
+
+
 class _Group:
     """The params of one dtype as one virtual concatenation in key order, and each rank's part
     of it: an equal block of elements (padded to ``size`` blocks) for an elementwise rule, a
@@ -505,7 +511,7 @@ class _Group:
             self.counts = [0] * size
             for owner, count in zip(self.owners, sizes, strict=True):
                 self.counts[owner] += count
-            self.displs = [sum(self.counts[:r]) for r in range(size)]
+            self.displs = _offsets(self.counts)
             self.low = self.displs[rank]
             self.flat = np.zeros(total, dtype)
             self.grads = np.zeros(self.counts[rank], dtype)
@@ -534,10 +540,10 @@ class _Group:
         if not self.whole:
             comm.Allgather(MPI.IN_PLACE, flat)
             return
-        counts = self.counts if counts is None else counts
         if flat.size:
-            displs = [sum(counts[:r]) for r in range(len(counts))]
-            comm.Allgatherv(MPI.IN_PLACE, [flat, (counts, displs)])
+            layout = (self.counts, self.displs) if counts is None else (counts,
+                                                                        _offsets(counts))
+            comm.Allgatherv(MPI.IN_PLACE, [flat, layout])
 
 
 class ShardedOptimizer:
@@ -674,8 +680,7 @@ class ShardedOptimizer:
             decision(chooser, key, param) for key, param in items]
         # An elementwise rule is split by elements; any other rule (a norm of the whole param,
         # state of rows and columns, whole matrices) by whole params, in their shapes.
-        self._whole = not optimizer._elementwise() or bool(optimizer._workspace) \
-            or optimizer._param_ndim is not None
+        self._whole = not optimizer._elementwise()
         self._groups: list[_Group] = []
         # (position in the key order, start, stop) of this rank's part of each param, group
         # by group: the wrapped optimizer's list positions (0, size for a whole param).
@@ -684,10 +689,10 @@ class ShardedOptimizer:
         self._grad_views: list[np.ndarray[Any, Any]] = []
         self._grad_pieces: list[np.ndarray[Any, Any]] = []   # the same grads, 1-D
         for dtype in _DTYPES:
-            members = [(position, 0) for position, param in enumerate(self._arrays)
-                       if param.dtype == dtype]
-            sizes = [self._arrays[position].size for position, _ in members]
-            members = [(position, sum(sizes[:i])) for i, (position, _) in enumerate(members)]
+            positions = [position for position, param in enumerate(self._arrays)
+                         if param.dtype == dtype]
+            sizes = [self._arrays[position].size for position in positions]
+            members = list(zip(positions, _offsets(sizes), strict=True))
             if not members or (sum(sizes) == 0 and not self._whole):
                 continue
             group = _Group(dtype, members, sizes, self._size, self._rank, self._whole)
@@ -1013,7 +1018,7 @@ def _gather_whole(sharded: ShardedOptimizer, group: _Group, name: str, shares: l
     for owner, count in zip(group.owners, sizes, strict=True):
         counts[owner] += count
     flat = np.zeros(sum(sizes), group.dtype)
-    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    offsets = _offsets(sizes)
     index = {position: index for index, (position, _, _) in enumerate(sharded._pieces)}
     for (position, _), offset, count in zip(group.members, offsets, sizes, strict=True):
         if position in index:

@@ -1037,6 +1037,18 @@ def test_rules_that_need_whole_params_are_sharded_by_whole_params(ranks, tmp_pat
     assert bool(nobody) == (ranks == 3), nobody
 
 
+def clipped_average(data, name, step, keys, limit):
+    """The grads a single process steps with at ``step`` of the whole-param run ``name``: the
+    recorded averages by key, scaled by the clip factor of the recorded global norm when the
+    run clips at ``limit``."""
+    from fastopt import clipping
+    got = {key: data[f"{name}/s{step}/avg/{key}"] for key in keys}
+    if limit is not None:
+        factor = clipping.clip_coefficient(float(data[f"{name}/s{step}/norm"]), limit)
+        got = {key: np.asarray(got[key] * factor) for key in keys}
+    return got
+
+
 @needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_whole_param_checkpoints_resume_exactly(ranks, tmp_path_factory):
@@ -1052,11 +1064,7 @@ def test_whole_param_checkpoints_resume_exactly(ranks, tmp_path_factory):
         keys = keys_of(params)
         single = getattr(fastopt, cls)(**{**kwargs, "max_grad_norm": None})
         for step in range(WHOLE_STEPS):
-            got = {key: data[f"{name}/s{step}/avg/{key}"] for key in keys}
-            if kwargs.get("max_grad_norm") is not None:
-                factor = fastopt.clipping.clip_coefficient(float(data[f"{name}/s{step}/norm"]),
-                                                           kwargs["max_grad_norm"])
-                got = {key: np.asarray(got[key] * factor) for key in keys}
+            got = clipped_average(data, name, step, keys, kwargs.get("max_grad_norm"))
             single.update(params, got if by_key else [got[key] for key in keys])
         owners = expected_owners(params, ranks)
         nbytes = [0] * ranks
@@ -1072,11 +1080,7 @@ def test_whole_param_checkpoints_resume_exactly(ranks, tmp_path_factory):
         resumed.load_state_dict(fastopt.load(directory / f"{name}.npz"))
         resumed.max_grad_norm = None
         for step in range(WHOLE_STEPS, WHOLE_STEPS + WHOLE_MORE):
-            got = {key: data[f"{name}/s{step}/avg/{key}"] for key in keys}
-            if kwargs.get("max_grad_norm") is not None:
-                factor = fastopt.clipping.clip_coefficient(float(data[f"{name}/s{step}/norm"]),
-                                                           kwargs["max_grad_norm"])
-                got = {key: np.asarray(got[key] * factor) for key in keys}
+            got = clipped_average(data, name, step, keys, kwargs.get("max_grad_norm"))
             resumed.update(params, got if by_key else [got[key] for key in keys])
             for key in keys:
                 sharded = data[f"{name}/s{step}/params/r0/{key}"].tobytes()

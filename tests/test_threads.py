@@ -49,6 +49,16 @@ def trajectory(config, threads, steps=4):
     return fast, ours, ref, theirs
 
 
+def assert_the_worker_takes_a_chunk(update):
+    """Call ``update()`` until the pool's worker has run a chunk of it (it may start late:
+    for up to 20 s), and fail if it never does."""
+    before = active.pool_worker_chunks()
+    deadline = time.monotonic() + 20
+    while active.pool_worker_chunks() == before and time.monotonic() < deadline:
+        update()
+    assert active.pool_worker_chunks() > before, "the worker never took a chunk"
+
+
 def test_any_thread_count_gives_the_same_bits(config, restore_threads):
     serial, serial_params, ref, ref_params = trajectory(config, 1)
     for threads in (2, 3):
@@ -325,12 +335,8 @@ def test_many_mid_size_params_share_one_region_over_the_threads(name, restore_th
         assert_same_bits(threaded[key], serial[key])
     assert_same_state(two, one)
     # Each param alone is below the size from which a param was ever split; together they
-    # are not, so the pool's worker must take part (it may start late: try for a while).
-    before = active.pool_worker_chunks()
-    deadline = time.monotonic() + 20
-    while active.pool_worker_chunks() == before and time.monotonic() < deadline:
-        two.update(threaded, grads)
-    assert active.pool_worker_chunks() > before, "the worker never took a chunk"
+    # are not, so the pool's worker must take part.
+    assert_the_worker_takes_a_chunk(lambda: two.update(threaded, grads))
 
 
 @needs_threads
@@ -440,12 +446,7 @@ def test_adafactor_shares_a_large_param_over_the_threads(shape, restore_threads)
     params = {"w": rng.standard_normal(shape).astype(np.float32)}
     grads = {"w": rng.standard_normal(shape).astype(np.float32)}
     optimizer = fastopt.Adafactor()
-    # The pool's worker must take part (it may start late: try for a while).
-    before = active.pool_worker_chunks()
-    deadline = time.monotonic() + 20
-    while active.pool_worker_chunks() == before and time.monotonic() < deadline:
-        optimizer.update(params, grads)
-    assert active.pool_worker_chunks() > before, "the worker never took a chunk"
+    assert_the_worker_takes_a_chunk(lambda: optimizer.update(params, grads))
 
 
 @needs_threads

@@ -13,7 +13,6 @@ which the pool has always split: where it gains nothing on 2 threads, the other 
 Results in bench/investigations/results/adafactor_threads.txt (the CPU is named there).
 """
 import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import fastopt
 from fastopt._simd import kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
-from _common import alternating, cpu_model
+from _common import cpu_model, one_and_two_threads
 
 CASES = (("Adam vector 1e7", [(10**7,)], np.float32),   # the control
          ("vector 1e7", [(10**7,)], np.float32), ("vector 1e7", [(10**7,)], np.float64),
@@ -43,19 +42,7 @@ def main() -> None:
                  for key, value in params.items()}
         optimizer = (fastopt.Adam() if label.startswith("Adam") else
                      fastopt.Adafactor(lr=1e-3, weight_decay=0.01))
-        fastopt.set_num_threads(2)
-        optimizer.update(params, grads)
-        before = kernels.pool_worker_chunks()
-        for _ in range(10):
-            optimizer.update(params, grads)
-        chunks = kernels.pool_worker_chunks() - before
-        step = partial(optimizer.update, params, grads)
-
-        def switch(threads: int, step=step) -> None:   # and one untimed update
-            fastopt.set_num_threads(threads)
-            step()
-        median = alternating({1: step, 2: step}, 3.0, min_rounds=15, before=switch)
-        one, two = (median[threads] * 1e3 for threads in (1, 2))
+        chunks, one, two = one_and_two_threads(optimizer, params, grads, 10, 3.0, 15)
         print(f"{label:17s} {np.dtype(dtype).name}: worker ran {chunks:4d} chunks in 10 "
               f"updates; 1 thread {one:8.3f} ms, 2 threads {two:8.3f} ms, 1->2 {one / two:.2f}")
 

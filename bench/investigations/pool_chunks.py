@@ -8,16 +8,14 @@
 Run it on an idle machine, two builds one after the other, and compare.
 """
 import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 import fastopt
-from fastopt._simd import kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common.py
-from _common import alternating
+from _common import one_and_two_threads
 
 SIZE = 10**7
 
@@ -29,19 +27,7 @@ def main() -> None:
             params = {"w": rng.random(SIZE).astype(dtype)}
             grads = {"w": (rng.random(SIZE) * 1e-3).astype(dtype)}
             optimizer = getattr(fastopt, name)()
-            fastopt.set_num_threads(2)
-            optimizer.update(params, grads)
-            before = kernels.pool_worker_chunks()
-            for _ in range(20):
-                optimizer.update(params, grads)
-            chunks = kernels.pool_worker_chunks() - before
-            step = partial(optimizer.update, params, grads)
-
-            def switch(threads: int, step=step) -> None:   # and one untimed update
-                fastopt.set_num_threads(threads)
-                step()
-            median = alternating({1: step, 2: step}, 0.0, min_rounds=9, before=switch)
-            one, two = (median[threads] * 1e3 for threads in (1, 2))
+            chunks, one, two = one_and_two_threads(optimizer, params, grads, 20, 0.0, 9)
             print(f"{name:8s} {np.dtype(dtype).name}: worker ran {chunks:3d} of 320 chunks; "
                   f"1 thread {one:7.2f} ms, 2 threads {two:7.2f} ms, 1->2 {one / two:.2f}")
 
